@@ -1,0 +1,154 @@
+"""The Layer base class and the layer-type registry.
+
+Lifecycle (as Caffe's Layer::SetUp / Forward / Backward), driven by the Net:
+
+* ``setup(bottom, top)``    -- Caffe's LayerSetUp: read ``self.layer_param``,
+                               create learnable ``self.blobs`` (with fillers)
+                               unless weights were given in the prototxt.
+* ``reshape(bottom, top)``  -- size the tops from the bottoms; called before
+                               every forward.
+* ``forward(bottom, top)``  -- write ``top[i].data``.
+* ``backward(top, propagate_down, bottom)`` -- write ``bottom[i].diff`` for
+  each i with ``propagate_down[i]``; ACCUMULATE (+=) into
+  ``self.blobs[j].diff`` when ``self.param_propagate_down[j]``.
+
+``bottom``/``top`` are lists of :class:`minicaffe.blob.Blob`.  In-place layers
+get the same Blob object as bottom[i] and top[i].  The Net, not the layer,
+handles loss weights: it multiplies and sums loss tops and seeds their diffs.
+
+A subclass registers itself with ``@register_layer('TypeName')``.  Blob-count
+checks use the class attributes below (Caffe's ExactNumBottomBlobs etc.).
+This class is also the base of user Python layers (pycaffe's ``caffe.Layer``):
+those override setup/reshape/forward/backward and read ``self.param_str``.
+"""
+import difflib
+
+from ..blob import Blob
+from ..errors import NetDefinitionError, layer_context
+
+_REGISTRY = {}
+
+
+def register_layer(type_name):
+    def deco(cls):
+        if type_name in _REGISTRY:
+            raise RuntimeError('layer type %s registered twice' % type_name)
+        _REGISTRY[type_name] = cls
+        cls.type_name = type_name
+        return cls
+    return deco
+
+
+def layer_type_list():
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def layer_class(type_name, layer_param=None):
+    _load_all()
+    try:
+        return _REGISTRY[type_name]
+    except KeyError:
+        close = difflib.get_close_matches(type_name, list(_REGISTRY), n=1, cutoff=0.5)
+        if not close:  # also try case-insensitive ("relu" -> "ReLU")
+            lower = {k.lower(): k for k in _REGISTRY}
+            if type_name.lower() in lower:
+                close = [lower[type_name.lower()]]
+        hint = ' (did you mean "%s"?)' % close[0] if close else ''
+        where = (' in ' + layer_context(layer_param)) if layer_param is not None else ''
+        raise NetDefinitionError('unknown layer type "%s"%s%s; known types: %s'
+                                 % (type_name, where, hint, ', '.join(sorted(_REGISTRY))))
+
+
+def _load_all():
+    # Importing the package registers every built-in layer type.
+    from . import all_layers  # noqa: F401
+
+
+class Layer(object):
+    type_name = None
+    exact_num_bottom = -1
+    min_num_bottom = -1
+    max_num_bottom = -1
+    exact_num_top = -1
+    min_num_top = -1
+    max_num_top = -1
+    equal_num_bottom_top = False
+    auto_top_blobs = False       # loss layers: the net adds a missing top
+    is_loss = False              # loss layers get loss_weight 1 on top 0 by default
+
+    def __init__(self, layer_param, phase=None):
+        from .. import protoio
+        self.layer_param = layer_param
+        self.phase = phase if phase is not None else layer_param.phase
+        self.blobs = BlobList()
+        self.param_propagate_down = []
+        # Weights written in the prototxt/caffemodel layer itself (rare).
+        for bp in layer_param.blobs:
+            self.blobs.append(protoio.blob_from_proto(bp))
+        # pycaffe Python layers read these
+        self.param_str = layer_param.python_param.param_str if layer_param.HasField('python_param') else ''
+
+    # ---- helpers for subclasses ----------------------------------------
+    @property
+    def name(self):
+        return self.layer_param.name
+
+    @property
+    def type(self):
+        return self.layer_param.type
+
+    def error(self, msg):
+        return NetDefinitionError('%s: %s' % (layer_context(self.layer_param), msg))
+
+    def check(self, cond, msg):
+        if not cond:
+            raise self.error(msg)
+
+    def allow_force_backward(self, bottom_index):
+        return True
+
+    # ---- lifecycle ------------------------------------------------------
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        raise NotImplementedError
+
+    def forward(self, bottom, top):
+        raise NotImplementedError
+
+    def backward(self, top, propagate_down, bottom):
+        if any(propagate_down):
+            raise self.error('this layer type cannot backpropagate to its inputs')
+
+    def check_blob_counts(self, bottom, top):
+        nb, nt = len(bottom), len(top)
+
+        def bad(kind, n, rule, want):
+            raise self.error('takes %s %d %s blob(s), got %d' % (rule, want, kind, n))
+        if self.exact_num_bottom >= 0 and nb != self.exact_num_bottom:
+            bad('bottom', nb, 'exactly', self.exact_num_bottom)
+        if self.min_num_bottom >= 0 and nb < self.min_num_bottom:
+            bad('bottom', nb, 'at least', self.min_num_bottom)
+        if self.max_num_bottom >= 0 and nb > self.max_num_bottom:
+            bad('bottom', nb, 'at most', self.max_num_bottom)
+        if self.exact_num_top >= 0 and nt != self.exact_num_top:
+            bad('top', nt, 'exactly', self.exact_num_top)
+        if self.min_num_top >= 0 and nt < self.min_num_top:
+            bad('top', nt, 'at least', self.min_num_top)
+        if self.max_num_top >= 0 and nt > self.max_num_top:
+            bad('top', nt, 'at most', self.max_num_top)
+        if self.equal_num_bottom_top and nb != nt:
+            raise self.error('needs as many tops as bottoms, got %d bottoms and %d tops' % (nb, nt))
+
+    def needed_auto_tops(self):
+        return max(self.min_num_top, self.exact_num_top, 0)
+
+
+class BlobList(list):
+    """The list of a layer's learnable blobs (pycaffe's ``layer.blobs``)."""
+
+    def add_blob(self, *shape):
+        self.append(Blob(shape))
+        return self[-1]

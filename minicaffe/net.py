@@ -1,0 +1,568 @@
+"""Net: a DAG of layers built from a NetParameter, run forward and backward.
+
+Construction follows Caffe's Net::Init exactly (see netbuild for filtering and
+splits): blob wiring with in-place tops, automatic tops for loss layers, loss
+weights, parameter ownership and sharing by ParamSpec name, and the
+need-backward analysis (lr_mult, blobs under a loss, propagate_down,
+force_backward with each layer's refusals).  The public surface is pycaffe's.
+"""
+import collections
+import logging
+import os
+
+import numpy as np
+
+from . import netbuild, protoio
+from .blob import Blob
+from .errors import MinicaffeError, NetDefinitionError, WeightsError, layer_context
+from .layers.base import layer_class
+from .protoio import pb
+
+log = logging.getLogger('minicaffe')
+
+TRAIN = pb.TRAIN
+TEST = pb.TEST
+
+
+def _phase_value(phase):
+    if isinstance(phase, str):
+        up = phase.upper()
+        if up not in ('TRAIN', 'TEST'):
+            raise ValueError('phase must be TRAIN or TEST, got %r' % phase)
+        return TRAIN if up == 'TRAIN' else TEST
+    if phase not in (TRAIN, TEST):
+        raise ValueError('phase must be caffe.TRAIN or caffe.TEST, got %r' % (phase,))
+    return int(phase)
+
+
+def read_net_param(path):
+    return protoio.read_text(path, pb.NetParameter)
+
+
+class Net(object):
+    """pycaffe-compatible Net.
+
+    ``Net(path, phase, level=0, stages=None, weights=None)`` or the legacy
+    ``Net(path, weights, phase)``; ``Net(net_param=NetParameter, phase=...)``
+    builds from a message (the solver does this).
+    """
+
+    def __init__(self, network_file=None, *args, phase=None, level=0, stages=None,
+                 weights=None, net_param=None, source=None):
+        args = list(args)
+        if args and isinstance(args[0], (str, bytes, os.PathLike)):
+            weights = args.pop(0)           # legacy Net(file, weights, phase)
+        if args:
+            phase = args.pop(0)
+        if args:
+            level = args.pop(0)
+        if args:
+            stages = args.pop(0)
+        if args:
+            raise TypeError('too many positional arguments to Net()')
+        if phase is None:
+            raise TypeError('Net() needs a phase (caffe.TRAIN or caffe.TEST)')
+        if net_param is None:
+            if network_file is None:
+                raise TypeError('Net() needs a prototxt path or net_param')
+            source = os.fspath(network_file)
+            net_param = read_net_param(source)
+        else:
+            param = pb.NetParameter()
+            param.CopyFrom(net_param)
+            net_param = param
+        self.source = source or net_param.name or '<net>'
+        netbuild.upgrade_net(net_param, self.source)
+        net_param.state.phase = _phase_value(phase)
+        net_param.state.level = int(level)
+        for s in (stages or []):
+            net_param.state.stage.append(s)
+        self._init(net_param)
+        if weights:
+            self.copy_from(weights)
+
+    # ------------------------------------------------------------ building
+    def _init(self, in_param):
+        src = self.source
+        filtered = netbuild.filter_net(in_param, src)
+        param = netbuild.insert_splits(filtered, src)
+        self.net_param = param
+        self.name = param.name
+        self.phase = param.state.phase
+        self.force_backward = param.force_backward
+        self.debug_info = param.debug_info
+
+        self.layers = []
+        self._layer_names = []
+        self._blob_list = []                  # Blob objects in creation order
+        self._blob_names = []
+        self._blob_index = {}
+        self._blob_need_backward = []
+        self._blob_loss_weight = []
+        self.bottom_ids, self.top_ids = [], []
+        self.bottom_need_backward = []
+        self.layer_need_backward = []
+        self._loss_tops = []                  # per layer: [(top idx, weight)]
+        self._input_ids = []
+        self._params = []                     # every param blob (owners and sharers)
+        self._param_owner = []
+        self._param_layer = []                # (layer id, param id)
+        self._param_names = {}
+        self.learnable_params = []
+        self.learnable_param_ids = []
+        self.params_lr, self.params_weight_decay = [], []
+        self.has_params_lr, self.has_params_decay = [], []
+        self.param_display_names = []
+        available = collections.OrderedDict()
+
+        for lid, lp_net in enumerate(param.layer):
+            lp = pb.LayerParameter()
+            lp.CopyFrom(lp_net)
+            if not lp.HasField('phase'):
+                lp.phase = self.phase
+            if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
+                raise NetDefinitionError(
+                    '%s: %s: propagate_down has %d values but the layer has %d bottoms'
+                    % (src, layer_context(lp), len(lp.propagate_down), len(lp.bottom)))
+            cls = layer_class(lp.type, lp)
+            try:
+                layer = cls(lp, lp.phase)
+            except MinicaffeError:
+                raise
+            self.layers.append(layer)
+            self._layer_names.append(lp.name)
+            self.bottom_ids.append([])
+            self.top_ids.append([])
+            self.bottom_need_backward.append([])
+            need_backward = False
+            for bid, name in enumerate(lp.bottom):
+                if name not in available:
+                    raise NetDefinitionError(
+                        '%s: %s: unknown bottom blob "%s" (bottom %d); it is not produced by an'
+                        ' earlier layer or was already consumed' % (src, layer_context(lp), name, bid))
+                blob_id = self._blob_index[name]
+                self.bottom_ids[lid].append(blob_id)
+                del available[name]
+                nb = self._blob_need_backward[blob_id]
+                if len(lp.propagate_down):
+                    nb = bool(lp.propagate_down[bid])
+                self.bottom_need_backward[lid].append(nb)
+                need_backward |= self._blob_need_backward[blob_id]
+            for tid, name in enumerate(lp.top):
+                self._append_top(lid, lp, tid, name, available)
+            if cls.auto_top_blobs:
+                for tid in range(len(lp.top), layer.needed_auto_tops()):
+                    self._append_top(lid, lp, tid, None, None)
+            if lp.type == 'Input':
+                self._input_ids.extend(self.top_ids[lid])
+            bottom = [self._blob_list[i] for i in self.bottom_ids[lid]]
+            top = [self._blob_list[i] for i in self.top_ids[lid]]
+            self._setup_layer(layer, lp, bottom, top)
+            for tid, blob_id in enumerate(self.top_ids[lid]):
+                w = dict(self._loss_tops[lid]).get(tid, 0.0)
+                self._blob_loss_weight[blob_id] = w
+            n_param = len(layer.blobs)
+            if len(lp_net.param) > n_param:
+                raise NetDefinitionError('%s: %s: %d param specs given but the layer has %d'
+                                         ' learnable blobs' % (src, layer_context(lp), len(lp_net.param), n_param))
+            layer.param_propagate_down = []
+            for pid in range(n_param):
+                spec = lp_net.param[pid] if pid < len(lp_net.param) else pb.ParamSpec()
+                pnb = spec.lr_mult != 0
+                need_backward |= pnb
+                layer.param_propagate_down.append(pnb)
+            for pid in range(n_param):
+                self._append_param(lid, pid)
+            self.layer_need_backward.append(need_backward)
+            if need_backward:
+                for blob_id in self.top_ids[lid]:
+                    self._blob_need_backward[blob_id] = True
+
+        self._backward_analysis()
+        if self.force_backward:
+            for lid, layer in enumerate(self.layers):
+                self.layer_need_backward[lid] = True
+                for bid, blob_id in enumerate(self.bottom_ids[lid]):
+                    nb = self.bottom_need_backward[lid][bid] or layer.allow_force_backward(bid)
+                    self.bottom_need_backward[lid][bid] = nb
+                    self._blob_need_backward[blob_id] = self._blob_need_backward[blob_id] or nb
+                layer.param_propagate_down = [True] * len(layer.blobs)
+        self._output_ids = [self._blob_index[n] for n in sorted(available)]
+        self._share_weights()
+        self._layer_index = {n: i for i, n in enumerate(self._layer_names)}
+
+    def _append_top(self, lid, lp, tid, name, available):
+        if name is not None and tid < len(lp.bottom) and lp.bottom[tid] == name:
+            blob_id = self._blob_index[name]          # in place
+        elif name is not None and name in self._blob_index:
+            raise NetDefinitionError('%s: %s: top blob "%s" is produced by more than one layer'
+                                     ' (only in-place use, top i == bottom i, may repeat a name)'
+                                     % (self.source, layer_context(lp), name))
+        else:
+            blob_id = len(self._blob_list)
+            blob_name = name if name is not None else '(automatic)'
+            self._blob_list.append(Blob(name=blob_name))
+            self._blob_names.append(blob_name)
+            self._blob_need_backward.append(False)
+            self._blob_loss_weight.append(0.0)
+            if name is not None:
+                self._blob_index[name] = blob_id
+        self.top_ids[lid].append(blob_id)
+        if available is not None:
+            available[name] = True
+
+    def _setup_layer(self, layer, lp, bottom, top):
+        layer.check_blob_counts(bottom, top)
+        try:
+            layer.setup(bottom, top)
+            layer.reshape(bottom, top)
+        except MinicaffeError:
+            raise
+        except (ValueError, IndexError, TypeError, AssertionError, ZeroDivisionError) as e:
+            shapes = ', '.join(str(b.shape) for b in bottom)
+            raise NetDefinitionError('%s: %s: setup failed for bottom shapes [%s]: %s'
+                                     % (self.source, layer_context(lp), shapes, e)) from None
+        # Loss weights (Caffe's SetLossWeights; loss layers default to 1 on top 0).
+        weights = list(lp.loss_weight)
+        if not weights and layer.is_loss:
+            weights = [1.0]
+        if weights and len(weights) != len(top) and not (layer.is_loss and not len(lp.loss_weight)):
+            raise NetDefinitionError('%s: %s: loss_weight must be unspecified or given once per top'
+                                     ' (%d tops, %d loss_weight values)'
+                                     % (self.source, layer_context(lp), len(top), len(weights)))
+        self._loss_tops.append([(i, float(w)) for i, w in enumerate(weights) if w != 0])
+        layer.loss_weights = [0.0] * len(top)
+        for i, w in self._loss_tops[-1]:
+            layer.loss_weights[i] = w
+            top[i].diff[...] = w
+
+    def _append_param(self, lid, pid):
+        layer = self.layers[lid]
+        lp = layer.layer_param
+        spec = lp.param[pid] if pid < len(lp.param) else pb.ParamSpec()
+        name = spec.name if pid < len(lp.param) else ''
+        self.param_display_names.append(name or str(pid))
+        net_pid = len(self._params)
+        self._params.append(layer.blobs[pid])
+        self._param_layer.append((lid, pid))
+        if not name or name not in self._param_names:
+            self._param_owner.append(-1)
+            if name:
+                self._param_names[name] = net_pid
+            self.learnable_param_ids.append(len(self.learnable_params))
+            self.learnable_params.append(layer.blobs[pid])
+            self.has_params_lr.append(spec.HasField('lr_mult'))
+            self.has_params_decay.append(spec.HasField('decay_mult'))
+            self.params_lr.append(spec.lr_mult)
+            self.params_weight_decay.append(spec.decay_mult)
+            return
+        owner_pid = self._param_names[name]
+        self._param_owner.append(owner_pid)
+        olid, opid = self._param_layer[owner_pid]
+        this_blob, owner_blob = layer.blobs[pid], self.layers[olid].blobs[opid]
+        if spec.share_mode == pb.ParamSpec.PERMISSIVE:
+            if this_blob.count != owner_blob.count:
+                raise NetDefinitionError(
+                    '%s: cannot share param "%s" owned by layer "%s" with layer "%s": count mismatch'
+                    ' (owner shape %s, sharing layer shape %s)'
+                    % (self.source, name, self._layer_names[olid], lp.name, owner_blob.shape, this_blob.shape))
+        elif this_blob.shape != owner_blob.shape:
+            raise NetDefinitionError(
+                '%s: cannot share param "%s" owned by layer "%s" with layer "%s": shape mismatch'
+                ' (owner shape %s, sharing layer shape %s); use share_mode PERMISSIVE to share by count'
+                % (self.source, name, self._layer_names[olid], lp.name, owner_blob.shape, this_blob.shape))
+        lpid = self.learnable_param_ids[owner_pid]
+        self.learnable_param_ids.append(lpid)
+        if spec.HasField('lr_mult'):
+            if self.has_params_lr[lpid] and spec.lr_mult != self.params_lr[lpid]:
+                raise NetDefinitionError('%s: shared param "%s" has mismatched lr_mult' % (self.source, name))
+            self.has_params_lr[lpid] = True
+            self.params_lr[lpid] = spec.lr_mult
+        if spec.HasField('decay_mult'):
+            if self.has_params_decay[lpid] and spec.decay_mult != self.params_weight_decay[lpid]:
+                raise NetDefinitionError('%s: shared param "%s" has mismatched decay_mult' % (self.source, name))
+            self.has_params_decay[lpid] = True
+            self.params_weight_decay[lpid] = spec.decay_mult
+
+    def _share_weights(self):
+        for i, owner in enumerate(self._param_owner):
+            if owner >= 0:
+                self._params[i].share_data(self._params[owner])
+                self._params[i].share_diff(self._params[owner])
+
+    def _backward_analysis(self):
+        under_loss, skip_backp = set(), set()
+        for lid in range(len(self.layers) - 1, -1, -1):
+            contributes, skip = False, True
+            for tid, blob_id in enumerate(self.top_ids[lid]):
+                name = self._blob_names[blob_id]
+                if self.layers[lid].loss_weights[tid] or name in under_loss:
+                    contributes = True
+                if name not in skip_backp:
+                    skip = False
+                if contributes and not skip:
+                    break
+            if self.layer_need_backward[lid] and skip:
+                self.layer_need_backward[lid] = False
+                self.bottom_need_backward[lid] = [False] * len(self.bottom_ids[lid])
+            if not contributes:
+                self.layer_need_backward[lid] = False
+            for bid, blob_id in enumerate(self.bottom_ids[lid]):
+                name = self._blob_names[blob_id]
+                if contributes:
+                    under_loss.add(name)
+                else:
+                    self.bottom_need_backward[lid][bid] = False
+                if not self.bottom_need_backward[lid][bid]:
+                    skip_backp.add(name)
+
+    # ------------------------------------------------------------ running
+    def _bottom(self, lid):
+        return [self._blob_list[i] for i in self.bottom_ids[lid]]
+
+    def _top(self, lid):
+        return [self._blob_list[i] for i in self.top_ids[lid]]
+
+    def _forward_layer(self, lid):
+        layer = self.layers[lid]
+        bottom, top = self._bottom(lid), self._top(lid)
+        layer.reshape(bottom, top)
+        layer.forward(bottom, top)
+        loss = 0.0
+        for tid, w in self._loss_tops[lid]:
+            top[tid].diff[...] = w
+            loss += w * float(np.sum(top[tid].data, dtype=np.float64))
+        if self.debug_info:
+            self._log_forward(lid)
+        return loss
+
+    def forward_from_to(self, start, end):
+        loss = 0.0
+        for lid in range(start, end + 1):
+            loss += self._forward_layer(lid)
+        return loss
+
+    def backward_from_to(self, start, end):
+        for lid in range(start, end - 1, -1):
+            if self.layer_need_backward[lid]:
+                self.layers[lid].backward(self._top(lid), self.bottom_need_backward[lid], self._bottom(lid))
+                if self.debug_info:
+                    self._log_backward(lid)
+        if self.debug_info:
+            self._log_update_norms()
+
+    def _forward(self, start, end):
+        return self.forward_from_to(start, end)
+
+    def _backward(self, start, end):
+        self.backward_from_to(start, end)
+
+    def forward_all_loss(self):
+        """Run the whole net forward; returns the total weighted loss (Caffe's Forward)."""
+        return self.forward_from_to(0, len(self.layers) - 1)
+
+    def backward_all(self):
+        self.backward_from_to(len(self.layers) - 1, 0)
+
+    def forward_backward(self):
+        loss = self.forward_all_loss()
+        self.backward_all()
+        return loss
+
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """pycaffe's forward: returns {output name: data array}."""
+        blobs = list(blobs or [])
+        start_ind = self._layer_id(start) if start is not None else 0
+        if end is not None:
+            end_ind = self._layer_id(end)
+            outputs = set([end] + blobs)
+        else:
+            end_ind = len(self.layers) - 1
+            outputs = set(self.outputs + blobs)
+        if kwargs:
+            if set(kwargs) != set(self.inputs):
+                raise MinicaffeError('Input blob arguments %s do not match net inputs %s'
+                                     % (sorted(kwargs), self.inputs))
+            for name, value in kwargs.items():
+                value = np.asarray(value)
+                if value.shape[0] != self.blobs[name].shape[0]:
+                    raise MinicaffeError('Input "%s" is not batch sized: %s vs blob %s'
+                                         % (name, value.shape, self.blobs[name].shape))
+                self.blobs[name].data[...] = value
+        self._last_loss = self.forward_from_to(start_ind, end_ind)
+        return {name: self.blobs[name].data for name in outputs}
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        diffs = list(diffs or [])
+        start_ind = self._layer_id(start) if start is not None else len(self.layers) - 1
+        if end is not None:
+            end_ind = self._layer_id(end)
+            outputs = set([end] + diffs)
+        else:
+            end_ind = 0
+            outputs = set(self.inputs + diffs)
+        if kwargs:
+            if set(kwargs) != set(self.outputs):
+                raise MinicaffeError('Top diff arguments %s do not match net outputs %s'
+                                     % (sorted(kwargs), self.outputs))
+            for name, value in kwargs.items():
+                value = np.asarray(value)
+                if value.shape[0] != self.blobs[name].shape[0]:
+                    raise MinicaffeError('Diff "%s" is not batch sized' % name)
+                self.blobs[name].diff[...] = value
+        self.backward_from_to(start_ind, end_ind)
+        return {name: self.blobs[name].diff for name in outputs}
+
+    def reshape(self):
+        for lid, layer in enumerate(self.layers):
+            layer.reshape(self._bottom(lid), self._top(lid))
+
+    def clear_param_diffs(self):
+        for b in self.learnable_params:
+            b.diff[...] = 0
+
+    def _layer_id(self, name):
+        try:
+            return self._layer_index[name]
+        except KeyError:
+            raise MinicaffeError('no layer named "%s" in net %s' % (name, self.source)) from None
+
+    # ------------------------------------------------------------ pycaffe views
+    @property
+    def blobs(self):
+        return collections.OrderedDict((n, b) for n, b in zip(self._blob_names, self._blob_list)
+                                       if n != '(automatic)')
+
+    @property
+    def params(self):
+        return collections.OrderedDict((n, l.blobs) for n, l in zip(self._layer_names, self.layers)
+                                       if len(l.blobs) > 0)
+
+    @property
+    def layer_dict(self):
+        return collections.OrderedDict(zip(self._layer_names, self.layers))
+
+    @property
+    def inputs(self):
+        return [self._blob_names[i] for i in self._input_ids]
+
+    @property
+    def outputs(self):
+        return [self._blob_names[i] for i in self._output_ids]
+
+    @property
+    def top_names(self):
+        return collections.OrderedDict((n, [self._blob_names[i] for i in ids])
+                                       for n, ids in zip(self._layer_names, self.top_ids))
+
+    @property
+    def bottom_names(self):
+        return collections.OrderedDict((n, [self._blob_names[i] for i in ids])
+                                       for n, ids in zip(self._layer_names, self.bottom_ids))
+
+    @property
+    def blob_loss_weights(self):
+        return collections.OrderedDict(zip(self._blob_names, self._blob_loss_weight))
+
+    @property
+    def blob_names(self):
+        return list(self._blob_names)
+
+    def layer_names(self):
+        return list(self._layer_names)
+
+    # ------------------------------------------------------------ weights
+    def copy_from(self, path):
+        """Load weights from a .caffemodel (binary) or a Caffe HDF5 weights file."""
+        from . import weights as W
+        W.load_weights(self, os.fspath(path))
+
+    def copy_trained_layers_from(self, path):
+        self.copy_from(path)
+
+    def save(self, path, write_diff=False):
+        from . import weights as W
+        W.save_caffemodel(self, os.fspath(path), write_diff)
+
+    def save_hdf5(self, path, write_diff=False):
+        from . import weights as W
+        W.save_hdf5(self, os.fspath(path), write_diff)
+
+    def load_hdf5(self, path):
+        from . import weights as W
+        W.load_hdf5(self, os.fspath(path))
+
+    def to_proto(self, write_diff=False):
+        out = pb.NetParameter()
+        out.name = self.name
+        for layer in self.layers:
+            lp = out.layer.add()
+            lp.CopyFrom(layer.layer_param)
+            del lp.blobs[:]
+            for b in layer.blobs:
+                protoio.blob_to_proto(b, lp.blobs.add(), write_diff)
+        return out
+
+    def share_with(self, other):
+        """Share the learnable blobs of layers with the same name in ``other``."""
+        for name, src_layer in zip(other._layer_names, other.layers):
+            if name not in self._layer_index:
+                continue
+            dst = self.layers[self._layer_index[name]]
+            if len(dst.blobs) != len(src_layer.blobs):
+                raise WeightsError('share_with: layer "%s" has %d blobs here and %d in the source'
+                                   % (name, len(dst.blobs), len(src_layer.blobs)))
+            for i, (d, s) in enumerate(zip(dst.blobs, src_layer.blobs)):
+                if d.shape != s.shape:
+                    raise WeightsError('share_with: layer "%s" param %d shape %s != source %s'
+                                       % (name, i, d.shape, s.shape))
+                dst.blobs[i] = s
+        self._refresh_param_lists()
+
+    def _refresh_param_lists(self):
+        for i, (lid, pid) in enumerate(self._param_layer):
+            self._params[i] = self.layers[lid].blobs[pid]
+        for i, owner in enumerate(self._param_owner):
+            if owner < 0:
+                self.learnable_params[self.learnable_param_ids[i]] = self._params[i]
+
+    @property
+    def param_owners(self):
+        return list(self._param_owner)
+
+    @property
+    def all_params(self):
+        return list(self._params)
+
+    @property
+    def param_layer_indices(self):
+        return list(self._param_layer)
+
+    # ------------------------------------------------------------ debug_info
+    def _log_forward(self, lid):
+        layer = self.layers[lid]
+        for blob_id in self.top_ids[lid]:
+            b = self._blob_list[blob_id]
+            log.info('    [Forward] Layer %s, top blob %s data: %g', layer.name,
+                     self._blob_names[blob_id], _asum_mean(b.data))
+        for pid, b in enumerate(layer.blobs):
+            log.info('    [Forward] Layer %s, param blob %d data: %g', layer.name, pid, _asum_mean(b.data))
+
+    def _log_backward(self, lid):
+        layer = self.layers[lid]
+        for bid, blob_id in enumerate(self.bottom_ids[lid]):
+            if self.bottom_need_backward[lid][bid]:
+                log.info('    [Backward] Layer %s, bottom blob %s diff: %g', layer.name,
+                         self._blob_names[blob_id], _asum_mean(self._blob_list[blob_id].diff))
+        for pid, b in enumerate(layer.blobs):
+            if layer.param_propagate_down[pid]:
+                log.info('    [Backward] Layer %s, param blob %d diff: %g', layer.name, pid, _asum_mean(b.diff))
+
+    def _log_update_norms(self):
+        asum = sum(float(np.abs(b.data).sum()) for b in self.learnable_params)
+        dsum = sum(float(np.abs(b.diff).sum()) for b in self.learnable_params)
+        log.info('    [Backward] All net params (data, diff): L1 norm = (%g, %g)', asum, dsum)
+
+
+def _asum_mean(a):
+    return float(np.abs(a).mean()) if a.size else 0.0

@@ -1,0 +1,18 @@
+from setuptools import find_packages, setup
+
+setup(
+    name='minicaffe',
+    version='0.1.0',
+    description='A Caffe-faithful deep learning framework in Python (NumPy on the CPU, CuPy on NVIDIA GPUs)',
+    packages=find_packages(include=['minicaffe', 'minicaffe.*']),
+    package_data={'minicaffe': ['proto/*.proto', 'kernels/*.cu']},
+    python_requires='>=3.9',
+    install_requires=['numpy', 'protobuf>=4.21', 'h5py', 'pillow'],
+    extras_require={
+        'test': ['pytest', 'hypothesis', 'grpcio-tools'],
+        'plot': ['matplotlib'],
+        'cuda12': ['cupy-cuda12x>=13'],
+        'cuda13': ['cupy-cuda13x>=13'],
+    },
+    entry_points={'console_scripts': ['minicaffe=minicaffe.cli:main']},
+)
