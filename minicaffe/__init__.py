@@ -11,3 +11,5 @@ from . import mode as _mode
 from .mode import set_mode_cpu, set_mode_gpu, set_device  # noqa: F401
 
 __version__ = '0.1.0'
+from .solvers import (get_solver, SGDSolver, NesterovSolver, AdaGradSolver,  # noqa: F401,E402
+                      RMSPropSolver, AdaDeltaSolver, AdamSolver)

@@ -1,0 +1,121 @@
+"""Solver snapshots in Caffe's two formats, written atomically.
+
+BINARYPROTO: ``<prefix>_iter_N.caffemodel`` (NetParameter) and
+``<prefix>_iter_N.solverstate`` (SolverState: iter, learned_net, history,
+current_step).  HDF5: ``.caffemodel.h5`` and ``.solverstate.h5`` with
+datasets ``iter``, ``learned_net``, ``current_step`` and group ``history``
+holding ``0``, ``1``, ….  Every file goes to a temporary name first and is
+renamed into place, so a crash mid-snapshot leaves the previous one intact.
+"""
+import glob
+import os
+import re
+
+import h5py
+import numpy as np
+
+from .. import protoio, weights
+from ..errors import WeightsError
+from ..protoio import pb
+
+
+def filename(solver, extension):
+    return '%s_iter_%d%s' % (solver.param.snapshot_prefix, solver.iter, extension)
+
+
+def snapshot(solver):
+    p = solver.param
+    d = os.path.dirname(p.snapshot_prefix)
+    if d and not os.path.isdir(d):
+        os.makedirs(d, exist_ok=True)
+    if p.snapshot_format == pb.SolverParameter.HDF5:
+        model = filename(solver, '.caffemodel.h5')
+        solver.log('Snapshotting to HDF5 file %s' % model)
+        weights.save_hdf5(solver.net, model, p.snapshot_diff)
+        state = filename(solver, '.solverstate.h5')
+        solver.log('Snapshotting solver state to HDF5 file %s' % state)
+        _write_state_hdf5(solver, state, model)
+    else:
+        model = filename(solver, '.caffemodel')
+        solver.log('Snapshotting to binary proto file %s' % model)
+        weights.save_caffemodel(solver.net, model, p.snapshot_diff)
+        state = filename(solver, '.solverstate')
+        solver.log('Snapshotting solver state to binary proto file %s' % state)
+        msg = pb.SolverState(iter=solver.iter, learned_net=model, current_step=solver.current_step)
+        for h in solver.history:
+            protoio.blob_to_proto(h, msg.history.add())
+        protoio.write_binary_atomic(state, msg)
+    return model, state
+
+
+def _write_state_hdf5(solver, path, model):
+    tmp = '%s.tmp-%d' % (path, os.getpid())
+    try:
+        with h5py.File(tmp, 'w') as f:
+            f.create_dataset('iter', data=np.array([solver.iter], np.int32))
+            f.create_dataset('learned_net', data=np.bytes_(model.encode('utf-8')))
+            f.create_dataset('current_step', data=np.array([solver.current_step], np.int32))
+            g = f.create_group('history')
+            for i, h in enumerate(solver.history):
+                g.create_dataset(str(i), data=h)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _learned_net_path(state_path, learned):
+    # Caffe opens learned_net relative to the working directory; a snapshot
+    # moved with its folder is found beside the state file too.
+    if os.path.exists(learned):
+        return learned
+    alt = os.path.join(os.path.dirname(state_path), os.path.basename(learned))
+    return alt if os.path.exists(alt) else learned
+
+
+def restore(solver, path):
+    if not os.path.exists(path):
+        raise WeightsError('solver state %s does not exist' % path)
+    if path.endswith('.h5'):
+        try:
+            with h5py.File(path, 'r') as f:
+                it = int(np.asarray(f['iter'][()]).ravel()[0])
+                learned = f['learned_net'][()] if 'learned_net' in f else b''
+                learned = learned.decode('utf-8') if isinstance(learned, bytes) else str(learned)
+                step = int(np.asarray(f['current_step'][()]).ravel()[0]) if 'current_step' in f else 0
+                g = f['history']
+                hist = [np.asarray(g[str(i)][()], np.float32) for i in range(len(g))]
+        except (OSError, KeyError, ValueError, IndexError) as e:
+            raise WeightsError('%s is not a valid HDF5 solver state: %s' % (path, e)) from None
+    else:
+        state = protoio.read_binary(path, pb.SolverState, 'solver state')
+        it, learned, step = state.iter, state.learned_net, state.current_step
+        hist = [protoio.blob_proto_array(b, '%s history %d' % (path, i))
+                for i, b in enumerate(state.history)]
+    if learned:
+        solver.net.copy_from(_learned_net_path(path, learned))
+    if len(hist) != len(solver.history):
+        raise WeightsError('%s holds %d history blobs but this %s solver on this net needs %d'
+                           ' (snapshot from another solver type or net?)'
+                           % (path, len(hist), solver.type, len(solver.history)))
+    for i, (dst, src) in enumerate(zip(solver.history, hist)):
+        if src.size != dst.size:
+            raise WeightsError('%s: history blob %d has %d values, expected %d (shape %s)'
+                               % (path, i, src.size, dst.size, dst.shape))
+        dst[...] = src.reshape(dst.shape)
+    solver.iter = it
+    solver.current_step = step
+    solver.log('Restored solver state from %s (iteration %d)' % (path, it))
+
+
+_SNAP = re.compile(r'_iter_(\d+)\.solverstate(\.h5)?$')
+
+
+def newest(prefix):
+    """The newest snapshot state file under ``prefix`` (for ``--snapshot auto``)."""
+    best = None
+    for f in glob.glob(glob.escape(prefix) + '_iter_*.solverstate*'):
+        m = _SNAP.search(f)
+        if m and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), f)
+    return best[1] if best else None

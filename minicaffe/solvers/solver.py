@@ -1,0 +1,406 @@
+"""Caffe's Solver: training loop, testing, snapshots and restore.
+
+One class serves all six solver types; the type only selects the update rule
+(see updates.py) and how many history blobs each parameter keeps.  The step
+order is Caffe's (solver.cpp / sgd_solver.cpp):
+
+    clear diffs → test (iter % test_interval == 0, and iter > 0 or
+    test_initialization) → iter_size × forward+backward → smoothed loss and
+    display → lr for this iter → clip (global L2 norm) → per param:
+    diff /= iter_size, weight decay (L2 or L1), update rule → w -= diff →
+    iter += 1 → snapshot (every `snapshot` iters, or on request)
+"""
+import logging
+import os
+import time
+
+import numpy as np
+
+from .. import protoio
+from ..errors import MinicaffeError
+from ..net import Net, TRAIN, TEST
+from ..protoio import pb
+from . import lr_policy, snapshot as snap
+from .updates import RULES
+
+log = logging.getLogger('minicaffe')
+
+# Legacy SolverParameter.solver_type enum -> type string.
+LEGACY_TYPES = {0: 'SGD', 1: 'Nesterov', 2: 'AdaGrad', 3: 'RMSProp', 4: 'AdaDelta', 5: 'Adam'}
+
+
+class SolverAction(object):
+    NONE, STOP, SNAPSHOT = 'none', 'stop', 'snapshot'
+
+
+def read_solver_param(path):
+    param = protoio.read_text(path, pb.SolverParameter)
+    upgrade_solver_param(param, path)
+    return param
+
+
+def upgrade_solver_param(param, path=None):
+    """Legacy solver_type enum -> type; Caffe's snapshot_prefix defaults."""
+    if param.HasField('solver_type'):
+        if param.HasField('type'):
+            raise MinicaffeError('%s: both the old solver_type field (enum) and the new type field'
+                                 ' (string) are given; keep only type' % (path or 'solver'))
+        param.type = LEGACY_TYPES[param.solver_type]
+        param.ClearField('solver_type')
+    if path is not None:
+        if not param.HasField('snapshot_prefix'):
+            param.snapshot_prefix = os.path.splitext(os.fspath(path))[0]
+        elif os.path.isdir(param.snapshot_prefix):
+            stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+            param.snapshot_prefix = os.path.join(param.snapshot_prefix, stem)
+    return param
+
+
+class Solver(object):
+    """pycaffe-compatible solver: ``net``, ``test_nets``, ``iter``, ``step``,
+    ``solve``, ``restore``, ``snapshot``, ``add_callback``."""
+
+    def __init__(self, param_or_path, stages=None, level=None, logger=None):
+        if isinstance(param_or_path, pb.SolverParameter):
+            self.param = pb.SolverParameter()
+            self.param.CopyFrom(param_or_path)
+            self.source = '<solver>'
+            upgrade_solver_param(self.param)
+        else:
+            self.source = os.fspath(param_or_path)
+            self.param = read_solver_param(self.source)
+        self.type = self.param.type or 'SGD'
+        if self.type not in RULES:
+            raise MinicaffeError('%s: unknown solver type "%s" (known: %s)'
+                                 % (self.source, self.type, ', '.join(RULES)))
+        if self.type == 'AdaGrad' and self.param.momentum != 0:
+            raise MinicaffeError('%s: momentum cannot be used with AdaGrad' % self.source)
+        self._extra_stages = list(stages or [])
+        self._level = level
+        self._log = logger or log.info
+        self.iter = 0
+        self.current_step = 0
+        self.callbacks = []
+        self.action_request = None          # callable returning a SolverAction
+        self.requested_early_exit = False
+        self._losses = []
+        self.smoothed_loss = 0.0
+        if self.param.random_seed >= 0:
+            from ..rng import set_random_seed
+            set_random_seed(self.param.random_seed)
+        self._init_train_net()
+        self._init_test_nets()
+        self.n_params = len(self.net.learnable_params)
+        self.update_rule, sets = RULES[self.type]
+        self.history = [np.zeros(b.shape, np.float32)
+                        for _ in range(sets) for b in self.net.learnable_params]
+        self.metrics = None
+
+    def log(self, msg):
+        self._log(msg)
+
+    # ------------------------------------------------------------ nets
+    def _resolve(self, path):
+        """Net files: as Caffe, relative to the working directory; failing
+        that, relative to the solver file's folder."""
+        if os.path.exists(path) or self.source.startswith('<'):
+            return path
+        alt = os.path.join(os.path.dirname(self.source), path)
+        return alt if os.path.exists(alt) else path
+
+    def _net_from(self, net_param, phase, extra_state, source):
+        # Caffe: state = phase, then the net's own state, then train_state/test_state.
+        state = pb.NetState(phase=phase)
+        state.MergeFrom(net_param.state)
+        if extra_state is not None:
+            state.MergeFrom(extra_state)
+        if self._level is not None:
+            state.level = self._level
+        state.stage.extend(self._extra_stages)
+        net_param.state.CopyFrom(state)
+        return Net(net_param=net_param, phase=state.phase, level=state.level, source=source,
+                   stages=None)
+
+    def _read_net_file(self, path):
+        from ..net import read_net_param
+        path = self._resolve(path)
+        if not os.path.exists(path):
+            raise MinicaffeError('%s: net file "%s" does not exist' % (self.source, path))
+        return read_net_param(path), path
+
+    def _init_train_net(self):
+        p = self.param
+        given = [f for f in ('net', 'net_param', 'train_net', 'train_net_param') if p.HasField(f)]
+        if len(given) != 1:
+            raise MinicaffeError('%s: give exactly one of net, net_param, train_net, train_net_param'
+                                 ' (found %s)' % (self.source, ', '.join(given) or 'none'))
+        field = given[0]
+        if field.endswith('_param'):
+            net_param, src = pb.NetParameter(), '%s (%s)' % (self.source, field)
+            net_param.CopyFrom(getattr(p, field))
+        else:
+            net_param, src = self._read_net_file(getattr(p, field))
+        self.net = self._net_from(net_param, TRAIN,
+                                  p.train_state if p.HasField('train_state') else None, src)
+        for w in p.weights:
+            self.net.copy_from(self._resolve(w))
+
+    def _init_test_nets(self):
+        p = self.param
+        sources = []
+        for tp in p.test_net_param:
+            q = pb.NetParameter()
+            q.CopyFrom(tp)
+            sources.append((q, '%s (test_net_param)' % self.source))
+        for f in p.test_net:
+            sources.append(self._read_net_file(f))
+        generic = len(p.test_iter) - len(sources)
+        if (p.HasField('net') or p.HasField('net_param')) and generic > 0:
+            for _ in range(generic):
+                if p.HasField('net_param'):
+                    q = pb.NetParameter()
+                    q.CopyFrom(p.net_param)
+                    sources.append((q, '%s (net_param)' % self.source))
+                else:
+                    sources.append(self._read_net_file(p.net))
+        if len(p.test_iter) != len(sources):
+            raise MinicaffeError('%s: test_iter must be given once per test net (%d test nets,'
+                                 ' %d test_iter values)' % (self.source, len(sources), len(p.test_iter)))
+        if sources and not p.test_interval:
+            raise MinicaffeError('%s: test_iter is given but test_interval is not (or is 0):'
+                                 ' set test_interval to say how often to test' % self.source)
+        if len(p.test_state) and len(p.test_state) != len(sources):
+            raise MinicaffeError('%s: test_state must be given once per test net' % self.source)
+        self.test_nets = []
+        for i, (q, src) in enumerate(sources):
+            st = p.test_state[i] if len(p.test_state) else None
+            self.test_nets.append(self._net_from(q, TEST, st, src))
+
+    # ------------------------------------------------------------ training
+    def add_callback(self, on_start=None, on_gradients_ready=None):
+        """pycaffe's add_callback(on_start, on_gradients_ready), or an object with those methods."""
+        if on_gradients_ready is None and hasattr(on_start, 'on_start'):
+            obj = on_start
+            on_start, on_gradients_ready = obj.on_start, getattr(obj, 'on_gradients_ready', None)
+        self.callbacks.append((on_start, on_gradients_ready))
+
+    def _requested_action(self):
+        return self.action_request() if self.action_request else SolverAction.NONE
+
+    def step(self, iters):
+        p = self.param
+        start_iter = self.iter
+        stop_iter = self.iter + int(iters)
+        self._losses = []
+        self.smoothed_loss = 0.0
+        self._iter_last = self.iter
+        timer = time.time()
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            if (p.test_interval and self.iter % p.test_interval == 0
+                    and (self.iter > 0 or p.test_initialization)):
+                self.test_all()
+                if self.requested_early_exit:
+                    break
+            for on_start, _ in self.callbacks:
+                if on_start:
+                    on_start()
+            display = p.display and self.iter % p.display == 0
+            self.net.debug_info = bool(display and p.debug_info)
+            loss = 0.0
+            for _ in range(max(1, p.iter_size)):
+                loss += self.net.forward_backward()
+            loss /= max(1, p.iter_size)
+            self._update_smoothed_loss(loss, start_iter, max(1, p.average_loss))
+            outputs = None
+            if display:
+                lapse = time.time() - timer
+                per_s = (self.iter - self._iter_last) / (lapse if lapse else 1)
+                self.log('Iteration %d (%g iter/s, %.3gs/%d iters), loss = %g'
+                         % (self.iter, per_s, lapse, p.display, self.smoothed_loss))
+                timer = time.time()
+                self._iter_last = self.iter
+                outputs = self._log_outputs(self.net, 'Train', 1)
+            for _, on_ready in self.callbacks:
+                if on_ready:
+                    on_ready()
+            rate = self.apply_update(display)
+            if self.metrics is not None:
+                self.metrics.train(self.iter, rate, loss, self.smoothed_loss, outputs)
+            self.iter += 1
+            request = self._requested_action()
+            if (p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT:
+                self.snapshot()
+            if request == SolverAction.STOP:
+                self.requested_early_exit = True
+                break
+        return self.smoothed_loss
+
+    def solve(self, resume=None):
+        p = self.param
+        self.requested_early_exit = False
+        if resume:
+            self.restore(resume)
+        start_iter = self.iter
+        self.log('Solving %s' % (self.net.name or self.source))
+        self.log('Learning Rate Policy: %s' % p.lr_policy)
+        self.step(p.max_iter - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
+        if self.requested_early_exit:
+            self.log('Optimization stopped early.')
+            return
+        if p.display and self.iter % p.display == 0:
+            loss = self.net.forward_all_loss()
+            self._update_smoothed_loss(loss, start_iter, max(1, p.average_loss))
+            self.log('Iteration %d, loss = %g' % (self.iter, self.smoothed_loss))
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+        self.log('Optimization Done.')
+
+    def _update_smoothed_loss(self, loss, start_iter, average_loss):
+        if len(self._losses) < average_loss:
+            self._losses.append(loss)
+            n = len(self._losses)
+            self.smoothed_loss = (self.smoothed_loss * (n - 1) + loss) / n
+        else:
+            idx = (self.iter - start_iter) % average_loss
+            self.smoothed_loss += (loss - self._losses[idx]) / average_loss
+            self._losses[idx] = loss
+
+    def _log_outputs(self, net, kind, divisor, scores=None):
+        """Caffe's "    Train net output #k: name = v (* w = wv loss)" lines."""
+        values = {}
+        k = 0
+        weights = net.blob_loss_weights
+        for name in net.outputs:
+            vals = scores[name] if scores is not None else net.blobs[name].data
+            w = weights.get(name, 0.0)
+            for v in np.asarray(vals, np.float64).ravel():
+                v = v / divisor
+                extra = ' (* %g = %g loss)' % (w, w * v) if w else ''
+                self.log('    %s net output #%d: %s = %g%s' % (kind, k, name, v, extra))
+                values['%s' % name if np.size(vals) == 1 else '%s_%d' % (name, k)] = float(v)
+                k += 1
+        return values
+
+    # ------------------------------------------------------------ update
+    def learning_rate(self):
+        return lr_policy.learning_rate(self)
+
+    def apply_update(self, display=False):
+        p = self.param
+        rate = self.learning_rate()
+        if display:
+            self.log('Iteration %d, lr = %g' % (self.iter, rate))
+        params = self.net.learnable_params
+        self._clip_gradients(params)
+        iter_size = max(1, p.iter_size)
+        for i, blob in enumerate(params):
+            g = blob.diff
+            if iter_size > 1:
+                g *= np.float32(1.0 / iter_size)
+            self._regularize(i, blob)
+            self.update_rule(self, i, g, np.float32(rate) * np.float32(self.net.params_lr[i]))
+        for blob in params:
+            blob.data -= blob.diff
+        return rate
+
+    def _clip_gradients(self, params):
+        clip = self.param.clip_gradients
+        if clip < 0:
+            return
+        sumsq = sum(float(np.dot(b.diff.ravel(), b.diff.ravel())) for b in params)
+        norm = np.sqrt(sumsq)
+        if norm > clip:
+            scale = clip / norm
+            self.log('Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale factor %g'
+                     % (norm, clip, scale))
+            for b in params:
+                b.diff *= np.float32(scale)
+
+    def _regularize(self, i, blob):
+        p = self.param
+        decay = np.float32(p.weight_decay) * np.float32(self.net.params_weight_decay[i])
+        if not decay:
+            return
+        kind = p.regularization_type
+        if kind == 'L2':
+            blob.diff += decay * blob.data
+        elif kind == 'L1':
+            blob.diff += decay * np.sign(blob.data)
+        else:
+            raise MinicaffeError('%s: unknown regularization_type "%s" (L1 or L2)' % (self.source, kind))
+
+    # ------------------------------------------------------------ testing
+    def test_all(self):
+        for i in range(len(self.test_nets)):
+            self.log('Iteration %d, Testing net (#%d)' % (self.iter, i))
+            self.test(i)
+
+    def test(self, i=0):
+        p = self.param
+        net = self.test_nets[i]
+        net.share_with(self.net)
+        scores = {}
+        loss = 0.0
+        n = p.test_iter[i]
+        for _ in range(n):
+            request = self._requested_action()
+            while request != SolverAction.NONE:
+                if request == SolverAction.SNAPSHOT:
+                    self.snapshot()
+                elif request == SolverAction.STOP:
+                    self.requested_early_exit = True
+                request = self._requested_action()
+            if self.requested_early_exit:
+                break
+            iter_loss = net.forward_all_loss()
+            if p.test_compute_loss:
+                loss += iter_loss
+            for name in net.outputs:
+                v = np.array(net.blobs[name].data, np.float64)
+                scores[name] = scores[name] + v if name in scores else v
+        if self.requested_early_exit:
+            self.log('Test interrupted.')
+            return None
+        if p.test_compute_loss:
+            self.log('Test loss: %g' % (loss / n))
+        values = self._log_outputs(net, 'Test', n, scores)
+        if self.metrics is not None:
+            self.metrics.test(self.iter, i, values)
+        return values
+
+    # ------------------------------------------------------------ snapshots
+    def snapshot(self):
+        return snap.snapshot(self)
+
+    def restore(self, path):
+        snap.restore(self, os.fspath(path))
+
+
+def _typed(type_name):
+    class _Typed(Solver):
+        def __init__(self, param_or_path, **kw):
+            super(_Typed, self).__init__(param_or_path, **kw)
+            if self.type != type_name:
+                # pycaffe's XSolver(path) trains with X whatever the file says.
+                self.type = type_name
+                self.update_rule, sets = RULES[type_name]
+                self.history = [np.zeros(b.shape, np.float32)
+                                for _ in range(sets) for b in self.net.learnable_params]
+    _Typed.__name__ = _Typed.__qualname__ = type_name + 'Solver'
+    return _Typed
+
+
+SGDSolver = _typed('SGD')
+NesterovSolver = _typed('Nesterov')
+AdaGradSolver = _typed('AdaGrad')
+RMSPropSolver = _typed('RMSProp')
+AdaDeltaSolver = _typed('AdaDelta')
+AdamSolver = _typed('Adam')
+
+
+def get_solver(path_or_param, **kw):
+    """The solver its type field names (pycaffe's caffe.get_solver)."""
+    return Solver(path_or_param, **kw)

@@ -1,0 +1,83 @@
+"""The six update rules (Caffe's *Solver::ComputeUpdateValue), one function each.
+
+Each takes the solver, the learnable param index, the gradient array ``g``
+(the param's diff, already normalised and regularised) and the local rate
+α = lr · lr_mult, and leaves the step Δ in ``g`` (the net then does w -= Δ).
+History layout follows Caffe: ``history[i]`` per param; AdaDelta and Adam
+keep a second set at ``history[i + n_params]``.
+
+SGD       V ← μV + αg;                      Δ = V
+Nesterov  V' ← μV + αg;                     Δ = (1+μ)V' − μV
+AdaGrad   H ← H + g²;                       Δ = α g / (√H + δ)
+RMSProp   H ← ρH + (1−ρ)g²  (ρ = rms_decay); Δ = α g / (√H + δ)
+AdaDelta  G ← ρG + (1−ρ)g²  (ρ = momentum); u = g √((D+δ)/(G+δ));
+          D ← ρD + (1−ρ)u²;                  Δ = α u
+Adam      m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²  (β1 = momentum, β2 = momentum2)
+          Δ = α √(1−β2ᵗ)/(1−β1ᵗ) · m / (√v + δ),  t = iter + 1
+"""
+import math
+
+import numpy as np
+
+F32 = np.float32
+
+
+def sgd(solver, i, g, rate):
+    h = solver.history[i]
+    h *= F32(solver.param.momentum)
+    h += F32(rate) * g
+    g[...] = h
+
+
+def nesterov(solver, i, g, rate):
+    h = solver.history[i]
+    mu = F32(solver.param.momentum)
+    prev = h.copy()
+    h *= mu
+    h += F32(rate) * g
+    g[...] = (F32(1) + mu) * h - mu * prev
+
+
+def adagrad(solver, i, g, rate):
+    h = solver.history[i]
+    h += g * g
+    g[...] = F32(rate) * (g / (np.sqrt(h) + F32(solver.param.delta)))
+
+
+def rmsprop(solver, i, g, rate):
+    h = solver.history[i]
+    rho = F32(solver.param.rms_decay)
+    h[...] = (F32(1) - rho) * (g * g) + rho * h
+    g[...] = F32(rate) * (g / (np.sqrt(h) + F32(solver.param.delta)))
+
+
+def adadelta(solver, i, g, rate):
+    n = solver.n_params
+    grad_hist, upd_hist = solver.history[i], solver.history[i + n]
+    rho, delta = F32(solver.param.momentum), F32(solver.param.delta)
+    grad_hist[...] = (F32(1) - rho) * (g * g) + rho * grad_hist
+    g *= np.sqrt((delta + upd_hist) / (delta + grad_hist))
+    upd_hist[...] = (F32(1) - rho) * (g * g) + rho * upd_hist
+    g *= F32(rate)
+
+
+def adam(solver, i, g, rate):
+    n = solver.n_params
+    m, v = solver.history[i], solver.history[i + n]
+    b1, b2 = F32(solver.param.momentum), F32(solver.param.momentum2)
+    t = solver.iter + 1
+    correction = math.sqrt(1.0 - math.pow(float(b2), t)) / (1.0 - math.pow(float(b1), t))
+    m[...] = (F32(1) - b1) * g + b1 * m
+    v[...] = (F32(1) - b2) * (g * g) + b2 * v
+    g[...] = F32(rate * correction) * (m / (np.sqrt(v) + F32(solver.param.delta)))
+
+
+# type name -> (update function, history sets per param)
+RULES = {
+    'SGD': (sgd, 1),
+    'Nesterov': (nesterov, 1),
+    'AdaGrad': (adagrad, 1),
+    'RMSProp': (rmsprop, 1),
+    'AdaDelta': (adadelta, 2),
+    'Adam': (adam, 2),
+}
