@@ -116,67 +116,11 @@ class Net(object):
         available = collections.OrderedDict()
 
         for lid, lp_net in enumerate(param.layer):
-            lp = pb.LayerParameter()
-            lp.CopyFrom(lp_net)
-            if not lp.HasField('phase'):
-                lp.phase = self.phase
-            if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
-                raise NetDefinitionError(
-                    '%s: %s: propagate_down has %d values but the layer has %d bottoms'
-                    % (src, layer_context(lp), len(lp.propagate_down), len(lp.bottom)))
-            cls = layer_class(lp.type, lp)
             try:
-                layer = cls(lp, lp.phase)
-            except MinicaffeError:
-                raise
-            self.layers.append(layer)
-            self._layer_names.append(lp.name)
-            self.bottom_ids.append([])
-            self.top_ids.append([])
-            self.bottom_need_backward.append([])
-            need_backward = False
-            for bid, name in enumerate(lp.bottom):
-                if name not in available:
-                    raise NetDefinitionError(
-                        '%s: %s: unknown bottom blob "%s" (bottom %d); it is not produced by an'
-                        ' earlier layer or was already consumed' % (src, layer_context(lp), name, bid))
-                blob_id = self._blob_index[name]
-                self.bottom_ids[lid].append(blob_id)
-                del available[name]
-                nb = self._blob_need_backward[blob_id]
-                if len(lp.propagate_down):
-                    nb = bool(lp.propagate_down[bid])
-                self.bottom_need_backward[lid].append(nb)
-                need_backward |= self._blob_need_backward[blob_id]
-            for tid, name in enumerate(lp.top):
-                self._append_top(lid, lp, tid, name, available)
-            if cls.auto_top_blobs:
-                for tid in range(len(lp.top), layer.needed_auto_tops()):
-                    self._append_top(lid, lp, tid, None, None)
-            if lp.type == 'Input':
-                self._input_ids.extend(self.top_ids[lid])
-            bottom = [self._blob_list[i] for i in self.bottom_ids[lid]]
-            top = [self._blob_list[i] for i in self.top_ids[lid]]
-            self._setup_layer(layer, lp, bottom, top)
-            for tid, blob_id in enumerate(self.top_ids[lid]):
-                w = dict(self._loss_tops[lid]).get(tid, 0.0)
-                self._blob_loss_weight[blob_id] = w
-            n_param = len(layer.blobs)
-            if len(lp_net.param) > n_param:
-                raise NetDefinitionError('%s: %s: %d param specs given but the layer has %d'
-                                         ' learnable blobs' % (src, layer_context(lp), len(lp_net.param), n_param))
-            layer.param_propagate_down = []
-            for pid in range(n_param):
-                spec = lp_net.param[pid] if pid < len(lp_net.param) else pb.ParamSpec()
-                pnb = spec.lr_mult != 0
-                need_backward |= pnb
-                layer.param_propagate_down.append(pnb)
-            for pid in range(n_param):
-                self._append_param(lid, pid)
-            self.layer_need_backward.append(need_backward)
-            if need_backward:
-                for blob_id in self.top_ids[lid]:
-                    self._blob_need_backward[blob_id] = True
+                self._add_layer(lid, lp_net, available)
+            except MinicaffeError as e:
+                # Same error class (DataSourceError stays one), now with file:line.
+                raise type(e)(self._locate(lp_net, str(e))) from None
 
         self._backward_analysis()
         if self.force_backward:
@@ -190,6 +134,75 @@ class Net(object):
         self._output_ids = [self._blob_index[n] for n in sorted(available)]
         self._share_weights()
         self._layer_index = {n: i for i, n in enumerate(self._layer_names)}
+
+    def _add_layer(self, lid, lp_net, available):
+        src = self.source
+        lp = pb.LayerParameter()
+        lp.CopyFrom(lp_net)
+        if not lp.HasField('phase'):
+            lp.phase = self.phase
+        if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
+            raise NetDefinitionError(
+                '%s: %s: propagate_down has %d values but the layer has %d bottoms'
+                % (src, layer_context(lp), len(lp.propagate_down), len(lp.bottom)))
+        cls = layer_class(lp.type, lp)
+        layer = cls(lp, lp.phase)
+        self.layers.append(layer)
+        self._layer_names.append(lp.name)
+        self.bottom_ids.append([])
+        self.top_ids.append([])
+        self.bottom_need_backward.append([])
+        need_backward = False
+        for bid, name in enumerate(lp.bottom):
+            if name not in available:
+                raise NetDefinitionError(
+                    '%s: %s: unknown bottom blob "%s" (bottom %d); it is not produced by an'
+                    ' earlier layer or was already consumed' % (src, layer_context(lp), name, bid))
+            blob_id = self._blob_index[name]
+            self.bottom_ids[lid].append(blob_id)
+            del available[name]
+            nb = self._blob_need_backward[blob_id]
+            if len(lp.propagate_down):
+                nb = bool(lp.propagate_down[bid])
+            self.bottom_need_backward[lid].append(nb)
+            need_backward |= self._blob_need_backward[blob_id]
+        for tid, name in enumerate(lp.top):
+            self._append_top(lid, lp, tid, name, available)
+        if cls.auto_top_blobs:
+            for tid in range(len(lp.top), layer.needed_auto_tops()):
+                self._append_top(lid, lp, tid, None, None)
+        if lp.type == 'Input':
+            self._input_ids.extend(self.top_ids[lid])
+        bottom = [self._blob_list[i] for i in self.bottom_ids[lid]]
+        top = [self._blob_list[i] for i in self.top_ids[lid]]
+        self._setup_layer(layer, lp, bottom, top)
+        for tid, blob_id in enumerate(self.top_ids[lid]):
+            w = dict(self._loss_tops[lid]).get(tid, 0.0)
+            self._blob_loss_weight[blob_id] = w
+        n_param = len(layer.blobs)
+        if len(lp_net.param) > n_param:
+            raise NetDefinitionError('%s: %s: %d param specs given but the layer has %d'
+                                     ' learnable blobs' % (src, layer_context(lp), len(lp_net.param), n_param))
+        layer.param_propagate_down = []
+        for pid in range(n_param):
+            spec = lp_net.param[pid] if pid < len(lp_net.param) else pb.ParamSpec()
+            pnb = spec.lr_mult != 0
+            need_backward |= pnb
+            layer.param_propagate_down.append(pnb)
+        for pid in range(n_param):
+            self._append_param(lid, pid)
+        self.layer_need_backward.append(need_backward)
+        if need_backward:
+            for blob_id in self.top_ids[lid]:
+                self._blob_need_backward[blob_id] = True
+
+    def _locate(self, lp, msg):
+        """Prefix an error with file:line of the layer's definition when we can find it."""
+        line = _layer_line(self.source, lp.name)
+        where = '%s:%d' % (self.source, line) if line else self.source
+        if msg.startswith(self.source + ': '):
+            msg = msg[len(self.source) + 2:]
+        return '%s: %s' % (where, msg)
 
     def _append_top(self, lid, lp, tid, name, available):
         if name is not None and tid < len(lp.bottom) and lp.bottom[tid] == name:
@@ -562,6 +575,18 @@ class Net(object):
         asum = sum(float(np.abs(b.data).sum()) for b in self.learnable_params)
         dsum = sum(float(np.abs(b.diff).sum()) for b in self.learnable_params)
         log.info('    [Backward] All net params (data, diff): L1 norm = (%g, %g)', asum, dsum)
+
+
+def _layer_line(source, layer_name):
+    """Line of `name: "<layer_name>"` in a prototxt file, or None."""
+    import re
+    try:
+        with open(source, 'r', encoding='utf-8', errors='replace') as f:
+            text = f.read()
+    except OSError:
+        return None
+    m = re.search(r'\bname\s*:\s*["\']%s["\']' % re.escape(layer_name), text)
+    return text.count('\n', 0, m.start()) + 1 if m else None
 
 
 def _asum_mean(a):

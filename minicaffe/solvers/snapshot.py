@@ -14,7 +14,7 @@ import re
 import h5py
 import numpy as np
 
-from .. import protoio, weights
+from .. import protoio
 from ..errors import WeightsError
 from ..protoio import pb
 
@@ -24,6 +24,7 @@ def filename(solver, extension):
 
 
 def snapshot(solver):
+    from .. import weights
     p = solver.param
     d = os.path.dirname(p.snapshot_prefix)
     if d and not os.path.isdir(d):

@@ -1,0 +1,1 @@
+"""Data-set preparation (`minicaffe data NAME`): writes files our data layers read."""
