@@ -7,9 +7,9 @@ setup(
     packages=find_packages(include=['minicaffe', 'minicaffe.*']),
     package_data={'minicaffe': ['proto/*.proto', 'kernels/*.cu']},
     python_requires='>=3.9',
-    install_requires=['numpy', 'protobuf>=4.21', 'h5py', 'pillow'],
+    install_requires=['numpy', 'protobuf>=7.35.1', 'h5py', 'pillow'],
     extras_require={
-        'test': ['pytest', 'hypothesis', 'grpcio-tools'],
+        'test': ['pytest', 'hypothesis', 'grpcio-tools==1.85.1'],
         'plot': ['matplotlib'],
         'cuda12': ['cupy-cuda12x>=13'],
         'cuda13': ['cupy-cuda13x>=13'],
