@@ -426,6 +426,46 @@ class Net(object):
         self.backward_from_to(start_ind, end_ind)
         return {name: self.blobs[name].diff for name in outputs}
 
+    def _batches(self, arrays):
+        """pycaffe's _batch: full batches, then a zero-padded last one."""
+        num = len(next(iter(arrays.values())))
+        batch_size = next(iter(self.blobs.values())).shape[0]
+        for start in range(0, num - num % batch_size, batch_size):
+            yield {k: v[start:start + batch_size] for k, v in arrays.items()}
+        rem = num % batch_size
+        if rem:
+            yield {k: np.concatenate([v[-rem:], np.zeros((batch_size - rem,) + v.shape[1:], v.dtype)])
+                   for k, v in arrays.items()}
+
+    def forward_all(self, blobs=None, **kwargs):
+        """Forward every batch of ``kwargs`` inputs; outputs concatenated, padding dropped."""
+        outs = {name: [] for name in set(self.outputs + list(blobs or []))}
+        for batch in self._batches({k: np.asarray(v) for k, v in kwargs.items()}):
+            for name, value in self.forward(blobs=blobs, **batch).items():
+                outs[name].extend(value.copy())
+        outs = {k: np.asarray(v) for k, v in outs.items()}
+        pad = len(next(iter(outs.values()))) - len(next(iter(kwargs.values())))
+        return {k: v[:-pad] for k, v in outs.items()} if pad else outs
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """pycaffe's forward_backward_all: kwargs hold inputs and output diffs."""
+        outs = {name: [] for name in set(self.outputs + list(blobs or []))}
+        grads = {name: [] for name in set(self.inputs + list(diffs or []))}
+        fwd = {k: np.asarray(v) for k, v in kwargs.items() if k in self.inputs}
+        bwd = {k: np.asarray(v) for k, v in kwargs.items() if k in self.outputs}
+        for fb, bb in zip(self._batches(fwd), self._batches(bwd) if bwd else iter(lambda: {}, None)):
+            for name, value in self.forward(blobs=blobs, **fb).items():
+                outs[name].extend(value.copy())
+            for name, value in self.backward(diffs=diffs, **bb).items():
+                grads[name].extend(value.copy())
+        outs = {k: np.asarray(v) for k, v in outs.items()}
+        grads = {k: np.asarray(v) for k, v in grads.items()}
+        pad = len(next(iter(outs.values()))) - len(next(iter(fwd.values())))
+        if pad:
+            outs = {k: v[:-pad] for k, v in outs.items()}
+            grads = {k: v[:-pad] for k, v in grads.items()}
+        return outs, grads
+
     def reshape(self):
         for lid, layer in enumerate(self.layers):
             layer.reshape(self._bottom(lid), self._top(lid))
