@@ -5,13 +5,30 @@
 the memory of another blob (``share_data``/``share_diff``), which is how
 Reshape/Flatten tops and shared parameters alias their source, as in Caffe.
 """
+import os
+
 import numpy as np
 
 DTYPE = np.float32
 
 # Refuse absurd shapes before allocating (a corrupt or hostile file must not
-# exhaust memory): 2**31 elements is Caffe's own INT_MAX count limit.
+# exhaust memory): 2**31 elements is Caffe's own INT_MAX count limit, and a
+# blob's data + diff may not take more than MAX_BYTES (half the machine's
+# memory unless MINICAFFE_MAX_BLOB_BYTES says otherwise).
 MAX_COUNT = 2 ** 31 - 1
+
+
+def _default_max_bytes():
+    env = os.environ.get('MINICAFFE_MAX_BLOB_BYTES')
+    if env:
+        return int(float(env))
+    try:
+        return max(1 << 30, os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') // 2)
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
+MAX_BYTES = _default_max_bytes()
 
 
 def _checked_shape(shape):
@@ -24,6 +41,10 @@ def _checked_shape(shape):
     if count > MAX_COUNT:
         raise ValueError('blob shape %s has %d elements, more than Caffe allows (%d)'
                          % (shape, count, MAX_COUNT))
+    if 2 * count * np.dtype(DTYPE).itemsize > MAX_BYTES:
+        raise ValueError('blob shape %s needs %.1f GiB for its data and diff, more than the %.1f GiB'
+                         ' minicaffe allows per blob (set MINICAFFE_MAX_BLOB_BYTES to change it)'
+                         % (shape, 2 * count * np.dtype(DTYPE).itemsize / 2.0 ** 30, MAX_BYTES / 2.0 ** 30))
     return shape
 
 

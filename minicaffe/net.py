@@ -84,8 +84,11 @@ class Net(object):
     # ------------------------------------------------------------ building
     def _init(self, in_param):
         src = self.source
-        filtered = netbuild.filter_net(in_param, src)
-        param = netbuild.insert_splits(filtered, src)
+        try:
+            filtered = netbuild.filter_net(in_param, src)
+            param = netbuild.insert_splits(filtered, src)
+        except MinicaffeError as e:
+            raise type(e)(self._locate_named(str(e))) from None
         self.net_param = param
         self.name = param.name
         self.phase = param.state.phase
@@ -195,6 +198,15 @@ class Net(object):
         if need_backward:
             for blob_id in self.top_ids[lid]:
                 self._blob_need_backward[blob_id] = True
+
+    def _locate_named(self, msg):
+        """Add file:line to a message that names a layer (layer "x") but no line."""
+        import re
+        m = re.search(r'layer "((?:[^"\\]|\\.)*)"', msg)
+        if not m or re.match(re.escape(self.source) + r':\d+', msg):
+            return msg
+        lp = pb.LayerParameter(name=m.group(1))
+        return self._locate(lp, msg)
 
     def _locate(self, lp, msg):
         """Prefix an error with file:line of the layer's definition when we can find it."""
@@ -544,6 +556,10 @@ class Net(object):
     def load_hdf5(self, path):
         from . import weights as W
         W.load_hdf5(self, os.fspath(path))
+
+    def set_input_arrays(self, data, labels):
+        from .layers.data import set_input_arrays
+        return set_input_arrays(self, data, labels)
 
     def to_proto(self, write_diff=False):
         out = pb.NetParameter()

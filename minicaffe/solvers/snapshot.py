@@ -86,7 +86,7 @@ def restore(solver, path):
                 step = int(np.asarray(f['current_step'][()]).ravel()[0]) if 'current_step' in f else 0
                 g = f['history']
                 hist = [np.asarray(g[str(i)][()], np.float32) for i in range(len(g))]
-        except (OSError, KeyError, ValueError, IndexError) as e:
+        except (OSError, KeyError, ValueError, IndexError, RuntimeError, TypeError, AttributeError) as e:
             raise WeightsError('%s is not a valid HDF5 solver state: %s' % (path, e)) from None
     else:
         state = protoio.read_binary(path, pb.SolverState, 'solver state')

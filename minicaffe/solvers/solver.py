@@ -124,9 +124,13 @@ class Solver(object):
     def _read_net_file(self, path):
         from ..net import read_net_param
         path = self._resolve(path)
-        if not os.path.exists(path):
+        if not os.path.isfile(path):
             raise MinicaffeError('%s: net file "%s" does not exist' % (self.source, path))
-        return read_net_param(path), path
+        try:
+            return read_net_param(path), path
+        except MinicaffeError as e:
+            # name the solver too: the net file may be the wrong one
+            raise type(e)('%s: reading its net file "%s": %s' % (self.source, path, e)) from None
 
     def _init_train_net(self):
         p = self.param

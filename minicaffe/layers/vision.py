@@ -1,0 +1,495 @@
+"""Vision layers built on im2col: Convolution, Deconvolution, Im2col, Crop.
+
+Convolution and Deconvolution follow Caffe's BaseConvolutionLayer: the spatial
+axes are those after ``axis`` (default 1, the channel axis), every axis before
+it is a batch axis; ``kernel_size``/``pad``/``stride``/``dilation`` are given
+once or once per spatial axis (``kernel_h``/``kernel_w`` etc. for 2-D only).
+The GEMMs are Caffe's, per group, but batched over all images at once: the
+columns of the whole batch are laid out as ``(group, C/group * prod(k),
+N * prod(out))`` so one matrix product per group covers the batch.  A 1x1
+kernel with stride 1 and no padding skips im2col (the input is the column
+matrix), as in Caffe.
+
+Caffe recomputes im2col in the weight-gradient pass; in TRAIN phase the
+columns built by forward are kept for it instead (they are the same numbers
+as long as the bottom data is not rewritten between forward and backward,
+which a well-formed net never does: a blob read by two layers is split).
+Batches whose columns exceed COL_CHUNK_BYTES are processed a few images at a
+time and never cached.
+"""
+import numpy as np
+
+from .. import fillers
+from ..blob import DTYPE
+from ..protoio import pb
+from ..im2col import (col2im, conv_out_size, copy_split, deconv_out_size, windows,
+                      workspace)
+from .base import Layer, register_layer
+
+_f = DTYPE
+
+# Column buffers above this many bytes are built a few images at a time.
+COL_CHUNK_BYTES = 256 << 20
+# In TRAIN phase a layer keeps its forward columns for backward up to this size.
+COL_CACHE_BYTES = 128 << 20
+
+
+def _prod(xs):
+    p = 1
+    for x in xs:
+        p *= int(x)
+    return p
+
+
+def _canonical_axis(layer, blob, axis, what='axis'):
+    n = blob.num_axes()
+    layer.check(-n <= axis < max(n, 1), '%s %d is out of range for a bottom of shape %s'
+                % (what, axis, blob.shape))
+    return axis + n if axis < 0 else axis
+
+
+def parse_conv_geometry(layer, cp, bottom0, min_spatial_axes=0):
+    """Caffe's kernel/stride/pad/dilation parsing (BaseConvolutionLayer::LayerSetUp).
+
+    Returns (channel_axis, kernel, stride, pad, dilation), tuples with one
+    entry per spatial axis (the axes after channel_axis)."""
+    channel_axis = _canonical_axis(layer, bottom0, cp.axis)
+    nsp = bottom0.num_axes() - channel_axis - 1
+    layer.check(nsp >= min_spatial_axes,
+                'needs at least %d spatial axis after axis %d; bottom shape is %s'
+                % (min_spatial_axes, channel_axis, bottom0.shape))
+
+    def per_axis(name, values, default):
+        n = len(values)
+        if n == 0 and default is not None:
+            return (default,) * nsp
+        layer.check(n == 1 or n == nsp,
+                    '%s must be specified once, or once per spatial dimension (%s specified'
+                    ' %d times; %d spatial dims)' % (name, name, n, nsp))
+        return tuple(int(values[0 if n == 1 else i]) for i in range(nsp))
+
+    def hw(name, h, w, repeated, default):
+        if cp.HasField(h) or cp.HasField(w):
+            layer.check(nsp == 2, '%s & %s can only be used for 2D convolution (this one has %d'
+                        ' spatial axes)' % (h, w, nsp))
+            layer.check(len(repeated) == 0, 'Either %s or %s/%s should be specified; not both'
+                        % (name, h, w[-1]))
+            return (int(getattr(cp, h)), int(getattr(cp, w)))
+        return per_axis(name, repeated, default)
+
+    kernel = hw('kernel_size', 'kernel_h', 'kernel_w', cp.kernel_size, None)
+    layer.check(all(k > 0 for k in kernel), 'Filter dimensions must be nonzero (kernel %s)'
+                % (kernel,))
+    stride = hw('stride', 'stride_h', 'stride_w', cp.stride, 1)
+    layer.check(all(s > 0 for s in stride), 'Stride dimensions must be nonzero (stride %s)'
+                % (stride,))
+    pad = hw('pad', 'pad_h', 'pad_w', cp.pad, 0)
+    dilation = per_axis('dilation', cp.dilation, 1)
+    layer.check(all(d > 0 for d in dilation), 'Dilation dimensions must be nonzero (dilation %s)'
+                % (dilation,))
+    return channel_axis, kernel, stride, pad, dilation
+
+
+def _accumulate_outer(dW, a, col):
+    """dW[g] += a[g] @ col[g]^T for each group g (2-D BLAS GEMMs)."""
+    for g in range(dW.shape[0]):
+        dW[g] += np.dot(a[g], col[g].T)
+
+
+def _group_gemm(a, b, trans_a=False, out=None):
+    """out[g] = op(a[g]) @ b[g] for each group, op = transpose if trans_a.
+
+    One 2-D np.dot per group: numpy's stacked matmul falls back to a slow
+    non-BLAS loop when an operand is a transposed view."""
+    G = a.shape[0]
+    m = a.shape[2] if trans_a else a.shape[1]
+    if out is None:
+        out = np.empty((G, m, b.shape[2]), dtype=_f)
+    for g in range(G):
+        np.dot(a[g].T if trans_a else a[g], b[g], out=out[g])
+    return out
+
+
+class BaseConvolutionLayer(Layer):
+    """Shared machinery of Convolution and Deconvolution (Caffe's BaseConvolutionLayer)."""
+    min_num_bottom = 1
+    min_num_top = 1
+    equal_num_bottom_top = True
+    reverse = False            # Deconvolution: the conv maps top -> bottom
+
+    def setup(self, bottom, top):
+        cp = self.layer_param.convolution_param
+        (self.channel_axis, self.kernel, self.stride, self.pad,
+         self.dilation) = parse_conv_geometry(self, cp, bottom[0])
+        self.nsp = len(self.kernel)
+        self.num_axes = bottom[0].num_axes()
+        self.is_1x1 = all(k == 1 and s == 1 and p == 0
+                          for k, s, p in zip(self.kernel, self.stride, self.pad))
+        self.channels = bottom[0].shape[self.channel_axis]
+        self.num_output = int(cp.num_output)
+        self.check(self.num_output > 0, 'num_output must be positive (got %d)' % self.num_output)
+        self.group = int(cp.group)
+        self.check(self.group > 0, 'group must be positive')
+        self.check(self.channels % self.group == 0,
+                   'the number of input channels (%d) must be a multiple of group (%d)'
+                   % (self.channels, self.group))
+        self.check(self.num_output % self.group == 0,
+                   'Number of output should be multiples of group (num_output %d, group %d)'
+                   % (self.num_output, self.group))
+        if self.reverse:
+            self.conv_out_channels, self.conv_in_channels = self.channels, self.num_output
+        else:
+            self.conv_out_channels, self.conv_in_channels = self.num_output, self.channels
+        wshape = (self.conv_out_channels, self.conv_in_channels // self.group) + self.kernel
+        self.bias_term = bool(cp.bias_term)
+        bshape = (self.num_output,)
+        if len(self.blobs) > 0:
+            self.check(len(self.blobs) == 1 + self.bias_term,
+                       'Incorrect number of weight blobs (expected %d, got %d)'
+                       % (1 + self.bias_term, len(self.blobs)))
+            self.check(tuple(self.blobs[0].shape) == wshape,
+                       'Incorrect weight shape: expected shape %s; instead, shape was %s'
+                       % (wshape, tuple(self.blobs[0].shape)))
+            if self.bias_term:
+                self.check(tuple(self.blobs[1].shape) == bshape,
+                           'Incorrect bias shape: expected shape %s; instead, shape was %s'
+                           % (bshape, tuple(self.blobs[1].shape)))
+        else:
+            w = self.blobs.add_blob(*wshape)
+            fillers.fill(w, cp.weight_filler, context=self.name)
+            if self.bias_term:
+                b = self.blobs.add_blob(*bshape)
+                fillers.fill(b, cp.bias_filler, context=self.name)
+        self.kernel_dim = _prod(self.blobs[0].shape[1:])
+        self.param_propagate_down = [True] * len(self.blobs)
+        self._cols = {}
+        self._col_store = {}
+
+    def compute_output_shape(self, in_spatial):
+        raise NotImplementedError
+
+    def reshape(self, bottom, top):
+        ax = self.channel_axis
+        shape = bottom[0].shape
+        self.check(len(shape) == ax + 1 + self.nsp,
+                   'bottom num_axes may not change (was %d, now shape %s)'
+                   % (ax + 1 + self.nsp, shape))
+        self.check(shape[ax] == self.channels,
+                   'Input size incompatible with convolution kernel: %d channels expected,'
+                   ' bottom shape %s' % (self.channels, shape))
+        for b in bottom[1:]:
+            self.check(b.shape == shape, 'All inputs must have the same shape (%s vs %s)'
+                       % (shape, b.shape))
+        in_sp = shape[ax + 1:]
+        out_sp = self.compute_output_shape(in_sp)
+        self.check(all(o > 0 for o in out_sp),
+                   'output size %s is not positive for input %s (kernel %s, pad %s, stride %s,'
+                   ' dilation %s)' % (out_sp, in_sp, self.kernel, self.pad, self.stride,
+                                      self.dilation))
+        self.num = _prod(shape[:ax])
+        top_shape = shape[:ax] + (self.num_output,) + tuple(out_sp)
+        for t in top:
+            t.reshape(top_shape)
+        # the convolution's own input/output spatial sizes (swapped for Deconvolution)
+        if self.reverse:
+            self.conv_in_sp, self.conv_out_sp = tuple(out_sp), tuple(in_sp)
+        else:
+            self.conv_in_sp, self.conv_out_sp = tuple(in_sp), tuple(out_sp)
+        self.conv_out_dim = _prod(self.conv_out_sp)
+        self.col_bytes = self.kernel_dim * self.group * self.conv_out_dim * 4   # per image
+        self.chunk = max(1, COL_CHUNK_BYTES // max(self.col_bytes, 1))
+
+    # -- the column matrix of the whole batch: (G, K, B*P) ------------------
+    def _chunks(self):
+        for b0 in range(0, self.num, self.chunk):
+            yield b0, min(self.num, b0 + self.chunk)
+
+    def _im2col(self, x, out=None, scratch='col'):
+        """x: (B, conv_in_channels, *conv_in_sp) -> contiguous (G, K, B*P), written
+        into out if given, else into the workspace array named scratch.
+
+        Rows (c, kernel offset), columns (image, output position): Caffe's
+        per-image column buffers side by side."""
+        B = x.shape[0]
+        nsp = self.nsp
+        xt = x.transpose((1, 0) + tuple(range(2, 2 + nsp)))          # (C, B, *sp)
+        if self.is_1x1:
+            src = xt
+        else:
+            win = windows(xt, self.kernel, self.stride, self.pad, self.dilation, self.conv_out_sp)
+            order = (0,) + tuple(range(2, 2 + nsp)) + (1,) + tuple(range(2 + nsp, 2 + 2 * nsp))
+            src = win.transpose(order)                                    # (C, *k, B, *out)
+        if out is None:
+            out = workspace(scratch, src.shape)
+        col = copy_split(src, out=out.reshape(src.shape))
+        return col.reshape(self.group, self.kernel_dim, B * self.conv_out_dim)
+
+    def _col2im(self, col, B):
+        """col: (G, K, B*P) -> (B, conv_in_channels, *conv_in_sp), a transposed view
+        of a workspace array (valid until the next _col2im)."""
+        C = self.conv_in_channels
+        nsp = self.nsp
+        back = (1, 0) + tuple(range(2, 2 + nsp))
+        if self.is_1x1:
+            return col.reshape((C, B) + self.conv_in_sp).transpose(back)
+        c = col.reshape((C,) + self.kernel + (B,) + self.conv_out_sp)
+        order = (0, 1 + nsp) + tuple(range(1, 1 + nsp)) + tuple(range(2 + nsp, 2 + 2 * nsp))
+        img = col2im(c.transpose(order), self.conv_in_sp, self.kernel, self.stride, self.pad,
+                     self.dilation, self.conv_out_sp, scratch='col2im')   # (C, B, *sp)
+        return img.transpose(back)
+
+    def _to_gmp(self, y, channels, scratch='gmp'):
+        """(B, channels, *sp) -> contiguous (G, channels/G, B*P) (a workspace array)."""
+        B = y.shape[0]
+        src = y.reshape(B, channels, -1).transpose(1, 0, 2)
+        t = copy_split(src, out=workspace(scratch, src.shape))
+        return t.reshape(self.group, channels // self.group, -1)
+
+    @staticmethod
+    def _from_gmp(m, dst):
+        """m: (G, M/G, B*P) -> written into dst viewed (B, M, P)."""
+        B, M = dst.shape[0], dst.shape[1]
+        dst.reshape(B, M, -1)[...] = m.reshape(M, B, -1).transpose(1, 0, 2)
+
+    def _weights(self):
+        return self.blobs[0].data.reshape(self.group, -1, self.kernel_dim)
+
+    def _weight_diff(self):
+        return self.blobs[0].diff.reshape(self.group, -1, self.kernel_dim)
+
+    def _batched(self, a):
+        """View a blob array as (B, C, *spatial) (the batch axes flattened)."""
+        return a.reshape((self.num,) + a.shape[self.channel_axis:])
+
+    def _add_bias(self, t):
+        if self.bias_term:
+            v = t.reshape(self.num, self.num_output, -1)
+            v += self.blobs[1].data[None, :, None]
+
+    def _bias_backward(self, top):
+        if self.bias_term and self.param_propagate_down[1]:
+            for t in top:
+                self.blobs[1].diff += t.diff.reshape(self.num, self.num_output, -1).sum(
+                    axis=(0, 2), dtype=_f)
+
+
+@register_layer('Convolution')
+class ConvolutionLayer(BaseConvolutionLayer):
+    """N-D convolution with groups, padding, stride and dilation (im2col + GEMM).
+
+    forward:  y[n, m, p] = sum_{c in group(m), i} W[m, c', i] * x[n, c, p*s - pad + i*d] + b[m]
+              (zero outside x); per group g: Y_g = W_g @ col_g (+ b)
+    backward: dW_g += dY_g @ col_g^T;  db += sum over n, p of dy;
+              dx = col2im(W_g^T @ dY_g)
+    shapes:   x (N..., C, *in) -> y (N..., num_output, *out),
+              out = floor((in + 2 pad - (d (k - 1) + 1)) / s) + 1;
+              W (num_output, C/group, *k), b (num_output,)
+    Several bottoms give as many tops, all with the same weights.
+    """
+
+    def compute_output_shape(self, in_sp):
+        return conv_out_size(in_sp, self.kernel, self.stride, self.pad, self.dilation)
+
+    def forward(self, bottom, top):
+        W = self._weights()
+        self._cols = {}
+        cache = (self.phase == pb.TRAIN and self.chunk >= self.num
+                 and self.col_bytes * self.num <= COL_CACHE_BYTES)
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            x = self._batched(b.data)
+            y = self._batched(t.data)
+            for b0, b1 in self._chunks():
+                out = None
+                if cache:               # kept for backward, in a buffer reused next time
+                    n = self.group * self.kernel_dim * self.num * self.conv_out_dim
+                    out = self._col_store.get(i)
+                    if out is None or out.size != n:
+                        out = self._col_store[i] = np.empty(n, _f)
+                col = self._im2col(x[b0:b1], out=out)
+                G, Mg = self.group, self.num_output // self.group
+                y_g = _group_gemm(W, col, out=workspace('gemm', (G, Mg, col.shape[2])))
+                self._from_gmp(y_g, y[b0:b1])
+                if cache:
+                    self._cols[i] = (b.data, col)
+            self._add_bias(t.data)
+
+    def _col_for(self, i, b, b0, b1, x):
+        cached = self._cols.get(i)
+        if cached is not None and cached[0] is b.data and b1 - b0 == self.num:
+            return cached[1]
+        return self._im2col(x[b0:b1])
+
+    def backward(self, top, propagate_down, bottom):
+        self._bias_backward(top)
+        need_w = self.param_propagate_down[0]
+        W = self._weights()
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            if not (need_w or propagate_down[i]):
+                continue
+            x = self._batched(b.data)
+            dy_all = self._batched(t.diff)
+            dx = self._batched(b.diff) if propagate_down[i] else None
+            for b0, b1 in self._chunks():
+                dy = self._to_gmp(dy_all[b0:b1], self.num_output)
+                if need_w:
+                    col = self._col_for(i, b, b0, b1, x)
+                    _accumulate_outer(self._weight_diff(), dy, col)
+                if dx is not None:
+                    # (the column workspace is free again: col was consumed above)
+                    dcol = _group_gemm(W, dy, trans_a=True,
+                                       out=workspace('col', (self.group, self.kernel_dim,
+                                                             dy.shape[2])))
+                    dx[b0:b1] = self._col2im(dcol, b1 - b0)
+        self._cols = {}
+
+
+@register_layer('Deconvolution')
+class DeconvolutionLayer(BaseConvolutionLayer):
+    """Transposed convolution: forward is the convolution's backward-data pass.
+
+    forward:  per group g: y = col2im(W_g^T @ X_g) + b   (X_g: (C/G, N*in) input rows)
+    backward: dW_g += X_g @ col(dy)_g^T;  db += sum of dy;  dx_g = W_g @ col(dy)_g
+    shapes:   x (N..., C, *in) -> y (N..., num_output, *out),
+              out = s (in - 1) + d (k - 1) + 1 - 2 pad;
+              W (C, num_output/group, *k), b (num_output,)
+    """
+    reverse = True
+
+    def compute_output_shape(self, in_sp):
+        return deconv_out_size(in_sp, self.kernel, self.stride, self.pad, self.dilation)
+
+    def forward(self, bottom, top):
+        W = self._weights()
+        for b, t in zip(bottom, top):
+            x = self._batched(b.data)
+            y = self._batched(t.data)
+            for b0, b1 in self._chunks():
+                xg = self._to_gmp(x[b0:b1], self.channels)
+                col = _group_gemm(W, xg, trans_a=True,
+                                  out=workspace('col', (self.group, self.kernel_dim, xg.shape[2])))
+                y[b0:b1] = self._col2im(col, b1 - b0)
+            self._add_bias(t.data)
+
+    def backward(self, top, propagate_down, bottom):
+        self._bias_backward(top)
+        need_w = self.param_propagate_down[0]
+        W = self._weights()
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            if not (need_w or propagate_down[i]):
+                continue
+            x = self._batched(b.data)
+            dy = self._batched(t.diff)
+            dx = self._batched(b.diff) if propagate_down[i] else None
+            for b0, b1 in self._chunks():
+                col = self._im2col(dy[b0:b1])
+                if need_w:
+                    xg = self._to_gmp(x[b0:b1], self.channels)
+                    _accumulate_outer(self._weight_diff(), xg, col)
+                if dx is not None:
+                    G, Mg = self.group, self.channels // self.group
+                    self._from_gmp(_group_gemm(W, col, out=workspace('gemm', (G, Mg, col.shape[2]))),
+                                   dx[b0:b1])
+
+
+@register_layer('Im2col')
+class Im2colLayer(Layer):
+    """Caffe's Im2col layer: the column buffer of each image as a blob.
+
+    forward:  y[n, (c, i...), p...] = x[n, c, p*s - pad + i*d] (0 outside x)
+    backward: dx = col2im(dy) (sums the windows that overlap)
+    shapes:   x (N..., C, *in) -> y (N..., C * prod(k), *out),
+              out = floor((in + 2 pad - (d (k - 1) + 1)) / s) + 1
+    """
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        cp = self.layer_param.convolution_param
+        (self.channel_axis, self.kernel, self.stride, self.pad,
+         self.dilation) = parse_conv_geometry(self, cp, bottom[0], min_spatial_axes=1)
+        self.nsp = len(self.kernel)
+
+    def reshape(self, bottom, top):
+        ax = self.channel_axis
+        shape = bottom[0].shape
+        self.check(len(shape) == ax + 1 + self.nsp, 'bottom num_axes may not change')
+        in_sp = shape[ax + 1:]
+        out = conv_out_size(in_sp, self.kernel, self.stride, self.pad, self.dilation)
+        self.check(all(o > 0 for o in out), 'output size %s is not positive for input %s'
+                   % (out, in_sp))
+        self.out = out
+        self.num = _prod(shape[:ax])
+        self.channels = shape[ax]
+        top[0].reshape(shape[:ax] + (shape[ax] * _prod(self.kernel),) + tuple(out))
+
+    def _col_shape(self):
+        return (self.num, self.channels) + self.kernel + tuple(self.out)
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape((self.num,) + bottom[0].shape[self.channel_axis:])
+        top[0].data.reshape(self._col_shape())[...] = windows(
+            x, self.kernel, self.stride, self.pad, self.dilation, self.out)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        col = top[0].diff.reshape(self._col_shape())
+        in_sp = bottom[0].shape[self.channel_axis + 1:]
+        bottom[0].diff[...] = col2im(col, in_sp, self.kernel, self.stride, self.pad,
+                                     self.dilation, self.out).reshape(bottom[0].shape)
+
+
+@register_layer('Crop')
+class CropLayer(Layer):
+    """Crop bottom[0] to the shape of bottom[1] on the axes from ``axis`` on.
+
+    forward:  y = x[..., o_axis : o_axis + ref.shape[axis], ...]  (axes >= axis;
+              offsets: none -> 0, one -> the same for every axis, else one per axis)
+    backward: dx = 0 except the cropped window, which gets dy; bottom[1] gets nothing
+    shapes:   x (d0, ..., dn), ref (r0, ..., rn) -> y (d0, .., d_{axis-1}, r_axis, ..., rn)
+    """
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        cp = self.layer_param.crop_param
+        n = bottom[0].num_axes()
+        self.check(bottom[1].num_axes() == n,
+                   'both bottoms must have the same number of axes (shapes %s and %s)'
+                   % (bottom[0].shape, bottom[1].shape))
+        self.start = _canonical_axis(self, bottom[0], cp.axis)
+        self.check(self.start < n, 'crop axis bigger than input dim')
+        if len(cp.offset) > 1:
+            self.check(self.start + len(cp.offset) == n,
+                       'number of offset values specified must be equal to the number of'
+                       ' dimensions following axis (%d offsets, axis %d, %d axes)'
+                       % (len(cp.offset), self.start, n))
+
+    def reshape(self, bottom, top):
+        cp = self.layer_param.crop_param
+        s0, s1 = bottom[0].shape, bottom[1].shape
+        offsets, shape = [], []
+        for i in range(len(s0)):
+            off, size = 0, s0[i]
+            if i >= self.start:
+                size = s1[i]
+                if len(cp.offset) == 1:
+                    off = int(cp.offset[0])
+                elif len(cp.offset) > 1:
+                    off = int(cp.offset[i - self.start])
+                self.check(s0[i] - off >= s1[i],
+                           'the crop for dimension %d is out-of-bounds with size %d and offset %d'
+                           ' (bottom shape %s)' % (i, s1[i], off, s0))
+            offsets.append(off)
+            shape.append(size)
+        self.window = tuple(slice(o, o + n) for o, n in zip(offsets, shape))
+        top[0].reshape(shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data[self.window]
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            d = bottom[0].diff
+            d[...] = 0
+            d[self.window] = top[0].diff

@@ -1,0 +1,407 @@
+"""Loading and saving a net's learnable blobs (Caffe's CopyTrainedLayersFrom,
+ToProto and ToHDF5).
+
+Binary ``.caffemodel`` (a NetParameter whose layers carry ``blobs``):
+  * source layers are matched to the net's layers by name (the first net
+    layer of that name); source layers the net lacks are skipped, net layers
+    the file lacks keep their values;
+  * a matched layer must have the same number of blobs, each of the same shape
+    (legacy 4-D num/channels/height/width are right-aligned: 1x1xMxK fits an
+    (M, K) blob) and holding shape-many values (``data`` or ``double_data``);
+    stored diffs are copied too, as Caffe's Blob::FromProto does;
+  * V1 files (``layers``, and V0 ``layers { layer { ... } }``) are read by
+    layer name and blobs.
+HDF5 (``/data/<layer>/<i>`` datasets, ``/diff/...`` with write_diff): matched
+by name (the last net layer of that name, as Caffe's layer_names_index_);
+shapes must be equal; a missing dataset is allowed only for a param the layer
+shares from another layer (only owners are saved).
+
+Every check runs before any value is copied, so a file that does not fit
+leaves the net unchanged; errors are :class:`WeightsError` naming the file,
+the layer, the blob index and both shapes.  Files are written to a temporary
+file beside the target and renamed over it, so a crash never leaves a
+half-written file under the real name.  Big blobs are serialized straight
+from their NumPy buffers (no Python float lists).
+"""
+import logging
+import os
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from .errors import WeightsError
+from .protoio import pb
+
+log = logging.getLogger('minicaffe')
+
+_HDF5_SUFFIXES = ('.h5', '.hdf5')
+
+
+# ================================================================ dispatch
+def is_hdf5_file(path):
+    """Caffe's H5Fis_hdf5 test (falls back to the file name if h5py cannot tell)."""
+    try:
+        import h5py
+        if h5py.is_hdf5(path):
+            return True
+    except (ImportError, OSError, ValueError):
+        pass
+    return path.lower().endswith(_HDF5_SUFFIXES)
+
+
+def load_weights(net, path):
+    """Copy trained blobs from ``path`` (.caffemodel or HDF5) into ``net``."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise WeightsError('weights file %s does not exist' % path)
+    if os.path.isdir(path):
+        raise WeightsError('weights file %s is a directory, not a file' % path)
+    if is_hdf5_file(path):
+        load_hdf5(net, path)
+    else:
+        load_caffemodel(net, path)
+
+
+# ================================================================ binary
+def _looks_like_text(raw):
+    head = raw[:256].lstrip()
+    if not head:
+        return False
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in '\r\n\t' for c in text) and (
+        text.startswith(('name', 'layer', 'input', '#', 'force_backward', 'state')))
+
+
+def read_net_param_binary(path):
+    """Parse a binary NetParameter file; WeightsError naming the file if it is not one."""
+    try:
+        with open(path, 'rb') as f:
+            raw = f.read()
+    except OSError as e:
+        raise WeightsError('cannot read weights file %s: %s' % (path, e.strerror or e)) from None
+    param = pb.NetParameter()
+    try:
+        param.ParseFromString(raw)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        hint = (' (it looks like a text prototxt; weights files are binary .caffemodel or HDF5)'
+                if _looks_like_text(raw) else ' (the file is truncated or corrupt)')
+        raise WeightsError('weights file %s is not a valid binary caffemodel: the NetParameter'
+                           ' message does not decode (%s)%s' % (path, e, hint)) from None
+    if not len(param.layer) and not len(param.layers):
+        what = 'is empty' if not raw else 'holds no layers'
+        hint = (' (it looks like a text prototxt; weights files are binary .caffemodel or HDF5)'
+                if _looks_like_text(raw) else '')
+        raise WeightsError('weights file %s %s; it is not a trained caffemodel%s' % (path, what, hint))
+    return param
+
+
+def source_layers(param, path='<weights>'):
+    """[(name, [BlobProto...])] of a NetParameter, V2, V1 or V0."""
+    if len(param.layers):
+        if len(param.layer):
+            log.warning('%s: has both V1 "layers" and current "layer" fields; as Caffe does, the'
+                        ' "layer" fields are ignored', path)
+        out = []
+        for l in param.layers:
+            if l.HasField('layer'):          # V0 inside V1
+                out.append((l.layer.name, list(l.layer.blobs)))
+            else:
+                out.append((l.name, list(l.blobs)))
+        return out
+    return [(l.name, list(l.blobs)) for l in param.layer]
+
+
+def _proto_shape(bp):
+    """(shape, legacy): Caffe's ShapeEquals reads the legacy 4-D fields first."""
+    if any(bp.HasField(f) for f in ('num', 'channels', 'height', 'width')):
+        return (bp.num, bp.channels, bp.height, bp.width), True
+    return tuple(int(d) for d in bp.shape.dim), False
+
+
+def _shape_equals(blob_shape, proto_shape, legacy):
+    blob_shape = tuple(blob_shape)
+    if legacy:
+        if len(blob_shape) > 4:
+            return False
+        return (1,) * (4 - len(blob_shape)) + blob_shape == tuple(proto_shape)
+    return blob_shape == tuple(proto_shape)
+
+
+def _fmt(shape):
+    return '(%s)' % ', '.join(str(d) for d in shape) if len(shape) != 1 else '(%d,)' % shape[0]
+
+
+def _first_layer_index(net):
+    first = {}
+    for i, name in enumerate(net._layer_names):
+        first.setdefault(name, i)
+    return first
+
+
+def copy_from_net_param(net, param, path='<weights>'):
+    """Caffe's Net::CopyTrainedLayersFrom(NetParameter)."""
+    first = _first_layer_index(net)
+    plan = []
+    used = 0
+    for name, blobs in source_layers(param, path):
+        lid = first.get(name)
+        if lid is None:
+            log.info('Ignoring source layer %s', name)
+            continue
+        target = net.layers[lid].blobs
+        if len(target) != len(blobs):
+            raise WeightsError('%s: incompatible number of blobs for layer "%s": the file has %d,'
+                               ' the net\'s layer (%s) has %d'
+                               % (path, name, len(blobs), net.layers[lid].type, len(target)))
+        for j, (tb, bp) in enumerate(zip(target, blobs)):
+            shape, legacy = _proto_shape(bp)
+            if not _shape_equals(tb.shape, shape, legacy):
+                raise WeightsError(
+                    '%s: cannot copy param %d weights from layer "%s"; shape mismatch. Source param'
+                    ' shape is %s%s; target param shape is %s. To learn this layer\'s parameters from'
+                    ' scratch rather than copying from a saved net, rename the layer.'
+                    % (path, j, name, _fmt(shape), ' (legacy num/channels/height/width)' if legacy else '',
+                       _fmt(tb.shape)))
+            count = tb.count
+            n_data = len(bp.double_data) if len(bp.double_data) else len(bp.data)
+            if n_data != count:
+                raise WeightsError('%s: param %d of layer "%s" has shape %s (%d values) but the file'
+                                   ' holds %d values for it' % (path, j, name, _fmt(shape), count, n_data))
+            n_diff = len(bp.double_diff) if len(bp.double_diff) else len(bp.diff)
+            if n_diff and n_diff != count:
+                raise WeightsError('%s: param %d of layer "%s" has %d values but the file holds %d'
+                                   ' diff values for it' % (path, j, name, count, n_diff))
+            plan.append((tb, bp))
+        used += 1
+    if used == 0:
+        log.warning('%s: no layer of the weights file matches a layer of net %s by name; nothing'
+                    ' was copied', path, net.source)
+    for tb, bp in plan:
+        if len(bp.double_data):
+            tb.data[...] = np.asarray(bp.double_data, np.float64).reshape(tb.shape)
+        else:
+            tb.data[...] = np.asarray(bp.data, np.float32).reshape(tb.shape)
+        if len(bp.double_diff):
+            tb.diff[...] = np.asarray(bp.double_diff, np.float64).reshape(tb.shape)
+        elif len(bp.diff):
+            tb.diff[...] = np.asarray(bp.diff, np.float32).reshape(tb.shape)
+
+
+def load_caffemodel(net, path):
+    path = os.fspath(path)
+    param = read_net_param_binary(path)
+    copy_from_net_param(net, param, path)
+
+
+# ---------------------------------------------------------------- writing
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _tag(field, wire_type):
+    return _varint((field << 3) | wire_type)
+
+
+_LEN = 2
+
+
+def _packed_floats(field, arr):
+    """Tag + length of a packed float field, and the little-endian payload (a buffer)."""
+    payload = np.ascontiguousarray(arr, dtype='<f4').reshape(-1)
+    return _tag(field, _LEN) + _varint(payload.nbytes), payload
+
+
+def _blob_parts(shape, data, diff=None):
+    """The pieces of one serialized BlobProto (Caffe's Blob::ToProto): shape, data, [diff]."""
+    head = b''
+    if len(shape):
+        dims = b''.join(_varint(int(d)) for d in shape)
+        shape_msg = _tag(1, _LEN) + _varint(len(dims)) + dims
+        head = _tag(7, _LEN) + _varint(len(shape_msg)) + shape_msg
+    parts = [head]
+    for field, arr in ((5, data), (6, diff)):
+        if arr is None or arr.size == 0:
+            continue
+        t, payload = _packed_floats(field, arr)
+        parts.append(t)
+        parts.append(payload)
+    return parts
+
+
+def _nbytes(part):
+    return part.nbytes if isinstance(part, np.ndarray) else len(part)
+
+
+def blob_proto_bytes(data, diff=None):
+    """A serialized BlobProto (shape, packed data[, diff]) built from arrays, fast."""
+    data = np.asarray(data)
+    return b''.join(p.tobytes() if isinstance(p, np.ndarray) else p
+                    for p in _blob_parts(data.shape, data, diff))
+
+
+def fill_blob_proto(bp, data, diff=None):
+    """Fill a BlobProto from arrays without Python float lists (for big blobs)."""
+    bp.MergeFromString(blob_proto_bytes(data, diff))
+    return bp
+
+
+def _net_chunks(net, write_diff):
+    """The serialized NetParameter (Caffe's Net::ToProto), piece by piece."""
+    name = (net.name or '').encode('utf-8')
+    yield _tag(1, _LEN) + _varint(len(name)) + name
+    for layer in net.layers:
+        lp = pb.LayerParameter()
+        lp.CopyFrom(layer.layer_param)
+        del lp.blobs[:]
+        body = lp.SerializeToString()
+        blob_msgs = []
+        for b in layer.blobs:
+            parts = _blob_parts(b.shape, b.data, b.diff if write_diff else None)
+            size = sum(_nbytes(p) for p in parts)
+            blob_msgs.append([_tag(7, _LEN) + _varint(size)] + parts)
+        total = len(body) + sum(_nbytes(p) for m in blob_msgs for p in m)
+        yield _tag(100, _LEN) + _varint(total) + body
+        for m in blob_msgs:
+            for p in m:
+                yield p
+
+
+def write_chunks_atomic(path, chunks):
+    """Write ``chunks`` (bytes or C-contiguous arrays) to a temp file beside
+    ``path``, fsync, then rename it over ``path``."""
+    path = os.fspath(path)
+    tmp = '%s.tmp-%d' % (path, os.getpid())
+    try:
+        with open(tmp, 'wb') as f:
+            for c in chunks:
+                f.write(c.data if isinstance(c, np.ndarray) else c)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise WeightsError('cannot write weights file %s: %s' % (path, e.strerror or e)) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_caffemodel(net, path, write_diff=False):
+    """Write ``net``'s layers and blobs as a binary NetParameter (Caffe's Net::ToProto)."""
+    write_chunks_atomic(path, _net_chunks(net, bool(write_diff)))
+
+
+def net_to_proto(net, write_diff=False):
+    """Net::ToProto as a NetParameter message, built without Python float lists."""
+    return pb.NetParameter.FromString(b''.join(
+        c.tobytes() if isinstance(c, np.ndarray) else c for c in _net_chunks(net, bool(write_diff))))
+
+
+# ================================================================ HDF5
+def _param_ids(net):
+    """{(layer id, blob index): net param id} (Caffe's param_id_vecs_)."""
+    return {lp: i for i, lp in enumerate(net.param_layer_indices)}
+
+
+def save_hdf5(net, path, write_diff=False):
+    """Caffe's Net::ToHDF5: /data/<layer>/<i> for owned params, /diff/<layer>/<i> for all."""
+    import h5py
+    path = os.fspath(path)
+    tmp = '%s.tmp-%d' % (path, os.getpid())
+    owners = net.param_owners
+    ids = _param_ids(net)
+    try:
+        with h5py.File(tmp, 'w') as f:
+            data_g = f.create_group('data')
+            diff_g = f.create_group('diff') if write_diff else None
+            for lid, layer in enumerate(net.layers):
+                name = layer.name
+                if name in data_g:
+                    log.warning('%s: net has more than one layer named "%s"; only the first is saved'
+                                ' to HDF5', path, name)
+                    continue
+                ldata = data_g.create_group(name)
+                ldiff = diff_g.create_group(name) if write_diff else None
+                for j, b in enumerate(layer.blobs):
+                    pid = ids.get((lid, j))
+                    if pid is None or owners[pid] == -1:
+                        ldata.create_dataset(str(j), data=np.ascontiguousarray(b.data, np.float32))
+                    if write_diff:
+                        ldiff.create_dataset(str(j), data=np.ascontiguousarray(b.diff, np.float32))
+            f.flush()
+        with open(tmp, 'rb+') as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise WeightsError('cannot write HDF5 weights file %s: %s' % (path, e.strerror or e)) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_hdf5(net, path):
+    """Caffe's Net::CopyTrainedLayersFromHDF5."""
+    import h5py
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise WeightsError('weights file %s does not exist' % path)
+    try:
+        f = h5py.File(path, 'r')
+    except (OSError, ValueError) as e:
+        raise WeightsError('weights file %s is not a readable HDF5 file (truncated or corrupt?): %s'
+                           % (path, e)) from None
+    owners = net.param_owners
+    ids = _param_ids(net)
+    plan = []
+    try:
+        with f:
+            data_g = f.get('data')
+            if not isinstance(data_g, h5py.Group):
+                raise WeightsError('HDF5 weights file %s has no "data" group (Caffe stores weights as'
+                                   ' /data/<layer>/<blob index>)' % path)
+            for name in data_g.keys():
+                lid = net._layer_index.get(name)
+                if lid is None:
+                    log.info('Ignoring source layer %s', name)
+                    continue
+                target = net.layers[lid].blobs
+                lg = data_g[name]
+                if not isinstance(lg, h5py.Group):
+                    raise WeightsError('%s: /data/%s is not a group of blobs' % (path, name))
+                if len(lg.keys()) > len(target):
+                    raise WeightsError('%s: incompatible number of blobs for layer "%s": the file has'
+                                       ' %d, the net\'s layer has %d' % (path, name, len(lg.keys()), len(target)))
+                for j, tb in enumerate(target):
+                    ds = lg.get(str(j))
+                    if ds is None:
+                        pid = ids.get((lid, j))
+                        if pid is not None and owners[pid] != -1:
+                            continue        # shared from another layer: saved with its owner
+                        raise WeightsError('%s: incompatible number of blobs for layer "%s": the file'
+                                           ' has no /data/%s/%d (the net\'s layer has %d blobs)'
+                                           % (path, name, name, j, len(target)))
+                    if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in 'fiu':
+                        raise WeightsError('%s: /data/%s/%d is not a float or integer dataset'
+                                           % (path, name, j))
+                    if tuple(ds.shape) != tuple(tb.shape):
+                        raise WeightsError(
+                            '%s: cannot copy param %d weights from layer "%s"; shape mismatch. Source'
+                            ' param shape is %s; target param shape is %s. To learn this layer\'s'
+                            ' parameters from scratch rather than copying from a saved net, rename'
+                            ' the layer.' % (path, j, name, _fmt(ds.shape), _fmt(tb.shape)))
+                    plan.append((tb, ds))
+            for tb, ds in plan:
+                tb.data[...] = np.asarray(ds[...], dtype=np.float32)
+    except (OSError, KeyError, RuntimeError) as e:
+        raise WeightsError('cannot read HDF5 weights file %s (truncated or corrupt?): %s'
+                           % (path, e)) from None
