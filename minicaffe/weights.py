@@ -38,15 +38,18 @@ _HDF5_SUFFIXES = ('.h5', '.hdf5')
 
 
 # ================================================================ dispatch
-def is_hdf5_file(path):
-    """Caffe's H5Fis_hdf5 test (falls back to the file name if h5py cannot tell)."""
+def _h5py_says_hdf5(path):
+    """Caffe's H5Fis_hdf5 test."""
     try:
         import h5py
-        if h5py.is_hdf5(path):
-            return True
+        return bool(h5py.is_hdf5(path))
     except (ImportError, OSError, ValueError):
-        pass
-    return path.lower().endswith(_HDF5_SUFFIXES)
+        return False
+
+
+def is_hdf5_file(path):
+    """True for HDF5 files, and for files named .h5/.hdf5 whatever their content."""
+    return _h5py_says_hdf5(path) or os.fspath(path).lower().endswith(_HDF5_SUFFIXES)
 
 
 def load_weights(net, path):
@@ -56,8 +59,15 @@ def load_weights(net, path):
         raise WeightsError('weights file %s does not exist' % path)
     if os.path.isdir(path):
         raise WeightsError('weights file %s is a directory, not a file' % path)
-    if is_hdf5_file(path):
+    if _h5py_says_hdf5(path):
         load_hdf5(net, path)
+    elif path.lower().endswith(_HDF5_SUFFIXES):
+        # Named like HDF5 but not HDF5: Caffe would read it as a binary proto.
+        try:
+            load_caffemodel(net, path)
+        except WeightsError as e:
+            raise WeightsError('weights file %s is neither a readable HDF5 file (truncated or'
+                               ' corrupt?) nor a binary caffemodel (%s)' % (path, e)) from None
     else:
         load_caffemodel(net, path)
 
@@ -75,6 +85,15 @@ def _looks_like_text(raw):
         text.startswith(('name', 'layer', 'input', '#', 'force_backward', 'state')))
 
 
+def _hint(path, raw):
+    if path.endswith('.solverstate'):
+        return (' (a .solverstate holds a solver\'s history, not weights: resume with'
+                ' solver.restore(), load weights from the matching .caffemodel)')
+    if _looks_like_text(raw):
+        return ' (it looks like a text prototxt; weights files are binary .caffemodel or HDF5)'
+    return ''
+
+
 def read_net_param_binary(path):
     """Parse a binary NetParameter file; WeightsError naming the file if it is not one."""
     try:
@@ -86,14 +105,12 @@ def read_net_param_binary(path):
     try:
         param.ParseFromString(raw)
     except (DecodeError, RuntimeError, ValueError) as e:
-        hint = (' (it looks like a text prototxt; weights files are binary .caffemodel or HDF5)'
-                if _looks_like_text(raw) else ' (the file is truncated or corrupt)')
+        hint = _hint(path, raw) or ' (the file is truncated or corrupt)'
         raise WeightsError('weights file %s is not a valid binary caffemodel: the NetParameter'
                            ' message does not decode (%s)%s' % (path, e, hint)) from None
     if not len(param.layer) and not len(param.layers):
         what = 'is empty' if not raw else 'holds no layers'
-        hint = (' (it looks like a text prototxt; weights files are binary .caffemodel or HDF5)'
-                if _looks_like_text(raw) else '')
+        hint = _hint(path, raw)
         raise WeightsError('weights file %s %s; it is not a trained caffemodel%s' % (path, what, hint))
     return param
 
@@ -400,8 +417,15 @@ def load_hdf5(net, path):
                             ' parameters from scratch rather than copying from a saved net, rename'
                             ' the layer.' % (path, j, name, _fmt(ds.shape), _fmt(tb.shape)))
                     plan.append((tb, ds))
+            values = []
             for tb, ds in plan:
-                tb.data[...] = np.asarray(ds[...], dtype=np.float32)
-    except (OSError, KeyError, RuntimeError) as e:
+                v = np.empty(tb.shape, np.float32)
+                if v.size:
+                    ds.read_direct(v)         # HDF5 converts to float32 while reading
+                values.append(v)
+        for (tb, _), v in zip(plan, values):     # all read: now copy (a bad file changes nothing)
+            tb.data[...] = v
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+        # h5py reports a damaged file's internals with any of these
         raise WeightsError('cannot read HDF5 weights file %s (truncated or corrupt?): %s'
                            % (path, e)) from None

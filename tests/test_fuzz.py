@@ -86,6 +86,12 @@ def test_caffemodel(seed_index, ops):
     check('caffemodel', seed_index, ops)
 
 
+@fuzz_settings(60)
+@given(st.integers(0, 1000), ops_strategy('bytes'))
+def test_caffemodel_tiny(seed_index, ops):
+    check('caffemodel_tiny', seed_index, ops)
+
+
 @fuzz_settings(80)
 @given(st.integers(0, 1000), ops_strategy('bytes'))
 def test_solverstate(seed_index, ops):

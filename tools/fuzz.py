@@ -15,6 +15,7 @@ Targets (each mutates real files and feeds them to the public API):
   solver_prototxt  upstream solver prototxts, mutated the same way, built
   caffemodel       Caffe-written .caffemodel files, truncated / bit-flipped,
                    decoded and loaded into their net (when it builds here)
+  caffemodel_tiny  a minicaffe-written .caffemodel, corrupted, loaded
   solverstate      .solverstate files (Caffe's, and minicaffe's for a small
                    Adam solver), corrupted, restored into a solver
   solverstate_h5   HDF5 solver states, corrupted, restored
@@ -279,10 +280,14 @@ def _solver_cases():
 
 
 def _try_net(prototxt, phase=caffe.TRAIN):
+    old = os.getcwd()
     try:
+        os.chdir(str(Path(prototxt).parent))      # its data sources are relative to it
         return caffe.Net(str(prototxt), phase)
     except Exception:
         return None
+    finally:
+        os.chdir(old)
 
 
 TINY_NET = '''name: "tiny"
@@ -351,7 +356,7 @@ def build_targets(workdir):
         for lp in list(msg.layer)[:64]:
             for i, bp in enumerate(lp.blobs):
                 blob_proto_array(bp, '%s layer %s blob %d' % (path, lp.name, i))
-        case = _models.get(Path(path).name.split('.mut')[0])
+        case = _models.get(Path(path).name.replace('.mut.', '.'))
         net = net_for.get(case)
         if net is not None:
             net.copy_from(str(path))
@@ -395,6 +400,14 @@ def build_targets(workdir):
         targets.append(Target('solverstate_h5', 'bytes', [(h5state.name, h5state.read_bytes())],
                               lambda path, wd: solver.restore(str(path)), 'restore (tiny Adam solver)'))
         if have_weights:
+            mpath = workdir / 'tiny.caffemodel'
+            try:
+                solver.net.save(str(mpath))
+                targets.append(Target('caffemodel_tiny', 'bytes', [(mpath.name, mpath.read_bytes())],
+                                      lambda path, wd: solver.net.copy_from(str(path)),
+                                      'copy_from (minicaffe-written, Parameter layers)'))
+            except Exception:
+                pass
             wpath = workdir / 'tiny.caffemodel.h5'
             try:
                 solver.net.save_hdf5(str(wpath))

@@ -44,6 +44,8 @@ from .base import Layer, register_layer
 
 log = logging.getLogger('minicaffe')
 
+FILLER_TYPES = ('constant', 'uniform', 'gaussian', 'positive_unitball', 'xavier', 'msra', 'bilinear')
+
 
 # ================================================================= DummyData
 @register_layer('DummyData')
@@ -90,6 +92,9 @@ class DummyDataLayer(Layer):
             fillers = [pb.FillerParameter(type='constant', value=0)]
         else:
             fillers = list(p.data_filler)
+        for f in fillers:
+            self.check(f.type in FILLER_TYPES, 'unknown filler type "%s" in data_filler (known: %s)'
+                       % (f.type, ', '.join(FILLER_TYPES)))
         self.fillers = fillers
         # Caffe's refill_: constant fillers fill once (now), the others every forward.
         self.refill = [f.type != 'constant' for f in fillers]
@@ -188,28 +193,34 @@ class HDF5DataLayer(Layer):
         except (OSError, ValueError) as e:
             raise DataSourceError('%s: cannot open HDF5 file "%s" (listed in %s): %s'
                                   % (ctx, filename, self.source, e)) from None
-        with f:
-            for name in self.top_names:
-                ds = f.get(name)
-                if ds is None or not isinstance(ds, h5py.Dataset):
-                    have = sorted(k for k in f.keys() if isinstance(f.get(k), h5py.Dataset))
-                    raise DataSourceError('%s: HDF5 file "%s" has no dataset "%s" (each top reads the'
-                                          ' dataset named like it; the file has: %s)'
-                                          % (ctx, filename, name, ', '.join(have) or 'no datasets'))
-                if ds.dtype.kind not in 'fiu':
-                    raise DataSourceError('%s: dataset "%s" in HDF5 file "%s" has type %s; only float'
-                                          ' and integer data can be read'
-                                          % (ctx, name, filename, ds.dtype))
-                if ds.ndim < 1:
-                    raise DataSourceError('%s: dataset "%s" in HDF5 file "%s" is a scalar; it needs at'
-                                          ' least one axis (rows)' % (ctx, name, filename))
-                try:
-                    _checked_shape(ds.shape)
-                    arr = np.asarray(ds[...], dtype=np.float32)
-                except (OSError, ValueError) as e:
-                    raise DataSourceError('%s: cannot read dataset "%s" of HDF5 file "%s": %s'
-                                          % (ctx, name, filename, e)) from None
-                arrays.append(arr)
+        try:
+            with f:
+                for name in self.top_names:
+                    ds = f.get(name)
+                    if ds is None or not isinstance(ds, h5py.Dataset):
+                        have = sorted(k for k in f.keys() if isinstance(f.get(k), h5py.Dataset))
+                        raise DataSourceError('%s: HDF5 file "%s" has no dataset "%s" (each top reads the'
+                                              ' dataset named like it; the file has: %s)'
+                                              % (ctx, filename, name, ', '.join(have) or 'no datasets'))
+                    if ds.dtype.kind not in 'fiu':
+                        raise DataSourceError('%s: dataset "%s" in HDF5 file "%s" has type %s; only float'
+                                              ' and integer data can be read'
+                                              % (ctx, name, filename, ds.dtype))
+                    if ds.ndim < 1:
+                        raise DataSourceError('%s: dataset "%s" in HDF5 file "%s" is a scalar; it needs at'
+                                              ' least one axis (rows)' % (ctx, name, filename))
+                    try:
+                        arr = np.empty(_checked_shape(ds.shape), np.float32)
+                        if arr.size:
+                            ds.read_direct(arr)      # HDF5 converts to float32 while reading
+                    except (OSError, ValueError) as e:
+                        raise DataSourceError('%s: cannot read dataset "%s" of HDF5 file "%s": %s'
+                                              % (ctx, name, filename, e)) from None
+                    arrays.append(arr)
+        except (OSError, RuntimeError, KeyError, TypeError, AttributeError, ValueError) as e:
+            # h5py reports a damaged file's internals as RuntimeError, KeyError, ValueError...
+            raise DataSourceError('%s: HDF5 file "%s" (listed in %s) is damaged: %s'
+                                  % (ctx, filename, self.source, e)) from None
         rows = arrays[0].shape[0]
         for name, arr in zip(self.top_names, arrays):
             if arr.shape[0] != rows:

@@ -333,7 +333,11 @@ def _open_lmdb(source, ctx):
         raise DataSourceError('%s: reading LMDB source %s needs the "lmdb" package'
                               ' (pip install lmdb)' % (ctx, source)) from None
     subdir = os.path.isdir(source)
-    key = (os.path.realpath(source), subdir)
+    try:
+        st = os.stat(os.path.join(source, 'data.mdb') if subdir else source)
+        key = (st.st_dev, st.st_ino)         # a database recreated at the same path is a new one
+    except OSError:
+        key = (os.path.realpath(source), subdir)
     with _ENVS_LOCK:
         holder = _ENVS.get(key)
         if holder is not None:

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from .. import protoio
-from ..errors import WeightsError
+from ..errors import MinicaffeError, WeightsError
 from ..protoio import pb
 
 
@@ -93,8 +93,13 @@ def restore(solver, path):
         it, learned, step = state.iter, state.learned_net, state.current_step
         hist = [protoio.blob_proto_array(b, '%s history %d' % (path, i))
                 for i, b in enumerate(state.history)]
+    if isinstance(learned, bytes):      # proto2 hands back invalid UTF-8 as bytes
+        learned = learned.decode('utf-8', 'replace')
     if learned:
-        solver.net.copy_from(_learned_net_path(path, learned))
+        try:
+            solver.net.copy_from(_learned_net_path(path, learned))
+        except MinicaffeError as e:
+            raise type(e)('solver state %s: loading its learned_net: %s' % (path, e)) from None
     if len(hist) != len(solver.history):
         raise WeightsError('%s holds %d history blobs but this %s solver on this net needs %d'
                            ' (snapshot from another solver type or net?)'

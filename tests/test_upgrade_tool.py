@@ -1,0 +1,57 @@
+"""`minicaffe upgrade IN OUT` (minicaffe.upgrade_tool): legacy nets and solvers rewritten."""
+import pytest
+
+pytest.importorskip('minicaffe.upgrade')
+
+from minicaffe import upgrade_tool  # noqa: E402
+from minicaffe.protoio import pb, parse_text  # noqa: E402
+
+V1_NET = '''name: "old"
+input: "data"
+input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8
+layers { name: "conv1" type: CONVOLUTION bottom: "data" top: "conv1"
+  blobs_lr: 1 blobs_lr: 2 weight_decay: 1 weight_decay: 0
+  convolution_param { num_output: 4 kernel_size: 3 } }
+layers { name: "relu1" type: RELU bottom: "conv1" top: "conv1" }
+'''
+
+
+def test_text_net(tmp_path):
+    src, dst = tmp_path / 'old.prototxt', tmp_path / 'new.prototxt'
+    src.write_text(V1_NET)
+    assert upgrade_tool.main([str(src), str(dst)]) == 0
+    net = parse_text(dst.read_text(), pb.NetParameter())
+    assert not len(net.layers) and not len(net.input)
+    assert [(l.name, l.type) for l in net.layer] == [('input', 'Input'), ('conv1', 'Convolution'),
+                                                     ('relu1', 'ReLU')]
+    assert [(p.lr_mult, p.decay_mult) for p in net.layer[1].param] == [(1, 1), (2, 0)]
+    assert list(net.layer[0].input_param.shape[0].dim) == [1, 3, 8, 8]
+
+
+def test_text_solver(tmp_path):
+    src, dst = tmp_path / 's.prototxt', tmp_path / 's2.prototxt'
+    src.write_text('net: "n.prototxt"\nbase_lr: 0.01\nsolver_type: ADAGRAD\n')
+    assert upgrade_tool.main([str(src), str(dst)]) == 0
+    sp = parse_text(dst.read_text(), pb.SolverParameter())
+    assert sp.type == 'AdaGrad' and not sp.HasField('solver_type')
+
+
+def test_binary_net_stays_binary(tmp_path):
+    old = parse_text(V1_NET, pb.NetParameter())
+    blob = old.layers[0].blobs.add(num=1, channels=1, height=4, width=27)
+    blob.data.extend([0.5] * 108)
+    src, dst = tmp_path / 'old.caffemodel', tmp_path / 'new.caffemodel'
+    src.write_bytes(old.SerializeToString())
+    assert upgrade_tool.main([str(src), str(dst)]) == 0
+    net = pb.NetParameter.FromString(dst.read_bytes())
+    conv = [l for l in net.layer if l.name == 'conv1'][0]
+    assert conv.type == 'Convolution' and len(conv.blobs[0].data) == 108
+
+
+def test_errors_name_the_file(tmp_path, capsys):
+    src = tmp_path / 'bad.prototxt'
+    src.write_text('layers { name: "x" type: NOT_A_TYPE }')
+    assert upgrade_tool.main([str(src), str(tmp_path / 'o.prototxt')]) == 1
+    assert 'bad.prototxt:1' in capsys.readouterr().err
+    assert upgrade_tool.main([str(tmp_path / 'missing.prototxt'), str(tmp_path / 'o.prototxt')]) == 1
+    assert 'missing.prototxt' in capsys.readouterr().err
