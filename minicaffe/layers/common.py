@@ -1,0 +1,189 @@
+"""Fully connected layers and Softmax: InnerProduct, Embed, Softmax.
+
+All three view their input as a matrix: the axes before ``axis`` are rows
+(M = count(0, axis)), the rest are columns (K = count(axis)), as Caffe does.
+"""
+import numpy as np
+
+from ..blob import Blob
+from ..fillers import fill
+from .base import Layer, register_layer
+
+
+def _canonical_axis(layer, blob, axis):
+    try:
+        return blob.canonical_axis(axis)
+    except ValueError as e:
+        raise layer.error(str(e))
+
+
+def _add_learnable(layer, shape, filler):
+    blob = Blob(shape)
+    fill(blob, filler, context=layer.name)
+    layer.blobs.append(blob)
+
+
+@register_layer('InnerProduct')
+class InnerProductLayer(Layer):
+    """Fully connected layer (Caffe's InnerProductLayer).
+
+    bottom: x of shape (d0, ..., d_{axis-1}, d_axis, ...), read as X (M, K) with
+            M = count(0, axis), K = count(axis)
+    top:    y of shape (d0, ..., d_{axis-1}, N), N = num_output
+    blobs:  W (N, K) -- or (K, N) when ``transpose: true`` --, b (N) when bias_term.
+    forward:  Y = X W^T + b        (transpose: Y = X W)
+    backward: dX = dY W            (transpose: dX = dY W^T)
+              dW += dY^T X         (transpose: dW += X^T dY)
+              db += sum over rows of dY
+    """
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        p = self.layer_param.inner_product_param
+        self.check(p.num_output > 0, 'inner_product_param { num_output } must be positive')
+        self.num_output = p.num_output
+        self.bias_term = p.bias_term
+        self.transpose = p.transpose
+        self.axis = _canonical_axis(self, bottom[0], p.axis)
+        self.K = bottom[0].count_range(self.axis)
+        if len(self.blobs) == 0:
+            shape = (self.K, self.num_output) if self.transpose else (self.num_output, self.K)
+            _add_learnable(self, shape, p.weight_filler)
+            if self.bias_term:
+                _add_learnable(self, (self.num_output,), p.bias_filler)
+        else:
+            want = 2 if self.bias_term else 1
+            self.check(len(self.blobs) == want, 'expected %d learnable blobs, got %d'
+                       % (want, len(self.blobs)))
+        self.param_propagate_down = [True] * len(self.blobs)
+
+    def reshape(self, bottom, top):
+        axis = _canonical_axis(self, bottom[0], self.layer_param.inner_product_param.axis)
+        k = bottom[0].count_range(axis)
+        self.check(k == self.K, 'input size incompatible with inner product parameters:'
+                   ' bottom shape %s gives %d inputs per row, the weights expect %d'
+                   % (bottom[0].shape, k, self.K))
+        self.axis = axis
+        self.M = bottom[0].count_range(0, axis)
+        top[0].reshape(bottom[0].shape[:axis] + (self.num_output,))
+
+    def _weight_nk(self):
+        """W as an (N, K) matrix whichever way it is stored."""
+        w = self.blobs[0].data
+        return w.T if self.transpose else w
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(self.M, self.K)
+        y = top[0].data.reshape(self.M, self.num_output)
+        np.matmul(x, self._weight_nk().T, out=y)
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self.M, self.num_output)
+        x = bottom[0].data.reshape(self.M, self.K)
+        if self.param_propagate_down[0]:
+            if self.transpose:
+                self.blobs[0].diff += x.T @ dy
+            else:
+                self.blobs[0].diff += dy.T @ x
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff += dy.sum(axis=0)
+        if propagate_down[0]:
+            bottom[0].diff.reshape(self.M, self.K)[...] = dy @ self._weight_nk()
+
+
+@register_layer('Embed')
+class EmbedLayer(Layer):
+    """Embedding lookup (Caffe's EmbedLayer): a one-hot InnerProduct without the one-hot.
+
+    bottom: indices, any shape S, values integers in [0, input_dim)
+    top:    shape S + (num_output,)
+    blobs:  W (input_dim, num_output) -- not transposed --, b (num_output) when bias_term.
+    forward:  y[i] = W[x[i]] + b
+    backward: dW[x[i]] += dy[i] (summed over repeated indices); db += sum_i dy[i];
+              no gradient to the indices.
+
+    Out-of-range indices: LRCN pads sentences with -1, and Caffe then reads memory
+    outside W.  minicaffe instead treats any index outside [0, input_dim) (or not an
+    integer) as an all-zero weight row: y[i] = b (0 without a bias), and such positions
+    send no gradient to W (the bias still gets its usual gradient).
+    """
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        p = self.layer_param.embed_param
+        self.check(p.num_output > 0, 'embed_param { num_output } must be positive')
+        self.check(p.input_dim > 0, 'embed_param { input_dim } must be positive')
+        self.num_output, self.input_dim, self.bias_term = p.num_output, p.input_dim, p.bias_term
+        if len(self.blobs) == 0:
+            _add_learnable(self, (self.input_dim, self.num_output), p.weight_filler)
+            if self.bias_term:
+                _add_learnable(self, (self.num_output,), p.bias_filler)
+        self.param_propagate_down = [True] * len(self.blobs)
+
+    def allow_force_backward(self, bottom_index):
+        return False
+
+    def reshape(self, bottom, top):
+        top[0].reshape(bottom[0].shape + (self.num_output,))
+
+    def _indices(self, bottom):
+        """Flat int indices and the mask of those inside [0, input_dim)."""
+        raw = bottom[0].data.reshape(-1)
+        idx = raw.astype(np.int64)
+        valid = (idx >= 0) & (idx < self.input_dim) & (idx == raw)
+        return np.where(valid, idx, 0), valid
+
+    def forward(self, bottom, top):
+        idx, valid = self._indices(bottom)
+        y = top[0].data.reshape(-1, self.num_output)
+        np.take(self.blobs[0].data, idx, axis=0, out=y)
+        y[~valid] = 0
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward(self, top, propagate_down, bottom):
+        self.check(not propagate_down[0], 'Embed cannot backpropagate to its index input')
+        dy = top[0].diff.reshape(-1, self.num_output)
+        if self.param_propagate_down[0]:
+            idx, valid = self._indices(bottom)
+            np.add.at(self.blobs[0].diff, idx[valid], dy[valid])
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff += dy.sum(axis=0)
+
+
+def softmax(x, axis):
+    """Max-subtracted softmax of ``x`` along ``axis`` (float32, as Caffe computes it)."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+@register_layer('Softmax')
+class SoftmaxLayer(Layer):
+    """Softmax along ``softmax_param { axis }`` (default 1).
+
+    bottom: x, any shape with the softmax axis of size C
+    top:    y = exp(x - max_c x) / sum_c exp(x - max_c x), same shape
+    backward: dx = (dy - sum_c(dy * y)) * y
+    """
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        self.axis = _canonical_axis(self, bottom[0], self.layer_param.softmax_param.axis)
+        top[0].reshape(bottom[0].shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = softmax(bottom[0].data, self.axis)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        y, dy = top[0].data, top[0].diff
+        dot = (dy * y).sum(axis=self.axis, keepdims=True)
+        bottom[0].diff[...] = (dy - dot) * y
+
