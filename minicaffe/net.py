@@ -186,9 +186,11 @@ class Net(object):
         if len(lp_net.param) > n_param:
             raise NetDefinitionError('%s: %s: %d param specs given but the layer has %d'
                                      ' learnable blobs' % (src, layer_context(lp), len(lp_net.param), n_param))
+        # The layer's own copy: setup may add specs (BatchNorm pins its statistics' lr_mult to 0).
+        specs = layer.layer_param.param
         layer.param_propagate_down = []
         for pid in range(n_param):
-            spec = lp_net.param[pid] if pid < len(lp_net.param) else pb.ParamSpec()
+            spec = specs[pid] if pid < len(specs) else pb.ParamSpec()
             pnb = spec.lr_mult != 0
             need_backward |= pnb
             layer.param_propagate_down.append(pnb)
