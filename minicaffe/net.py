@@ -86,7 +86,8 @@ class Net(object):
         src = self.source
         try:
             filtered = netbuild.filter_net(in_param, src)
-            param = netbuild.insert_splits(filtered, src)
+            param = netbuild.insert_splits(filtered, src,
+                                           netbuild.excluded_producers(in_param, filtered))
         except MinicaffeError as e:
             raise type(e)(self._locate_named(str(e))) from None
         self.net_param = param

@@ -7,6 +7,8 @@
 * ``insert_splits`` -- a top read by several bottoms (a nonzero explicit
                        loss_weight counts as one read) gets a Split layer.
 """
+from google.protobuf import text_format
+
 from .errors import NetDefinitionError
 from .protoio import pb
 
@@ -17,6 +19,8 @@ def upgrade_net(param, source='<net>'):
         from . import upgrade
         upgrade.upgrade_v1_net(param, source)
     _upgrade_input_fields(param, source)
+    from . import upgrade
+    upgrade.upgrade_batchnorm(param)      # Caffe's UpgradeNetBatchNorm
     return param
 
 
@@ -96,8 +100,43 @@ def split_blob_name(layer_name, blob_name, top_idx, k):
     return '%s_%s_%d_split_%d' % (blob_name, layer_name, top_idx, k)
 
 
-def insert_splits(param, source='<net>'):
-    """Caffe's InsertSplits: returns a new NetParameter with Split layers."""
+def _data_source(lp):
+    for field in ('data_param', 'image_data_param', 'hdf5_data_param', 'window_data_param'):
+        if lp.HasField(field) and getattr(lp, field).source:
+            return getattr(lp, field).source
+    return ''
+
+
+def excluded_producers(full, filtered):
+    """Blob name -> text naming the layers that produce it in ``full`` but were
+    left out of ``filtered`` by their include/exclude rules (for error hints)."""
+    kept = set(lp.name for lp in filtered.layer)
+    out = {}
+    for lp in full.layer:
+        if lp.name in kept:
+            continue
+        rules = ' '.join('include { %s }' % text_format.MessageToString(r, as_one_line=True)
+                         for r in lp.include)
+        rules += ' '.join('exclude { %s }' % text_format.MessageToString(r, as_one_line=True)
+                          for r in lp.exclude)
+        src = _data_source(lp)
+        if not src and lp.HasField('python_param'):
+            desc_src = ', module "%s", class "%s"' % (lp.python_param.module, lp.python_param.layer)
+        else:
+            desc_src = ', source "%s"' % src if src else ''
+        desc = 'layer "%s" (%s%s) is left out by its rule %s' % (
+            lp.name, lp.type, desc_src, rules.strip())
+        for name in lp.top:
+            out.setdefault(name, []).append(desc)
+    return out
+
+
+def insert_splits(param, source='<net>', excluded=None):
+    """Caffe's InsertSplits: returns a new NetParameter with Split layers.
+
+    ``excluded`` (from excluded_producers) adds a hint to the missing-bottom error
+    when the producer exists but the net state (phase, level, stages) left it out.
+    """
     last_top = {}            # blob name -> (layer idx, top idx) of its latest producer
     source_of_bottom = {}    # (layer, bottom) -> (layer, top)
     reads = {}               # (layer, top) -> how many bottoms (and losses) read it
@@ -105,9 +144,15 @@ def insert_splits(param, source='<net>'):
     for i, lp in enumerate(param.layer):
         for j, name in enumerate(lp.bottom):
             if name not in last_top:
+                hint = ''
+                if excluded and name in excluded:
+                    state = param.state
+                    hint = ('; in this net state (phase %s, level %d, stages [%s]) its producer %s'
+                            % (pb.Phase.Name(state.phase), state.level, ', '.join(state.stage),
+                               '; '.join(excluded[name])))
                 raise NetDefinitionError(
-                    '%s: layer "%s" (%s) bottom %d is "%s", which no earlier layer produces'
-                    % (source, lp.name, lp.type, j, name))
+                    '%s: layer "%s" (%s) bottom %d is "%s", which no earlier layer produces%s'
+                    % (source, lp.name, lp.type, j, name, hint))
             src = last_top[name]
             source_of_bottom[(i, j)] = src
             reads[src] = reads.get(src, 0) + 1
