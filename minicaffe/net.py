@@ -403,7 +403,7 @@ class Net(object):
         start_ind = self._layer_id(start) if start is not None else 0
         if end is not None:
             end_ind = self._layer_id(end)
-            outputs = set([end] + blobs)
+            outputs = set(list(self.top_names[end]) + blobs)     # pycaffe master
         else:
             end_ind = len(self.layers) - 1
             outputs = set(self.outputs + blobs)
@@ -425,7 +425,7 @@ class Net(object):
         start_ind = self._layer_id(start) if start is not None else len(self.layers) - 1
         if end is not None:
             end_ind = self._layer_id(end)
-            outputs = set([end] + diffs)
+            outputs = set(list(self.bottom_names[end]) + diffs)  # pycaffe master
         else:
             end_ind = 0
             outputs = set(self.inputs + diffs)

@@ -10,6 +10,22 @@ from .pooling import PoolGeometry, ave_pool_backward, ave_pool_forward, pooled_s
 _f = DTYPE
 
 
+_SAXPY_BLOCK = 32
+
+
+def _saxpy(a, x, y):
+    """y += a * x along the last axis, rounded as OpenBLAS's saxpy: a fused
+    multiply-add (exact product, one rounding) on the first multiple of 32
+    elements, a float multiply then add on the tail."""
+    n1 = (x.shape[-1] // _SAXPY_BLOCK) * _SAXPY_BLOCK
+    if n1:
+        fused = np.float64(a) * x[..., :n1].astype(np.float64)
+        fused += y[..., :n1]
+        y[..., :n1] = fused
+    if n1 < x.shape[-1]:
+        y[..., n1:] += a * x[..., n1:]
+
+
 @register_layer('LRN')
 class LRNLayer(Layer):
     """Local response normalization over a 4-D blob (N, C, H, W).
@@ -68,10 +84,29 @@ class LRNLayer(Layer):
         return acc
 
     def _across_forward(self, x, y, scale):
-        sq = x * x
-        sq *= _f(self.alpha / self.size)
-        scale[...] = self._window_sum(sq)
-        scale += _f(self.k)
+        # Caffe's exact order: scale starts at k, the first channel adds the
+        # window's squares one by one (caffe_axpy with alpha/size), each next
+        # channel copies the previous one, adds the square entering the window
+        # and subtracts the one leaving it.  OpenBLAS's saxpy uses fused
+        # multiply-adds on blocks of 32 elements of each H*W plane and a plain
+        # multiply then add on the rest; _saxpy rounds the same way.  Summed any
+        # other way the last bit differs, and nets with huge activations (LRCN
+        # without mean subtraction) amplify that into visible differences.
+        N, C = x.shape[:2]
+        hw = int(np.prod(x.shape[2:], dtype=np.int64))
+        pre = self.pre_pad
+        a = _f(self.alpha / self.size)
+        sq = np.zeros((N, C + self.size - 1, hw), _f)
+        np.multiply(x, x, out=sq[:, pre:pre + C].reshape(x.shape))
+        acc = np.full((N, hw), _f(self.k), _f)
+        sc = scale.reshape(N, C, hw)
+        for c in range(self.size):
+            _saxpy(a, sq[:, c], acc)
+        sc[:, 0] = acc
+        for c in range(1, C):
+            _saxpy(a, sq[:, c + self.size - 1], acc)
+            _saxpy(-a, sq[:, c - 1], acc)
+            sc[:, c] = acc
         np.multiply(x, np.power(scale, _f(-self.beta)), out=y)
 
     def _across_backward(self, x, y, dy, scale, dx):

@@ -42,8 +42,8 @@ def _sigmoid_(a):
     double; near saturation (exp(-x) ~ 1e-5) doing it all in float32 moves
     1 - sigmoid, and with it the gate gradients, by a few tenths of a percent.
     """
-    e = np.exp(np.negative(a, dtype=np.float64)).astype(_f)   # expf(-x)
-    with np.errstate(over='ignore'):
+    with np.errstate(over='ignore'):                 # exp(-x) = inf -> sigmoid 0, as in C
+        e = np.exp(np.negative(a, dtype=np.float64)).astype(_f)   # expf(-x)
         a[...] = 1.0 / (1.0 + e.astype(np.float64))
     return a
 

@@ -96,17 +96,24 @@ def _accumulate_outer(dW, a, col):
         dW[g] += np.dot(a[g], col[g].T)
 
 
-def _group_gemm(a, b, trans_a=False, out=None):
+def _group_gemm(a, b, trans_a=False, out=None, blocks=1):
     """out[g] = op(a[g]) @ b[g] for each group, op = transpose if trans_a.
 
-    One 2-D np.dot per group: numpy's stacked matmul falls back to a slow
-    non-BLAS loop when an operand is a transposed view."""
+    The columns of b hold ``blocks`` images side by side; each image is its own
+    GEMM, written as (B^T op(A)^T)^T.  That is exactly the call Caffe makes per
+    image (row-major caffe_cpu_gemm), so OpenBLAS rounds every sum the same way
+    and the outputs are bit-for-bit Caffe's -- some LRCN nets amplify a
+    last-bit difference into a visible one.  (2-D np.dot calls: numpy's stacked
+    matmul falls back to a slow loop on transposed views.)"""
     G = a.shape[0]
     m = a.shape[2] if trans_a else a.shape[1]
     if out is None:
         out = np.empty((G, m, b.shape[2]), dtype=_f)
+    step = b.shape[2] // blocks
     for g in range(G):
-        np.dot(a[g].T if trans_a else a[g], b[g], out=out[g])
+        op_a_t = a[g] if trans_a else a[g].T
+        for i in range(0, b.shape[2], step):
+            out[g][:, i:i + step] = np.dot(b[g][:, i:i + step].T, op_a_t).T
     return out
 
 
@@ -307,7 +314,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
                         out = self._col_store[i] = np.empty(n, _f)
                 col = self._im2col(x[b0:b1], out=out)
                 G, Mg = self.group, self.num_output // self.group
-                y_g = _group_gemm(W, col, out=workspace('gemm', (G, Mg, col.shape[2])))
+                y_g = _group_gemm(W, col, out=workspace('gemm', (G, Mg, col.shape[2])),
+                                  blocks=b1 - b0)
                 self._from_gmp(y_g, y[b0:b1])
                 if cache:
                     self._cols[i] = (b.data, col)
@@ -338,7 +346,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     # (the column workspace is free again: col was consumed above)
                     dcol = _group_gemm(W, dy, trans_a=True,
                                        out=workspace('col', (self.group, self.kernel_dim,
-                                                             dy.shape[2])))
+                                                             dy.shape[2])), blocks=b1 - b0)
                     dx[b0:b1] = self._col2im(dcol, b1 - b0)
         self._cols = {}
 
@@ -366,7 +374,8 @@ class DeconvolutionLayer(BaseConvolutionLayer):
             for b0, b1 in self._chunks():
                 xg = self._to_gmp(x[b0:b1], self.channels)
                 col = _group_gemm(W, xg, trans_a=True,
-                                  out=workspace('col', (self.group, self.kernel_dim, xg.shape[2])))
+                                  out=workspace('col', (self.group, self.kernel_dim, xg.shape[2])),
+                                  blocks=b1 - b0)
                 y[b0:b1] = self._col2im(col, b1 - b0)
             self._add_bias(t.data)
 
@@ -387,8 +396,8 @@ class DeconvolutionLayer(BaseConvolutionLayer):
                     _accumulate_outer(self._weight_diff(), xg, col)
                 if dx is not None:
                     G, Mg = self.group, self.channels // self.group
-                    self._from_gmp(_group_gemm(W, col, out=workspace('gemm', (G, Mg, col.shape[2]))),
-                                   dx[b0:b1])
+                    self._from_gmp(_group_gemm(W, col, out=workspace('gemm', (G, Mg, col.shape[2])),
+                                                   blocks=b1 - b0), dx[b0:b1])
 
 
 @register_layer('Im2col')
