@@ -7,7 +7,7 @@ setup(
     packages=find_packages(include=['minicaffe', 'minicaffe.*']),
     package_data={'minicaffe': ['proto/*.proto', 'kernels/*.cu']},
     python_requires='>=3.9',
-    install_requires=['numpy', 'protobuf>=7.35.1', 'h5py', 'pillow'],
+    install_requires=['numpy', 'protobuf>=7.35.1', 'h5py', 'pillow', 'lmdb'],
     extras_require={
         'test': ['pytest', 'hypothesis', 'grpcio-tools==1.85.1'],
         'plot': ['matplotlib'],

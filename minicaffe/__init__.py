@@ -13,3 +13,29 @@ from .mode import set_mode_cpu, set_mode_gpu, set_device  # noqa: F401
 __version__ = '0.1.0'
 from .solvers import (get_solver, SGDSolver, NesterovSolver, AdaGradSolver,  # noqa: F401,E402
                       RMSPropSolver, AdaDeltaSolver, AdamSolver)
+
+# pycaffe's module-level names: caffe.io, caffe.draw, caffe.net_spec, Classifier, Detector,
+# NetSpec, and ``from caffe import layers as L, params as P``.
+from . import io, draw, net_spec  # noqa: F401,E402
+from .classifier import Classifier, Detector  # noqa: F401,E402
+from .net_spec import NetSpec, to_proto, params  # noqa: F401,E402
+from .layers.python_layer import allow_python_layers  # noqa: F401,E402
+
+
+class _NetSpecLayers(net_spec.Layers):
+    """``minicaffe.layers`` is pycaffe's net_spec ``L`` (``L.Convolution(...)``);
+    lower-case names (``minicaffe.layers.base``, ``.vision``...) still reach the
+    package of layer implementations."""
+
+    def __getattr__(self, name):
+        if name[:1].islower() or name.startswith('_'):
+            import importlib
+            pkg = importlib.import_module(__name__ + '.layers')
+            try:
+                return getattr(pkg, name)
+            except AttributeError:
+                return importlib.import_module(__name__ + '.layers.' + name)
+        return net_spec.Layers.__getattr__(self, name)
+
+
+layers = _NetSpecLayers()

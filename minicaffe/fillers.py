@@ -27,8 +27,23 @@ def _fan(shape, norm):
 
 
 def fill(blob, filler_param, context=''):
-    """Fill ``blob.data`` according to ``filler_param`` (a FillerParameter)."""
+    """Fill ``blob.data`` according to ``filler_param`` (a FillerParameter).
+
+    Values NumPy cannot draw from (min > max, a range or std that overflows,
+    a negative std) are a NetDefinitionError naming ``context``."""
     f = filler_param
+    if f.type == 'uniform' and not f.min <= f.max:
+        raise NetDefinitionError('%s: uniform filler needs min <= max, got min %g, max %g'
+                                 % (context, f.min, f.max))
+    try:
+        with np.errstate(over='ignore', invalid='ignore'):
+            return _fill(blob, f, context)
+    except (OverflowError, ValueError) as e:
+        raise NetDefinitionError('%s: %s filler cannot draw values with these parameters (%s)'
+                                 % (context, f.type, e)) from None
+
+
+def _fill(blob, f, context):
     shape = blob.shape
     t = f.type
     r = rng()

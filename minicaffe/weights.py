@@ -158,9 +158,53 @@ def _first_layer_index(net):
     return first
 
 
+def _unknown_fields(msg, prefix, out, depth=0):
+    """Append 'path (field N)' for each field of msg (and its sub-messages, blobs
+    excepted) that this schema does not know or that came with another wire type."""
+    try:
+        from google.protobuf.unknown_fields import UnknownFieldSet
+        unknown = UnknownFieldSet(msg)
+    except Exception:                # an old protobuf without the API: nothing to report
+        return out
+    for f in unknown:
+        out.append('%sfield %d' % (prefix, f.field_number))
+    if depth > 8:
+        return out
+    for fd, value in msg.ListFields():
+        if fd.name == 'blobs' or fd.message_type is None:
+            continue
+        items = value if getattr(fd, 'is_repeated', False) or \
+            getattr(fd, 'label', None) == 3 else [value]
+        for v in items:
+            _unknown_fields(v, '%s%s (%d).' % (prefix, fd.name, fd.number), out, depth + 1)
+    return out
+
+
+def warn_foreign_fields(param, path='<weights>', names=None):
+    """Log one warning for layers (of ``names``, default all) carrying fields this
+    schema does not read -- caffemodels written by Caffe forks with a renumbered
+    caffe.proto (the LRCN forks store recurrent_param as field 140 or 134, which
+    here are elu_param / log_param).  Only names and blobs are used from them."""
+    found = []
+    for l in list(param.layer) + [l.layer if l.HasField('layer') else l for l in param.layers]:
+        if names is not None and l.name not in names:
+            continue
+        bad = _unknown_fields(l, '', [])
+        if bad:
+            found.append('%s: %s' % (l.name, ', '.join(bad[:4]) + (', ...' if len(bad) > 4 else '')))
+    if found:
+        log.warning('%s: %d layer(s) carry fields this caffe.proto does not know or reads with'
+                    ' another type (a caffemodel from a Caffe fork with renumbered fields?); they are'
+                    ' ignored -- layers are matched by name and only their blobs are read: %s%s',
+                    path, len(found), '; '.join(found[:5]), '; ...' if len(found) > 5 else '')
+    return found
+
+
 def copy_from_net_param(net, param, path='<weights>'):
-    """Caffe's Net::CopyTrainedLayersFrom(NetParameter)."""
+    """Caffe's Net::CopyTrainedLayersFrom(NetParameter).  Fields a fork's
+    renumbered schema put elsewhere are ignored with a warning."""
     first = _first_layer_index(net)
+    warn_foreign_fields(param, path, set(first))
     plan = []
     used = 0
     for name, blobs in source_layers(param, path):

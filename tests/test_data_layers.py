@@ -291,3 +291,19 @@ def test_memory_data_needs_arrays_and_a_first_memory_layer():
     with pytest.raises(NetDefinitionError, match='must be specified and positive'):
         net_from('layer { name: "mem" type: "MemoryData" top: "data" top: "label"'
                  ' memory_data_param { batch_size: 2 channels: 3 height: 2 } }')
+
+
+@pytest.mark.parametrize('filler,msg', [
+    ('type: "uniform" min: 1 max: -1', 'min <= max'),                     # Caffe: CHECK_LE(a, b)
+    ('type: "uniform" min: -inf max: inf', 'cannot draw'),
+    ('type: "gaussian" std: -1', 'cannot draw'),
+])
+def test_filler_parameters_numpy_cannot_draw_from_are_net_errors(filler, msg):
+    with pytest.raises(NetDefinitionError, match=msg):
+        net_from('layer { name: "d" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }'
+                 ' layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"'
+                 ' inner_product_param { num_output: 2 weight_filler { %s } } }' % filler)
+    net = net_from('layer { name: "d" type: "DummyData" top: "x" dummy_data_param {'
+                   ' shape { dim: 2 dim: 3 } data_filler { %s } } }' % filler)
+    with pytest.raises(NetDefinitionError, match=msg):     # DummyData fills at each forward
+        net.forward()

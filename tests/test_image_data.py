@@ -125,7 +125,7 @@ def test_image_list_split_at_last_space(tmp_path):
 def test_missing_sources_fail_at_construction_naming_the_path(tmp_path):
     net = write_net(tmp_path, 'layer { name: "d" type: "ImageData" top: "d" top: "l"'
                               ' image_data_param { source: "no/such/list.txt" batch_size: 1 } }')
-    with pytest.raises(DataSourceError, match='no/such/list.txt'):
+    with pytest.raises(DataSourceError, match=r'layer "d" \(ImageData\): .*no/such/list.txt'):
         caffe.Net(net, caffe.TEST)
     net = write_net(tmp_path, 'layer { name: "d" type: "Data" top: "d" top: "l"'
                               ' data_param { source: "no/such_lmdb" batch_size: 1 backend: LMDB } }')
@@ -135,6 +135,11 @@ def test_missing_sources_fail_at_construction_naming_the_path(tmp_path):
                               ' transform_param { crop_size: 4 }'
                               ' window_data_param { source: "no/windows.txt" batch_size: 1 } }')
     with pytest.raises(DataSourceError, match='no/windows.txt'):
+        caffe.Net(net, caffe.TEST)
+    net = write_net(tmp_path, 'layer { name: "d" type: "ImageData" top: "d" top: "l"'
+                              ' transform_param { mean_file: "no/mean.binaryproto" }'
+                              ' image_data_param { source: "no/such/list.txt" batch_size: 1 } }')
+    with pytest.raises(DataSourceError, match=r'layer "d" \(ImageData\): .*no/'):
         caffe.Net(net, caffe.TEST)
 
 

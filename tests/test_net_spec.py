@@ -235,3 +235,21 @@ def test_generated_net_builds(tmp_path):
     net = caffe.Net(str(path), caffe.TEST)
     assert net.blobs['flat'].shape == (2, 12)
     assert list(net.layer_dict) == ['data', 'flat', 'relu']
+
+
+def test_pycaffe_module_level_names():
+    # pycaffe scripts: `from caffe import layers as L, params as P`, caffe.NetSpec,
+    # caffe.io, caffe.draw, caffe.net_spec, caffe.Classifier, caffe.Detector, caffe.to_proto
+    from minicaffe import layers as L2, params as P2
+    import minicaffe.layers.base as base          # the layer package stays reachable
+    n = caffe.NetSpec()
+    n.data = L2.Input(shape=dict(dim=[1, 2, 4, 4]))
+    n.pool = L2.Pooling(n.data, pool=P2.Pooling.AVE, kernel_size=2)
+    text = str(n.to_proto())
+    assert 'type: "Pooling"' in text and 'pool: AVE' in text
+    assert 'type: "Pooling"' in str(caffe.to_proto(n.pool))   # auto-named, as Caffe's
+    assert caffe.layers.base is base and caffe.layers.layer_class('ReLU') is not None
+    assert caffe.net_spec.NetSpec is caffe.NetSpec
+    for name in ('io', 'draw', 'Classifier', 'Detector', 'allow_python_layers'):
+        assert hasattr(caffe, name), name
+    assert hasattr(caffe.io, 'Transformer') and hasattr(caffe.draw, 'draw_net_to_file')

@@ -374,3 +374,43 @@ def test_solverstate_given_as_weights_gets_a_hint(tmp_path):
     (tmp_path / 'x_iter_4.solverstate').write_bytes(state.SerializeToString())
     with pytest.raises(WeightsError, match=r'x_iter_4\.solverstate.*solver\.restore'):
         param_net({'a': (2,)}).copy_from(str(tmp_path / 'x_iter_4.solverstate'))
+
+
+@pytest.mark.parametrize('field', [140, 134])
+def test_lrcn_fork_renumbered_recurrent_param_loads_with_a_warning(tmp_path, field, caplog):
+    # The LRCN forks' caffe.proto put recurrent_param at 140 or 134 (here elu_param /
+    # log_param): such a caffemodel loads by layer name and blobs, the rest is ignored.
+    text = ('layer { name: "x" type: "Input" top: "x" top: "cont" input_param {'
+            ' shape { dim: 2 dim: 1 dim: 3 } shape { dim: 2 dim: 1 } } }\n'
+            'layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"'
+            ' recurrent_param { num_output: 4 } }\n')
+    net = caffe.Net(net_param=protoio.parse_text(text, pb.NetParameter()), phase=caffe.TEST)
+    layer = pb.LayerParameter(name='lstm', type='LSTM')
+    values = []
+    for i, b in enumerate(net.params['lstm']):
+        v = np.full(b.shape, i + 0.5, np.float32)
+        values.append(v)
+        bp = layer.blobs.add()
+        bp.shape.dim.extend(b.shape)
+        bp.data.extend(v.ravel().tolist())
+    fork = pb.RecurrentParameter(num_output=4)
+    fork.weight_filler.type = 'uniform'
+    inner = fork.SerializeToString()
+    lb = layer.SerializeToString() + weights._tag(field, 2) + weights._varint(len(inner)) + inner
+    path = tmp_path / 'lrcn_fork.caffemodel'
+    path.write_bytes(weights._tag(100, 2) + weights._varint(len(lb)) + lb)
+    with caplog.at_level('WARNING', logger='minicaffe'):
+        net.copy_from(str(path))
+    for b, v in zip(net.params['lstm'], values):
+        np.testing.assert_array_equal(b.data, v)
+    msg = ' '.join(r.getMessage() for r in caplog.records)
+    assert 'lrcn_fork.caffemodel' in msg and 'lstm' in msg and '(%d)' % field in msg
+
+
+def test_a_clean_caffemodel_loads_without_the_fork_warning(tmp_path, caplog):
+    net = param_net({'a': (2, 3)})
+    randomize(net)
+    net.save(str(tmp_path / 'w.caffemodel'))
+    with caplog.at_level('WARNING', logger='minicaffe'):
+        net.copy_from(str(tmp_path / 'w.caffemodel'))
+    assert not [r for r in caplog.records if 'does not know' in r.getMessage()]

@@ -125,7 +125,13 @@ class BasePrefetchingLayer(Layer):
     def setup(self, bottom, top):
         self.output_labels = len(top) > 1
         self.layer_rng = np.random.default_rng(int(rng().integers(0, 2 ** 63 - 1)))
-        loader = self.make_loader(top)       # reads/validates the source (subclass)
+        try:
+            loader = self.make_loader(top)   # reads/validates the source (subclass)
+        except MinicaffeError as e:
+            ctx = layer_context(self.layer_param)
+            if ctx in str(e):
+                raise
+            raise type(e)('%s: %s' % (ctx, e)) from None    # name the layer too
         loader.cancel = threading.Event()    # set when the layer goes away
         self.loader = loader
         shapes = loader.top_shapes()
