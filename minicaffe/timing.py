@@ -1,0 +1,175 @@
+"""`minicaffe time`: Caffe's ``caffe time`` benchmark (tools/caffe.cpp, time()).
+
+As Caffe does: build the net (TRAIN phase unless told otherwise), run one
+forward and one backward pass as a warm-up, then for each iteration run every
+layer's forward in net order and every layer's backward in reverse order,
+timing each layer and each pass.  Layer forward is Caffe's Layer::Forward
+(reshape, forward, loss of loss-weighted tops); layer backward is called with
+the net's bottom_need_backward for every layer, as Caffe calls Backward on all
+of them (layers that need no backward do no work there).
+
+Report (stdout), Caffe's lines without the glog prefix::
+
+    Average time per layer:
+         conv1	forward: 1.234 ms.
+         conv1	backward: 2.345 ms.
+    ...
+    Average Forward pass: X ms.
+    Average Backward pass: X ms.
+    Average Forward-Backward: X ms.
+    Total Time: X ms.
+
+Input blobs keep whatever the net holds (zeros, as in Caffe, where Input
+layers leave their tops untouched); data layers read their sources as usual.
+"""
+import collections
+import logging
+import time
+
+from .errors import MinicaffeError
+
+log = logging.getLogger('minicaffe')
+
+# One timing run: per-layer average ms and the pass averages, all in ms.
+TimingResult = collections.namedtuple(
+    'TimingResult', 'layer_names layer_types forward_ms backward_ms '
+                    'forward_pass_ms backward_pass_ms forward_backward_ms total_ms iterations')
+
+
+def _num(x):
+    """A float as C++ iostreams print it by default (6 significant digits)."""
+    return '%g' % x
+
+
+def time_net(net, iterations=50, log_iteration=None):
+    """Time ``net`` as ``caffe time`` does; returns a :class:`TimingResult`.
+
+    ``log_iteration(j, ms)`` is called after each iteration (1-based j).
+    """
+    iterations = int(iterations)
+    if iterations < 1:
+        raise MinicaffeError('--iterations must be at least 1, got %d' % iterations)
+    layers = net.layers
+    n = len(layers)
+    bottoms = [net._bottom(i) for i in range(n)]
+    tops = [net._top(i) for i in range(n)]
+    need = [list(net.bottom_need_backward[i]) for i in range(n)]
+
+    log.info('Performing Forward')
+    initial_loss = net.forward_all_loss()
+    log.info('Initial loss: %g', initial_loss)
+    log.info('Performing Backward')
+    net.backward_all()
+
+    # Caffe calls Backward on every layer.  A layer that needs no backward gets
+    # all-false propagate_down; one of ours that still refuses (a base
+    # "cannot backpropagate" check) is simply not called: it would do no work.
+    callable_backward = []
+    for i, layer in enumerate(layers):
+        if net.layer_need_backward[i]:
+            callable_backward.append(True)
+            continue
+        try:
+            saved = [b.diff.copy() for b in layer.blobs]
+            layer.backward(tops[i], need[i], bottoms[i])
+            for b, d in zip(layer.blobs, saved):
+                b.diff[...] = d
+            callable_backward.append(True)
+        except (MinicaffeError, NotImplementedError):
+            callable_backward.append(False)
+
+    fwd_layer = [0.0] * n
+    bwd_layer = [0.0] * n
+    forward_time = backward_time = 0.0
+    clock = time.perf_counter
+    log.info('*** Benchmark begins ***')
+    log.info('Testing for %d iterations.', iterations)
+    total_start = clock()
+    for j in range(iterations):
+        iter_start = clock()
+        forward_start = clock()
+        for i in range(n):
+            t0 = clock()
+            net._forward_layer(i)
+            fwd_layer[i] += clock() - t0
+        forward_time += clock() - forward_start
+        backward_start = clock()
+        for i in range(n - 1, -1, -1):
+            t0 = clock()
+            if callable_backward[i]:
+                layers[i].backward(tops[i], need[i], bottoms[i])
+            bwd_layer[i] += clock() - t0
+        backward_time += clock() - backward_start
+        iter_ms = (clock() - iter_start) * 1000.0
+        if log_iteration is not None:
+            log_iteration(j + 1, iter_ms)
+        log.info('Iteration: %d forward-backward time: %s ms.', j + 1, _num(iter_ms))
+    total_ms = (clock() - total_start) * 1000.0
+    log.info('*** Benchmark ends ***')
+    scale = 1000.0 / iterations
+    return TimingResult(
+        layer_names=list(net._layer_names),
+        layer_types=[layer.type for layer in layers],
+        forward_ms=[t * scale for t in fwd_layer],
+        backward_ms=[t * scale for t in bwd_layer],
+        forward_pass_ms=forward_time * scale,
+        backward_pass_ms=backward_time * scale,
+        forward_backward_ms=total_ms / iterations,
+        total_ms=total_ms,
+        iterations=iterations)
+
+
+def format_report(result):
+    """Caffe's report lines (per layer, then the four summary lines)."""
+    lines = ['Average time per layer: ']
+    for name, f, b in zip(result.layer_names, result.forward_ms, result.backward_ms):
+        lines.append('%10s\tforward: %s ms.' % (name, _num(f)))
+        lines.append('%10s\tbackward: %s ms.' % (name, _num(b)))
+    lines.append('Average Forward pass: %s ms.' % _num(result.forward_pass_ms))
+    lines.append('Average Backward pass: %s ms.' % _num(result.backward_pass_ms))
+    lines.append('Average Forward-Backward: %s ms.' % _num(result.forward_backward_ms))
+    lines.append('Total Time: %s ms.' % _num(result.total_ms))
+    return lines
+
+
+def build_net(model, phase='TRAIN', level=0, stages=(), weights=None):
+    from .net import Net, TEST, TRAIN
+    net = Net(model, TRAIN if str(phase).upper() == 'TRAIN' else TEST,
+              level=level, stages=list(stages or []))
+    if weights:
+        for w in str(weights).split(','):
+            net.copy_from(w)
+    return net
+
+
+# ---------------------------------------------------------------- command line
+def add_arguments(p):
+    p.add_argument('model', help='net .prototxt to time')
+    p.add_argument('--iterations', type=int, default=50, help='timed iterations (default 50)')
+    p.add_argument('--phase', type=str.upper, choices=['TRAIN', 'TEST'], default='TRAIN',
+                   help='net phase (default TRAIN, as caffe time)')
+    p.add_argument('--level', type=int, default=0, help='net state level')
+    p.add_argument('--stage', action='append', default=[],
+                   help='net state stage (repeatable, or comma-separated)')
+    p.add_argument('--weights', default=None,
+                   help='optional comma-separated .caffemodel/.h5 weights to load first')
+    p.add_argument('--gpu', default=None, help='GPU id (needs the CuPy backend)')
+
+
+def split_stages(stages):
+    out = []
+    for s in stages or []:
+        out.extend(x for x in s.split(',') if x)
+    return out
+
+
+def run(args, out=print):
+    if args.gpu is not None:
+        from . import mode
+        mode.set_mode_gpu()
+        mode.set_device(int(str(args.gpu).split(',')[0]))
+    net = build_net(args.model, args.phase, args.level, split_stages(args.stage), args.weights)
+    result = time_net(net, args.iterations)
+    for line in format_report(result):
+        out(line)
+    return 0
