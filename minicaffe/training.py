@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .errors import MinicaffeError
+from .errors import DataSourceError, MinicaffeError
 from .solvers import Solver, SolverAction
 from .solvers.snapshot import newest
 
@@ -25,14 +25,24 @@ log = logging.getLogger('minicaffe')
 
 def add_train_arguments(p):
     p.add_argument('--solver', required=True, help='solver .prototxt')
-    p.add_argument('--snapshot', help='resume from this .solverstate[.h5], or "auto" for the newest under the prefix')
-    p.add_argument('--weights', help='comma-separated .caffemodel files to start from (not with --snapshot)')
-    p.add_argument('--stage', action='append', default=[], help='net stage (repeatable)')
-    p.add_argument('--level', type=int, default=None)
-    p.add_argument('--sigint_effect', choices=['stop', 'snapshot', 'none'], default='stop')
-    p.add_argument('--sighup_effect', choices=['stop', 'snapshot', 'none'], default='snapshot')
+    p.add_argument('--snapshot', help='resume from this .solverstate[.h5], or "auto" for the newest'
+                                      ' snapshot under the solver\'s snapshot_prefix')
+    p.add_argument('--weights', help='comma-separated .caffemodel[.h5] files to start from'
+                                     ' (fine-tuning; not with --snapshot)')
+    p.add_argument('--stage', action='append', default=[],
+                   help='train net stage (repeatable, or comma-separated)')
+    p.add_argument('--level', type=int, default=None, help='train net level')
+    p.add_argument('--sigint_effect', '--sigint-effect', choices=['stop', 'snapshot', 'none'],
+                   default='stop',
+                   help='on SIGINT (Ctrl-C): stop = finish the current iteration, write the final'
+                        ' snapshot (snapshot_after_train) and exit 0; snapshot = snapshot and go on;'
+                        ' none = ignore (default stop, as Caffe)')
+    p.add_argument('--sighup_effect', '--sighup-effect', choices=['stop', 'snapshot', 'none'],
+                   default='snapshot', help='on SIGHUP (default snapshot, as Caffe)')
     p.add_argument('--gpu', default=None, help='GPU id(s); CPU when omitted')
     p.add_argument('--no-progress', action='store_true', help='plain log lines even on a terminal')
+    p.add_argument('--metrics', default=None,
+                   help='metrics JSONL file (default <snapshot_prefix>_metrics.jsonl; "none" to skip)')
 
 
 def add_test_arguments(p):
@@ -78,40 +88,72 @@ class SignalActions(object):
 
 
 class MetricsWriter(object):
-    """One JSON object per line: {"iter", "lr", "loss", "smoothed_loss", outputs...}."""
+    """The metrics file: one JSON object per line.
 
-    def __init__(self, path):
+    Train lines: ``{"phase": "train", "iter", "lr", "loss", "smoothed_loss", <outputs>}``
+    every iteration (the net's outputs on display iterations); test lines:
+    ``{"phase": "test", "iter", "test_net", <outputs>}``.  A fresh run starts the
+    file anew; a resumed run keeps the lines before the iteration it resumes at
+    and appends (so an interrupted and resumed run reads as one run).
+    """
+
+    def __init__(self, path, resume_iter=None):
         self.path = path
         d = os.path.dirname(path)
         if d:
             os.makedirs(d, exist_ok=True)
-        self.f = open(path, 'a', buffering=1)
+        kept = []
+        if resume_iter is not None and os.path.exists(path):
+            with open(path, 'r', encoding='utf-8') as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue            # a line cut short by a crash
+                    if isinstance(rec, dict) and rec.get('iter', resume_iter) < resume_iter:
+                        kept.append(json.dumps(rec) + '\n')
+        self.f = open(path, 'w', buffering=1, encoding='utf-8')
+        self.f.writelines(kept)
+
+    @staticmethod
+    def _clean(values):
+        return {k: _f32(v) for k, v in (values or {}).items()}
 
     def train(self, it, lr, loss, smoothed, outputs):
-        rec = {'phase': 'train', 'iter': it, 'lr': lr, 'loss': loss, 'smoothed_loss': smoothed}
-        rec.update(outputs or {})
+        rec = {'phase': 'train', 'iter': int(it), 'lr': _f32(lr), 'loss': _f32(loss),
+               'smoothed_loss': _f32(smoothed)}
+        rec.update(self._clean(outputs))
         self.f.write(json.dumps(rec) + '\n')
 
     def test(self, it, net_id, values):
-        rec = {'phase': 'test', 'iter': it, 'test_net': net_id}
-        rec.update(values)
+        rec = {'phase': 'test', 'iter': int(it), 'test_net': int(net_id)}
+        rec.update(self._clean(values))
         self.f.write(json.dumps(rec) + '\n')
 
     def close(self):
         self.f.close()
 
 
-class ProgressBar(object):
-    """A one-line bar on a terminal: iterations, loss, it/s, ETA."""
+def _f32(x):
+    """A float32 value as the shortest decimal that reads back to it (0.1, not
+    0.10000000149); NaN/inf as JSON's non-standard NaN/Infinity, which Python reads."""
+    v = np.float32(x)
+    return float(str(v)) if np.isfinite(v) else float(v)
 
-    def __init__(self, solver, stream=sys.stderr):
-        self.solver, self.stream = solver, stream
+
+class ProgressBar(object):
+    """A one-line bar on a terminal: iterations, loss, it/s, ETA.  Log lines
+    clear the bar first (see :class:`_ClearBar`) and it is redrawn after."""
+
+    def __init__(self, solver, stream=None):
+        self.solver, self.stream = solver, stream or sys.stderr
         self.start_iter, self.t0 = solver.iter, time.time()
+        self.shown = False
 
     def on_start(self):
         pass
 
-    def on_gradients_ready(self):
+    def line(self):
         s = self.solver
         done = s.iter + 1 - self.start_iter
         total = max(1, s.param.max_iter - self.start_iter)
@@ -119,50 +161,148 @@ class ProgressBar(object):
         eta = (s.param.max_iter - s.iter - 1) / rate if rate else 0
         width = 30
         filled = int(width * min(1.0, done / total))
-        self.stream.write('\r[%s%s] %d/%d loss %.4g %.1f it/s ETA %ds ' % (
+        return '[%s%s] %d/%d loss %.4g %.2f it/s ETA %s' % (
             '#' * filled, '.' * (width - filled), s.iter + 1, s.param.max_iter,
-            s.smoothed_loss, rate, int(eta)))
+            s.smoothed_loss, rate, _hms(eta))
+
+    def on_gradients_ready(self):
+        self.stream.write('\r\x1b[K' + self.line())
         self.stream.flush()
+        self.shown = True
+
+    def clear(self):
+        if self.shown:
+            self.stream.write('\r\x1b[K')
+            self.stream.flush()
+            self.shown = False
 
     def close(self):
-        self.stream.write('\n')
+        if self.shown:
+            self.stream.write('\n')
+            self.stream.flush()
+            self.shown = False
+
+
+def _hms(seconds):
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    return '%d:%02d:%02d' % (h, m, sec) if h else '%d:%02d' % (m, sec)
+
+
+class _ClearBar(logging.Filter):
+    """Erases the progress bar before a log line is written below it."""
+
+    def __init__(self, bar):
+        super(_ClearBar, self).__init__()
+        self.bar = bar
+
+    def filter(self, record):
+        self.bar.clear()
+        return True
+
+
+def _read_param(args):
+    """The solver file with Caffe's `caffe train` edits: --stage/--level into
+    train_state, --weights replacing the file's `weights`, --snapshot clearing them."""
+    from .solvers import read_solver_param
+    if not os.path.isfile(args.solver):
+        raise MinicaffeError('solver file %s does not exist' % args.solver)
+    param = read_solver_param(args.solver)
+    if args.level is not None:
+        param.train_state.level = args.level
+    for st in args.stage:
+        param.train_state.stage.extend(x for x in st.split(',') if x)
+    if args.snapshot:
+        param.ClearField('weights')
+    elif args.weights:
+        files = [w.strip() for w in args.weights.split(',') if w.strip()]
+        missing = [w for w in files if not os.path.exists(w)]
+        if missing:
+            raise MinicaffeError('--weights: %s does not exist' % ', '.join(missing))
+        param.ClearField('weights')
+        param.weights.append(','.join(files))
+    return param
 
 
 def run_train(args):
     if args.snapshot and args.weights:
-        raise MinicaffeError('give either --snapshot (resume) or --weights (fine-tune), not both')
+        raise MinicaffeError('give either --snapshot (resume training) or --weights (fine-tune),'
+                             ' not both')
+    if args.snapshot and args.snapshot != 'auto' and not os.path.exists(args.snapshot):
+        raise MinicaffeError('--snapshot: solver state %s does not exist' % args.snapshot)
     if args.gpu is not None:
         from . import mode
         mode.set_mode_gpu()
-    if not os.path.exists(args.solver):
-        raise MinicaffeError('solver file %s does not exist' % args.solver)
+    else:
+        log.info('Use CPU.')
     t0 = time.time()
-    solver = Solver(args.solver, stages=args.stage, level=args.level)
+    param = _read_param(args)
+    try:
+        solver = Solver(param, source=args.solver)
+    except DataSourceError as e:
+        hint = ''
+        if 'data/mnist' in str(e):
+            hint = ' (prepare MNIST first: minicaffe data mnist)'
+        raise DataSourceError('%s%s' % (e, hint)) from None
     resume = args.snapshot
     if resume == 'auto':
         resume = newest(solver.param.snapshot_prefix)
         if resume:
-            log.info('Resuming from the newest snapshot %s', resume)
+            log.info('--snapshot auto: the newest snapshot is %s', resume)
         else:
-            log.info('No snapshot under %s yet; starting from iteration 0', solver.param.snapshot_prefix)
-    if args.weights:
-        for w in args.weights.split(','):
-            solver.net.copy_from(w)
-    solver.metrics = MetricsWriter(solver.param.snapshot_prefix + '_metrics.jsonl')
-    bar = None
-    if sys.stderr.isatty() and not args.no_progress:
-        bar = ProgressBar(solver)
+            log.info('--snapshot auto: no snapshot under %s yet; starting from iteration 0',
+                     solver.param.snapshot_prefix)
+    if resume:
+        log.info('Resuming from %s', resume)
+        solver.restore(resume)
+    metrics = None
+    if (args.metrics or '').lower() != 'none':
+        path = args.metrics or solver.param.snapshot_prefix + '_metrics.jsonl'
+        metrics = MetricsWriter(path, resume_iter=solver.iter if resume else None)
+        log.info('Writing metrics to %s', path)
+    solver.metrics = metrics
+    bar = clear = None
+    if not args.no_progress and _is_tty(sys.stderr):
+        bar = ProgressBar(solver, sys.stderr)
         solver.add_callback(bar.on_start, bar.on_gradients_ready)
+        clear = _ClearBar(bar)
+        handlers = _handlers()
+        for h in handlers:
+            h.addFilter(clear)
     with SignalActions(args.sigint_effect, args.sighup_effect) as actions:
         solver.action_request = actions
         try:
-            solver.solve(resume)
+            log.info('Starting Optimization')
+            solver.solve()
         finally:
             if bar:
+                for h in handlers:
+                    h.removeFilter(clear)
                 bar.close()
-            solver.metrics.close()
-    log.info('Wall time: %.1f s', time.time() - t0)
+            if metrics:
+                metrics.close()
+    log.info('Optimization Done.')
+    log.info('Wall time: %.1f s (%d iterations)', time.time() - t0, solver.iter)
     return 0
+
+
+def _handlers():
+    """The handlers that write the ``minicaffe`` logger's records."""
+    out, lg = [], log
+    while lg is not None:
+        out.extend(lg.handlers)
+        if not lg.propagate:
+            break
+        lg = lg.parent
+    return out
+
+
+def _is_tty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def run_test(args):
@@ -173,24 +313,27 @@ def run_test(args):
     phase = TRAIN if args.phase == 'TRAIN' else TEST
     net = Net(args.model, phase, level=args.level, stages=args.stage, weights=args.weights)
     log.info('Running for %d iterations.', args.iterations)
-    scores = {}
-    total_loss = 0.0
+    # Caffe's `caffe test`: scores summed in float32, per output element
+    scores = []
+    total_loss = np.float32(0)
     weights = net.blob_loss_weights
     for i in range(args.iterations):
         loss = net.forward_all_loss()
-        total_loss += loss
+        total_loss = np.float32(total_loss + np.float32(loss))
         idx = 0
         for name in net.outputs:
-            for v in np.asarray(net.blobs[name].data, np.float64).ravel():
-                scores.setdefault((idx, name), 0.0)
-                scores[(idx, name)] += v
+            for v in np.asarray(net.blobs[name].data, np.float32).ravel():
+                if i == 0:
+                    scores.append([name, v])
+                else:
+                    scores[idx][1] = np.float32(scores[idx][1] + v)
                 log.info('Batch %d, %s = %g', i, name, v)
                 idx += 1
-    total_loss /= args.iterations
+    total_loss = total_loss / np.float32(max(1, args.iterations))
     log.info('Loss: %g', total_loss)
-    for (idx, name), s in sorted(scores.items()):
-        mean = s / args.iterations
-        w = weights.get(name, 0.0)
+    for name, s in scores:
+        mean = s / np.float32(args.iterations)
+        w = np.float32(weights.get(name, 0.0))
         extra = ' (* %g = %g loss)' % (w, w * mean) if w else ''
         log.info('%s = %g%s', name, mean, extra)
     return 0

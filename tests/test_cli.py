@@ -311,3 +311,59 @@ def test_python_dash_m_entry_point(small_net):
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1].startswith('Total Time: ')
     assert '     acc\tforward: ' in r.stdout
+
+
+# ------------------------------------------------------------------ train / log file
+TINY_SOLVER_NET = textwrap.dedent('''\
+    name: "tiny"
+    layer { name: "data" type: "DummyData" top: "data" top: "label"
+      dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 }
+        data_filler { type: "gaussian" } data_filler { type: "constant" value: 1 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+      inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.1 } } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+''')
+
+
+def test_train_writes_a_glog_log_file_parse_log_can_read(tmp_path):
+    import datetime
+    (tmp_path / 'net.prototxt').write_text(TINY_SOLVER_NET)
+    (tmp_path / 'solver.prototxt').write_text(
+        'net: "net.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 3\ndisplay: 1\n'
+        'snapshot_prefix: "snap/tiny"\n')
+    r = run_cli(['--log-file', 'train.log', 'solve', '--solver', 'solver.prototxt'], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / 'train.log').read_text().splitlines()
+    # tools/extra/parse_log.py: the year from the header, times from each line's prefix
+    year = int(lines[0].split()[4][:4])
+    assert year == datetime.date.today().year
+    solving = [l for l in lines if 'Solving' in l]
+    iters = [l for l in lines if 'Iteration 3' in l and 'loss = ' in l]
+    assert solving and iters
+    for line in solving + iters:
+        head = line.split()
+        month, day = int(head[0][1:3]), int(head[0][3:5])
+        hms = [int(x) for x in head[1][:head[1].rfind('.')].split(':')]
+        datetime.datetime(year, month, day, *hms)
+        assert head[0][0] == 'I' and head[3].endswith(']')
+
+
+def test_gradcheck_inputs_labels_zero_cont_starts_sequences(tmp_path):
+    import numpy as np
+    net_path = tmp_path / 'lstm.prototxt'
+    net_path.write_text(textwrap.dedent('''\
+        layer { name: "input" type: "Input" top: "x" top: "cont" top: "label"
+          input_param { shape { dim: 3 dim: 2 dim: 4 } shape { dim: 3 dim: 2 } shape { dim: 3 dim: 2 } } }
+        layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+          recurrent_param { num_output: 3 weight_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+        layer { name: "loss" type: "SoftmaxWithLoss" bottom: "h" bottom: "label" top: "loss"
+          softmax_param { axis: 2 } }
+    '''))
+    net = timing.build_net(str(net_path), 'TRAIN')
+    cli.fill_inputs(net, seed=3)
+    cont = net.blobs['cont'].data
+    assert (cont[0] == 0).all() and (cont[1:] == 1).all()
+    assert (net.blobs['label'].data == 0).all()
+    x = net.blobs['x'].data
+    assert x.std() > 0.3 and len(np.unique(x)) == x.size
+    assert cli.main(['-q', 'gradcheck', str(net_path)]) == 0

@@ -125,3 +125,25 @@ def test_unknown_layer_name_is_a_clear_error(tmp_path):
     net = caffe.Net(str(path), caffe.TRAIN)
     with pytest.raises(caffe.errors.MinicaffeError, match='no layer named "nope"'):
         GradientChecker().check_gradient_net(net, layer_names=['nope'])
+
+
+def test_whole_net_check_sees_in_place_inputs(tmp_path):
+    # An in-place ReLU must be checked on its input, not on its own output.
+    path = tmp_path / 'net.prototxt'
+    path.write_text('''
+input: "x" input_shape { dim: 2 dim: 5 }
+layer { name: "relu" type: "ReLU" bottom: "x" top: "x" relu_param { negative_slope: 0.5 } }
+''')
+    net = caffe.Net(str(path), caffe.TRAIN)
+    net.blobs['x'].data[...] = np.linspace(-1, 1, 10).reshape(2, 5) + 0.05
+    checked = []
+    relu = net.layer_dict['relu']
+    real_forward = relu.forward
+
+    def spy(bottom, top):
+        checked.append(bottom[0].data.min())
+        real_forward(bottom, top)
+    relu.forward = spy
+    results = GradientChecker(1e-3, 1e-2).check_gradient_net(net)
+    assert all(r.passed for r in results)
+    assert checked[0] < 0         # the negative inputs were seen

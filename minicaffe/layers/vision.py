@@ -110,10 +110,18 @@ def _group_gemm(a, b, trans_a=False, out=None, blocks=1):
     if out is None:
         out = np.empty((G, m, b.shape[2]), dtype=_f)
     step = b.shape[2] // blocks
+    # Each image's columns are copied to a contiguous block first: BLAS reads a
+    # block strided by the whole batch (leading dimension B*P) up to 3x slower.
+    # Same shapes and transpose flags, so the sums are bit-identical.
+    blk = workspace('gemm_block', (b.shape[1], step), b.dtype) if blocks > 1 and not trans_a else None
     for g in range(G):
         op_a_t = a[g] if trans_a else a[g].T
         for i in range(0, b.shape[2], step):
-            out[g][:, i:i + step] = np.dot(b[g][:, i:i + step].T, op_a_t).T
+            src = b[g][:, i:i + step]
+            if blk is not None:
+                np.copyto(blk, src)
+                src = blk
+            out[g][:, i:i + step] = np.dot(src.T, op_a_t).T
     return out
 
 

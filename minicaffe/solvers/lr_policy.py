@@ -34,6 +34,8 @@ def learning_rate(solver):
         rate = p.base_lr * math.pow(1.0 - float(it) / p.max_iter, p.power)
     elif policy == 'sigmoid':
         rate = p.base_lr * (1.0 / (1.0 + math.exp(-p.gamma * (float(it) - float(p.stepsize)))))
+    elif not policy:
+        raise MinicaffeError('the solver sets no lr_policy (one of: %s)' % ', '.join(POLICIES))
     else:
         raise MinicaffeError('unknown lr_policy "%s" (known: %s)' % (policy, ', '.join(POLICIES)))
     return rate

@@ -54,7 +54,7 @@ def _write_state_hdf5(solver, path, model):
     try:
         with h5py.File(tmp, 'w') as f:
             f.create_dataset('iter', data=np.array([solver.iter], np.int32))
-            f.create_dataset('learned_net', data=np.bytes_(model.encode('utf-8')))
+            _save_string(f, 'learned_net', model)
             f.create_dataset('current_step', data=np.array([solver.current_step], np.int32))
             g = f.create_group('history')
             for i, h in enumerate(solver.history):
@@ -63,6 +63,19 @@ def _write_state_hdf5(solver, path, model):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _save_string(f, name, text):
+    """A scalar NUL-terminated fixed-length string, as HDF5's H5LTmake_dataset_string
+    writes it (Caffe's hdf5_save_string); Caffe reads it back with H5LTread_dataset_string
+    into a buffer of the stored size and expects the terminator inside it."""
+    raw = text.encode('utf-8')
+    tid = h5py.h5t.C_S1.copy()
+    tid.set_size(len(raw) + 1)
+    tid.set_strpad(h5py.h5t.STR_NULLTERM)
+    space = h5py.h5s.create(h5py.h5s.SCALAR)
+    ds = h5py.h5d.create(f.id, name.encode('ascii'), tid, space)
+    ds.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(raw + b'\0', dtype='S%d' % (len(raw) + 1)), mtype=tid)
 
 
 def _learned_net_path(state_path, learned):

@@ -48,11 +48,16 @@ def upgrade_solver_param(param, path=None):
         param.type = LEGACY_TYPES[param.solver_type]
         param.ClearField('solver_type')
     if path is not None:
+        # Caffe's UpgradeSnapshotPrefixProperty: no prefix -> the solver file's
+        # path without its extension; a prefix naming an existing folder ->
+        # <folder>/<solver file stem>.
         if not param.HasField('snapshot_prefix'):
             param.snapshot_prefix = os.path.splitext(os.fspath(path))[0]
+            log.info('snapshot_prefix was not specified and is set to %s', param.snapshot_prefix)
         elif os.path.isdir(param.snapshot_prefix):
             stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
             param.snapshot_prefix = os.path.join(param.snapshot_prefix, stem)
+            log.info('snapshot_prefix was a directory and is replaced to %s', param.snapshot_prefix)
     return param
 
 
@@ -60,11 +65,16 @@ class Solver(object):
     """pycaffe-compatible solver: ``net``, ``test_nets``, ``iter``, ``step``,
     ``solve``, ``restore``, ``snapshot``, ``add_callback``."""
 
-    def __init__(self, param_or_path, stages=None, level=None, logger=None):
+    def __init__(self, param_or_path, stages=None, level=None, logger=None, source=None):
+        """``param_or_path``: a solver .prototxt path or a SolverParameter
+        (``source`` then names its file, for messages and relative net paths).
+        ``stages``/``level`` (a minicaffe extension) go into every net's state,
+        train and test, after train_state/test_state.  (``minicaffe train
+        --stage/--level`` edits train_state only, as Caffe's tool does.)"""
         if isinstance(param_or_path, pb.SolverParameter):
             self.param = pb.SolverParameter()
             self.param.CopyFrom(param_or_path)
-            self.source = '<solver>'
+            self.source = os.fspath(source) if source is not None else '<solver>'
             upgrade_solver_param(self.param)
         else:
             self.source = os.fspath(param_or_path)
@@ -75,9 +85,21 @@ class Solver(object):
                                  % (self.source, self.type, ', '.join(RULES)))
         if self.type == 'AdaGrad' and self.param.momentum != 0:
             raise MinicaffeError('%s: momentum cannot be used with AdaGrad' % self.source)
+        if self.param.average_loss < 1:
+            raise MinicaffeError('%s: average_loss must be at least 1 (got %d)'
+                                 % (self.source, self.param.average_loss))
+        if self.param.iter_size < 1:
+            raise MinicaffeError('%s: iter_size must be at least 1 (got %d)'
+                                 % (self.source, self.param.iter_size))
+        if self.param.lr_policy and self.param.lr_policy not in lr_policy.POLICIES:
+            raise MinicaffeError('%s: unknown lr_policy "%s" (known: %s)'
+                                 % (self.source, self.param.lr_policy, ', '.join(lr_policy.POLICIES)))
+        if self.param.regularization_type not in ('L1', 'L2'):
+            raise MinicaffeError('%s: unknown regularization_type "%s" (L1 or L2)'
+                                 % (self.source, self.param.regularization_type))
         self._extra_stages = list(stages or [])
         self._level = level
-        self._log = logger or log.info
+        self._log = logger if logger is not None else log.info
         self.iter = 0
         self.current_step = 0
         self.callbacks = []
@@ -88,6 +110,7 @@ class Solver(object):
         if self.param.random_seed >= 0:
             from ..rng import set_random_seed
             set_random_seed(self.param.random_seed)
+        self._check_snapshot_prefix()
         self._init_train_net()
         self._init_test_nets()
         self.n_params = len(self.net.learnable_params)
@@ -98,6 +121,28 @@ class Solver(object):
 
     def log(self, msg):
         self._log(msg)
+
+    def _check_snapshot_prefix(self):
+        """Caffe's CheckSnapshotWritePermissions, before any net is built: with
+        ``snapshot`` set, a prefix must be given and its folder writable (we
+        create a missing folder; Caffe insists that it exists)."""
+        p = self.param
+        if not p.snapshot:
+            return
+        if not p.snapshot_prefix:
+            raise MinicaffeError('%s: snapshot is set (every %d iterations) but snapshot_prefix is not'
+                                 % (self.source, p.snapshot))
+        folder = os.path.dirname(p.snapshot_prefix) or '.'
+        try:
+            os.makedirs(folder, exist_ok=True)
+            probe = snap.filename(self, '.tempfile')
+            with open(probe, 'wb'):
+                pass
+            os.remove(probe)
+        except OSError as e:
+            raise MinicaffeError("%s: cannot write to snapshot prefix '%s' (%s). Make sure that the"
+                                 " folder exists and is writable." % (self.source, p.snapshot_prefix,
+                                                                       e.strerror or e)) from None
 
     # ------------------------------------------------------------ nets
     def _resolve(self, path):
@@ -146,8 +191,18 @@ class Solver(object):
             net_param, src = self._read_net_file(getattr(p, field))
         self.net = self._net_from(net_param, TRAIN,
                                   p.train_state if p.HasField('train_state') else None, src)
-        for w in p.weights:
-            self.net.copy_from(self._resolve(w))
+        self._load_weights(self.net)
+
+    def _weight_files(self):
+        """The ``weights`` field: each entry a comma-separated list (Caffe's LoadNetWeights)."""
+        return [self._resolve(w.strip()) for entry in self.param.weights
+                for w in entry.split(',') if w.strip()]
+
+    def _load_weights(self, net):
+        for w in self._weight_files():
+            if net is self.net:
+                self.log('Finetuning from %s' % w)
+            net.copy_from(w)
 
     def _init_test_nets(self):
         p = self.param
@@ -178,7 +233,9 @@ class Solver(object):
         self.test_nets = []
         for i, (q, src) in enumerate(sources):
             st = p.test_state[i] if len(p.test_state) else None
-            self.test_nets.append(self._net_from(q, TEST, st, src))
+            net = self._net_from(q, TEST, st, src)
+            self._load_weights(net)
+            self.test_nets.append(net)
 
     # ------------------------------------------------------------ training
     def add_callback(self, on_start=None, on_gradients_ready=None):
@@ -220,7 +277,7 @@ class Solver(object):
             if display:
                 lapse = time.time() - timer
                 per_s = (self.iter - self._iter_last) / (lapse if lapse else 1)
-                self.log('Iteration %d (%g iter/s, %.3gs/%d iters), loss = %g'
+                self.log('Iteration %d (%g iter/s, %gs/%d iters), loss = %g'
                          % (self.iter, per_s, lapse, p.display, self.smoothed_loss))
                 timer = time.time()
                 self._iter_last = self.iter
@@ -279,9 +336,9 @@ class Solver(object):
         weights = net.blob_loss_weights
         for name in net.outputs:
             vals = scores[name] if scores is not None else net.blobs[name].data
-            w = weights.get(name, 0.0)
-            for v in np.asarray(vals, np.float64).ravel():
-                v = v / divisor
+            w = np.float32(weights.get(name, 0.0))
+            for v in np.asarray(vals, np.float32).ravel():
+                v = v / np.float32(divisor)
                 extra = ' (* %g = %g loss)' % (w, w * v) if w else ''
                 self.log('    %s net output #%d: %s = %g%s' % (kind, k, name, v, extra))
                 values['%s' % name if np.size(vals) == 1 else '%s_%d' % (name, k)] = float(v)
@@ -339,15 +396,17 @@ class Solver(object):
     # ------------------------------------------------------------ testing
     def test_all(self):
         for i in range(len(self.test_nets)):
-            self.log('Iteration %d, Testing net (#%d)' % (self.iter, i))
+            if self.requested_early_exit:
+                break
             self.test(i)
 
     def test(self, i=0):
         p = self.param
+        self.log('Iteration %d, Testing net (#%d)' % (self.iter, i))
         net = self.test_nets[i]
         net.share_with(self.net)
         scores = {}
-        loss = 0.0
+        loss = np.float32(0)
         n = p.test_iter[i]
         for _ in range(n):
             request = self._requested_action()
@@ -361,15 +420,16 @@ class Solver(object):
                 break
             iter_loss = net.forward_all_loss()
             if p.test_compute_loss:
-                loss += iter_loss
+                loss = np.float32(loss + np.float32(iter_loss))
+            # Caffe sums the scores in Dtype (float32)
             for name in net.outputs:
-                v = np.array(net.blobs[name].data, np.float64)
+                v = np.array(net.blobs[name].data, np.float32)
                 scores[name] = scores[name] + v if name in scores else v
         if self.requested_early_exit:
             self.log('Test interrupted.')
             return None
         if p.test_compute_loss:
-            self.log('Test loss: %g' % (loss / n))
+            self.log('Test loss: %g' % (loss / np.float32(n)))
         values = self._log_outputs(net, 'Test', n, scores)
         if self.metrics is not None:
             self.metrics.test(self.iter, i, values)
