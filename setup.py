@@ -5,7 +5,7 @@ setup(
     version='0.1.0',
     description='A Caffe-faithful deep learning framework in Python (NumPy on the CPU, CuPy on NVIDIA GPUs)',
     packages=find_packages(include=['minicaffe', 'minicaffe.*']),
-    package_data={'minicaffe': ['proto/*.proto', 'kernels/*.cu']},
+    package_data={'minicaffe': ['proto/*.proto', 'gpu/kernels/*.cu', 'gpu/kernels/*.cuh']},
     python_requires='>=3.9',
     install_requires=['numpy', 'protobuf>=7.35.1', 'h5py', 'pillow', 'lmdb'],
     extras_require={

@@ -9,8 +9,13 @@ def set_mode_cpu():
 
 
 def set_mode_gpu():
-    raise MinicaffeError('GPU mode is not available in this build of minicaffe: the CuPy '
-                         'backend has not landed yet; use set_mode_cpu()')
+    # Without CuPy (or a device) this names what to install; with them it still
+    # refuses, because the layers' device path is not wired yet (see minicaffe.gpu).
+    from .gpu.backend import require_cupy
+    require_cupy()
+    raise MinicaffeError('GPU mode is not available in this build of minicaffe: the CUDA'
+                         ' kernels exist (minicaffe/gpu/kernels) but the layers do not run'
+                         ' on the device yet; use set_mode_cpu()')
 
 
 def set_device(device_id):

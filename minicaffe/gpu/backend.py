@@ -1,0 +1,38 @@
+"""CuPy detection: minicaffe runs without CuPy; asking for the GPU then says why not."""
+from ..errors import MinicaffeError
+
+INSTALL_HINT = ('install the CuPy extra for your CUDA version: pip install -e ".[cuda13]"'
+                ' (or ".[cuda12]")')
+
+
+def _import_cupy():
+    try:
+        import cupy
+    except ImportError:
+        return None
+    return cupy
+
+
+def available():
+    """True when CuPy imports and sees at least one CUDA device."""
+    cupy = _import_cupy()
+    if cupy is None:
+        return False
+    try:
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:      # CUDA driver missing or broken: CuPy raises its own types
+        return False
+
+
+def require_cupy():
+    """The cupy module, or a MinicaffeError explaining what is missing."""
+    cupy = _import_cupy()
+    if cupy is None:
+        raise MinicaffeError('GPU mode needs CuPy, which is not installed; ' + INSTALL_HINT)
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        raise MinicaffeError('GPU mode: CuPy is installed but CUDA is not usable here (%s)' % e)
+    if count == 0:
+        raise MinicaffeError('GPU mode: CuPy is installed but this machine has no CUDA device')
+    return cupy
