@@ -310,6 +310,8 @@ def run_test(args):
     if args.gpu is not None:
         from . import mode
         mode.set_mode_gpu()
+    if args.iterations < 1:
+        raise MinicaffeError('--iterations must be at least 1 (got %d)' % args.iterations)
     phase = TRAIN if args.phase == 'TRAIN' else TEST
     net = Net(args.model, phase, level=args.level, stages=args.stage, weights=args.weights)
     log.info('Running for %d iterations.', args.iterations)

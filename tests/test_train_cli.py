@@ -392,9 +392,13 @@ def test_sigint_finishes_the_iteration_snapshots_and_exits_0(tmp_path):
     _set(path, max_iter=1000000, display=1)
     proc = _start(path)
     lines = []
-    _wait_for(proc, r'Iteration 3, lr', lines)
-    proc.send_signal(signal.SIGINT)
-    log = _finish(proc, lines)
+    try:
+        _wait_for(proc, r'Iteration 3, lr', lines)
+        proc.send_signal(signal.SIGINT)
+        log = _finish(proc, lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 0, log[-2000:]
     assert 'Optimization stopped early.' in log and 'Traceback' not in log
     states = [n for n in _snaps(tmp_path / 'snap') if n.endswith('.solverstate')]
@@ -421,7 +425,11 @@ def test_sighup_snapshots_and_goes_on_then_sigint_none_is_ignored(tmp_path):
         assert proc.poll() is None
     finally:
         proc.terminate()
-        _finish(proc, lines)
+        try:
+            _finish(proc, lines)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     states = [n for n in _snaps(tmp_path / 'snap') if n.endswith('.solverstate')]
     assert len(states) == 1
 
@@ -458,6 +466,9 @@ def test_test_command_scores_a_model(tmp_path, capsys):
     mean = float(re.search(r'\] acc = ([\d.]+)\n', err).group(1))
     assert mean == pytest.approx(np.mean(acc), abs=1e-6)
     assert re.search(r'\] loss = [\d.]+ \(\* 1 = [\d.]+ loss\)', err) and 'Loss: ' in err
+    assert cli.main(['test', '--model', os.fspath(tmp_path / 'net.prototxt'), '--weights',
+                     os.fspath(tmp_path / 'snap' / 's_iter_8.caffemodel'), '--iterations', '0']) == 2
+    assert '--iterations must be at least 1' in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- plot

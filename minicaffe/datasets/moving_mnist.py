@@ -44,7 +44,6 @@ the LSTM's ``cont``), ``video`` (rows,) int32 (index into videos_<split>.h5;
 Training clips are in a seeded random order; test clips in video order.
 """
 import json
-import math
 import os
 
 import h5py

@@ -90,6 +90,19 @@ def parse_conv_geometry(layer, cp, bottom0, min_spatial_axes=0):
     return channel_axis, kernel, stride, pad, dilation
 
 
+# Per-image GEMMs (Caffe's calls, bit-for-bit its rounding) when one image's
+# product is large: at least this many output positions and multiply-adds.
+# Smaller ones are batched into one GEMM: there per-call overhead and BLAS's
+# poor efficiency on thin matrices dominate (LeNet's conv2: 64 positions).
+PER_IMAGE_MIN_POSITIONS = 256
+PER_IMAGE_MIN_MACS = 1 << 22
+
+
+def _per_image(m, k, p):
+    """Whether an (m x k) @ (k x p) product per image gets its own GEMM."""
+    return p >= PER_IMAGE_MIN_POSITIONS and m * k * p >= PER_IMAGE_MIN_MACS
+
+
 def _accumulate_outer(dW, a, col):
     """dW[g] += a[g] @ col[g]^T for each group g (2-D BLAS GEMMs)."""
     for g in range(dW.shape[0]):
@@ -110,6 +123,11 @@ def _group_gemm(a, b, trans_a=False, out=None, blocks=1):
     if out is None:
         out = np.empty((G, m, b.shape[2]), dtype=_f)
     step = b.shape[2] // blocks
+    if not _per_image(m, b.shape[1], step):
+        # A small product per image (LeNet, 13x13 maps): one GEMM over the batch.
+        for g in range(G):
+            np.dot(a[g].T if trans_a else a[g], b[g], out=out[g])
+        return out
     # Each image's columns are copied to a contiguous block first: BLAS reads a
     # block strided by the whole batch (leading dimension B*P) up to 3x slower.
     # Same shapes and transpose flags, so the sums are bit-identical.

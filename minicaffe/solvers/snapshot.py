@@ -59,6 +59,8 @@ def _write_state_hdf5(solver, path, model):
             g = f.create_group('history')
             for i, h in enumerate(solver.history):
                 g.create_dataset(str(i), data=h)
+        with open(tmp, 'rb+') as fh:        # on disk before it takes the final name
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
