@@ -340,6 +340,8 @@ def run(args):
             results.append({'image': name, 'captions': [cap.sentence(b) for b, _ in beams],
                             'log_probs': [lp for _, lp in beams],
                             'strategy': 'beam k=%d' % args.beam_size})
+    if os.path.dirname(args.out):
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, 'w', encoding='utf-8') as f:
         for r in results:
             f.write('%s\t%s\n' % (r['image'], r['captions'][0]))

@@ -136,7 +136,7 @@ class VideoClassifier(object):
     def classify_many(self, videos):
         """Videos (V, F, ch, H, W) of equal length -> (clip_probs (V, C, K), video_probs (V, K)),
         clips of all videos batched together."""
-        videos = np.asarray(videos)
+        videos = np.stack([self._check_frames(x) for x in videos])
         v = len(videos)
         starts = clip_starts(videos.shape[1], self.clip_length, self.clip_stride)
         if not starts:

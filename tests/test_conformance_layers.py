@@ -18,6 +18,9 @@ NET_CASES = case_dirs('nets')
 # conv1/conv2/LRN/InnerProduct are bit-for-bit equal) grows to a 0.1-0.2% error
 # in the gradients that flow back through that gate.  Given Caffe's own fc8,
 # everything downstream matches (test_unfactored_lstm_matches_given_caffes_features).
+# Whether the whole net then matches depends on OpenBLAS's thread count (Caffe's
+# numbers come from 2 threads: with conv3-5 batched over the images the nets
+# match at 2 threads, not at 1), so the xfail is not strict.
 ILL_CONDITIONED = {'net_lrcn_caption_unfactored', 'net_lrcn_caption_unfactored_2layer'}
 
 
@@ -28,7 +31,7 @@ def test_layer_case(case):
 
 
 @pytest.mark.parametrize('case', [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason='float32 GEMM rounding order'
+    pytest.param(c, marks=pytest.mark.xfail(strict=False, reason='float32 GEMM rounding order'
                                             ' amplified by saturated LSTM gates; see ILL_CONDITIONED'))
     if c.name in ILL_CONDITIONED else c for c in NET_CASES], ids=[c.name for c in NET_CASES])
 def test_net_case(case):

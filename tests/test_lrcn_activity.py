@@ -363,6 +363,17 @@ def test_classify_video_command(workdir, random_weights, capsys, tmp_path):
                      '--clip-length', '8', '--clip-stride', '4'])
     out = capsys.readouterr().out
     assert code == 0 and 'v.npy:' in out
+    # a folder of frame images (channels last), class names from a file
+    from PIL import Image
+    (tmp_path / 'frames').mkdir()
+    for i, fr in enumerate(np.load(npy)):
+        Image.fromarray(fr.transpose(1, 2, 0)).save(tmp_path / 'frames' / ('%03d.png' % i))
+    (tmp_path / 'names.txt').write_text('\n'.join(mm.CLASSES) + '\n')
+    code = cli.main(['classify-video', str(tmp_path / 'frames'), '--model',
+                     os.path.join(ACT, 'deploy_lstm.prototxt'), '--weights', random_weights['deploy_lstm'],
+                     '--labels', str(tmp_path / 'names.txt')])
+    out = capsys.readouterr().out
+    assert code == 0 and out.split(': ')[1].split(' (')[0] in mm.CLASSES, out
     # errors are reported, not raised
     code = cli.main(['classify-video', npy, '--model', os.path.join(ACT, 'deploy_lstm.prototxt'),
                      '--weights', random_weights['deploy_lstm'], '--clip-length', '8'])

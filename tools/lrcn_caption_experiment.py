@@ -172,6 +172,15 @@ def caption_set(folder, variants, args, log, word_net, image_net, results, examp
     return rows, gens, test_refs
 
 
+def ranking(rows, beam):
+    """One line ranking every row by BLEU-4 (beam rows and baselines)."""
+    ranked = [(b[3], label) for label, r, b, _ in rows
+              if r in ('-', None) or label.endswith('beam %d' % beam)]
+    ranked.sort(key=lambda x: -x[0])
+    return ('Ranking by BLEU-4 (LRCN and language model with beam %d): ' % beam
+            + ' > '.join('%s %.1f' % (l.replace(', beam %d' % beam, ''), 100 * v) for v, l in ranked) + '.')
+
+
 def table(rows):
     out = ['| model | iterations | train wall / CPU (s) | val loss/word | val word acc. | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 |',
            '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
@@ -266,6 +275,7 @@ def main(argv=None):
                 'reference length, uniform weights, no smoothing), in percent. '
                 '"exact" = generated sentence equal to one of the references.')
     body.append(table(rows))
+    body.append(ranking(rows, args.beam))
     body.append('Exact-sentence rate (beam %d): %s.' % (args.beam, ', '.join(
         '%s %.1f%%' % (k, 100 * results[k]['exact']) for k in ('lstm_lm', 'lrcn_2f', 'lrcn_1u', 'lrcn_2u'))))
     body.append('Example captions (test images, beam %d; "ref" is the first of the three '

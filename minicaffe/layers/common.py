@@ -7,6 +7,7 @@ import numpy as np
 
 from ..blob import Blob
 from ..fillers import fill
+from ..im2col import workspace
 from .base import Layer, register_layer
 
 
@@ -84,14 +85,19 @@ class InnerProductLayer(Layer):
         dy = top[0].diff.reshape(self.M, self.num_output)
         x = bottom[0].data.reshape(self.M, self.K)
         if self.param_propagate_down[0]:
+            # the product goes to a reused scratch array, not a fresh (page-faulting)
+            # one: fc6's weight gradient is 151 MB
+            dW = self.blobs[0].diff
+            g = workspace('ip_dW', dW.shape)
             if self.transpose:
-                self.blobs[0].diff += x.T @ dy
+                np.dot(x.T, dy, out=g)
             else:
-                self.blobs[0].diff += dy.T @ x
+                np.dot(dy.T, x, out=g)
+            np.add(dW, g, out=dW)
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
-            bottom[0].diff.reshape(self.M, self.K)[...] = dy @ self._weight_nk()
+            np.dot(dy, self._weight_nk(), out=bottom[0].diff.reshape(self.M, self.K))
 
 
 @register_layer('Embed')

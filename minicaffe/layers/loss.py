@@ -33,9 +33,10 @@ def _scalar(arr):
     return float(np.asarray(arr).reshape(-1)[0])
 
 
-def _softmax(x):
-    """Caffe's SoftmaxLayer on x of shape (outer, C, inner): max-subtracted exp / sum."""
-    e = np.subtract(x, x.max(axis=1, keepdims=True), dtype=DTYPE)
+def _softmax(x, out=None):
+    """Caffe's SoftmaxLayer on x of shape (outer, C, inner): max-subtracted exp / sum
+    (into ``out`` if given)."""
+    e = np.subtract(x, x.max(axis=1, keepdims=True), dtype=DTYPE, out=out)
     np.exp(e, out=e)
     e /= e.sum(axis=1, keepdims=True)
     return e
@@ -180,7 +181,10 @@ class SoftmaxWithLossLayer(_LossBase):
 
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.outer, self.C, self.inner)
-        self.prob = _softmax(x)
+        buf = getattr(self, '_prob_buf', None)      # reused: LSTM LMs have 70 MB here
+        if buf is None or buf.shape != x.shape:
+            buf = self._prob_buf = np.empty(x.shape, DTYPE)
+        self.prob = _softmax(x, out=buf)
         labels, valid = read_labels(self, bottom[1].data.reshape(self.outer, self.inner),
                                     self.C, self.ignore_label,
                                     ' along softmax axis %d' % self.axis)
@@ -199,12 +203,11 @@ class SoftmaxWithLossLayer(_LossBase):
             return
         scale = DTYPE(_scalar(top[0].diff) / self.normalizer(self.normalization, self.outer,
                                                               self.inner, self.count))
-        g = self.prob * scale
+        g = np.multiply(self.prob, scale, out=bottom[0].diff.reshape(self.prob.shape))
         o, j = np.nonzero(self.valid)
         g[o, self.labels[o, j], j] -= scale
         if self.count < self.valid.size:
             g *= self.valid[:, None, :]
-        bottom[0].diff[...] = g.reshape(bottom[0].shape)
 
 
 # --------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..blob import DTYPE
-from ..im2col import parallel_for
+from ..im2col import parallel_for, workspace
 from ..protoio import pb
 from .base import Layer, register_layer
 from .pooling import PoolGeometry, ave_pool_backward, ave_pool_forward, pooled_size
@@ -73,50 +73,61 @@ class LRNLayer(Layer):
             top[0].reshape(s)
 
     # ---------------------------------------------------------------- across
-    def _window_sum(self, a):
-        """sum over the channel window of a (N, C, H, W), zero-padded channels."""
-        N, C = a.shape[:2]
-        padded = np.zeros((N, C + self.size - 1) + a.shape[2:], _f)
-        padded[:, self.pre_pad:self.pre_pad + C] = a
-        acc = padded[:, 0:C].copy()
-        for j in range(1, self.size):
-            acc += padded[:, j:j + C]
-        return acc
-
-    def _across_forward(self, x, y, scale):
+    def _across_forward(self, x, y, scale, powed):
         # Caffe's exact order: scale starts at k, the first channel adds the
         # window's squares one by one (caffe_axpy with alpha/size), each next
         # channel copies the previous one, adds the square entering the window
         # and subtracts the one leaving it.  OpenBLAS's saxpy uses fused
         # multiply-adds on blocks of 32 elements of each H*W plane and a plain
-        # multiply then add on the rest; _saxpy rounds the same way.  Summed any
-        # other way the last bit differs, and nets with huge activations (LRCN
-        # without mean subtraction) amplify that into visible differences.
+        # multiply then add on the rest (see _saxpy).  Summed any other way the
+        # last bit differs, and nets with huge activations (LRCN without mean
+        # subtraction) amplify that into visible differences.
+        # Here every term a x^2 is formed up front as saxpy rounds it -- the
+        # exact product (a double) on the fused head, the float product on the
+        # tail -- so each saxpy is one double add rounded to float, the same
+        # numbers as _saxpy's, done for all images at once per channel.
         N, C = x.shape[:2]
         hw = int(np.prod(x.shape[2:], dtype=np.int64))
-        pre = self.pre_pad
-        a = _f(self.alpha / self.size)
-        sq = np.zeros((N, C + self.size - 1, hw), _f)
-        np.multiply(x, x, out=sq[:, pre:pre + C].reshape(x.shape))
-        acc = np.full((N, hw), _f(self.k), _f)
+        size, pre = self.size, self.pre_pad
+        a = _f(self.alpha / size)
+        n1 = (hw // _SAXPY_BLOCK) * _SAXPY_BLOCK
+        sq = x.reshape(N, C, hw) * x.reshape(N, C, hw)
+        q = np.zeros((N, C + size - 1, hw), np.float64)  # term entering at channel c - pre
+        np.multiply(sq[..., :n1], np.float64(a), out=q[:, pre:pre + C, :n1])
+        np.multiply(sq[..., n1:], a, out=q[:, pre:pre + C, n1:])   # float product
         sc = scale.reshape(N, C, hw)
-        for c in range(self.size):
-            _saxpy(a, sq[:, c], acc)
-        sc[:, 0] = acc
+        acc = sc[:, 0]
+        acc[...] = _f(self.k)
+        for c in range(size):
+            np.add(acc, q[:, c], out=acc)                # double add, rounded to float
         for c in range(1, C):
-            _saxpy(a, sq[:, c + self.size - 1], acc)
-            _saxpy(-a, sq[:, c - 1], acc)
-            sc[:, c] = acc
-        np.multiply(x, np.power(scale, _f(-self.beta)), out=y)
+            cur = sc[:, c]
+            np.add(sc[:, c - 1], q[:, c + size - 1], out=cur)
+            np.subtract(cur, q[:, c - 1], out=cur)
+        np.power(scale, _f(-self.beta), out=powed)
+        np.multiply(x, powed, out=y)
 
-    def _across_backward(self, x, y, dy, scale, dx):
-        ratio = dy * y
+    def _across_backward(self, x, y, dy, scale, powed, dx):
+        # ratio = dy y / s in zero-padded channels, summed over each channel's window
+        N, C = x.shape[:2]
+        size, pre = self.size, self.pre_pad
+        padded = workspace('lrn_ratio', (N, C + size - 1) + x.shape[2:])
+        padded[:, :pre] = 0
+        padded[:, pre + C:] = 0
+        ratio = padded[:, pre:pre + C]
+        np.multiply(dy, y, out=ratio)
         ratio /= scale
-        accum = self._window_sum(ratio)
+        accum = workspace('lrn_accum', x.shape)
+        if size > 1:
+            np.add(padded[:, 0:C], padded[:, 1:1 + C], out=accum)
+        else:
+            np.copyto(accum, padded[:, 0:C])
+        for j in range(2, size):
+            accum += padded[:, j:j + C]
         accum *= x
         accum *= _f(2.0 * self.alpha * self.beta / self.size)
-        d = dy * np.power(scale, _f(-self.beta))
-        np.subtract(d, accum, out=dx)
+        np.multiply(dy, powed, out=dx)     # dy s^-beta (s^-beta kept from forward)
+        dx -= accum
 
     # ---------------------------------------------------------------- within
     def _within_forward(self, x, y, base, p):
@@ -145,9 +156,10 @@ class LRNLayer(Layer):
         N = x.shape[0]
         if self.region == pb.LRNParameter.ACROSS_CHANNELS:
             self.scale = np.empty(x.shape, _f)
+            self.powed = np.empty(x.shape, _f)
 
             def part(lo, hi):
-                self._across_forward(x[lo:hi], y[lo:hi], self.scale[lo:hi])
+                self._across_forward(x[lo:hi], y[lo:hi], self.scale[lo:hi], self.powed[lo:hi])
         else:
             self.a_base = np.empty(x.shape, _f)
             self.p = np.empty(x.shape, _f)
@@ -167,7 +179,7 @@ class LRNLayer(Layer):
         if self.region == pb.LRNParameter.ACROSS_CHANNELS:
             def part(lo, hi):
                 self._across_backward(x[lo:hi], y[lo:hi], dy[lo:hi], self.scale[lo:hi],
-                                      dx[lo:hi])
+                                      self.powed[lo:hi], dx[lo:hi])
         else:
             def part(lo, hi):
                 self._within_backward(x[lo:hi], dy[lo:hi], self.a_base[lo:hi], self.p[lo:hi],

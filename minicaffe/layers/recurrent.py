@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import fillers
 from ..blob import Blob, DTYPE
+from ..im2col import workspace
 from .base import Layer, register_layer
 
 _f = DTYPE
@@ -42,15 +43,28 @@ def _sigmoid_(a):
     double; near saturation (exp(-x) ~ 1e-5) doing it all in float32 moves
     1 - sigmoid, and with it the gate gradients, by a few tenths of a percent.
     """
+    w64 = workspace('lstm_f64', a.shape, np.float64)
+    w32 = workspace('lstm_f32', a.shape, _f)
     with np.errstate(over='ignore'):                 # exp(-x) = inf -> sigmoid 0, as in C
-        e = np.exp(np.negative(a, dtype=np.float64)).astype(_f)   # expf(-x)
-        a[...] = 1.0 / (1.0 + e.astype(np.float64))
+        np.negative(a, out=w64)
+        np.exp(w64, out=w64)
+        np.copyto(w32, w64)                          # expf(-x): rounded to float
+        np.add(w32, 1.0, out=w64, dtype=np.float64)  # the rest in double
+        np.divide(1.0, w64, out=a)
     return a
 
 
 def _tanh(a, out):
-    """tanh rounded from double, as Caffe's LSTMUnit (2 sigmoid(2x) - 1 in double)."""
-    out[...] = np.tanh(a.astype(np.float64))
+    """Caffe's LSTMUnit tanh: 2 sigmoid(2x) - 1 = 2 / (1 + exp(-2x)) - 1, all in
+    double (its sigmoid is instantiated for double there), rounded to float."""
+    w64 = workspace('lstm_f64', a.shape, np.float64)
+    with np.errstate(over='ignore'):
+        np.multiply(a, -2.0, out=w64, dtype=np.float64)
+        np.exp(w64, out=w64)
+        w64 += 1.0
+        np.divide(2.0, w64, out=w64)
+        w64 -= 1.0
+        np.copyto(out, w64)
     return out
 
 
@@ -58,6 +72,24 @@ def _nonzero(cont_t, h_prev):
     """False when cont_t * h_prev is exactly zero (all cont 0, h finite), so the
     recurrent GEMM can be skipped without changing any number (a sequence start)."""
     return bool(cont_t.any()) or not bool(np.isfinite(h_prev).all())
+
+
+def _abs_max(a):
+    """max |a| as a Python float (nan if a holds a NaN, 0 if empty)."""
+    if a.size == 0:
+        return 0.0
+    hi, lo = float(a.max()), float(a.min())        # nan if a holds a NaN
+    return max(hi, -lo) if hi == hi and lo == lo else float('nan')
+
+
+def _zero_product(cont_t, d, w_max):
+    """True when (d @ W) * cont_t is exactly zero: every cont_t is 0 and no sum of
+    d @ W can overflow to inf (inf * 0 would be NaN), given w_max = max |W|.
+    Then the GEMM can be skipped (sequence starts; zeros, up to their sign)."""
+    if cont_t.any():
+        return False
+    bound = _abs_max(d) * w_max * d.shape[1]
+    return bound < float(np.finfo(_f).max)
 
 
 def _count(shape, start=0):
@@ -252,12 +284,14 @@ class LSTMLayer(_RecurrentLayer):
         cont[...] = bottom[1].data
         Hs[0] = self._initial_state(bottom, 0)
         Cs[0] = self._initial_state(bottom, 1)
-        W_hcT = np.ascontiguousarray(W_hc.T)   # NN GEMMs in the loop are a little faster
-        for t in range(T):
+        W_hcT = None        # W_hc^T made contiguous when first needed: NN GEMMs in the
+        for t in range(T):  # loop are a little faster
             ct = cont[t][:, None]
             np.multiply(Hs[t], ct, out=Hc[t])
             g = G[t]
             if _nonzero(cont[t], Hs[t]):
+                if W_hcT is None:
+                    W_hcT = np.ascontiguousarray(W_hc.T)
                 np.matmul(Hc[t], W_hcT, out=tmp4)
                 g += tmp4
             _sigmoid_(g[:, :H3])
@@ -286,6 +320,7 @@ class LSTMLayer(_RecurrentLayer):
         cont = self._cont
         W_hc = self.blobs[-1].data
         dtop = top[0].diff
+        w_max = _abs_max(W_hc)
         dh = np.empty((N, H), _f)
         dc = np.zeros((N, H), _f)       # diff of c_t arriving from step t+1 (0 for c_T)
         dh_next = np.zeros((N, H), _f)  # diff of h_t arriving from step t+1 (0 for h_T)
@@ -326,13 +361,18 @@ class LSTMLayer(_RecurrentLayer):
             # dc_{t-1} = dc * f
             dc *= gf
             if t > 0:
-                np.matmul(d, W_hc, out=dh_next)
-                dh_next *= cont[t][:, None]
+                if _zero_product(cont[t], d, w_max):
+                    dh_next.fill(0)          # cont_t = 0 everywhere: a sequence start
+                else:
+                    np.matmul(d, W_hc, out=dh_next)
+                    dh_next *= cont[t][:, None]
         dG2 = dG.reshape(T * N, 4 * H)
         x2 = bottom[0].data.reshape(T * N, self.D)
-        self.blobs[0].diff += np.matmul(dG2.T, x2)
+        for blob, rhs in ((self.blobs[0], x2), (self.blobs[-1], Hc.reshape(T * N, H))):
+            prod = workspace('lstm_dW', blob.diff.shape)       # no fresh 16 MB temporaries
+            np.matmul(dG2.T, rhs, out=prod)
+            blob.diff += prod
         self.blobs[1].diff += dG2.sum(axis=0)
-        self.blobs[-1].diff += np.matmul(dG2.T, Hc.reshape(T * N, H))
         np.matmul(dG2, self.blobs[0].data, out=bottom[0].diff.reshape(T * N, self.D))
         if self.static_input:
             dGs = dG.sum(axis=0)

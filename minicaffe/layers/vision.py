@@ -17,13 +17,16 @@ which a well-formed net never does: a blob read by two layers is split).
 Batches whose columns exceed COL_CHUNK_BYTES are processed a few images at a
 time and never cached.
 """
+import itertools
+
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from .. import fillers
 from ..blob import DTYPE
 from ..protoio import pb
-from ..im2col import (col2im, conv_out_size, copy_split, deconv_out_size, windows,
-                      workspace)
+from ..im2col import (_padding, col2im, conv_out_size, copy_split, deconv_out_size,
+                      parallel_for, windows, workspace)
 from .base import Layer, register_layer
 
 _f = DTYPE
@@ -95,7 +98,7 @@ def parse_conv_geometry(layer, cp, bottom0, min_spatial_axes=0):
 # Smaller ones are batched into one GEMM: there per-call overhead and BLAS's
 # poor efficiency on thin matrices dominate (LeNet's conv2: 64 positions).
 PER_IMAGE_MIN_POSITIONS = 256
-PER_IMAGE_MIN_MACS = 1 << 22
+PER_IMAGE_MIN_MACS = 1 << 19
 
 
 def _per_image(m, k, p):
@@ -123,7 +126,7 @@ def _group_gemm(a, b, trans_a=False, out=None, blocks=1):
     if out is None:
         out = np.empty((G, m, b.shape[2]), dtype=_f)
     step = b.shape[2] // blocks
-    if not _per_image(m, b.shape[1], step):
+    if trans_a or not _per_image(m, b.shape[1], step):
         # A small product per image (LeNet, 13x13 maps): one GEMM over the batch.
         for g in range(G):
             np.dot(a[g].T if trans_a else a[g], b[g], out=out[g])
@@ -229,6 +232,15 @@ class BaseConvolutionLayer(Layer):
         else:
             self.conv_in_sp, self.conv_out_sp = tuple(in_sp), tuple(out_sp)
         self.conv_out_dim = _prod(self.conv_out_sp)
+        # Small per-image products (see _per_image) go in one GEMM over the batch;
+        # their columns are then laid out with the image innermost, (C, *k, *out, B),
+        # so that im2col's copy and col2im's strided adds run over long rows -- worth
+        # it where the columns outnumber the outputs (the outputs' transposes to and
+        # from that layout are the slower copies).
+        mg = self.conv_out_channels // self.group
+        self.batch_inner = (not self.reverse and not self.is_1x1 and self.num > 1
+                            and self.kernel_dim >= 2 * mg
+                            and not _per_image(mg, self.kernel_dim, self.conv_out_dim))
         self.col_bytes = self.kernel_dim * self.group * self.conv_out_dim * 4   # per image
         self.chunk = max(1, COL_CHUNK_BYTES // max(self.col_bytes, 1))
 
@@ -243,6 +255,8 @@ class BaseConvolutionLayer(Layer):
 
         Rows (c, kernel offset), columns (image, output position): Caffe's
         per-image column buffers side by side."""
+        if self.batch_inner:
+            return self._im2col_inner(x, out, scratch)
         B = x.shape[0]
         nsp = self.nsp
         xt = x.transpose((1, 0) + tuple(range(2, 2 + nsp)))          # (C, B, *sp)
@@ -260,6 +274,8 @@ class BaseConvolutionLayer(Layer):
     def _col2im(self, col, B):
         """col: (G, K, B*P) -> (B, conv_in_channels, *conv_in_sp), a transposed view
         of a workspace array (valid until the next _col2im)."""
+        if self.batch_inner:
+            return self._col2im_inner(col, B)
         C = self.conv_in_channels
         nsp = self.nsp
         back = (1, 0) + tuple(range(2, 2 + nsp))
@@ -271,18 +287,75 @@ class BaseConvolutionLayer(Layer):
                      self.dilation, self.conv_out_sp, scratch='col2im')   # (C, B, *sp)
         return img.transpose(back)
 
+    # -- batch_inner layout: columns (output position, image) ----------------
+    def _inner_padding(self):
+        return _padding(self.conv_in_sp, self.kernel, self.stride, self.pad, self.dilation,
+                        self.conv_out_sp)
+
+    def _im2col_inner(self, x, out, scratch):
+        """x: (B, C, *sp) -> contiguous (G, K, P*B), rows (c, kernel offset),
+        columns (output position, image)."""
+        B, C, nsp = x.shape[0], x.shape[1], self.nsp
+        padding = self._inner_padding()
+        psize = tuple(n + l + r for n, (l, r) in zip(self.conv_in_sp, padding))
+        xp = workspace('im2col_pad', (C,) + psize + (B,))       # (C, *padded, B)
+        if any(l or r for l, r in padding):
+            xp.fill(0)
+        inside = ((slice(None),) + tuple(slice(l, l + n) for n, (l, r)
+                                         in zip(self.conv_in_sp, padding)) + (slice(None),))
+        xp[inside] = x.transpose(tuple(range(1, 2 + nsp)) + (0,))
+        st = xp.strides
+        shape = (C,) + self.kernel + self.conv_out_sp + (B,)
+        strides = ((st[0],) + tuple(st[1 + i] * self.dilation[i] for i in range(nsp))
+                   + tuple(st[1 + i] * self.stride[i] for i in range(nsp)) + (st[-1],))
+        src = as_strided(xp, shape=shape, strides=strides, writeable=False)
+        if out is None:
+            out = workspace(scratch, shape)
+        col = copy_split(src, out=out.reshape(shape))
+        return col.reshape(self.group, self.kernel_dim, B * self.conv_out_dim)
+
+    def _col2im_inner(self, col, B):
+        """col: (G, K, P*B) -> (B, C, *sp), a transposed view of a workspace array.
+        Kernel offsets are summed in Caffe's order, as col2im does."""
+        C, nsp, out = self.conv_in_channels, self.nsp, self.conv_out_sp
+        padding = self._inner_padding()
+        psize = tuple(n + l + r for n, (l, r) in zip(self.conv_in_sp, padding))
+        img = workspace('col2im', (C,) + psize + (B,))
+        img.fill(0)
+        c = col.reshape((C,) + self.kernel + out + (B,))
+        pairs = []
+        for offs in itertools.product(*[range(k) for k in self.kernel]):
+            dst = (tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n
+                         in zip(offs, self.dilation, self.stride, out)))
+            pairs.append((dst, offs))
+
+        def part(lo, hi):
+            im, cl = img[lo:hi], c[lo:hi]
+            for dst, offs in pairs:
+                im[(slice(None),) + dst] += cl[(slice(None),) + offs]
+        parallel_for(C, part, col.size)
+        inside = ((slice(None),) + tuple(slice(l, l + n) for n, (l, r)
+                                         in zip(self.conv_in_sp, padding)) + (slice(None),))
+        return img[inside].transpose((1 + nsp,) + tuple(range(1 + nsp)))
+
     def _to_gmp(self, y, channels, scratch='gmp'):
-        """(B, channels, *sp) -> contiguous (G, channels/G, B*P) (a workspace array)."""
+        """(B, channels, *sp) -> contiguous (G, channels/G, B*P) (a workspace array;
+        columns (position, image) in the batch_inner layout)."""
         B = y.shape[0]
-        src = y.reshape(B, channels, -1).transpose(1, 0, 2)
+        if self.batch_inner:
+            src = y.reshape(B, channels, -1).transpose(1, 2, 0)
+        else:
+            src = y.reshape(B, channels, -1).transpose(1, 0, 2)
         t = copy_split(src, out=workspace(scratch, src.shape))
         return t.reshape(self.group, channels // self.group, -1)
 
-    @staticmethod
-    def _from_gmp(m, dst):
+    def _from_gmp(self, m, dst):
         """m: (G, M/G, B*P) -> written into dst viewed (B, M, P)."""
         B, M = dst.shape[0], dst.shape[1]
-        dst.reshape(B, M, -1)[...] = m.reshape(M, B, -1).transpose(1, 0, 2)
+        if self.batch_inner:
+            dst.reshape(B, M, -1)[...] = m.reshape(M, -1, B).transpose(2, 0, 1)
+        else:
+            dst.reshape(B, M, -1)[...] = m.reshape(M, B, -1).transpose(1, 0, 2)
 
     def _weights(self):
         return self.blobs[0].data.reshape(self.group, -1, self.kernel_dim)
