@@ -4,11 +4,14 @@ Convolution and Deconvolution follow Caffe's BaseConvolutionLayer: the spatial
 axes are those after ``axis`` (default 1, the channel axis), every axis before
 it is a batch axis; ``kernel_size``/``pad``/``stride``/``dilation`` are given
 once or once per spatial axis (``kernel_h``/``kernel_w`` etc. for 2-D only).
-The GEMMs are Caffe's, per group, but batched over all images at once: the
-columns of the whole batch are laid out as ``(group, C/group * prod(k),
-N * prod(out))`` so one matrix product per group covers the batch.  A 1x1
-kernel with stride 1 and no padding skips im2col (the input is the column
-matrix), as in Caffe.
+The columns of the whole batch are laid out as ``(group, C/group * prod(k),
+N * prod(out))``.  The forward GEMM is Caffe's own call, one per image and
+group, where an image's product is large (bit-for-bit Caffe's rounding, see
+_group_gemm); smaller ones (LeNet, 13x13 maps) and the backward GEMMs cover the
+whole batch in one matrix product per group, and then the columns are ordered
+(output position, image) where that makes im2col/col2im faster
+(``batch_inner``).  A 1x1 kernel with stride 1 and no padding skips im2col (the
+input is the column matrix), as in Caffe.
 
 Caffe recomputes im2col in the weight-gradient pass; in TRAIN phase the
 columns built by forward are kept for it instead (they are the same numbers
@@ -120,7 +123,10 @@ def _group_gemm(a, b, trans_a=False, out=None, blocks=1):
     image (row-major caffe_cpu_gemm), so OpenBLAS rounds every sum the same way
     and the outputs are bit-for-bit Caffe's -- some LRCN nets amplify a
     last-bit difference into a visible one.  (2-D np.dot calls: numpy's stacked
-    matmul falls back to a slow loop on transposed views.)"""
+    matmul falls back to a slow loop on transposed views.)  That orientation is
+    up to 1.7x slower than one plain GEMM over the batch, so it is kept where it
+    matters (_per_image: the conv1/conv2 sizes); small per-image products and
+    the backward-data product (trans_a) are one GEMM over the batch."""
     G = a.shape[0]
     m = a.shape[2] if trans_a else a.shape[1]
     if out is None:
