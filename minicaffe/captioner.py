@@ -356,15 +356,10 @@ def run(args):
 
 
 def main(argv=None):
-    import argparse
-    p = argparse.ArgumentParser(prog='minicaffe caption', description=__doc__.split('\n')[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except MinicaffeError as e:
-        print('error: %s' % e)
-        return 1
+    """``python -m minicaffe.captioner`` -- the same as ``minicaffe caption``."""
+    import sys
+    from . import cli
+    return cli.main(['caption'] + list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == '__main__':

@@ -339,17 +339,10 @@ def run(args):
 
 
 def main(argv=None):
-    """``python -m minicaffe.draw NET OUT ...`` (the same as ``minicaffe draw``)."""
-    import argparse
+    """``python -m minicaffe.draw`` -- the same as ``minicaffe draw``."""
     import sys
-    p = argparse.ArgumentParser(prog='minicaffe draw', description='Draw a net as a graph (graphviz).')
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except MinicaffeError as e:
-        print('error: %s' % e, file=sys.stderr)
-        return 1
+    from . import cli
+    return cli.main(['draw'] + list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == '__main__':

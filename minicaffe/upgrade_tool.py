@@ -95,16 +95,10 @@ def run(args):
 
 
 def main(argv=None):
-    import argparse
+    """``python -m minicaffe.upgrade_tool`` -- the same as ``minicaffe upgrade``."""
     import sys
-    p = argparse.ArgumentParser(prog='minicaffe upgrade', description=__doc__.split('\n\n')[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except MinicaffeError as e:
-        print('error: %s' % e, file=sys.stderr)
-        return 1
+    from . import cli
+    return cli.main(['upgrade'] + list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == '__main__':

@@ -72,11 +72,11 @@ def test_missing_dot_is_a_clear_error(tmp_path, monkeypatch):
     p.write_text(NET)
     assert draw.main([str(p), str(tmp_path / 'toy.dot')]) == 0     # .dot needs no graphviz
     assert (tmp_path / 'toy.dot').read_text().startswith('digraph')
-    assert draw.main([str(p), str(tmp_path / 'toy.png')]) == 1
+    assert draw.main([str(p), str(tmp_path / 'toy.png')]) == 2
 
 
 def test_unreadable_prototxt_names_the_file(tmp_path, capsys):
     p = tmp_path / 'broken.prototxt'
     p.write_text('layer { name: "x" type: }')
-    assert draw.main([str(p), str(tmp_path / 'x.dot')]) == 1
+    assert draw.main([str(p), str(tmp_path / 'x.dot')]) == 2
     assert 'broken.prototxt:1' in capsys.readouterr().err

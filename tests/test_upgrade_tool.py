@@ -51,7 +51,7 @@ def test_binary_net_stays_binary(tmp_path):
 def test_errors_name_the_file(tmp_path, capsys):
     src = tmp_path / 'bad.prototxt'
     src.write_text('layers { name: "x" type: NOT_A_TYPE }')
-    assert upgrade_tool.main([str(src), str(tmp_path / 'o.prototxt')]) == 1
+    assert upgrade_tool.main([str(src), str(tmp_path / 'o.prototxt')]) == 2
     assert 'bad.prototxt:1' in capsys.readouterr().err
-    assert upgrade_tool.main([str(tmp_path / 'missing.prototxt'), str(tmp_path / 'o.prototxt')]) == 1
+    assert upgrade_tool.main([str(tmp_path / 'missing.prototxt'), str(tmp_path / 'o.prototxt')]) == 2
     assert 'missing.prototxt' in capsys.readouterr().err

@@ -190,7 +190,7 @@ def main(argv=None):
                 'visual classifiers, 1000-unit LSTMs, vocabulary of the TACoS sentences; not '
                 'reproducible offline here.')
     if not args.no_docs:
-        from lrcn_caption_experiment import replace_section
+        from lrcn_results_doc import replace_section
         replace_section(args.docs, '## Video description', '\n\n'.join(body))
         log('wrote %s' % args.docs)
     os.makedirs('runs/lrcn_video_description', exist_ok=True)
