@@ -7,7 +7,7 @@ scales by top[0].diff (the loss weight)."""
 import numpy as np
 import pytest
 
-gradcheck = pytest.importorskip('minicaffe.gradcheck')
+from minicaffe import gradcheck  # noqa: E402
 GradientChecker, make_layer = gradcheck.GradientChecker, gradcheck.make_layer
 
 

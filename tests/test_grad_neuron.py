@@ -3,9 +3,7 @@ Caffe's src/caffe/test/test_neuron_layer.cpp (and test_clip_layer.cpp)."""
 import numpy as np
 import pytest
 
-# minicaffe.gradcheck is written in parallel; until it lands these tests skip instead of
-# breaking collection of the whole suite.
-gradcheck = pytest.importorskip('minicaffe.gradcheck')
+from minicaffe import gradcheck  # noqa: E402
 GradientChecker, make_layer = gradcheck.GradientChecker, gradcheck.make_layer
 
 SHAPE = (2, 3, 3, 2)

@@ -14,9 +14,7 @@ output top alone (FirstTopOnly) and at x, params and x_static."""
 import numpy as np
 import pytest
 
-# minicaffe.gradcheck is written in parallel; until it lands these tests skip instead of
-# breaking collection of the whole suite.
-gradcheck = pytest.importorskip('minicaffe.gradcheck')
+from minicaffe import gradcheck  # noqa: E402
 GradientChecker, make_layer = gradcheck.GradientChecker, gradcheck.make_layer
 
 H = 4

@@ -4,9 +4,7 @@ batch_reindex}_layer.cpp."""
 import numpy as np
 import pytest
 
-# minicaffe.gradcheck is written in parallel; until it lands these tests skip instead of
-# breaking collection of the whole suite.
-gradcheck = pytest.importorskip('minicaffe.gradcheck')
+from minicaffe import gradcheck  # noqa: E402
 GradientChecker, make_layer = gradcheck.GradientChecker, gradcheck.make_layer
 
 

@@ -21,7 +21,7 @@ import itertools
 import numpy as np
 
 from ..blob import DTYPE
-from ..im2col import pad_spatial, parallel_for, workspace
+from ..im2col import pad_spatial, parallel_for
 from ..protoio import pb
 from .base import Layer, register_layer
 
@@ -101,11 +101,9 @@ def _overlapping(g):
     return any(o > 1 and s < k for o, s, k in zip(g.out, g.stride, g.kernel))
 
 
-def max_pool_forward(x, g, local=False):
+def max_pool_forward(x, g):
     """MAX pooling of x (..., H, W); returns (y, idx): idx is Caffe's mask index
     h * W + w of the winner within its channel (-1 when no value beat -FLT_MAX).
-    With local=True also the winner's offset i * kw + j within its window (-1
-    likewise), for max_pool_backward.
 
     The window maximum is separable: first over the kernel columns (giving, for
     each image row, the row maximum R and the first column J holding it), then
@@ -119,8 +117,7 @@ def max_pool_forward(x, g, local=False):
             ok = m > -FLT_MAX
         idx = np.where(ok, np.argmax(xv == m[..., None], axis=-1), -1).astype(np.int32)
         y = np.where(ok, m, _f(-FLT_MAX)).astype(_f)
-        y, idx = y.reshape(lead + (1, 1)), idx.reshape(lead + (1, 1))
-        return (y, idx, idx) if local else (y, idx)
+        return y.reshape(lead + (1, 1)), idx.reshape(lead + (1, 1))
     (kh, kw), (sh, sw), (oh, ow) = g.kernel, g.stride, g.out
     small = np.int8 if max(kh, kw) < 128 else np.int32
     xp = pad_spatial(x, 2, g.padding, value=-np.inf)
@@ -149,49 +146,14 @@ def max_pool_forward(x, g, local=False):
         idx += Jsel
         idx += base
         none = ~(m > -FLT_MAX)
-        anynone = bool(none.any())
-        if anynone:
+        if none.any():
             idx[none] = -1
-        if not local:
-            return m, idx
-        loc = I.astype(np.int8 if kh * kw < 128 else np.int32)
-        loc *= kw
-        loc += Jsel
-        if anynone:
-            loc[none] = -1
-    return m, idx, loc
+    return m, idx
 
 
-def _max_pool_backward_offsets(dy, loc, g):
-    """max_pool_backward of overlapping windows from the winners' offsets loc:
-    each kernel offset's gradients are added as one strided block, the offsets
-    in reverse order -- the order in which Caffe's raster scan over the outputs
-    adds them to each input, in float32 as Caffe does."""
-    (kh, kw) = g.kernel
-    shape = dy.shape[:-2] + tuple(n + l + r for n, (l, r) in zip((g.H, g.W), g.padding))
-    dxp = workspace('maxpool_dx', shape)
-    dxp.fill(0)
-    part = workspace('maxpool_part', dy.shape)
-    hit = workspace('maxpool_hit', dy.shape, np.bool_)
-    finite = bool(np.isfinite(dy).all())       # else dy * False could be NaN
-    for o in range(kh * kw - 1, -1, -1):
-        np.equal(loc, o, out=hit)
-        if finite:
-            np.multiply(dy, hit, out=part)
-        else:
-            part.fill(0)
-            np.copyto(part, dy, where=hit)
-        dxp[g.window(*divmod(o, kw))] += part
-    return dxp[g.crop()]
-
-
-def max_pool_backward(dy, idx, g, loc=None):
-    """dx[n, c, idx] += dy (Caffe routes each output's gradient to its argmax).
-    loc (max_pool_forward's local offsets) makes overlapping windows faster.
-    The result may be a view of a workspace array (valid until the next call)."""
+def max_pool_backward(dy, idx, g):
+    """dx[n, c, idx] += dy (Caffe routes each output's gradient to its argmax)."""
     lead = dy.shape[:-2]
-    if loc is not None and _overlapping(g):
-        return _max_pool_backward_offsets(dy, loc, g)
     nch = int(np.prod(lead, dtype=np.int64))
     hw = g.H * g.W
     flat = idx.reshape(nch, -1).astype(np.intp)
@@ -369,16 +331,10 @@ class PoolingLayer(Layer):
         ys = top[0].data.reshape((nc,) + g.out)
         if self.method == MAX:
             self.idx = np.empty(ys.shape, np.int32)
-            overlap = _overlapping(g)
-            self.loc = np.empty(ys.shape, np.int8 if g.kernel[0] * g.kernel[1] < 128
-                                else np.int32) if overlap else None
             mask = top[1].data.reshape(ys.shape) if len(top) > 1 else None
 
             def part(lo, hi):
-                if overlap:
-                    y, idx, self.loc[lo:hi] = max_pool_forward(xs[lo:hi], g, local=True)
-                else:
-                    y, idx = max_pool_forward(xs[lo:hi], g)
+                y, idx = max_pool_forward(xs[lo:hi], g)
                 ys[lo:hi] = y
                 self.idx[lo:hi] = idx
                 if mask is not None:
@@ -397,11 +353,8 @@ class PoolingLayer(Layer):
         dys = dy.reshape((nc,) + g.out)
         dxs = bottom[0].diff.reshape((nc, g.H, g.W))
         if self.method == MAX:
-            loc = self.loc
-
             def part(lo, hi):
-                dxs[lo:hi] = max_pool_backward(dys[lo:hi], self.idx[lo:hi], g,
-                                               None if loc is None else loc[lo:hi])
+                dxs[lo:hi] = max_pool_backward(dys[lo:hi], self.idx[lo:hi], g)
         else:
             def part(lo, hi):
                 dxs[lo:hi] = ave_pool_backward(dys[lo:hi], g)
