@@ -152,6 +152,17 @@ def _pyplot():
 def plot(curves, output, title=None):
     plt = _pyplot()
     losses = dict(curves.train)
+    raw = losses.get('train loss')
+    if raw is not None:
+        shown = losses.get('train loss (displayed)')
+        if shown is not None and shown[1] == raw[1]:
+            del losses['train loss (displayed)']        # average_loss 1: the same curve
+        if len(raw[1]) > 100:
+            # a moving mean, so the trend shows through per-batch noise
+            import numpy as np
+            w = max(10, len(raw[1]) // 50)
+            ys = np.convolve(np.asarray(raw[1], np.float64), np.ones(w) / w, mode='valid')
+            losses['train loss (mean of %d)' % w] = (list(raw[0][w - 1:]), list(ys))
     losses.update({('test ' + k): v for k, v in curves.test.items() if 'loss' in k})
     others = {k: v for k, v in curves.test.items() if 'loss' not in k}
     ncols = 2 if others else 1

@@ -1,0 +1,204 @@
+"""The CPU fast paths compute the numbers of the straightforward code: batched and
+per-image convolution GEMMs, the batch-innermost column layout, LRN's precomputed
+saxpy terms, the LSTM's skipped sequence-start GEMM and its gate functions, and
+max pooling's scatter for windows that do not overlap."""
+import numpy as np
+import pytest
+
+from minicaffe.gradcheck import make_layer
+from minicaffe.layers import lrn as lrn_mod
+from minicaffe.layers import recurrent as rec
+from minicaffe.layers import vision
+from minicaffe.layers.pooling import PoolGeometry, max_pool_backward, pooled_size
+
+
+def _conv(spec, shape, seed=3):
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    layer, bottom, top = make_layer('type: "Convolution" convolution_param { %s'
+                                    ' weight_filler { type: "gaussian" std: 0.1 }'
+                                    ' bias_filler { type: "gaussian" std: 0.1 } }' % spec,
+                                    [x], phase='TRAIN')
+    return layer, bottom, top
+
+
+def _conv_reference(x, W, b, stride, pad, group):
+    """Direct float64 convolution (N, C, H, W) -> (N, M, OH, OW)."""
+    N, C, H, Wd = x.shape
+    M, Cg, kh, kw = W.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh = (H + 2 * pad - kh) // stride + 1
+    ow = (Wd + 2 * pad - kw) // stride + 1
+    y = np.zeros((N, M, oh, ow))
+    Mg = M // group
+    for m in range(M):
+        g = m // Mg
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, g * Cg:(g + 1) * Cg, i:i + stride * oh:stride, j:j + stride * ow:stride]
+                y[:, m] += np.einsum('nchw,c->nhw', patch, W[m, :, i, j])
+    return y + b[None, :, None, None]
+
+
+@pytest.mark.parametrize('spec,shape,per_image,inner', [
+    ('num_output: 8 kernel_size: 5', (6, 4, 12, 12), False, True),          # LeNet-like
+    ('num_output: 6 kernel_size: 3 pad: 1 group: 2', (3, 4, 7, 7), False, True),
+    ('num_output: 12 kernel_size: 1', (3, 4, 5, 5), False, False),          # 1x1
+    ('num_output: 16 kernel_size: 2', (2, 3, 30, 30), False, False),        # K < 2 M
+    ('num_output: 8 kernel_size: 3 stride: 1', (2, 8, 40, 40), True, False),  # per image
+])
+def test_convolution_paths_match_a_direct_convolution(spec, shape, per_image, inner):
+    layer, bottom, top = _conv(spec, shape)
+    layer.reshape(bottom, top)
+    mg = layer.num_output // layer.group
+    assert vision._per_image(mg, layer.kernel_dim, layer.conv_out_dim) == per_image
+    assert layer.batch_inner == inner
+    layer.forward(bottom, top)
+    W, b = layer.blobs[0].data, layer.blobs[1].data
+    cp = layer.layer_param.convolution_param
+    stride = cp.stride[0] if len(cp.stride) else 1
+    pad = cp.pad[0] if len(cp.pad) else 0
+    want = _conv_reference(bottom[0].data, W, b, stride, pad, layer.group)
+    np.testing.assert_allclose(top[0].data, want, rtol=1e-5, atol=1e-5)
+    # backward: the adjoint identities <dy, conv(x)> = <dx, x> + <dW, W> pieces
+    dy = np.random.default_rng(9).standard_normal(top[0].shape).astype(np.float32)
+    top[0].diff[...] = dy
+    for blob in layer.blobs:
+        blob.diff[...] = 0
+    layer.backward(top, [True], bottom)
+    eps = 1e-2
+    for arr, diff in ((bottom[0].data, bottom[0].diff), (W, layer.blobs[0].diff)):
+        d = np.random.default_rng(11).standard_normal(arr.shape)
+        saved = arr.copy()
+        arr[...] = saved + eps * d
+        plus = _conv_reference(bottom[0].data, W, b, stride, pad, layer.group)
+        arr[...] = saved - eps * d
+        minus = _conv_reference(bottom[0].data, W, b, stride, pad, layer.group)
+        arr[...] = saved
+        numeric = np.sum(dy * (plus - minus)) / (2 * eps)
+        assert np.sum(diff * d) == pytest.approx(numeric, rel=1e-3, abs=1e-3)
+
+
+def test_per_image_threshold_keeps_caffes_calls_for_lrcn_conv1_conv2():
+    # The LRCN conformance nets' conv1 (8 outputs, 3x11x11, 55x55) and conv2
+    # (16 outputs in 2 groups, 4x5x5, 27x27) stay on Caffe's per-image GEMMs.
+    assert vision._per_image(8, 363, 55 * 55)
+    assert vision._per_image(8, 100, 27 * 27)
+    assert not vision._per_image(50, 500, 8 * 8)      # LeNet's conv2: batched
+    assert not vision._per_image(384, 2304, 13 * 13)  # CaffeNet's conv3: batched
+
+
+def _lrn_reference_scale(x, size, alpha, k):
+    """LRN scale with the original per-channel _saxpy running sum."""
+    N, C = x.shape[:2]
+    hw = int(np.prod(x.shape[2:]))
+    pre = (size - 1) // 2
+    a = np.float32(alpha / size)
+    sq = np.zeros((N, C + size - 1, hw), np.float32)
+    np.multiply(x, x, out=sq[:, pre:pre + C].reshape(x.shape))
+    acc = np.full((N, hw), np.float32(k), np.float32)
+    scale = np.empty((N, C, hw), np.float32)
+    for c in range(size):
+        lrn_mod._saxpy(a, sq[:, c], acc)
+    scale[:, 0] = acc
+    for c in range(1, C):
+        lrn_mod._saxpy(a, sq[:, c + size - 1], acc)
+        lrn_mod._saxpy(-a, sq[:, c - 1], acc)
+        scale[:, c] = acc
+    return scale.reshape(x.shape)
+
+
+@pytest.mark.parametrize('shape,size', [((2, 7, 5, 9), 3), ((3, 12, 6, 7), 5), ((1, 4, 8, 8), 9)])
+def test_lrn_across_scale_is_the_saxpy_running_sum_bit_for_bit(shape, size):
+    x = (np.random.default_rng(1).standard_normal(shape) * 30).astype(np.float32)
+    alpha, beta, k = 0.37, 0.75, 1.5
+    layer, bottom, top = make_layer('type: "LRN" lrn_param { local_size: %d alpha: %g beta: %g'
+                                    ' k: %g }' % (size, alpha, beta, k), [x], phase='TRAIN')
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    want = _lrn_reference_scale(x, size, alpha, k)
+    assert np.array_equal(layer.scale, want)
+    assert np.array_equal(top[0].data, x * np.power(want, np.float32(-beta)))
+
+
+def test_lstm_gate_functions_round_as_caffe():
+    a = (np.random.default_rng(2).standard_normal((7, 50)) * 8).astype(np.float32)
+    a[0, :4] = [np.inf, -np.inf, 100, -100]
+    s = rec._sigmoid_(a.copy())
+    with np.errstate(over='ignore'):
+        e = np.exp(-a.astype(np.float64)).astype(np.float32)       # expf(-x)
+        want = (1.0 / (1.0 + e.astype(np.float64))).astype(np.float32)
+    assert np.array_equal(s, want)
+    t = rec._tanh(a, np.empty_like(a))
+    with np.errstate(over='ignore'):
+        want = (2.0 / (1.0 + np.exp(-2.0 * a.astype(np.float64))) - 1.0).astype(np.float32)
+    assert np.array_equal(t, want)
+    # strided views in place (the gate blocks of the LSTM's activations)
+    g = a.copy()
+    rec._sigmoid_(g[:, :30])
+    assert np.array_equal(g[:, :30], rec._sigmoid_(a[:, :30].copy()))
+    assert np.array_equal(g[:, 30:], a[:, 30:])
+
+
+def test_lstm_sequence_start_skip_needs_finite_products():
+    cont0 = np.zeros(4, np.float32)
+    d = np.ones((4, 8), np.float32)
+    assert rec._zero_product(cont0, d, 1.0)
+    assert not rec._zero_product(np.array([0, 1, 0, 0], np.float32), d, 1.0)
+    assert not rec._zero_product(cont0, d, float('inf'))
+    assert not rec._zero_product(cont0, d * np.float32(1e37), 10.0)    # could overflow
+    d[1, 2] = np.nan
+    assert not rec._zero_product(cont0, d, 1.0)
+
+
+def test_lstm_backward_with_sequence_starts_equals_the_full_computation(monkeypatch):
+    T, N, D, H = 4, 3, 5, 6
+    r = np.random.default_rng(4)
+    x = r.uniform(-1, 1, (T, N, D)).astype(np.float32)
+    cont = np.ones((T, N), np.float32)
+    cont[0] = 0
+    cont[2] = 0                                          # a start in the middle
+    results = []
+    for skip in (True, False):
+        if not skip:
+            monkeypatch.setattr(rec, '_zero_product', lambda *a: False)
+        layer, bottom, top = make_layer(
+            'type: "LSTM" recurrent_param { num_output: %d weight_filler { type: "uniform"'
+            ' min: -0.5 max: 0.5 } bias_filler { type: "uniform" min: -0.2 max: 0.2 } }' % H,
+            [x, cont], phase='TRAIN')
+        for i, blob in enumerate(layer.blobs):          # same weights both times
+            blob.data[...] = np.random.default_rng(20 + i).uniform(-0.5, 0.5, blob.shape)
+            blob.diff[...] = 0
+        layer.reshape(bottom, top)
+        layer.forward(bottom, top)
+        top[0].diff[...] = r.uniform(-1, 1, top[0].shape).astype(np.float32) if not results \
+            else results[0][0]
+        dtop = top[0].diff.copy()
+        layer.backward(top, [True, False], bottom)
+        results.append((dtop, bottom[0].diff.copy(), [b.diff.copy() for b in layer.blobs]))
+    (_, dx1, p1), (_, dx2, p2) = results
+    assert np.array_equal(dx1, dx2)
+    for a, b in zip(p1, p2):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize('shape,kernel,stride,pad', [
+    ((3, 4, 8, 8), 2, 2, 0), ((2, 3, 7, 9), 2, 2, 0), ((2, 3, 7, 9), 3, 3, 1), ((2, 2, 8, 8), 2, 3, 0)])
+def test_max_pool_scatter_equals_the_bincount_route(shape, kernel, stride, pad, monkeypatch):
+    r = np.random.default_rng(6)
+    H, W = shape[2:]
+    out = tuple(pooled_size(n, kernel, stride, pad) for n in (H, W))
+    g = PoolGeometry((H, W), (kernel, kernel), (stride, stride), (pad, pad), out)
+    idx = np.empty(shape[:2] + out, np.int32)
+    for i in range(out[0]):                     # a valid winner index per window
+        for j in range(out[1]):
+            h = min(max(i * stride - pad, 0), H - 1)
+            w = min(max(j * stride - pad, 0), W - 1)
+            idx[..., i, j] = h * W + w
+    idx[0, 0, 0, 0] = -1                         # no winner
+    dy = r.standard_normal(idx.shape).astype(np.float32)
+    dy[0, 1, 0, :2] = -0.0
+    fast = max_pool_backward(dy, idx, g)
+    from minicaffe.layers import pooling
+    monkeypatch.setattr(pooling, '_overlapping', lambda g: True)    # force bincount
+    slow = max_pool_backward(dy, idx, g)
+    assert np.array_equal(fast.view(np.uint32), slow.view(np.uint32))
