@@ -199,7 +199,7 @@ def docs_body(rows, per_class, n_test, trained, meta, total_wall, args):
                  % (100 * v[('singleFrame', 'RGB')], 100 * v[('lstm', 'RGB')]))
     if v[('lstm', 'RGB')] < 0.25:
         lines[-1] += (' The LRCN RGB net did not learn motion from raw frames within its 1000 iterations'
-                      ' (it settles on one class). Pilots kept a training loss at or above chance level'
+                      ' (it predicts almost only one class). Pilots kept a training loss at or above chance level'
                       ' (ln 6 = 1.79) as well: 400 iterations with base_lr 0.001 from the single-frame'
                       ' weights, 0.005 and 0.01 from scratch, with and without dropout on fc6, and'
                       ' 1750 iterations at 0.002 from scratch without fc6 dropout. Learning motion'
