@@ -2,3 +2,23 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+import logging
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _restore_minicaffe_logger():
+    """The CLI owns the 'minicaffe' logger of its process (own handler, no propagation).
+    Tests run it in-process, so put the logger back afterwards; otherwise a later test's
+    caplog (attached to the root logger) would see nothing, depending on test order."""
+    logger = logging.getLogger('minicaffe')
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    for h in list(logger.handlers):
+        if h not in saved[0]:
+            logger.removeHandler(h)
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
