@@ -1,7 +1,9 @@
 """Blob: an N-D float32 array with a matching gradient array (Caffe's Blob).
 
 ``data`` and ``diff`` are NumPy arrays that callers may write in place
-(``blob.data[...] = x``), exactly as pycaffe exposes them.  A blob can share
+(``blob.data[...] = x``), exactly as pycaffe exposes them.  In GPU mode each
+also has a device copy (``gpu_data``/``gpu_diff``, CuPy arrays) kept in step by
+:class:`SyncedMemory`, copied only when the other side is touched.  A blob can share
 the memory of another blob (``share_data``/``share_diff``), which is how
 Reshape/Flatten tops and shared parameters alias their source, as in Caffe.
 """
@@ -48,30 +50,92 @@ def _checked_shape(shape):
     return shape
 
 
+# SyncedMemory heads (Caffe's SyncedMemory::head_): which copy is current.
+HOST, DEVICE = 0, 1
+
+
+class SyncedMemory(object):
+    """One buffer with a host copy (NumPy, always there) and, once the GPU path
+    touches it, a device copy (CuPy), as Caffe's SyncedMemory.
+
+    ``head`` says which copy is current; every access hands out a writable array,
+    so an access to one side marks the other stale (Caffe's mutable_cpu_data /
+    mutable_gpu_data).  Blobs that alias each other (share_data, view_of, reshape
+    to the same count) share one SyncedMemory, so the state is shared as well.
+    Without a device copy (CPU mode) nothing here runs: Blob.data returns its
+    NumPy array directly.
+    """
+    __slots__ = ('host', 'dev', 'head')
+
+    def __init__(self, host):
+        self.host = host.reshape(-1)        # flat view of the blob's NumPy array
+        self.dev = None
+        self.head = HOST
+
+    def to_host(self):
+        """Make the host copy current and the writer (the device copy goes stale)."""
+        if self.head == DEVICE:
+            self.dev.get(out=self.host)
+        self.head = HOST
+
+    def to_device(self):
+        """Make the device copy current and the writer; returns the flat device array."""
+        if self.dev is None:
+            from .gpu.backend import cupy_module
+            cp = cupy_module()
+            self.dev = cp.empty(self.host.size, dtype=DTYPE)
+            self.dev.set(self.host)
+        elif self.head == HOST:
+            self.dev.set(self.host)
+        self.head = DEVICE
+        return self.dev
+
+
 class Blob(object):
     def __init__(self, shape=(), name=None):
         self.name = name
         shape = _checked_shape(shape)
         self._data = np.zeros(shape, DTYPE)
         self._diff = np.zeros(shape, DTYPE)
+        self._dmem = SyncedMemory(self._data)
+        self._gmem = SyncedMemory(self._diff)
 
     # -- arrays -----------------------------------------------------------
+    # data/diff: the host arrays (synced from the device when the GPU path
+    # wrote last); gpu_data/gpu_diff: the device arrays (synced from the host).
     @property
     def data(self):
+        if self._dmem.dev is not None:
+            self._dmem.to_host()
         return self._data
 
     @data.setter
     def data(self, value):
         # Assignment copies into the existing buffer so views stay valid.
-        self._data[...] = value
+        self.data[...] = value
 
     @property
     def diff(self):
+        if self._gmem.dev is not None:
+            self._gmem.to_host()
         return self._diff
 
     @diff.setter
     def diff(self, value):
-        self._diff[...] = value
+        self.diff[...] = value
+
+    @property
+    def gpu_data(self):
+        """The data as a CuPy array (GPU mode); the host copy is then stale."""
+        return self._dmem.to_device().reshape(self._data.shape)
+
+    @property
+    def gpu_diff(self):
+        return self._gmem.to_device().reshape(self._diff.shape)
+
+    def on_device(self):
+        """True when the device copy of data or diff is the current one."""
+        return self._dmem.head == DEVICE or self._gmem.head == DEVICE
 
     # -- shape ------------------------------------------------------------
     @property
@@ -126,6 +190,8 @@ class Blob(object):
         else:
             self._data = np.zeros(shape, DTYPE)
             self._diff = np.zeros(shape, DTYPE)
+            self._dmem = SyncedMemory(self._data)
+            self._gmem = SyncedMemory(self._diff)
 
     def reshape_like(self, other):
         self.reshape(other.shape)
@@ -136,16 +202,20 @@ class Blob(object):
         if other.count != self.count:
             raise ValueError('cannot share data: count %d != %d' % (other.count, self.count))
         self._data = other._data.reshape(self.shape)
+        self._dmem = other._dmem
 
     def share_diff(self, other):
         if other.count != self.count:
             raise ValueError('cannot share diff: count %d != %d' % (other.count, self.count))
         self._diff = other._diff.reshape(self.shape)
+        self._gmem = other._gmem
 
     def view_of(self, other, shape):
         """Become a reshaped alias of other (data and diff), as Flatten/Reshape tops are."""
         self._data = other._data.reshape(shape)
         self._diff = other._diff.reshape(shape)
+        self._dmem = other._dmem
+        self._gmem = other._gmem
 
     def __repr__(self):
         return 'Blob(%r, shape=%s)' % (self.name, self.shape)

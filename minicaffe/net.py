@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from . import mode as _mode
 from . import netbuild, protoio
 from .blob import Blob
 from .errors import MinicaffeError, NetDefinitionError, WeightsError, layer_context
@@ -355,11 +356,17 @@ class Net(object):
         layer = self.layers[lid]
         bottom, top = self._bottom(lid), self._top(lid)
         layer.reshape(bottom, top)
-        layer.forward(bottom, top)
         loss = 0.0
-        for tid, w in self._loss_tops[lid]:
-            top[tid].diff[...] = w
-            loss += w * float(np.sum(top[tid].data, dtype=np.float64))
+        if _mode.is_gpu():
+            _mode.run_forward(layer, bottom, top)
+            for tid, w in self._loss_tops[lid]:
+                top[tid].gpu_diff.fill(w)
+                loss += w * float(top[tid].gpu_data.sum(dtype=np.float64))
+        else:
+            layer.forward(bottom, top)
+            for tid, w in self._loss_tops[lid]:
+                top[tid].diff[...] = w
+                loss += w * float(np.sum(top[tid].data, dtype=np.float64))
         if self.debug_info:
             self._log_forward(lid)
         return loss
@@ -373,7 +380,8 @@ class Net(object):
     def backward_from_to(self, start, end):
         for lid in range(start, end - 1, -1):
             if self.layer_need_backward[lid]:
-                self.layers[lid].backward(self._top(lid), self.bottom_need_backward[lid], self._bottom(lid))
+                _mode.run_backward(self.layers[lid], self._top(lid), self.bottom_need_backward[lid],
+                                   self._bottom(lid))
                 if self.debug_info:
                     self._log_backward(lid)
         if self.debug_info:

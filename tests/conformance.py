@@ -14,6 +14,27 @@ import minicaffe as caffe
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFORMANCE = Path(os.environ.get('MINICAFFE_CONFORMANCE', ROOT.parent / 'shared' / 'conformance'))
+# MINICAFFE_TEST_MODE=gpu runs the suite in GPU mode (tools/gpu_check.sh);
+# gpu-emulated does the same through tests/fake_cupy.py (no GPU needed).
+TEST_MODE = os.environ.get('MINICAFFE_TEST_MODE', 'cpu')
+
+
+def apply_test_mode():
+    if TEST_MODE == 'cpu':
+        return
+    if TEST_MODE == 'gpu-emulated':
+        import sys
+        if not getattr(sys.modules.get('cupy'), '__fake__', False):
+            import fake_cupy
+            from minicaffe.gpu import backend
+            sys.modules['cupy'] = fake_cupy.make_module()
+            backend.reset()
+    elif TEST_MODE != 'gpu':
+        raise ValueError('MINICAFFE_TEST_MODE must be cpu, gpu or gpu-emulated, not %r' % TEST_MODE)
+    caffe.set_mode_gpu()
+
+
+apply_test_mode()
 
 
 def case_dirs(kind):
@@ -61,6 +82,7 @@ def run_case(case_dir):
     phase = caffe.TRAIN if ref.attrs['phase'] == 'TRAIN' else caffe.TEST
     stages = json.loads(ref.attrs.get('stages', '[]'))
     caffe.set_random_seed(int(ref.attrs.get('seed', 1701)))
+    apply_test_mode()
     net = caffe.Net(str(case_dir / 'net.prototxt'), phase, stages=stages)
     named = _prototxt_tops(case_dir / 'net.prototxt')
     problems = []

@@ -24,6 +24,26 @@ def available():
         return False
 
 
+_cache = {}
+
+
+def cupy_module():
+    """The cupy module for the GPU path (checked once, then cached)."""
+    cp = _cache.get('cupy')
+    if cp is None:
+        cp = _cache['cupy'] = require_cupy()
+    return cp
+
+
+def reset():
+    """Forget the cached module and compiled kernels (tests swap CuPy stand-ins)."""
+    _cache.clear()
+    from . import kernels
+    kernels._modules.clear()
+    from .. import rng
+    rng._state.pop('gpu_rng', None)
+
+
 def require_cupy():
     """The cupy module, or a MinicaffeError explaining what is missing."""
     cupy = _import_cupy()

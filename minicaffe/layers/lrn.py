@@ -185,3 +185,62 @@ class LRNLayer(Layer):
                 self._within_backward(x[lo:hi], dy[lo:hi], self.a_base[lo:hi], self.p[lo:hi],
                                       dx[lo:hi])
         parallel_for(N, part, x.size)
+
+    # -- GPU: ACROSS_CHANNELS with Caffe's kernels (kernels/lrn.cu), WITHIN_CHANNEL
+    #    as on the CPU with the average-pooling kernels ---------------------------
+    def forward_gpu(self, bottom, top):
+        from ..gpu.backend import cupy_module
+        from ..gpu.kernels import launch
+        cp = cupy_module()
+        x = bottom[0].gpu_data
+        if top[0] is bottom[0]:
+            x = x.copy()                # backward needs the input
+        self._gx = x
+        y = top[0].gpu_data
+        N, C, H, W = x.shape
+        if self.region == pb.LRNParameter.ACROSS_CHANNELS:
+            self._gscale = cp.empty(x.shape, dtype=_f)
+            launch('lrn', 'lrn_fill_scale', N * H * W,
+                   (N * H * W, x, N, C, H, W, self.size, self.alpha / self.size, self.k,
+                    self._gscale))
+            launch('lrn', 'lrn_compute_output', x.size, (x.size, x, self._gscale, -self.beta, y))
+        else:
+            a = cp.empty(x.shape, dtype=_f)
+            launch('pooling', 'ave_pool_forward', a.size,
+                   (a.size, x * x) + self._within_args(x) + (a,))
+            a *= _f(self.alpha)
+            a += _f(1)
+            self._gbase = a
+            self._gp = cp.power(a, _f(-self.beta))
+            cp.multiply(x, self._gp, out=y)
+
+    def _within_args(self, x):
+        g, n, p = self.geom, self.size, self.pre_pad
+        return (x.shape[1], g.H, g.W) + g.out + (n, n, 1, 1, p, p)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        from ..gpu.backend import cupy_module
+        from ..gpu.kernels import launch
+        cp = cupy_module()
+        x, y = self._gx, top[0].gpu_data
+        dy = top[0].gpu_diff
+        if top[0] is bottom[0]:
+            dy = dy.copy()              # the kernel reads dy ahead of writing dx
+        dx = bottom[0].gpu_diff
+        N, C, H, W = x.shape
+        if self.region == pb.LRNParameter.ACROSS_CHANNELS:
+            launch('lrn', 'lrn_compute_diff', N * H * W,
+                   (N * H * W, x, y, self._gscale, dy, N, C, H, W, self.size, -self.beta,
+                    2.0 * self.alpha * self.beta / self.size, dx))
+        else:
+            da = self._gp / self._gbase
+            da *= _f(-self.beta * self.alpha)
+            da *= x * dy
+            dsq = cp.empty(x.shape, dtype=_f)
+            launch('pooling', 'ave_pool_backward', dsq.size,
+                   (dsq.size, da) + self._within_args(x) + (dsq,))
+            dsq *= _f(2)
+            dsq *= x
+            cp.add(self._gp * dy, dsq, out=dx)

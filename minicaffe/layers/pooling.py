@@ -361,6 +361,42 @@ class PoolingLayer(Layer):
         parallel_for(nc, _in_blocks(part, g.H * g.W), dxs.size)
 
 
+    # -- GPU: Caffe's pooling kernels (kernels/pooling.cu) --------------------
+    def _gpu_geom_args(self, x):
+        g = self.geom
+        return (x.shape[1], g.H, g.W) + g.out + g.kernel + g.stride + g.pad
+
+    def forward_gpu(self, bottom, top):
+        if self.method == STOCHASTIC:
+            return self.forward(bottom, top)        # raises, as on the CPU
+        from ..gpu.backend import cupy_module
+        from ..gpu.kernels import launch
+        cp = cupy_module()
+        x, y = bottom[0].gpu_data, top[0].gpu_data
+        geom = self._gpu_geom_args(x)
+        if self.method == MAX:
+            mask = getattr(self, '_gpu_mask', None)
+            if mask is None or mask.shape != y.shape:
+                mask = self._gpu_mask = cp.empty(y.shape, dtype=cp.int32)
+            launch('pooling', 'max_pool_forward', y.size, (y.size, x) + geom + (y, mask))
+            if len(top) > 1:
+                top[1].gpu_data[...] = mask.astype(cp.float32)
+        else:
+            launch('pooling', 'ave_pool_forward', y.size, (y.size, x) + geom + (y,))
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        from ..gpu.kernels import launch
+        dy, dx = top[0].gpu_diff, bottom[0].gpu_diff
+        geom = self._gpu_geom_args(dx)
+        if self.method == MAX:
+            launch('pooling', 'max_pool_backward', dx.size,
+                   (dx.size, dy, self._gpu_mask) + geom + (dx,))
+        else:
+            launch('pooling', 'ave_pool_backward', dx.size, (dx.size, dy) + geom + (dx,))
+
+
 def spp_level_geometry(layer, level, H, W):
     """Caffe's SPPLayer::GetPoolingParam for one pyramid level, as a PoolGeometry."""
     bins = 2 ** level

@@ -38,6 +38,8 @@ _f = DTYPE
 COL_CHUNK_BYTES = 256 << 20
 # In TRAIN phase a layer keeps its forward columns for backward up to this size.
 COL_CACHE_BYTES = 128 << 20
+# On the GPU the columns of this many bytes of images are built at once.
+COL_GPU_BYTES = 1 << 30
 
 
 def _prod(xs):
@@ -385,6 +387,80 @@ class BaseConvolutionLayer(Layer):
                     axis=(0, 2), dtype=_f)
 
 
+    # -- GPU (CuPy): whole batches (in chunks of COL_GPU_BYTES of columns) ---
+    def _gpu_chunks(self):
+        per_image = max(self.col_bytes, 1)
+        step = max(1, COL_GPU_BYTES // per_image)
+        for b0 in range(0, self.num, step):
+            yield b0, min(self.num, b0 + step)
+
+    def _gpu_geom(self, cp):
+        """The N-D kernels' geometry array (input, output, kernel, pad, stride, dilation)."""
+        key = (self.conv_in_sp, self.conv_out_sp)
+        cached = getattr(self, '_gpu_geom_cache', None)
+        if cached is None or cached[0] != key:
+            g = np.array(self.conv_in_sp + self.conv_out_sp + self.kernel + self.pad
+                         + self.stride + self.dilation, np.int32)
+            cached = self._gpu_geom_cache = (key, cp.asarray(g))
+        return cached[1]
+
+    def _im2col_gpu(self, cp, x):
+        """x: device (B, conv_in_channels, *conv_in_sp) -> columns (B, G, K, P)."""
+        B = x.shape[0]
+        shape = (B, self.group, self.kernel_dim, self.conv_out_dim)
+        if self.is_1x1:
+            return x.reshape(shape)
+        from ..gpu.kernels import launch
+        col = cp.empty(shape, dtype=_f)
+        C = B * self.conv_in_channels           # the images' channels, one after another
+        if self.nsp == 2:
+            (H, W), (oh, ow) = self.conv_in_sp, self.conv_out_sp
+            n = C * oh * ow
+            launch('im2col', 'im2col_gpu_kernel', n,
+                   (n, x, H, W) + self.kernel + self.pad + self.stride + self.dilation
+                   + (oh, ow, col))
+        else:
+            self.check(self.nsp <= 8, 'the GPU im2col handles at most 8 spatial axes')
+            n = C * self.conv_out_dim
+            launch('im2col', 'im2col_nd_kernel', n, (n, self.nsp, x, self._gpu_geom(cp), col))
+        return col
+
+    def _col2im_gpu(self, cp, col, out):
+        """col: device (B, G, K, P) -> written into out, device (B, C, *conv_in_sp)."""
+        if self.is_1x1:
+            out[...] = col.reshape(out.shape)
+            return
+        from ..gpu.kernels import launch
+        col = cp.ascontiguousarray(col)
+        n = out.size
+        if self.nsp == 2:
+            (H, W), (oh, ow) = self.conv_in_sp, self.conv_out_sp
+            launch('im2col', 'col2im_gpu_kernel', n,
+                   (n, col, H, W, out.shape[0] * self.conv_in_channels) + self.kernel
+                   + self.pad + self.stride + self.dilation + (oh, ow, out))
+        else:
+            launch('im2col', 'col2im_nd_kernel', n, (n, self.nsp, col, self._gpu_geom(cp), out))
+
+    def _add_bias_gpu(self, y):
+        if self.bias_term:
+            v = y.reshape(self.num, self.num_output, -1)
+            v += self.blobs[1].gpu_data[None, :, None]
+
+    def _bias_backward_gpu(self, top):
+        if self.bias_term and self.param_propagate_down[1]:
+            db = self.blobs[1].gpu_diff
+            for t in top:
+                db += t.gpu_diff.reshape(self.num, self.num_output, -1).sum(axis=(0, 2))
+
+    @staticmethod
+    def _outer_gpu(cp, a, col):
+        """sum over images b of a[b, g] @ col[b, g]^T: (B, G, M, P), (B, G, K, P) -> (G, M, K)."""
+        G, M, K = a.shape[1], a.shape[2], col.shape[2]
+        a_t = cp.ascontiguousarray(a.transpose(1, 2, 0, 3)).reshape(G, M, -1)
+        c_t = cp.ascontiguousarray(col.transpose(1, 2, 0, 3)).reshape(G, K, -1)
+        return cp.matmul(a_t, c_t.transpose(0, 2, 1))
+
+
 @register_layer('Convolution')
 class ConvolutionLayer(BaseConvolutionLayer):
     """N-D convolution with groups, padding, stride and dilation (im2col + GEMM).
@@ -425,6 +501,41 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 if cache:
                     self._cols[i] = (b.data, col)
             self._add_bias(t.data)
+
+    def forward_gpu(self, bottom, top):
+        from ..gpu.backend import cupy_module
+        cp = cupy_module()
+        G, Mg = self.group, self.num_output // self.group
+        W = self.blobs[0].gpu_data.reshape(G, Mg, self.kernel_dim)
+        for b, t in zip(bottom, top):
+            x = self._batched(b.gpu_data)
+            y = self._batched(t.gpu_data)
+            for b0, b1 in self._gpu_chunks():
+                col = self._im2col_gpu(cp, x[b0:b1])
+                cp.matmul(W, col, out=y[b0:b1].reshape(b1 - b0, G, Mg, self.conv_out_dim))
+            self._add_bias_gpu(y)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        from ..gpu.backend import cupy_module
+        cp = cupy_module()
+        self._bias_backward_gpu(top)
+        need_w = self.param_propagate_down[0]
+        G, Mg, K, P = self.group, self.num_output // self.group, self.kernel_dim, self.conv_out_dim
+        W = self.blobs[0].gpu_data.reshape(G, Mg, K)
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            if not (need_w or propagate_down[i]):
+                continue
+            x = self._batched(b.gpu_data)
+            dy_all = self._batched(t.gpu_diff)
+            dx = self._batched(b.gpu_diff) if propagate_down[i] else None
+            for b0, b1 in self._gpu_chunks():
+                dy = dy_all[b0:b1].reshape(b1 - b0, G, Mg, P)
+                if need_w:
+                    dW = self.blobs[0].gpu_diff.reshape(G, Mg, K)
+                    dW += self._outer_gpu(cp, dy, self._im2col_gpu(cp, x[b0:b1]))
+                if dx is not None:
+                    dcol = cp.matmul(W.transpose(0, 2, 1), dy)
+                    self._col2im_gpu(cp, dcol, dx[b0:b1])
 
     def _col_for(self, i, b, b0, b1, x):
         cached = self._cols.get(i)
@@ -503,6 +614,41 @@ class DeconvolutionLayer(BaseConvolutionLayer):
                     G, Mg = self.group, self.channels // self.group
                     self._from_gmp(_group_gemm(W, col, out=workspace('gemm', (G, Mg, col.shape[2])),
                                                    blocks=b1 - b0), dx[b0:b1])
+
+
+    def forward_gpu(self, bottom, top):
+        from ..gpu.backend import cupy_module
+        cp = cupy_module()
+        G, Cg, K, P = self.group, self.channels // self.group, self.kernel_dim, self.conv_out_dim
+        Wt = self.blobs[0].gpu_data.reshape(G, Cg, K).transpose(0, 2, 1)
+        for b, t in zip(bottom, top):
+            x = self._batched(b.gpu_data)
+            y = self._batched(t.gpu_data)
+            for b0, b1 in self._gpu_chunks():
+                xg = x[b0:b1].reshape(b1 - b0, G, Cg, P)
+                self._col2im_gpu(cp, cp.matmul(Wt, xg), y[b0:b1])
+            self._add_bias_gpu(y)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        from ..gpu.backend import cupy_module
+        cp = cupy_module()
+        self._bias_backward_gpu(top)
+        need_w = self.param_propagate_down[0]
+        G, Cg, K, P = self.group, self.channels // self.group, self.kernel_dim, self.conv_out_dim
+        W = self.blobs[0].gpu_data.reshape(G, Cg, K)
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            if not (need_w or propagate_down[i]):
+                continue
+            x = self._batched(b.gpu_data)
+            dy = self._batched(t.gpu_diff)
+            dx = self._batched(b.gpu_diff) if propagate_down[i] else None
+            for b0, b1 in self._gpu_chunks():
+                col = self._im2col_gpu(cp, dy[b0:b1])
+                if need_w:
+                    dW = self.blobs[0].gpu_diff.reshape(G, Cg, K)
+                    dW += self._outer_gpu(cp, x[b0:b1].reshape(b1 - b0, G, Cg, P), col)
+                if dx is not None:
+                    cp.matmul(W, col, out=dx[b0:b1].reshape(b1 - b0, G, Cg, P))
 
 
 @register_layer('Im2col')

@@ -1,26 +1,27 @@
 // Eltwise MAX (Caffe's eltwise_layer.cu): the running max over bottoms and the
-// index of the winning bottom; later bottoms must be strictly greater, except
-// that bottom 1 wins a tie with bottom 0 (the first pair is compared with >).
+// index of the winning bottom.  Called with (bottom 0, bottom 1, 0) first, then
+// (top, bottom i, i - 1) for i >= 2.  Ties follow Caffe's CPU rule, which the
+// CPU layer implements: bottom 1 wins a tie with bottom 0, a later bottom must
+// be strictly greater (Caffe's own GPU kernel lets later bottoms win ties;
+// the values are the same, only the gradient routing of exact ties differs).
 #include "common.cuh"
 
 KERNEL void max_forward(const int nthreads, const float* bottom_a, const float* bottom_b,
     const int blob_idx, float* top, int* mask) {
   CUDA_KERNEL_LOOP(index, nthreads) {
-    float maxval = -FLT_MAX;
-    int maxidx = -1;
-    if (bottom_a[index] > bottom_b[index]) {
-      // only update for very first bottom_data blob (blob_idx == 0)
-      if (blob_idx == 0) {
-        maxval = bottom_a[index];
-        top[index] = maxval;
-        maxidx = blob_idx;
-        mask[index] = maxidx;
+    const float a = bottom_a[index];
+    const float b = bottom_b[index];
+    if (blob_idx == 0) {
+      if (a > b) {
+        top[index] = a;
+        mask[index] = 0;
+      } else {
+        top[index] = b;
+        mask[index] = 1;
       }
-    } else {
-      maxval = bottom_b[index];
-      top[index] = maxval;
-      maxidx = blob_idx + 1;
-      mask[index] = maxidx;
+    } else if (b > a) {
+      top[index] = b;
+      mask[index] = blob_idx + 1;
     }
   }
 }

@@ -1,4 +1,6 @@
-// im2col / col2im for 2-D convolution (Caffe's im2col.cu), one image at a time.
+// im2col / col2im (Caffe's im2col.cu): the 2-D kernels, then the N-D ones.
+// The 2-D kernels take a batch of images as B * C channels (the columns of
+// consecutive images are consecutive).
 // col has shape (channels * kernel_h * kernel_w, height_col * width_col).
 #include "common.cuh"
 
@@ -59,6 +61,110 @@ KERNEL void col2im_gpu_kernel(const int n, const float* data_col, const int heig
               * width_col + w_col;
           val += data_col[data_col_index];
         }
+      }
+    }
+    data_im[index] = val;
+  }
+}
+
+// N-D im2col / col2im (Caffe's im2col_nd_gpu / col2im_nd_gpu) for any number
+// of spatial axes up to MAX_SPATIAL_AXES.  geom holds 6 * num_axes ints:
+// input sizes, output (column) sizes, kernel, pad, stride, dilation.
+// Columns: row (channel, kernel offset), column output position, row-major.
+#define MAX_SPATIAL_AXES 8
+
+KERNEL void im2col_nd_kernel(const int n, const int num_axes, const float* data_im,
+    const int* geom, float* data_col) {
+  // one thread per (channel, output position); n = channels * prod(col sizes)
+  CUDA_KERNEL_LOOP(index, n) {
+    const int* im_shape = geom;
+    const int* col_shape = geom + num_axes;
+    const int* kernel = geom + 2 * num_axes;
+    const int* pad = geom + 3 * num_axes;
+    const int* stride = geom + 4 * num_axes;
+    const int* dilation = geom + 5 * num_axes;
+    int out_pos[MAX_SPATIAL_AXES];
+    long long col_count = 1, im_count = 1, kernel_count = 1;
+    for (int d = 0; d < num_axes; ++d) {
+      col_count *= col_shape[d];
+      im_count *= im_shape[d];
+      kernel_count *= kernel[d];
+    }
+    long long rem = index;
+    for (int d = num_axes - 1; d >= 0; --d) {
+      out_pos[d] = (int)(rem % col_shape[d]);
+      rem /= col_shape[d];
+    }
+    const long long c = rem;
+    const long long pos = index % col_count;
+    const float* im = data_im + c * im_count;
+    for (long long k = 0; k < kernel_count; ++k) {
+      long long kr = k;
+      long long im_off = 0;
+      int inside = 1;
+      int k_pos[MAX_SPATIAL_AXES];
+      for (int d = num_axes - 1; d >= 0; --d) {
+        k_pos[d] = (int)(kr % kernel[d]);
+        kr /= kernel[d];
+      }
+      for (int d = 0; d < num_axes; ++d) {
+        const int p = out_pos[d] * stride[d] - pad[d] + k_pos[d] * dilation[d];
+        inside = inside && p >= 0 && p < im_shape[d];
+        im_off = im_off * im_shape[d] + p;
+      }
+      data_col[(c * kernel_count + k) * col_count + pos] = inside ? im[im_off] : 0.f;
+    }
+  }
+}
+
+KERNEL void col2im_nd_kernel(const int n, const int num_axes, const float* data_col,
+    const int* geom, float* data_im) {
+  // one thread per image element: sums the column entries taken from it,
+  // kernel offsets in ascending order; n = channels * prod(input sizes)
+  CUDA_KERNEL_LOOP(index, n) {
+    const int* im_shape = geom;
+    const int* col_shape = geom + num_axes;
+    const int* kernel = geom + 2 * num_axes;
+    const int* pad = geom + 3 * num_axes;
+    const int* stride = geom + 4 * num_axes;
+    const int* dilation = geom + 5 * num_axes;
+    int im_pos[MAX_SPATIAL_AXES];
+    long long col_count = 1, kernel_count = 1;
+    for (int d = 0; d < num_axes; ++d) {
+      col_count *= col_shape[d];
+      kernel_count *= kernel[d];
+    }
+    long long rem = index;
+    for (int d = num_axes - 1; d >= 0; --d) {
+      im_pos[d] = (int)(rem % im_shape[d]);
+      rem /= im_shape[d];
+    }
+    const long long c = rem;
+    float val = 0;
+    for (long long k = 0; k < kernel_count; ++k) {
+      long long kr = k;
+      int k_pos[MAX_SPATIAL_AXES];
+      for (int d = num_axes - 1; d >= 0; --d) {
+        k_pos[d] = (int)(kr % kernel[d]);
+        kr /= kernel[d];
+      }
+      long long col_off = 0;
+      int ok = 1;
+      for (int d = 0; d < num_axes && ok; ++d) {
+        int q = im_pos[d] + pad[d] - k_pos[d] * dilation[d];
+        if (q < 0 || q % stride[d] != 0) {
+          ok = 0;
+        } else {
+          q /= stride[d];
+          if (q >= col_shape[d]) {
+            ok = 0;
+          } else {
+            col_off = col_off * col_shape[d] + q;
+          }
+        }
+      }
+      if (ok) {
+        val += data_col[(c * kernel_count + k) * col_count + col_off];
       }
     }
     data_im[index] = val;

@@ -1,5 +1,7 @@
 // Softmax over the channel axis of (outer, channels, inner) data and the softmax
 // loss with ignore_label (Caffe's softmax_layer.cu, softmax_loss_layer.cu).
+// A label outside [0, channels) that is not ignore_label gets count -1 (Caffe
+// would read out of bounds); the layer turns that into an error.
 #include "common.cuh"
 
 KERNEL void channel_max(const int count, const int outer, const int channels,
@@ -71,6 +73,9 @@ KERNEL void softmax_loss_forward(const int nthreads, const float* prob, const fl
     if (has_ignore_label && label_value == ignore_label) {
       loss[index] = 0;
       counts[index] = 0;
+    } else if (label_value < 0 || label_value >= channels) {
+      loss[index] = 0;        // Caffe reads out of bounds here; the layer reports
+      counts[index] = -1;     // a count of -1 as a bad label instead
     } else {
       const float p = prob[((long long)n * channels + label_value) * inner + s];
       loss[index] = -logf(p > FLT_MIN ? p : FLT_MIN);
@@ -92,6 +97,8 @@ KERNEL void softmax_loss_backward(const int nthreads, const float* label, float*
         bottom_diff[((long long)n * channels + c) * inner + s] = 0;
       }
       counts[index] = 0;
+    } else if (label_value < 0 || label_value >= channels) {
+      counts[index] = -1;
     } else {
       bottom_diff[((long long)n * channels + label_value) * inner + s] -= 1;
       counts[index] = 1;
