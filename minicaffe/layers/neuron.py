@@ -7,16 +7,29 @@ copy of its input when in place, as Caffe does.
 
 ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log, Threshold,
 Clip, Swish, Dropout.
+
+GPU mode: every layer here has forward_gpu/backward_gpu (Threshold: forward
+only, it has no gradient) evaluating the same expressions with CuPy on the
+blobs' gpu_data/gpu_diff, so in-place use reads and writes the one device
+buffer exactly as the CPU code does with the host one.  Dropout draws its TRAIN
+mask on the device (minicaffe.rng.gpu_rng()): repeatable for a seed, but not
+the CPU's mask.
 """
 import numpy as np
 
 from .. import fillers
 from ..blob import Blob, DTYPE
 from ..protoio import pb
-from ..rng import rng
+from ..rng import gpu_rng, rng
 from .base import Layer, register_layer
 
 _f = DTYPE
+
+
+def _cupy():
+    """The cupy module (imported on first GPU use only)."""
+    from ..gpu.backend import cupy_module
+    return cupy_module()
 
 
 class NeuronLayer(Layer):
@@ -70,6 +83,27 @@ class ReLULayer(NeuronLayer):
             np.multiply(dy, x > 0, out=bottom[0].diff)
         else:
             bottom[0].diff[...] = np.where(x > 0, dy, dy * _f(self.slope))
+
+    # -- GPU: the same expressions on the device arrays -------------------------
+    def forward_gpu(self, bottom, top):
+        """As forward on gpu_data; in place (top is bottom) the max writes over x."""
+        cp = _cupy()
+        x, y = bottom[0].gpu_data, top[0].gpu_data
+        if self.slope == 0:
+            cp.maximum(x, _f(0), out=y)
+        else:
+            y[...] = cp.where(x > 0, x, x * _f(self.slope))
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """dx from the bottom data (y when in place: the same sign test, as Caffe)."""
+        if not propagate_down[0]:
+            return
+        cp = _cupy()
+        x, dy, dx = bottom[0].gpu_data, top[0].gpu_diff, bottom[0].gpu_diff
+        if self.slope == 0:
+            cp.multiply(dy, x > 0, out=dx)
+        else:
+            dx[...] = cp.where(x > 0, dy, dy * _f(self.slope))
 
 
 @register_layer('PReLU')
@@ -140,6 +174,37 @@ class PReLULayer(NeuronLayer):
         if propagate_down[0]:
             bottom[0].diff[...] = np.where(x > 0, dy, dy * self._slope(x))
 
+    # -- GPU -------------------------------------------------------------------
+    def _gpu_slope(self, x):
+        a = self.blobs[0].gpu_data
+        if self.channel_shared:
+            return a.reshape(())
+        return a.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+    def forward_gpu(self, bottom, top):
+        """As forward; in place the input is copied on the device for backward."""
+        cp = _cupy()
+        x = bottom[0].gpu_data
+        if top[0] is bottom[0]:
+            x = self._gpu_saved = x.copy()
+        top[0].gpu_data[...] = cp.where(x > 0, x, x * self._gpu_slope(x))
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """Slope gradient (summed in float64 as on the CPU) first, then dx."""
+        cp = _cupy()
+        x = self._gpu_saved if top[0] is bottom[0] else bottom[0].gpu_data
+        dy = top[0].gpu_diff
+        if self.param_propagate_down and self.param_propagate_down[0]:
+            g = cp.where(x <= 0, dy * x, _f(0))
+            da = self.blobs[0].gpu_diff
+            if self.channel_shared:
+                da += g.sum(dtype=cp.float64).astype(_f)
+            else:
+                axes = (0,) + tuple(range(2, x.ndim))
+                da += g.sum(axis=axes, dtype=cp.float64).astype(_f)
+        if propagate_down[0]:
+            bottom[0].gpu_diff[...] = cp.where(x > 0, dy, dy * self._gpu_slope(x))
+
 
 @register_layer('ELU')
 class ELULayer(NeuronLayer):
@@ -165,6 +230,19 @@ class ELULayer(NeuronLayer):
         dy = top[0].diff
         bottom[0].diff[...] = np.where(x > 0, dy, dy * (top[0].data + self.alpha))
 
+    def forward_gpu(self, bottom, top):
+        cp = _cupy()
+        x = bottom[0].gpu_data
+        neg = self.alpha * (cp.exp(cp.minimum(x, _f(0))) - _f(1))
+        top[0].gpu_data[...] = cp.maximum(x, _f(0)) + neg
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        cp = _cupy()
+        x, dy = bottom[0].gpu_data, top[0].gpu_diff
+        bottom[0].gpu_diff[...] = cp.where(x > 0, dy, dy * (top[0].gpu_data + self.alpha))
+
 
 @register_layer('Sigmoid')
 class SigmoidLayer(NeuronLayer):
@@ -186,6 +264,18 @@ class SigmoidLayer(NeuronLayer):
             y = top[0].data
             bottom[0].diff[...] = top[0].diff * y * (1 - y)
 
+    def forward_gpu(self, bottom, top):
+        cp = _cupy()
+        t = cp.tanh(bottom[0].gpu_data * _f(0.5))
+        t *= _f(0.5)
+        t += _f(0.5)
+        top[0].gpu_data[...] = t
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            y = top[0].gpu_data
+            bottom[0].gpu_diff[...] = top[0].gpu_diff * y * (_f(1) - y)
+
 
 @register_layer('TanH')
 class TanHLayer(NeuronLayer):
@@ -204,6 +294,14 @@ class TanHLayer(NeuronLayer):
             y = top[0].data
             bottom[0].diff[...] = top[0].diff * (1 - y * y)
 
+    def forward_gpu(self, bottom, top):
+        _cupy().tanh(bottom[0].gpu_data, out=top[0].gpu_data)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            y = top[0].gpu_data
+            bottom[0].gpu_diff[...] = top[0].gpu_diff * (_f(1) - y * y)
+
 
 @register_layer('AbsVal')
 class AbsValLayer(NeuronLayer):
@@ -221,6 +319,14 @@ class AbsValLayer(NeuronLayer):
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
             np.multiply(np.sign(bottom[0].data), top[0].diff, out=bottom[0].diff)
+
+    def forward_gpu(self, bottom, top):
+        _cupy().abs(bottom[0].gpu_data, out=top[0].gpu_data)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            cp = _cupy()
+            cp.multiply(cp.sign(bottom[0].gpu_data), top[0].gpu_diff, out=bottom[0].gpu_diff)
 
 
 _BNLL_THRESHOLD = 50.0
@@ -243,6 +349,17 @@ class BNLLLayer(NeuronLayer):
         if propagate_down[0]:
             e = np.exp(np.minimum(bottom[0].data, _f(_BNLL_THRESHOLD)))
             bottom[0].diff[...] = top[0].diff * e / (e + 1)
+
+    def forward_gpu(self, bottom, top):
+        cp = _cupy()
+        x = bottom[0].gpu_data
+        top[0].gpu_data[...] = cp.maximum(x, _f(0)) + cp.log1p(cp.exp(-cp.abs(x)))
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            cp = _cupy()
+            e = cp.exp(cp.minimum(bottom[0].gpu_data, _f(_BNLL_THRESHOLD)))
+            bottom[0].gpu_diff[...] = top[0].gpu_diff * e / (e + _f(1))
 
 
 @register_layer('Power')
@@ -308,6 +425,49 @@ class PowerLayer(NeuronLayer):
                     g *= self.diff_scale
             bottom[0].diff[...] = dy * g
 
+    # -- GPU: the same cases as forward/backward, on the device ------------------
+    def forward_gpu(self, bottom, top):
+        cp = _cupy()
+        if self.diff_scale == 0:
+            value = _f(1) if self.power == 0 else np.power(self.shift, self.power)
+            top[0].gpu_data.fill(value)
+            return
+        v = bottom[0].gpu_data
+        if self.scale != 1:
+            v = v * self.scale
+        if self.shift != 0:
+            v = v + self.shift
+        if self.power != 1:
+            v = cp.power(v, self.power)
+        top[0].gpu_data[...] = v
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        if self.diff_scale == 0:
+            bottom[0].gpu_diff.fill(0)
+            return
+        dy = top[0].gpu_diff
+        if self.power == 1:
+            bottom[0].gpu_diff[...] = dy * self.diff_scale
+            return
+        x = bottom[0].gpu_data
+        if self.power == 2:
+            g = x * _f(self.diff_scale * self.scale)
+            if self.shift != 0:
+                g += _f(self.diff_scale * self.shift)
+        elif self.shift == 0:
+            g = top[0].gpu_data / x
+            g *= self.power
+        else:
+            d = x * self.scale if self.scale != 1 else x.copy()
+            if self.shift != 0:
+                d += self.shift
+            g = top[0].gpu_data / d
+            if self.diff_scale != 1:
+                g *= self.diff_scale
+        bottom[0].gpu_diff[...] = dy * g
+
 
 def _log_base(layer, base):
     if base != -1:
@@ -355,6 +515,22 @@ class ExpLayer(NeuronLayer):
             g *= self.inner_scale
         bottom[0].diff[...] = g
 
+    def forward_gpu(self, bottom, top):
+        cp = _cupy()
+        x = bottom[0].gpu_data
+        y = cp.exp(x if self.inner_scale == 1 else x * self.inner_scale)
+        if self.outer_scale != 1:
+            y *= self.outer_scale
+        top[0].gpu_data[...] = y
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        g = top[0].gpu_data * top[0].gpu_diff
+        if self.inner_scale != 1:
+            g *= self.inner_scale
+        bottom[0].gpu_diff[...] = g
+
 
 @register_layer('Log')
 class LogLayer(NeuronLayer):
@@ -397,6 +573,20 @@ class LogLayer(NeuronLayer):
             g *= self.backward_num_scale
         bottom[0].diff[...] = top[0].diff * g
 
+    def forward_gpu(self, bottom, top):
+        y = _cupy().log(self._inner(bottom[0].gpu_data))
+        if self.base_scale != 1:
+            y *= self.base_scale
+        top[0].gpu_data[...] = y
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        g = _f(1) / self._inner(bottom[0].gpu_data)
+        if self.backward_num_scale != 1:
+            g *= self.backward_num_scale
+        bottom[0].gpu_diff[...] = top[0].gpu_diff * g
+
 
 @register_layer('Threshold')
 class ThresholdLayer(NeuronLayer):
@@ -411,6 +601,10 @@ class ThresholdLayer(NeuronLayer):
 
     def forward(self, bottom, top):
         np.greater(bottom[0].data, self.threshold, out=top[0].data, casting='unsafe')
+
+    def forward_gpu(self, bottom, top):
+        """No backward_gpu: Threshold has no gradient (the CPU backward refuses)."""
+        top[0].gpu_data[...] = (bottom[0].gpu_data > self.threshold).astype(_f)
 
 
 @register_layer('Clip')
@@ -436,6 +630,16 @@ class ClipLayer(NeuronLayer):
         if propagate_down[0]:
             x = bottom[0].data
             np.multiply(top[0].diff, (x >= self.lo) & (x <= self.hi), out=bottom[0].diff)
+
+    def forward_gpu(self, bottom, top):
+        cp = _cupy()
+        top[0].gpu_data[...] = cp.maximum(self.lo, cp.minimum(bottom[0].gpu_data, self.hi))
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            cp = _cupy()
+            x = bottom[0].gpu_data
+            cp.multiply(top[0].gpu_diff, (x >= self.lo) & (x <= self.hi), out=bottom[0].gpu_diff)
 
 
 @register_layer('Swish')
@@ -463,6 +667,21 @@ class SwishLayer(NeuronLayer):
         if propagate_down[0]:
             by = self.beta * top[0].data
             bottom[0].diff[...] = top[0].diff * (by + self._sig * (1 - by))
+
+    def forward_gpu(self, bottom, top):
+        """Keeps sigmoid(beta x) on the device for backward (x may be overwritten)."""
+        cp = _cupy()
+        x = bottom[0].gpu_data
+        s = cp.tanh(x * (self.beta * _f(0.5)))
+        s *= _f(0.5)
+        s += _f(0.5)
+        self._gpu_sig = s
+        top[0].gpu_data[...] = x * s
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            by = self.beta * top[0].gpu_data
+            bottom[0].gpu_diff[...] = top[0].gpu_diff * (by + self._gpu_sig * (_f(1) - by))
 
 
 @register_layer('Dropout')
@@ -500,3 +719,28 @@ class DropoutLayer(NeuronLayer):
             np.multiply(top[0].diff, self._mask, out=bottom[0].diff)
         elif top[0] is not bottom[0]:
             bottom[0].diff[...] = top[0].diff
+
+    # -- GPU ---------------------------------------------------------------------
+    # The mask is drawn on the device from minicaffe.rng.gpu_rng() (seeded by
+    # set_random_seed, so repeatable), with the CPU's rule and scale; the draws
+    # themselves differ from the CPU generator's, as Caffe's curand masks differ
+    # from its CPU masks.
+    def forward_gpu(self, bottom, top):
+        """TRAIN: y = x * m / (1 - p), m ~ Bernoulli(1 - p) drawn on the device; TEST: y = x."""
+        if self.phase == pb.TRAIN:
+            cp = _cupy()
+            x = bottom[0].gpu_data
+            keep = gpu_rng().random_sample(x.shape, dtype=cp.float32) < _f(1.0 - self.ratio)
+            self._gpu_mask = keep.astype(_f) * self.scale
+            cp.multiply(x, self._gpu_mask, out=top[0].gpu_data)
+        elif top[0] is not bottom[0]:
+            top[0].gpu_data[...] = bottom[0].gpu_data
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """TRAIN: dx = dy * (the forward's mask) / (1 - p); TEST: dx = dy."""
+        if not propagate_down[0]:
+            return
+        if self.phase == pb.TRAIN:
+            _cupy().multiply(top[0].gpu_diff, self._gpu_mask, out=bottom[0].gpu_diff)
+        elif top[0] is not bottom[0]:
+            bottom[0].gpu_diff[...] = top[0].gpu_diff

@@ -3,6 +3,10 @@
 Scale and Bias broadcast a smaller blob over the input seen as
 (outer, dim, inner): ``dim`` covers the axes [axis, axis + num_axes) that the
 scale/bias blob spans, ``outer`` the axes before, ``inner`` the axes after.
+
+GPU mode: each layer's forward_gpu/backward_gpu computes the same expressions
+with CuPy on gpu_data/gpu_diff (reductions on the device; BatchNorm's running
+statistics are updated on the device, as on the CPU).
 """
 import numpy as np
 
@@ -10,6 +14,12 @@ from ..blob import Blob
 from ..fillers import fill
 from ..protoio import pb
 from .base import Layer, register_layer
+
+
+def _cupy():
+    """The cupy module (imported on first GPU use only)."""
+    from ..gpu.backend import cupy_module
+    return cupy_module()
 
 
 def _canonical_axis(layer, blob, axis):
@@ -136,6 +146,47 @@ class BatchNormLayer(Layer):
         dx = dy - (y * sum_dy_y + sum_dy) / np.float32(m)
         self._view(bottom[0].diff)[...] = dx / std
 
+    # -- GPU: the same computation on the device -----------------------------
+    def forward_gpu(self, bottom, top):
+        """As forward; the statistics blobs are read and updated on the device
+        (only the scale factor s travels to the host, as in Caffe's Forward_gpu)."""
+        x = self._view(bottom[0].gpu_data).copy()
+        if self.use_global_stats:
+            s = self.blobs[2].gpu_data.get()[0]
+            factor = np.float32(0 if s == 0 else 1 / s)
+            mean = factor * self.blobs[0].gpu_data
+            var = factor * self.blobs[1].gpu_data
+            x -= mean[None, :, None]
+        else:
+            m = x.shape[0] * x.shape[2]
+            mean = x.sum(axis=(0, 2)) / np.float32(m)
+            x -= mean[None, :, None]
+            var = (x * x).sum(axis=(0, 2)) / np.float32(m)
+            s = self.blobs[2].gpu_data
+            s[...] = s * self.maf + 1
+            correction = np.float32(m / (m - 1.0)) if m > 1 else np.float32(1)
+            mean_sum = self.blobs[0].gpu_data
+            mean_sum[...] = mean + self.maf * mean_sum
+            var_sum = self.blobs[1].gpu_data
+            var_sum[...] = correction * var + self.maf * var_sum
+        self._gpu_std = _cupy().sqrt(var + np.float32(self.eps)).astype(np.float32)
+        x /= self._gpu_std[None, :, None]
+        self._gpu_x_norm = x
+        self._view(top[0].gpu_data)[...] = x
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        dy = self._view(top[0].gpu_diff).copy()
+        std = self._gpu_std[None, :, None]
+        if self.use_global_stats:
+            self._view(bottom[0].gpu_diff)[...] = dy / std
+            return
+        y = self._gpu_x_norm
+        m = dy.shape[0] * dy.shape[2]
+        sum_dy_y = (dy * y).sum(axis=(0, 2), keepdims=True)
+        sum_dy = dy.sum(axis=(0, 2), keepdims=True)
+        dx = dy - (y * sum_dy_y + sum_dy) / np.float32(m)
+        self._view(bottom[0].gpu_diff)[...] = dx / std
+
 
 @register_layer('Bias')
 class BiasLayer(Layer):
@@ -182,6 +233,26 @@ class BiasLayer(Layer):
         if (learned and self.param_propagate_down[0]) or (not learned and propagate_down[1]):
             db = top[0].diff.reshape(outer, dim, inner).sum(axis=(0, 2))
             target = self._bias(bottom).diff.reshape(-1)
+            if learned:
+                target += db
+            else:
+                target[...] = db
+
+    # -- GPU ---------------------------------------------------------------------
+    def forward_gpu(self, bottom, top):
+        outer, dim, inner = self.dims
+        b = self._bias(bottom).gpu_data.reshape(1, dim, 1)
+        _cupy().add(bottom[0].gpu_data.reshape(outer, dim, inner), b,
+                    out=top[0].gpu_data.reshape(outer, dim, inner))
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        outer, dim, inner = self.dims
+        if propagate_down[0] and bottom[0] is not top[0]:
+            bottom[0].gpu_diff[...] = top[0].gpu_diff
+        learned = len(bottom) == 1
+        if (learned and self.param_propagate_down[0]) or (not learned and propagate_down[1]):
+            db = top[0].gpu_diff.reshape(outer, dim, inner).sum(axis=(0, 2))
+            target = self._bias(bottom).gpu_diff.reshape(-1)
             if learned:
                 target += db
             else:
@@ -271,6 +342,42 @@ class ScaleLayer(Layer):
             np.multiply(dy, scale.data.reshape(1, dim, 1),
                         out=bottom[0].diff.reshape(outer, dim, inner))
 
+    # -- GPU: forward/backward on the device, Caffe's quirks included ----------------
+    def forward_gpu(self, bottom, top):
+        """As forward; in place x is copied on the device for the scale gradient."""
+        outer, dim, inner = self.dims
+        x = bottom[0].gpu_data.reshape(outer, dim, inner)
+        if top[0] is bottom[0]:
+            self._gpu_saved_x = x.copy()
+        y = top[0].gpu_data.reshape(outer, dim, inner)
+        _cupy().multiply(x, self._scale(bottom).gpu_data.reshape(1, dim, 1), out=y)
+        if self.bias_index is not None:
+            y += self.blobs[self.bias_index].gpu_data.reshape(1, dim, 1)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        outer, dim, inner = self.dims
+        dy = top[0].gpu_diff.reshape(outer, dim, inner)
+        scale = self._scale(bottom)
+        learned = len(bottom) == 1
+        if self.bias_index is not None and self.param_propagate_down[self.bias_index]:
+            db = self.blobs[self.bias_index].gpu_diff.reshape(-1)
+            db += dy.sum(axis=(0, 2))
+        if (learned and self.param_propagate_down[0]) or (not learned and propagate_down[1]):
+            in_place = top[0] is bottom[0]
+            x = self._gpu_saved_x if in_place else bottom[0].gpu_data.reshape(outer, dim, inner)
+            product = dy * x
+            ds = product.sum(axis=(0, 2))
+            target = scale.gpu_diff.reshape(-1)
+            if scale.count == bottom[0].count or not learned:
+                target[...] = ds
+            else:
+                target += ds
+            if not in_place and scale.count != bottom[0].count:
+                bottom[0].gpu_diff.reshape(outer, dim, inner)[...] = product
+        if propagate_down[0]:
+            _cupy().multiply(dy, scale.gpu_data.reshape(1, dim, 1),
+                             out=bottom[0].gpu_diff.reshape(outer, dim, inner))
+
 
 @register_layer('MVN')
 class MVNLayer(Layer):
@@ -318,3 +425,29 @@ class MVNLayer(Layer):
         else:
             dx = dy - mean_dy
         self._rows(bottom[0].diff)[...] = dx
+
+    # -- GPU ---------------------------------------------------------------------
+    def forward_gpu(self, bottom, top):
+        p = self.layer_param.mvn_param
+        cp = _cupy()
+        x = self._rows(bottom[0].gpu_data)
+        y = x - x.mean(axis=1, keepdims=True, dtype=cp.float32)
+        if p.normalize_variance:
+            var = (y * y).mean(axis=1, keepdims=True, dtype=cp.float32)
+            self._gpu_sigma = cp.sqrt(var) + np.float32(p.eps)
+            y /= self._gpu_sigma
+        self._rows(top[0].gpu_data)[...] = y
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        cp = _cupy()
+        dy = self._rows(top[0].gpu_diff)
+        mean_dy = dy.mean(axis=1, keepdims=True, dtype=cp.float32)
+        if self.layer_param.mvn_param.normalize_variance:
+            y = self._rows(top[0].gpu_data)
+            mean_dy_y = (dy * y).mean(axis=1, keepdims=True, dtype=cp.float32)
+            dx = (dy - mean_dy - y * mean_dy_y) / self._gpu_sigma
+        else:
+            dx = dy - mean_dy
+        self._rows(bottom[0].gpu_diff)[...] = dx

@@ -25,15 +25,32 @@ unrolled net, including its quirks, which are part of Caffe's behaviour:
   an explicit ``propagate_down: true`` on it is an error, as in Caffe).
 * The LSTMUnit backward uses f*(1-f) with f = cont*sigmoid(.), exactly as
   Caffe does (the true derivative only for binary cont).
+
+GPU mode (forward_gpu/backward_gpu) runs the same fused scheme on the device:
+the input transform and the parameter gradients are single GEMMs, and each
+timestep is one recurrent GEMM plus the fused LSTM unit kernel
+(kernels/lstm_unit.cu, which recomputes the gate activations from the stored
+pre-activations in backward) or, for RNN, a tanh.  The carried hidden state
+lives in a SyncedMemory, so it follows whichever side (host or device) ran last
+and carries across forwards and across mode switches; exposed h_0/c_0 bottoms
+and h_T/c_T tops are read and written through gpu_data.  The CPU path's skips of
+all-zero GEMMs (sequence starts) are not taken on the device: they would need a
+host round trip, and the product they skip is exactly zero anyway.
 """
 import numpy as np
 
 from .. import fillers
-from ..blob import Blob, DTYPE
+from ..blob import Blob, DTYPE, SyncedMemory
 from ..im2col import workspace
 from .base import Layer, register_layer
 
 _f = DTYPE
+
+
+def _cupy():
+    """The cupy module (imported on first GPU use only)."""
+    from ..gpu.backend import cupy_module
+    return cupy_module()
 
 
 def _sigmoid_(a):
@@ -153,7 +170,10 @@ class _RecurrentLayer(Layer):
                            % (i, self.blobs[i].shape, tuple(shape)))
         self.param_propagate_down = [True] * len(self.blobs)
         self._state = [np.zeros(self.N * self.H, _f) for _ in range(self.num_recur)]
+        # host/device copies of the carried state (only the host one in CPU mode)
+        self._state_mem = [SyncedMemory(s) for s in self._state]
         self._bufN = None
+        self._gpu_buf = None
 
     def param_shapes(self):
         raise NotImplementedError
@@ -192,6 +212,7 @@ class _RecurrentLayer(Layer):
             for j in range(self.num_recur):
                 if self._state[j].size < N * H:
                     self._state[j] = np.zeros(N * H, _f)
+                    self._state_mem[j] = SyncedMemory(self._state[j])
         top[0].reshape((T, N, self.out_dim()))
         if self._bufN != N:
             self._alloc(T, N)
@@ -204,16 +225,42 @@ class _RecurrentLayer(Layer):
         N, H = self.N, self.H
         if self.expose_hidden:
             return bottom[2 + int(self.static_input) + j].data.reshape(N, H)
-        return self._state[j][:N * H].reshape(N, H)
+        return self._host_state(j)[:N * H].reshape(N, H)
 
     def _save_state(self, j, value):
         if not self.expose_hidden:
-            self._state[j][:value.size] = value.ravel()
+            self._host_state(j)[:value.size] = value.ravel()
+
+    def _host_state(self, j):
+        """The carried state j on the host (copied back if GPU mode wrote it last)."""
+        mem = self._state_mem[j]
+        if mem.dev is not None:
+            mem.to_host()
+        return self._state[j]
 
     def reset(self):
         """Caffe's RecurrentLayer::Reset: zero the carried hidden state."""
-        for s in self._state:
-            s[...] = 0
+        for j in range(len(self._state)):
+            self._host_state(j)[...] = 0
+
+    # ---- GPU glue -----------------------------------------------------------
+    def _gpu_initial_state(self, bottom, j):
+        """h_0 (j = 0) / c_0 (j = 1) as an (N, H) device array."""
+        N, H = self.N, self.H
+        if self.expose_hidden:
+            return bottom[2 + int(self.static_input) + j].gpu_data.reshape(N, H)
+        return self._state_mem[j].to_device()[:N * H].reshape(N, H)
+
+    def _gpu_save_state(self, j, value):
+        if not self.expose_hidden:
+            self._state_mem[j].to_device()[:value.size] = value.ravel()
+
+    def _gpu_buffers(self, cp):
+        """The device work arrays for the current (T, N), kept between calls."""
+        key = (self.T, self.N)
+        if self._gpu_buf is None or self._gpu_buf[0] != key:
+            self._gpu_buf = (key, self._gpu_alloc(cp, self.T, self.N))
+        return self._gpu_buf[1]
 
     def _check_propagate_down(self, propagate_down):
         if len(propagate_down) > 1 and propagate_down[1]:
@@ -380,6 +427,85 @@ class LSTMLayer(_RecurrentLayer):
             self.blobs[2].diff += np.matmul(dGs.T, xs2)
             np.matmul(dGs, self.blobs[2].data, out=bottom[2].diff.reshape(N, self.Ds))
 
+    # ---- GPU ------------------------------------------------------------------
+    def _gpu_alloc(self, cp, T, N):
+        H = self.H
+        def e(*shape):
+            return cp.empty(shape, dtype=_f)
+        return dict(G=e(T, N, 4 * H),       # gate pre-activations (the kernel's X)
+                    Hs=e(T + 1, N, H), Cs=e(T + 1, N, H), Hc=e(T, N, H),
+                    cont=e(T, N), tmp4=e(N, 4 * H), dG=e(T, N, 4 * H),
+                    dh=e(N, H), dh_next=e(N, H), dc=e(N, H), dc_prev=e(N, H))
+
+    def forward_gpu(self, bottom, top):
+        """forward on the device: one GEMM for the input transform of all T steps,
+        then per step the recurrent GEMM and the fused lstm_unit_forward kernel."""
+        from ..gpu.kernels import launch
+        cp = _cupy()
+        T, N, H = self.T, self.N, self.H
+        b = self._gpu_buffers(cp)
+        G, Hs, Cs, Hc, tmp4, cont = b['G'], b['Hs'], b['Cs'], b['Hc'], b['tmp4'], b['cont']
+        W_xc, b_c = self.blobs[0].gpu_data, self.blobs[1].gpu_data
+        W_hc = self.blobs[-1].gpu_data
+        G2 = G.reshape(T * N, 4 * H)
+        cp.matmul(bottom[0].gpu_data.reshape(T * N, self.D), W_xc.T, out=G2)
+        G2 += b_c
+        if self.static_input:
+            G += cp.matmul(bottom[2].gpu_data.reshape(N, self.Ds), self.blobs[2].gpu_data.T)
+        cont[...] = bottom[1].gpu_data
+        Hs[0] = self._gpu_initial_state(bottom, 0)
+        Cs[0] = self._gpu_initial_state(bottom, 1)
+        W_hcT = W_hc.T
+        for t in range(T):
+            cp.multiply(Hs[t], cont[t][:, None], out=Hc[t])
+            cp.matmul(Hc[t], W_hcT, out=tmp4)
+            G[t] += tmp4
+            launch('lstm_unit', 'lstm_unit_forward', N * H,
+                   (N * H, H, Cs[t], G[t], cont[t], Cs[t + 1], Hs[t + 1]))
+        top[0].gpu_data[...] = Hs[1:]
+        if self.expose_hidden:
+            top[1].gpu_data[...] = Hs[T]
+            top[2].gpu_data[...] = Cs[T]
+        else:
+            self._gpu_save_state(0, Hs[T])
+            self._gpu_save_state(1, Cs[T])
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """BPTT on the device: per step lstm_unit_backward (dc_{t-1} and the gate
+        diffs) and the recurrent GEMM; then one GEMM per parameter and for dx."""
+        self._check_propagate_down(propagate_down)
+        from ..gpu.kernels import launch
+        cp = _cupy()
+        T, N, H = self.T, self.N, self.H
+        b = self._gpu_buffers(cp)
+        G, Cs, Hc, cont, dG = b['G'], b['Cs'], b['Hc'], b['cont'], b['dG']
+        dh, dh_next, dc, dc_prev = b['dh'], b['dh_next'], b['dc'], b['dc_prev']
+        W_hc = self.blobs[-1].gpu_data
+        dtop = top[0].gpu_diff
+        dc.fill(0)                      # dc_T = 0 (the c_T top diff is ignored)
+        dh_next.fill(0)
+        for t in range(T - 1, -1, -1):
+            cp.add(dtop[t], dh_next, out=dh)
+            launch('lstm_unit', 'lstm_unit_backward', N * H,
+                   (N * H, H, Cs[t], G[t], Cs[t + 1], cont[t], dc, dh, dc_prev, dG[t]))
+            dc, dc_prev = dc_prev, dc
+            if t > 0:
+                cp.matmul(dG[t], W_hc, out=dh_next)
+                dh_next *= cont[t][:, None]
+        dG2 = dG.reshape(T * N, 4 * H)
+        x2 = bottom[0].gpu_data.reshape(T * N, self.D)
+        for blob, rhs in ((self.blobs[0], x2), (self.blobs[-1], Hc.reshape(T * N, H))):
+            d = blob.gpu_diff
+            d += cp.matmul(dG2.T, rhs)
+        db = self.blobs[1].gpu_diff
+        db += dG2.sum(axis=0)
+        cp.matmul(dG2, self.blobs[0].gpu_data, out=bottom[0].gpu_diff.reshape(T * N, self.D))
+        if self.static_input:
+            dGs = dG.sum(axis=0)
+            dWs = self.blobs[2].gpu_diff
+            dWs += cp.matmul(dGs.T, bottom[2].gpu_data.reshape(N, self.Ds))
+            cp.matmul(dGs, self.blobs[2].gpu_data, out=bottom[2].gpu_diff.reshape(N, self.Ds))
+
 
 @register_layer('RNN')
 class RNNLayer(_RecurrentLayer):
@@ -492,6 +618,90 @@ class RNNLayer(_RecurrentLayer):
             self.blobs[2].diff += np.matmul(dAs.T, xs2)
             np.matmul(dAs, self.blobs[2].data, out=bottom[2].diff.reshape(N, self.Ds))
 
+    # ---- GPU ------------------------------------------------------------------
+    def _gpu_alloc(self, cp, T, N):
+        H = self.H
+        def e(*shape):
+            return cp.empty(shape, dtype=_f)
+        return dict(Hs=e(T + 1, N, H), Hc=e(T, N, H), A=e(T, N, H), O=e(T, N, H),
+                    cont=e(T, N), tmp=e(N, H), dh_next=e(N, H))
+
+    def forward_gpu(self, bottom, top):
+        """forward on the device: input and output transforms as single GEMMs,
+        the recurrence one GEMM and tanh per step."""
+        cp = _cupy()
+        T, N, H = self.T, self.N, self.H
+        s = 3 if self.static_input else 2
+        b = self._gpu_buffers(cp)
+        Hs, Hc, A, O, tmp, cont = b['Hs'], b['Hc'], b['A'], b['O'], b['tmp'], b['cont']
+        W_xh, b_h = self.blobs[0].gpu_data, self.blobs[1].gpu_data
+        W_hh, W_ho, b_o = (self.blobs[s].gpu_data, self.blobs[s + 1].gpu_data,
+                           self.blobs[s + 2].gpu_data)
+        A2 = A.reshape(T * N, H)
+        cp.matmul(bottom[0].gpu_data.reshape(T * N, self.D), W_xh.T, out=A2)
+        A2 += b_h
+        if self.static_input:
+            A += cp.matmul(bottom[2].gpu_data.reshape(N, self.Ds), self.blobs[2].gpu_data.T)
+        cont[...] = bottom[1].gpu_data
+        Hs[0] = self._gpu_initial_state(bottom, 0)
+        W_hhT = W_hh.T
+        for t in range(T):
+            cp.multiply(Hs[t], cont[t][:, None], out=Hc[t])
+            cp.matmul(Hc[t], W_hhT, out=tmp)
+            cp.add(A[t], tmp, out=tmp)
+            cp.tanh(tmp, out=Hs[t + 1])
+        O2 = O.reshape(T * N, H)
+        cp.matmul(Hs[1:].reshape(T * N, H), W_ho.T, out=O2)
+        O2 += b_o
+        cp.tanh(O2, out=O2)
+        top[0].gpu_data[...] = O
+        if self.expose_hidden:
+            top[1].gpu_data[...] = Hs[T]
+        else:
+            self._gpu_save_state(0, Hs[T])
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        self._check_propagate_down(propagate_down)
+        cp = _cupy()
+        T, N, H = self.T, self.N, self.H
+        s = 3 if self.static_input else 2
+        b = self._gpu_buffers(cp)
+        Hs, Hc, O, cont, dh_next = b['Hs'], b['Hc'], b['O'], b['cont'], b['dh_next']
+        W_hh, W_ho = self.blobs[s].gpu_data, self.blobs[s + 1].gpu_data
+        dZ = cp.multiply(O, O)
+        cp.subtract(_f(1), dZ, out=dZ)
+        dZ *= top[0].gpu_diff
+        dZ2 = dZ.reshape(T * N, H)
+        H2 = Hs[1:].reshape(T * N, H)
+        dW_ho, db_o = self.blobs[s + 1].gpu_diff, self.blobs[s + 2].gpu_diff
+        dW_ho += cp.matmul(dZ2.T, H2)
+        db_o += dZ2.sum(axis=0)
+        dHo = cp.matmul(dZ2, W_ho).reshape(T, N, H)
+        dA = b['A']                                   # reuse: da_t
+        dh_next.fill(0)
+        for t in range(T - 1, -1, -1):
+            d = dA[t]
+            cp.add(dHo[t], dh_next, out=d)
+            h = Hs[t + 1]
+            cp.multiply(h, h, out=dh_next)
+            cp.subtract(_f(1), dh_next, out=dh_next)
+            d *= dh_next
+            if t > 0:
+                cp.matmul(d, W_hh, out=dh_next)
+                dh_next *= cont[t][:, None]
+        dA2 = dA.reshape(T * N, H)
+        x2 = bottom[0].gpu_data.reshape(T * N, self.D)
+        dW_xh, db_h, dW_hh = self.blobs[0].gpu_diff, self.blobs[1].gpu_diff, self.blobs[s].gpu_diff
+        dW_xh += cp.matmul(dA2.T, x2)
+        db_h += dA2.sum(axis=0)
+        dW_hh += cp.matmul(dA2.T, Hc.reshape(T * N, H))
+        cp.matmul(dA2, self.blobs[0].gpu_data, out=bottom[0].gpu_diff.reshape(T * N, self.D))
+        if self.static_input:
+            dAs = dA.sum(axis=0)
+            dWs = self.blobs[2].gpu_diff
+            dWs += cp.matmul(dAs.T, bottom[2].gpu_data.reshape(N, self.Ds))
+            cp.matmul(dAs, self.blobs[2].gpu_data, out=bottom[2].gpu_diff.reshape(N, self.Ds))
+
 
 @register_layer('LSTMUnit')
 class LSTMUnitLayer(Layer):
@@ -564,3 +774,23 @@ class LSTMUnitLayer(Layer):
         dX[:, 2 * H:3 * H] = dh * tc * o * (1 - o)
         dX[:, 3 * H:] = dc * i * (1 - g * g)
         bottom[0].diff[0] = dc * f
+
+    # ---- GPU: kernels/lstm_unit.cu (Caffe's lstm_unit_layer.cu) ----------------
+    def forward_gpu(self, bottom, top):
+        from ..gpu.kernels import launch
+        N, H = bottom[0].shape[1], self.H
+        launch('lstm_unit', 'lstm_unit_forward', N * H,
+               (N * H, H, bottom[0].gpu_data, bottom[1].gpu_data, bottom[2].gpu_data,
+                top[0].gpu_data, top[1].gpu_data))
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if len(propagate_down) > 2 and propagate_down[2]:
+            raise self.error('cannot backpropagate to sequence indicators (bottom[2], cont)')
+        if not (propagate_down[0] or propagate_down[1]):
+            return
+        from ..gpu.kernels import launch
+        N, H = bottom[0].shape[1], self.H
+        launch('lstm_unit', 'lstm_unit_backward', N * H,
+               (N * H, H, bottom[0].gpu_data, bottom[1].gpu_data, top[0].gpu_data,
+                bottom[2].gpu_data, top[0].gpu_diff, top[1].gpu_diff,
+                bottom[0].gpu_diff, bottom[1].gpu_diff))
