@@ -23,11 +23,18 @@ threshold's scale, i.e. |computed - estimate| / max(|computed|, |estimate|, 1).
 data (or shapes, filled with N(0, 1) values as Caffe's tests do);
 ``check_gradient_net`` checks the layers of a whole Net (the ``minicaffe
 gradcheck`` command).
+
+Layers run through :func:`minicaffe.mode.run_forward` / ``run_backward``, so in
+GPU mode (``minicaffe gradcheck --gpu 0``) the device code (forward_gpu /
+backward_gpu) is what gets checked.  Perturbations are written to the host copy
+through ``blob.data`` each time, which makes the blob's device copy stale, so the
+next device forward sees them.
 """
 import collections
 
 import numpy as np
 
+from . import mode as _mode
 from . import rng as _rng
 from .blob import DTYPE, Blob
 from .errors import MinicaffeError, NetDefinitionError
@@ -171,24 +178,25 @@ class GradientChecker(object):
             blob.diff[...] = 0
         self._forward(layer, bottom, top)
         self._objective(top, top_id, top_data_id)
-        layer.backward(top, propagate_down, bottom)
+        _mode.run_backward(layer, top, propagate_down, bottom)
         computed = [blob.diff.copy() for _, blob in targets]
         for (label, blob), grad in zip(targets, computed):
             stats = self.stats.setdefault(label, _BlobStats())
-            flat = blob.data.reshape(-1)
             for feat in range(blob.count):
                 estimate = 0.0
                 if not element_wise or feat == top_data_id:
-                    original = flat[feat]
-                    flat[feat] = original + DTYPE(self.stepsize)
+                    # blob.data on every write: it makes the host copy current (a
+                    # device forward then copies the perturbed values over).
+                    original = _flat(blob)[feat]
+                    _flat(blob)[feat] = original + DTYPE(self.stepsize)
                     self._forward(layer, bottom, top)
                     positive = self._objective(top, top_id, top_data_id)
-                    flat[feat] = original - DTYPE(self.stepsize)
+                    _flat(blob)[feat] = original - DTYPE(self.stepsize)
                     self._forward(layer, bottom, top)
                     negative = self._objective(top, top_id, top_data_id)
-                    flat[feat] = original
+                    _flat(blob)[feat] = original
                     estimate = (positive - negative) / self.stepsize / 2.0
-                value = float(flat[feat])
+                value = float(_flat(blob)[feat])
                 if self.kink - self.kink_range <= abs(value) <= self.kink + self.kink_range:
                     continue
                 c = float(grad.reshape(-1)[feat])
@@ -314,7 +322,7 @@ class GradientChecker(object):
     def _forward(self, layer, bottom, top):
         _rng.set_random_seed(self.seed)
         layer.reshape(bottom, top)
-        layer.forward(bottom, top)
+        _mode.run_forward(layer, bottom, top)
 
     @staticmethod
     def _objective(top, top_id, top_data_id):
@@ -330,6 +338,11 @@ class GradientChecker(object):
         weight = 2.0
         top[top_id].diff.reshape(-1)[top_data_id] = weight
         return float(top[top_id].data.reshape(-1)[top_data_id]) * weight
+
+
+def _flat(blob):
+    """The blob's host data, flat (a fresh access, so the host copy is the current one)."""
+    return blob.data.reshape(-1)
 
 
 class _Sampled(object):

@@ -21,11 +21,17 @@ Report (stdout), Caffe's lines without the glog prefix::
 
 Input blobs keep whatever the net holds (zeros, as in Caffe, where Input
 layers leave their tops untouched); data layers read their sources as usual.
+
+In GPU mode (``--gpu``) layers run their device code (mode.run_forward /
+run_backward) and every timed section starts and ends with
+:func:`minicaffe.mode.synchronize`, so the times are of finished device work,
+as Caffe's CUDA-event timer measures them (kernel launches are asynchronous).
 """
 import collections
 import logging
 import time
 
+from . import mode as _mode
 from .errors import MinicaffeError
 
 log = logging.getLogger('minicaffe')
@@ -71,7 +77,7 @@ def time_net(net, iterations=50, log_iteration=None):
             continue
         try:
             saved = [b.diff.copy() for b in layer.blobs]
-            layer.backward(tops[i], need[i], bottoms[i])
+            _mode.run_backward(layer, tops[i], need[i], bottoms[i])
             for b, d in zip(layer.blobs, saved):
                 b.diff[...] = d
             callable_backward.append(True)
@@ -81,7 +87,12 @@ def time_net(net, iterations=50, log_iteration=None):
     fwd_layer = [0.0] * n
     bwd_layer = [0.0] * n
     forward_time = backward_time = 0.0
-    clock = time.perf_counter
+    sync = _mode.synchronize        # waits for the device in GPU mode; nothing on the CPU
+
+    def clock():
+        sync()
+        return time.perf_counter()
+
     log.info('*** Benchmark begins ***')
     log.info('Testing for %d iterations.', iterations)
     total_start = clock()
@@ -97,7 +108,7 @@ def time_net(net, iterations=50, log_iteration=None):
         for i in range(n - 1, -1, -1):
             t0 = clock()
             if callable_backward[i]:
-                layers[i].backward(tops[i], need[i], bottoms[i])
+                _mode.run_backward(layers[i], tops[i], need[i], bottoms[i])
             bwd_layer[i] += clock() - t0
         backward_time += clock() - backward_start
         iter_ms = (clock() - iter_start) * 1000.0
@@ -153,7 +164,8 @@ def add_arguments(p):
                    help='net state stage (repeatable, or comma-separated)')
     p.add_argument('--weights', default=None,
                    help='optional comma-separated .caffemodel/.h5 weights to load first')
-    p.add_argument('--gpu', default=None, help='GPU id (needs the CuPy backend)')
+    p.add_argument('--gpu', default=None,
+                   help='time on this GPU (an id; needs the CuPy backend); CPU when omitted')
 
 
 def split_stages(stages):
@@ -165,9 +177,8 @@ def split_stages(stages):
 
 def run(args, out=print):
     if args.gpu is not None:
-        from . import mode
-        mode.set_mode_gpu()
-        mode.set_device(int(str(args.gpu).split(',')[0]))
+        from .training import use_gpu
+        use_gpu(args.gpu)
     net = build_net(args.model, args.phase, args.level, split_stages(args.stage), args.weights)
     result = time_net(net, args.iterations)
     for line in format_report(result):

@@ -55,6 +55,30 @@ def add_test_arguments(p):
     p.add_argument('--gpu', default=None)
 
 
+def use_gpu(flag):
+    """GPU mode on the device a ``--gpu`` value names: an id, a comma-separated
+    list (Caffe trains on all of them; minicaffe uses the first) or ``all``
+    (device 0).  Returns the device id."""
+    text = str(flag).strip()
+    if text.lower() == 'all':
+        ids = [0]
+    else:
+        try:
+            ids = [int(x) for x in text.split(',') if x.strip()]
+        except ValueError:
+            ids = []
+        if not ids or any(i < 0 for i in ids):
+            raise MinicaffeError('--gpu: expected a device id, a comma-separated list of ids or'
+                                 ' "all", got "%s"' % flag)
+    if len(ids) > 1:
+        log.warning('--gpu %s: minicaffe runs on one device; using GPU %d', flag, ids[0])
+    from . import mode
+    mode.set_device(ids[0])
+    mode.set_mode_gpu()
+    log.info('Use GPU with device ID %d', ids[0])
+    return ids[0]
+
+
 class SignalActions(object):
     """Turns SIGINT/SIGHUP into solver actions checked after each update."""
 
@@ -232,8 +256,7 @@ def run_train(args):
     if args.snapshot and args.snapshot != 'auto' and not os.path.exists(args.snapshot):
         raise MinicaffeError('--snapshot: solver state %s does not exist' % args.snapshot)
     if args.gpu is not None:
-        from . import mode
-        mode.set_mode_gpu()
+        use_gpu(args.gpu)
     else:
         log.info('Use CPU.')
     t0 = time.time()
@@ -308,8 +331,7 @@ def _is_tty(stream):
 def run_test(args):
     from .net import Net, TRAIN, TEST
     if args.gpu is not None:
-        from . import mode
-        mode.set_mode_gpu()
+        use_gpu(args.gpu)
     if args.iterations < 1:
         raise MinicaffeError('--iterations must be at least 1 (got %d)' % args.iterations)
     phase = TRAIN if args.phase == 'TRAIN' else TEST

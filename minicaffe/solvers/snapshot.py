@@ -6,6 +6,9 @@ current_step).  HDF5: ``.caffemodel.h5`` and ``.solverstate.h5`` with
 datasets ``iter``, ``learned_net``, ``current_step`` and group ``history``
 holding ``0``, ``1``, ….  Every file goes to a temporary name first and is
 renamed into place, so a crash mid-snapshot leaves the previous one intact.
+
+History on the device (GPU mode) is copied to the host for writing; a restore
+reads it on the host and, in GPU mode, puts it back on the device.
 """
 import glob
 import os
@@ -43,7 +46,7 @@ def snapshot(solver):
         state = filename(solver, '.solverstate')
         solver.log('Snapshotting solver state to binary proto file %s' % state)
         msg = pb.SolverState(iter=solver.iter, learned_net=model, current_step=solver.current_step)
-        for h in solver.history:
+        for h in solver.host_history():
             protoio.blob_to_proto(h, msg.history.add())
         protoio.write_binary_atomic(state, msg)
     return model, state
@@ -57,7 +60,7 @@ def _write_state_hdf5(solver, path, model):
             _save_string(f, 'learned_net', model)
             f.create_dataset('current_step', data=np.array([solver.current_step], np.int32))
             g = f.create_group('history')
-            for i, h in enumerate(solver.history):
+            for i, h in enumerate(solver.host_history()):
                 g.create_dataset(str(i), data=h)
         with open(tmp, 'rb+') as fh:        # on disk before it takes the final name
             os.fsync(fh.fileno())
@@ -123,7 +126,13 @@ def restore(solver, path):
         if src.size != dst.size:
             raise WeightsError('%s: history blob %d has %d values, expected %d (shape %s)'
                                % (path, i, src.size, dst.size, dst.shape))
+    # Into host arrays first (all checked above, so a bad file changes nothing),
+    # then onto the device when the mode is GPU.
+    host = solver.host_history()
+    for dst, src in zip(host, hist):
         dst[...] = src.reshape(dst.shape)
+    solver.history = host
+    solver._place_history()
     solver.iter = it
     solver.current_step = step
     solver.log('Restored solver state from %s (iteration %d)' % (path, it))

@@ -9,6 +9,13 @@ order is Caffe's (solver.cpp / sgd_solver.cpp):
     display → lr for this iter → clip (global L2 norm) → per param:
     diff /= iter_size, weight decay (L2 or L1), update rule → w -= diff →
     iter += 1 → snapshot (every `snapshot` iters, or on request)
+
+In GPU mode (minicaffe.mode) the update runs on the device: clipping,
+regularization, the update rule and w -= Δ use the params' ``gpu_diff`` /
+``gpu_data`` and the history is a list of CuPy arrays; in CPU mode the same
+code runs on NumPy arrays.  The history follows the mode: it moves to the
+device (or back) at the next update after a mode switch, snapshots copy it to
+the host and a restore in GPU mode puts it on the device.
 """
 import logging
 import os
@@ -16,12 +23,13 @@ import time
 
 import numpy as np
 
+from .. import mode as _mode
 from .. import protoio
 from ..errors import MinicaffeError
 from ..net import Net, TRAIN, TEST
 from ..protoio import pb
 from . import lr_policy, snapshot as snap
-from .updates import RULES
+from .updates import RULES, array_module
 
 log = logging.getLogger('minicaffe')
 
@@ -115,8 +123,7 @@ class Solver(object):
         self._init_test_nets()
         self.n_params = len(self.net.learnable_params)
         self.update_rule, sets = RULES[self.type]
-        self.history = [np.zeros(b.shape, np.float32)
-                        for _ in range(sets) for b in self.net.learnable_params]
+        self.history = _zero_history(self.net, sets)
         self.metrics = None
 
     def log(self, msg):
@@ -350,48 +357,88 @@ class Solver(object):
         return lr_policy.learning_rate(self)
 
     def apply_update(self, display=False):
+        """Caffe's ApplyUpdate: clip, then per param normalize, regularize and
+        compute the step, then w -= Δ.  On the device in GPU mode (gpu_diff,
+        gpu_data, device history), on the host otherwise; same formulas."""
         p = self.param
         rate = self.learning_rate()
         if display:
             self.log('Iteration %d, lr = %g' % (self.iter, rate))
         params = self.net.learnable_params
+        gpu = _mode.is_gpu()
+        self._place_history(gpu)
         self._clip_gradients(params)
         iter_size = max(1, p.iter_size)
         for i, blob in enumerate(params):
-            g = blob.diff
+            g = blob.gpu_diff if gpu else blob.diff
             if iter_size > 1:
                 g *= np.float32(1.0 / iter_size)
             self._regularize(i, blob)
             self.update_rule(self, i, g, np.float32(rate) * np.float32(self.net.params_lr[i]))
         for blob in params:
-            blob.data -= blob.diff
+            if gpu:
+                data = blob.gpu_data        # (gpu_data has no setter: in place on the array)
+                data -= blob.gpu_diff
+            else:
+                blob.data -= blob.diff
         return rate
 
     def _clip_gradients(self, params):
         clip = self.param.clip_gradients
         if clip < 0:
             return
-        sumsq = sum(float(np.dot(b.diff.ravel(), b.diff.ravel())) for b in params)
+        gpu = _mode.is_gpu()
+        sumsq = 0
+        for b in params:
+            d = (b.gpu_diff if gpu else b.diff).ravel()
+            sumsq += float(array_module(d).dot(d, d))
         norm = np.sqrt(sumsq)
         if norm > clip:
             scale = clip / norm
             self.log('Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale factor %g'
                      % (norm, clip, scale))
             for b in params:
-                b.diff *= np.float32(scale)
+                if gpu:
+                    diff = b.gpu_diff
+                    diff *= np.float32(scale)
+                else:
+                    b.diff *= np.float32(scale)
 
     def _regularize(self, i, blob):
         p = self.param
         decay = np.float32(p.weight_decay) * np.float32(self.net.params_weight_decay[i])
         if not decay:
             return
+        if _mode.is_gpu():
+            diff, data = blob.gpu_diff, blob.gpu_data
+        else:
+            diff, data = blob.diff, blob.data
         kind = p.regularization_type
         if kind == 'L2':
-            blob.diff += decay * blob.data
+            diff += decay * data
         elif kind == 'L1':
-            blob.diff += decay * np.sign(blob.data)
+            diff += decay * array_module(data).sign(data)
         else:
             raise MinicaffeError('%s: unknown regularization_type "%s" (L1 or L2)' % (self.source, kind))
+
+    # ------------------------------------------------------------ history placement
+    def _place_history(self, gpu=None):
+        """Put the history on the side the mode computes on: CuPy arrays in GPU
+        mode, NumPy arrays in CPU mode (a no-op unless the mode changed)."""
+        gpu = _mode.is_gpu() if gpu is None else gpu
+        if gpu:
+            if any(type(h) is np.ndarray for h in self.history):
+                from ..gpu.backend import cupy_module
+                cp = cupy_module()
+                self.history = [cp.asarray(h) if type(h) is np.ndarray else h
+                                for h in self.history]
+        elif any(type(h) is not np.ndarray for h in self.history):
+            self.history = [h if type(h) is np.ndarray else _to_host(h) for h in self.history]
+
+    def host_history(self):
+        """The history as host NumPy arrays (copies of device arrays; the arrays
+        themselves in CPU mode) -- what snapshots write."""
+        return [h if type(h) is np.ndarray else _to_host(h) for h in self.history]
 
     # ------------------------------------------------------------ testing
     def test_all(self):
@@ -443,6 +490,21 @@ class Solver(object):
         snap.restore(self, os.fspath(path))
 
 
+def _zero_history(net, sets):
+    """``sets`` zero arrays per learnable param (on the device in GPU mode)."""
+    history = [np.zeros(b.shape, np.float32) for _ in range(sets) for b in net.learnable_params]
+    if _mode.is_gpu():
+        from ..gpu.backend import cupy_module
+        cp = cupy_module()
+        history = [cp.asarray(h) for h in history]
+    return history
+
+
+def _to_host(a):
+    """A device array's values as a new host float32 array."""
+    return np.asarray(a.get(), np.float32)
+
+
 def _typed(type_name):
     class _Typed(Solver):
         def __init__(self, param_or_path, **kw):
@@ -451,8 +513,7 @@ def _typed(type_name):
                 # pycaffe's XSolver(path) trains with X whatever the file says.
                 self.type = type_name
                 self.update_rule, sets = RULES[type_name]
-                self.history = [np.zeros(b.shape, np.float32)
-                                for _ in range(sets) for b in self.net.learnable_params]
+                self.history = _zero_history(self.net, sets)
     _Typed.__name__ = _Typed.__qualname__ = type_name + 'Solver'
     return _Typed
 

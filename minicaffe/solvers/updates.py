@@ -14,12 +14,26 @@ AdaDelta  G ← ρG + (1−ρ)g²  (ρ = momentum); u = g √((D+δ)/(G+δ));
           D ← ρD + (1−ρ)u²;                  Δ = α u
 Adam      m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²  (β1 = momentum, β2 = momentum2)
           Δ = α √(1−β2ᵗ)/(1−β1ᵗ) · m / (√v + δ),  t = iter + 1
+
+The same code runs on host (NumPy) and device (CuPy) arrays: ``g`` and the
+history live on one side (the solver moves its history to the side its mode
+uses), :func:`array_module` picks the module, and the constants are float32
+scalars, so CuPy never sees a host array.  On the host the operations are
+exactly NumPy's (results bit-identical to Caffe's CPU solver).
 """
 import math
 
 import numpy as np
 
 F32 = np.float32
+
+
+def array_module(a):
+    """NumPy for a host array, else CuPy's get_array_module (no CuPy import on the CPU path)."""
+    if type(a) is np.ndarray:
+        return np
+    from ..gpu.backend import cupy_module
+    return cupy_module().get_array_module(a)
 
 
 def sgd(solver, i, g, rate):
@@ -41,14 +55,14 @@ def nesterov(solver, i, g, rate):
 def adagrad(solver, i, g, rate):
     h = solver.history[i]
     h += g * g
-    g[...] = F32(rate) * (g / (np.sqrt(h) + F32(solver.param.delta)))
+    g[...] = F32(rate) * (g / (array_module(g).sqrt(h) + F32(solver.param.delta)))
 
 
 def rmsprop(solver, i, g, rate):
     h = solver.history[i]
     rho = F32(solver.param.rms_decay)
     h[...] = (F32(1) - rho) * (g * g) + rho * h
-    g[...] = F32(rate) * (g / (np.sqrt(h) + F32(solver.param.delta)))
+    g[...] = F32(rate) * (g / (array_module(g).sqrt(h) + F32(solver.param.delta)))
 
 
 def adadelta(solver, i, g, rate):
@@ -56,7 +70,7 @@ def adadelta(solver, i, g, rate):
     grad_hist, upd_hist = solver.history[i], solver.history[i + n]
     rho, delta = F32(solver.param.momentum), F32(solver.param.delta)
     grad_hist[...] = (F32(1) - rho) * (g * g) + rho * grad_hist
-    g *= np.sqrt((delta + upd_hist) / (delta + grad_hist))
+    g *= array_module(g).sqrt((delta + upd_hist) / (delta + grad_hist))
     upd_hist[...] = (F32(1) - rho) * (g * g) + rho * upd_hist
     g *= F32(rate)
 
@@ -69,7 +83,7 @@ def adam(solver, i, g, rate):
     correction = math.sqrt(1.0 - math.pow(float(b2), t)) / (1.0 - math.pow(float(b1), t))
     m[...] = (F32(1) - b1) * g + b1 * m
     v[...] = (F32(1) - b2) * (g * g) + b2 * v
-    g[...] = F32(rate * correction) * (m / (np.sqrt(v) + F32(solver.param.delta)))
+    g[...] = F32(rate * correction) * (m / (array_module(g).sqrt(v) + F32(solver.param.delta)))
 
 
 # type name -> (update function, history sets per param)
