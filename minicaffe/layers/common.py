@@ -2,6 +2,10 @@
 
 All three view their input as a matrix: the axes before ``axis`` are rows
 (M = count(0, axis)), the rest are columns (K = count(axis)), as Caffe does.
+
+GPU mode: each layer has forward_gpu/backward_gpu on the blobs' device arrays
+(CuPy): InnerProduct with device matrix products, Embed and Softmax with the
+kernels in gpu/kernels/embed.cu and softmax.cu.
 """
 import numpy as np
 
@@ -99,6 +103,36 @@ class InnerProductLayer(Layer):
         if propagate_down[0]:
             np.dot(dy, self._weight_nk(), out=bottom[0].diff.reshape(self.M, self.K))
 
+    # -- GPU: the same products on the device (cuBLAS through CuPy) ----------------
+    def _gpu_weight_nk(self):
+        w = self.blobs[0].gpu_data
+        return w.T if self.transpose else w
+
+    def forward_gpu(self, bottom, top):
+        """Y = X W^T (+ b) with device matrices."""
+        from ..gpu.backend import cupy_module
+        cp = cupy_module()
+        x = bottom[0].gpu_data.reshape(self.M, self.K)
+        y = top[0].gpu_data.reshape(self.M, self.num_output)
+        cp.matmul(x, self._gpu_weight_nk().T, out=y)
+        if self.bias_term:
+            y += self.blobs[1].gpu_data
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """dW += dY^T X (transpose: X^T dY), db += column sums of dY, dX = dY W."""
+        from ..gpu.backend import cupy_module
+        cp = cupy_module()
+        dy = top[0].gpu_diff.reshape(self.M, self.num_output)
+        if self.param_propagate_down[0]:
+            x = bottom[0].gpu_data.reshape(self.M, self.K)
+            dW = self.blobs[0].gpu_diff
+            dW += cp.matmul(x.T, dy) if self.transpose else cp.matmul(dy.T, x)
+        if self.bias_term and self.param_propagate_down[1]:
+            db = self.blobs[1].gpu_diff
+            db += dy.sum(axis=0)
+        if propagate_down[0]:
+            cp.matmul(dy, self._gpu_weight_nk(), out=bottom[0].gpu_diff.reshape(self.M, self.K))
+
 
 @register_layer('Embed')
 class EmbedLayer(Layer):
@@ -160,12 +194,54 @@ class EmbedLayer(Layer):
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)
 
+    # -- GPU: kernels/embed.cu (same out-of-range rule as above) -------------------
+    def forward_gpu(self, bottom, top):
+        """One thread per output value gathers its weight row entry (0 for an
+        out-of-range index), then the bias is added."""
+        from ..gpu.kernels import launch
+        x = bottom[0].gpu_data
+        y = top[0].gpu_data.reshape(-1, self.num_output)
+        launch('embed', 'embed_forward', y.size,
+               (y.size, x, self.blobs[0].gpu_data, self.input_dim, self.num_output, y))
+        if self.bias_term:
+            y += self.blobs[1].gpu_data
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """dW rows accumulate with atomicAdd (repeated indices add up); db += sum dy."""
+        self.check(not propagate_down[0], 'Embed cannot backpropagate to its index input')
+        from ..gpu.kernels import launch
+        dy = top[0].gpu_diff.reshape(-1, self.num_output)
+        if self.param_propagate_down[0]:
+            launch('embed', 'embed_backward', dy.size,
+                   (dy.size, bottom[0].gpu_data, dy, self.input_dim, self.num_output,
+                    self.blobs[0].gpu_diff))
+        if self.bias_term and self.param_propagate_down[1]:
+            db = self.blobs[1].gpu_diff
+            db += dy.sum(axis=0)
+
 
 def softmax(x, axis):
     """Max-subtracted softmax of ``x`` along ``axis`` (float32, as Caffe computes it)."""
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     e /= e.sum(axis=axis, keepdims=True)
     return e
+
+
+def softmax_gpu(cp, x, y, copy=True):
+    """Softmax over axis 1 of the device array x of shape (outer, C, inner) into y
+    (same shape; ``copy=False`` when y already holds x, in place), with Caffe's
+    kernels: channel max, subtract and exp, channel sum, divide."""
+    from ..gpu.kernels import launch
+    outer, channels, inner = x.shape
+    n = outer * inner
+    if copy:
+        y[...] = x
+    scale = cp.empty(n, dtype=np.float32)
+    args = (outer, channels, inner)
+    launch('softmax', 'channel_max', n, (n,) + args + (y, scale))
+    launch('softmax', 'channel_subtract_exp', y.size, (y.size,) + args + (scale, y))
+    launch('softmax', 'channel_sum', n, (n,) + args + (y, scale))
+    launch('softmax', 'channel_div', y.size, (y.size,) + args + (scale, y))
 
 
 @register_layer('Softmax')
@@ -192,4 +268,32 @@ class SoftmaxLayer(Layer):
         y, dy = top[0].data, top[0].diff
         dot = (dy * y).sum(axis=self.axis, keepdims=True)
         bottom[0].diff[...] = (dy - dot) * y
+
+    # -- GPU: kernels/softmax.cu on the (outer, C, inner) view ------------------------
+    def _dims(self, blob):
+        s = blob.shape
+        return blob.count_range(0, self.axis), s[self.axis], blob.count_range(self.axis + 1)
+
+    def forward_gpu(self, bottom, top):
+        """As forward, in Caffe's kernel steps (in place works: y is written from x)."""
+        from ..gpu.backend import cupy_module
+        dims = self._dims(bottom[0])
+        softmax_gpu(cupy_module(), bottom[0].gpu_data.reshape(dims),
+                    top[0].gpu_data.reshape(dims), copy=top[0] is not bottom[0])
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """dx = (dy - sum_c dy * y) * y; the channel dot runs in a kernel."""
+        if not propagate_down[0]:
+            return
+        from ..gpu.backend import cupy_module
+        from ..gpu.kernels import launch
+        cp = cupy_module()
+        outer, channels, inner = dims = self._dims(top[0])
+        y = top[0].gpu_data.reshape(dims)
+        dy = top[0].gpu_diff.reshape(dims)
+        dot = cp.empty(outer * inner, dtype=np.float32)
+        launch('softmax', 'channel_dot', dot.size, (dot.size, outer, channels, inner, dy, y, dot))
+        dx = bottom[0].gpu_diff.reshape(dims)
+        cp.subtract(dy, dot.reshape(outer, 1, inner), out=dx)
+        dx *= y
 

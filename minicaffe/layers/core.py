@@ -2,7 +2,8 @@
 
 Input   (no bottoms) -> tops shaped by input_param.shape (one shape for all
         tops, or one per top); values are written by the user.
-Split   x -> y_1..y_k, each y_i = x;  backward dx = sum_i dy_i.
+Split   x -> y_1..y_k, each y_i = x;  backward dx = sum_i dy_i (also on the device:
+        forward_gpu/backward_gpu).
 Silence consumes bottoms, produces nothing; backward writes zero diffs.
 """
 import numpy as np
@@ -54,6 +55,22 @@ class SplitLayer(Layer):
         for t in top[1:]:
             acc += t.diff
         bottom[0].diff[...] = acc
+
+    def forward_gpu(self, bottom, top):
+        """Device copies of x into every top that is not x itself."""
+        for t in top:
+            if t is not bottom[0]:
+                t.gpu_data[...] = bottom[0].gpu_data
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """dx = dy_1 + dy_2 + ... on the device, added in the CPU's order."""
+        if not propagate_down[0]:
+            return
+        dx = bottom[0].gpu_diff
+        if top[0] is not bottom[0]:
+            dx[...] = top[0].gpu_diff
+        for t in top[1:]:
+            dx += t.gpu_diff
 
 
 @register_layer('Silence')

@@ -15,6 +15,13 @@ divided by ``max(1, n)``):  FULL n = outer*inner; VALID n = number of
 non-ignored labels; BATCH_SIZE n = outer; NONE n = 1.  The legacy
 ``normalize`` bool is used only when ``normalization`` is not set:
 true -> VALID, false -> BATCH_SIZE.
+
+GPU mode (forward_gpu/backward_gpu): SoftmaxWithLoss (kernels/softmax.cu),
+EuclideanLoss, SigmoidCrossEntropyLoss and Accuracy (forward only) compute on
+the blobs' device arrays.  The Net reads the loss from ``top[0].gpu_data`` and
+seeds ``top[0].gpu_diff`` with the loss weight, so backward_gpu takes the weight
+from the device (no host round trip), scaled as the CPU path scales it.  Labels
+are checked on the device; a bad one raises the same error as on the CPU.
 """
 import numpy as np
 
@@ -46,6 +53,17 @@ def _sigmoid(x):
     """Caffe's SigmoidLayer: 0.5 * tanh(0.5 x) + 0.5."""
     half = DTYPE(0.5)
     return (half * np.tanh(half * x) + half).astype(DTYPE, copy=False)
+
+
+def _cupy():
+    from ..gpu.backend import cupy_module
+    return cupy_module()
+
+
+def _gpu_scale(cp, top, divisor, sign=1.0):
+    """DTYPE(sign * w / divisor) as a 0-d device array, with w the loss weight read
+    from the top's device diff: rounded exactly as the CPU paths round it."""
+    return (top[0].gpu_diff.astype(cp.float64) * sign / divisor).astype(DTYPE)
 
 
 def read_labels(layer, values, num_classes, ignore_label=None, axis_note=''):
@@ -209,6 +227,62 @@ class SoftmaxWithLossLayer(_LossBase):
         if self.count < self.valid.size:
             g *= self.valid[:, None, :]
 
+    # -- GPU: kernels/softmax.cu (Caffe's softmax_loss_layer.cu) -------------------
+    def forward_gpu(self, bottom, top):
+        """Softmax into a device buffer, per-position loss and count in a kernel
+        (count -1 marks a bad label), both summed on the device; one read of the
+        sums to the host for the label check and the VALID normalizer."""
+        from ..gpu.kernels import launch
+        from .common import softmax_gpu
+        cp = _cupy()
+        shape = (self.outer, self.C, self.inner)
+        prob = getattr(self, '_gpu_prob', None)
+        if prob is None or prob.shape != shape:
+            prob = self._gpu_prob = cp.empty(shape, dtype=DTYPE)
+        softmax_gpu(cp, bottom[0].gpu_data.reshape(shape), prob)
+        n = self.outer * self.inner
+        loss = cp.empty(n, dtype=DTYPE)
+        counts = cp.empty(n, dtype=DTYPE)
+        launch('softmax', 'softmax_loss_forward', n,
+               (n, prob, bottom[1].gpu_data, loss, self.C, self.inner, *self._ignore_args(),
+                counts))
+        if n:
+            sums = cp.stack((loss.sum(dtype=cp.float64), counts.sum(dtype=cp.float64),
+                             counts.min().astype(cp.float64))).get()
+        else:
+            sums = (0.0, 0.0, 0.0)
+        if sums[2] < 0:     # a bad label: the CPU check names it
+            read_labels(self, bottom[1].data.reshape(self.outer, self.inner), self.C,
+                        self.ignore_label, ' along softmax axis %d' % self.axis)
+            raise AssertionError('unreachable: read_labels accepts a label the kernel refused')
+        self.count = int(sums[1])
+        norm = self.normalizer(self.normalization, self.outer, self.inner, self.count)
+        top[0].gpu_data.fill(float(sums[0]) / norm)
+        if len(top) == 2:
+            top[1].gpu_data.reshape(shape)[...] = prob
+
+    def _ignore_args(self):
+        if self.ignore_label is None:
+            return 0, 0
+        return 1, int(self.ignore_label)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """dx = (p - onehot(label)) * weight / norm, 0 at ignored positions."""
+        self.refuse_label_backward(propagate_down)
+        if not propagate_down[0]:
+            return
+        from ..gpu.kernels import launch
+        cp = _cupy()
+        shape = (self.outer, self.C, self.inner)
+        dx = bottom[0].gpu_diff.reshape(shape)
+        dx[...] = self._gpu_prob
+        n = self.outer * self.inner
+        counts = cp.empty(n, dtype=DTYPE)
+        launch('softmax', 'softmax_loss_backward', n,
+               (n, bottom[1].gpu_data, dx, self.C, self.inner, *self._ignore_args(), counts))
+        norm = self.normalizer(self.normalization, self.outer, self.inner, self.count)
+        dx *= _gpu_scale(cp, top, norm)
+
 
 # --------------------------------------------------------------------------
 @register_layer('EuclideanLoss')
@@ -243,6 +317,24 @@ class EuclideanLossLayer(_LossBase):
                 sign = 1.0 if i == 0 else -1.0
                 alpha = DTYPE(sign * w / bottom[i].shape[0])
                 bottom[i].diff[...] = (alpha * self.diff).reshape(bottom[i].shape)
+
+    # -- GPU -------------------------------------------------------------------------
+    def forward_gpu(self, bottom, top):
+        """d = a - b kept on the device; loss = d.d (float64) / N / 2 written on the
+        device."""
+        cp = _cupy()
+        self._gpu_diff = cp.subtract(bottom[0].gpu_data.reshape(-1),
+                                     bottom[1].gpu_data.reshape(-1))
+        d64 = self._gpu_diff.astype(cp.float64)
+        top[0].gpu_data[...] = cp.dot(d64, d64) / bottom[0].shape[0] / 2.0
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """da = w / N * d, db = -w / N * d (w = the loss weight on the device)."""
+        cp = _cupy()
+        for i in (0, 1):
+            if propagate_down[i]:
+                alpha = _gpu_scale(cp, top, bottom[i].shape[0], 1.0 if i == 0 else -1.0)
+                cp.multiply(self._gpu_diff, alpha, out=bottom[i].gpu_diff.reshape(-1))
 
 
 # --------------------------------------------------------------------------
@@ -297,6 +389,40 @@ class SigmoidCrossEntropyLossLayer(_LossBase):
             g = np.where(self.valid, g, DTYPE(0))
         scale = DTYPE(_scalar(top[0].diff) / self.norm)
         bottom[0].diff[...] = (g * scale).reshape(bottom[0].shape)
+
+    # -- GPU -------------------------------------------------------------------------
+    def forward_gpu(self, bottom, top):
+        """The CPU formula on device arrays; the sum (float64) and the loss stay on
+        the device, only VALID normalization with an ignore_label reads the count."""
+        cp = _cupy()
+        x = bottom[0].gpu_data.reshape(-1)
+        t = bottom[1].gpu_data.reshape(-1)
+        half = DTYPE(0.5)
+        self._gpu_sig = half * cp.tanh(half * x) + half
+        if self.ignore_label is not None:
+            self._gpu_valid = cp.trunc(t.astype(cp.float64)) != self.ignore_label
+        else:
+            self._gpu_valid = None
+        pos = (x >= 0).astype(DTYPE)
+        terms = x * (t - pos) - cp.log(DTYPE(1) + cp.exp(x - DTYPE(2) * x * pos))
+        if self._gpu_valid is not None:
+            terms = cp.where(self._gpu_valid, terms, DTYPE(0))
+        count = x.size
+        if self._gpu_valid is not None and self.normalization == _NORM.VALID:
+            count = int(self._gpu_valid.sum())
+        self.norm = self.normalizer(self.normalization, self.outer, self.inner, count)
+        top[0].gpu_data[...] = -terms.sum(dtype=cp.float64) / self.norm
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """dx = (sigmoid(x) - t) * w / norm, 0 at ignored positions."""
+        self.refuse_label_backward(propagate_down)
+        if not propagate_down[0]:
+            return
+        cp = _cupy()
+        g = self._gpu_sig - bottom[1].gpu_data.reshape(-1)
+        if self._gpu_valid is not None:
+            g = cp.where(self._gpu_valid, g, DTYPE(0))
+        cp.multiply(g, _gpu_scale(cp, top, self.norm), out=bottom[0].gpu_diff.reshape(-1))
 
 
 # --------------------------------------------------------------------------
@@ -625,3 +751,34 @@ class AccuracyLayer(Layer):
             hits = np.bincount(labels[correct], minlength=self.C)
             per = np.where(nums == 0, 0.0, hits / np.maximum(nums, 1))
             top[1].data[...] = per
+
+    # -- GPU (Caffe's Accuracy has a device forward; there is no backward) ------------
+    def forward_gpu(self, bottom, top):
+        """The CPU rule on device arrays: labels checked on the device (a bad one
+        raises the CPU's error), counts and the accuracy computed there too."""
+        cp = _cupy()
+        s = bottom[0].gpu_data.reshape(self.outer, self.C, self.inner)
+        raw = bottom[1].gpu_data.reshape(self.outer, self.inner)
+        t = cp.trunc(raw.astype(cp.float64))
+        if self.ignore_label is not None:
+            valid = t != self.ignore_label
+        else:
+            valid = cp.ones(t.shape, dtype=bool)
+        if bool((valid & ~((t >= 0) & (t < self.C))).any()):
+            read_labels(self, bottom[1].data.reshape(self.outer, self.inner), self.C,
+                        self.ignore_label, ' along accuracy axis %d' % self.axis)
+            raise AssertionError('unreachable: read_labels accepts a label the device refused')
+        labels = cp.where(valid, t, 0).astype(cp.int64)
+        s_true = cp.take_along_axis(s, labels[:, None, :], axis=1)
+        better = (s >= s_true).sum(axis=1) - 1
+        correct = valid & (better < self.top_k)
+        count = valid.sum()
+        hits = correct.sum().astype(DTYPE).astype(cp.float64)
+        top[0].gpu_data[...] = cp.where(count > 0, hits / cp.maximum(count, 1), 0.0)
+        if len(top) > 1:
+            flat = labels.reshape(-1)
+            nums = cp.bincount(flat, weights=valid.reshape(-1).astype(cp.float64),
+                               minlength=self.C)
+            hits_c = cp.bincount(flat, weights=correct.reshape(-1).astype(cp.float64),
+                                 minlength=self.C)
+            top[1].gpu_data[...] = cp.where(nums == 0, 0.0, hits_c / cp.maximum(nums, 1))

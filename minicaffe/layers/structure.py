@@ -4,6 +4,10 @@ BatchReindex, Parameter.
 
 Flatten and Reshape tops alias their bottom (data and diff), as Caffe's
 ShareData/ShareDiff do; so do single-top Slice and single-bottom Concat.
+
+GPU mode: Concat, Slice and Eltwise have forward_gpu/backward_gpu on the blobs'
+device arrays (Eltwise MAX with kernels/eltwise.cu); the aliasing layers need
+no device code (their forward and backward touch no memory).
 """
 import numpy as np
 
@@ -25,6 +29,17 @@ def _axis(layer, blob, axis, what='axis'):
 
 def _count(shape, start=0, end=None):
     return int(np.prod(shape[start:end], dtype=np.int64))
+
+
+def _cupy():
+    from ..gpu.backend import cupy_module
+    return cupy_module()
+
+
+def _axis_view(arr, axis):
+    """A C-contiguous array viewed as (outer, size of ``axis``, inner)."""
+    s = arr.shape
+    return arr.reshape(_count(s, 0, axis), s[axis], _count(s, axis + 1))
 
 
 def _data_error(layer, msg):
@@ -185,6 +200,29 @@ class ConcatLayer(Layer):
                 b.diff[...] = top[0].diff[tuple(idx)]
             off += n
 
+    def forward_gpu(self, bottom, top):
+        """Each bottom copied into its block of the (outer, axis, inner) top view."""
+        if len(bottom) == 1:
+            return
+        y = _axis_view(top[0].gpu_data, self.axis)
+        off = 0
+        for b in bottom:
+            n = b.shape[self.axis]
+            y[:, off:off + n, :] = _axis_view(b.gpu_data, self.axis)
+            off += n
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """dx_i = its block of dy."""
+        if len(bottom) == 1:
+            return
+        dy = _axis_view(top[0].gpu_diff, self.axis)
+        off = 0
+        for b, p in zip(bottom, propagate_down):
+            n = b.shape[self.axis]
+            if p:
+                _axis_view(b.gpu_diff, self.axis)[...] = dy[:, off:off + n, :]
+            off += n
+
 
 @register_layer('Slice')
 class SliceLayer(Layer):
@@ -260,6 +298,26 @@ class SliceLayer(Layer):
         if len(top) == 1 or not propagate_down[0]:
             return
         np.concatenate([t.diff for t in top], axis=self.axis, out=bottom[0].diff)
+
+    def forward_gpu(self, bottom, top):
+        """y_i = block i of the (outer, axis, inner) bottom view."""
+        if len(top) == 1:
+            return
+        x = _axis_view(bottom[0].gpu_data, self.axis)
+        off = 0
+        for t, n in zip(top, self.sizes):
+            _axis_view(t.gpu_data, self.axis)[...] = x[:, off:off + n, :]
+            off += n
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """dx = the top diffs written back into their blocks."""
+        if len(top) == 1 or not propagate_down[0]:
+            return
+        dx = _axis_view(bottom[0].gpu_diff, self.axis)
+        off = 0
+        for t, n in zip(top, self.sizes):
+            dx[:, off:off + n, :] = _axis_view(t.gpu_diff, self.axis)
+            off += n
 
 
 @register_layer('Eltwise')
@@ -346,6 +404,63 @@ class EltwiseLayer(Layer):
         for b, g in zip(bottom, grads):
             if g is not None:
                 b.diff[...] = g
+
+    # -- GPU ---------------------------------------------------------------------------
+    def forward_gpu(self, bottom, top):
+        """SUM and PROD as the CPU computes them, in the same order, into a fresh
+        array copied to the top (so the top may be a bottom, in place); MAX with the
+        max_forward kernel, which keeps the winning bottom's index in a device mask
+        (ties as on the CPU) and reads each element before writing it."""
+        cp = _cupy()
+        xs = [b.gpu_data for b in bottom]
+        if self.op == pb.EltwiseParameter.MAX:
+            from ..gpu.kernels import launch
+            y = top[0].gpu_data
+            mask = self._gpu_mask = cp.empty(y.shape, dtype=np.int32)
+            launch('eltwise', 'max_forward', y.size, (y.size, xs[0], xs[1], 0, y, mask))
+            for k in range(2, len(xs)):
+                launch('eltwise', 'max_forward', y.size, (y.size, y, xs[k], k - 1, y, mask))
+            return
+        if self.op == pb.EltwiseParameter.PROD:
+            y = xs[0] * xs[1]
+            for x in xs[2:]:
+                y *= x
+        else:
+            y = xs[0] * _f(self.coeffs[0])
+            for c, x in zip(self.coeffs[1:], xs[1:]):
+                y += x * _f(c)
+        top[0].gpu_data[...] = y
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """dx_i per operation (see the class doc); every gradient is computed before
+        any is written, as an in-place bottom 0 shares the top's diff."""
+        cp = _cupy()
+        dy = top[0].gpu_diff
+        grads = []
+        for i, (b, p) in enumerate(zip(bottom, propagate_down)):
+            if not p:
+                grads.append(None)
+                continue
+            if self.op == pb.EltwiseParameter.PROD:
+                if self.stable:
+                    g = None
+                    for j, bj in enumerate(bottom):
+                        if j == i:
+                            continue
+                        g = bj.gpu_data.copy() if g is None else g * bj.gpu_data
+                else:
+                    g = top[0].gpu_data / b.gpu_data
+                g = g * dy
+            elif self.op == pb.EltwiseParameter.SUM:
+                g = dy.copy() if self.coeffs[i] == 1 else dy * _f(self.coeffs[i])
+            else:
+                from ..gpu.kernels import launch
+                g = cp.empty(dy.shape, dtype=_f)
+                launch('eltwise', 'max_backward', g.size, (g.size, dy, i, self._gpu_mask, g))
+            grads.append(g)
+        for b, g in zip(bottom, grads):
+            if g is not None:
+                b.gpu_diff[...] = g
 
 
 @register_layer('Tile')

@@ -4,6 +4,22 @@
 // would read out of bounds); the layer turns that into an error.
 #include "common.cuh"
 
+// A label as Caffe reads it (static_cast<int>, truncating): -2 when it is the
+// ignore_label, -1 when it lies outside [0, channels) (NaN and values beyond the
+// int range included: the float is range-checked before the cast, which would be
+// undefined for them), else the class index.
+DEVICE int read_label(const float raw, const int channels, const int has_ignore_label,
+    const int ignore_label) {
+  if (!(raw >= -2147483648.f && raw < 2147483648.f)) {
+    return -1;
+  }
+  const int v = (int)raw;
+  if (has_ignore_label && v == ignore_label) {
+    return -2;
+  }
+  return (v >= 0 && v < channels) ? v : -1;
+}
+
 KERNEL void channel_max(const int count, const int outer, const int channels,
     const int inner, const float* data, float* out) {
   CUDA_KERNEL_LOOP(index, count) {        // count = outer * inner
@@ -69,11 +85,11 @@ KERNEL void softmax_loss_forward(const int nthreads, const float* prob, const fl
   CUDA_KERNEL_LOOP(index, nthreads) {     // nthreads = outer * inner; summed afterwards
     const int n = (int)(index / inner);
     const int s = (int)(index % inner);
-    const int label_value = (int)label[n * inner + s];
-    if (has_ignore_label && label_value == ignore_label) {
+    const int label_value = read_label(label[index], channels, has_ignore_label, ignore_label);
+    if (label_value == -2) {
       loss[index] = 0;
       counts[index] = 0;
-    } else if (label_value < 0 || label_value >= channels) {
+    } else if (label_value == -1) {
       loss[index] = 0;        // Caffe reads out of bounds here; the layer reports
       counts[index] = -1;     // a count of -1 as a bad label instead
     } else {
@@ -91,13 +107,13 @@ KERNEL void softmax_loss_backward(const int nthreads, const float* label, float*
   CUDA_KERNEL_LOOP(index, nthreads) {
     const int n = (int)(index / inner);
     const int s = (int)(index % inner);
-    const int label_value = (int)label[n * inner + s];
-    if (has_ignore_label && label_value == ignore_label) {
+    const int label_value = read_label(label[index], channels, has_ignore_label, ignore_label);
+    if (label_value == -2) {
       for (int c = 0; c < channels; ++c) {
         bottom_diff[((long long)n * channels + c) * inner + s] = 0;
       }
       counts[index] = 0;
-    } else if (label_value < 0 || label_value >= channels) {
+    } else if (label_value == -1) {
       counts[index] = -1;
     } else {
       bottom_diff[((long long)n * channels + label_value) * inner + s] -= 1;
