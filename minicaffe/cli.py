@@ -148,8 +148,8 @@ def run_gradcheck(args):
     from .gradcheck import GradientChecker
     from .timing import build_net
     if args.gpu is not None:
-        from . import mode
-        mode.set_mode_gpu()
+        from .training import use_gpu
+        use_gpu(args.gpu)
     from .rng import set_random_seed
     set_random_seed(args.seed)          # the fillers' draws: one run checks one set of weights
     net = build_net(args.model, args.phase, args.level, _split_names(args.stage), args.weights)

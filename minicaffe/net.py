@@ -494,8 +494,12 @@ class Net(object):
             layer.reshape(self._bottom(lid), self._top(lid))
 
     def clear_param_diffs(self):
+        on_gpu = _mode.is_gpu()
         for b in self.learnable_params:
-            b.diff[...] = 0
+            if on_gpu:
+                b.gpu_diff.fill(0)      # no device -> host -> device round trip
+            else:
+                b.diff[...] = 0
 
     def _layer_id(self, name):
         try:

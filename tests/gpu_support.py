@@ -40,6 +40,7 @@ def _run(layer_param, bottoms, phase, seed, params, top_diffs, propagate_down):
     if params is not None:
         for blob, value in zip(layer.blobs, params):
             blob.data[...] = value
+    initial_params = [p.data.copy() for p in layer.blobs]   # before forward may update them
     mode.run_forward(layer, bottom, top)
     gen = np.random.default_rng(seed + 1)
     diffs = top_diffs if top_diffs is not None else [gen.standard_normal(t.shape) for t in top]
@@ -55,7 +56,7 @@ def _run(layer_param, bottoms, phase, seed, params, top_diffs, propagate_down):
     out.update({'bottom_diff%d' % i: b.diff.copy() for i, b in enumerate(bottom) if pd[i]})
     out.update({'param_diff%d' % i: p.diff.copy() for i, p in enumerate(layer.blobs)})
     out.update({'param%d' % i: p.data.copy() for i, p in enumerate(layer.blobs)})
-    return layer, out, [np.array(d, np.float32) for d in diffs]
+    return layer, initial_params, out, [np.array(d, np.float32) for d in diffs]
 
 
 def check_gpu_parity(layer_param, bottoms, phase='TRAIN', seed=1701, rtol=1e-4, atol=1e-5,
@@ -65,12 +66,12 @@ def check_gpu_parity(layer_param, bottoms, phase='TRAIN', seed=1701, rtol=1e-4, 
 
     With ``needs_gpu_methods`` the layer class must define forward_gpu (and
     backward_gpu when ``backward``), so a silent CPU fallback cannot pass."""
-    cpu_layer, cpu, diffs = _run(layer_param, bottoms, 'TRAIN' if phase == 'TRAIN' else phase,
+    mode.set_mode_cpu()     # the reference half runs on the CPU even under gpu_check.sh
+    _, params, cpu, diffs = _run(layer_param, bottoms, 'TRAIN' if phase == 'TRAIN' else phase,
                                  seed, None, None, propagate_down if backward else [False] * len(bottoms))
-    params = [p.data.copy() for p in cpu_layer.blobs]
     with gpu_mode():
-        layer, gpu, _ = _run(layer_param, bottoms, phase, seed, params, diffs,
-                             propagate_down if backward else [False] * len(bottoms))
+        layer, _, gpu, _ = _run(layer_param, bottoms, phase, seed, params, diffs,
+                                propagate_down if backward else [False] * len(bottoms))
         if needs_gpu_methods:
             assert getattr(type(layer), 'forward_gpu', None) is not None, \
                 '%s has no forward_gpu' % type(layer).__name__
