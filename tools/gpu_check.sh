@@ -8,7 +8,8 @@
 #    else .[cuda12].
 # 2. The tests in GPU mode on the device (MINICAFFE_TEST_MODE=gpu: tests/conformance.py
 #    and tests/gpu_support.gpu_mode() use the real GPU instead of tests/fake_cupy.py):
-#    every Caffe conformance case (layers, nets, solvers), the CPU/GPU parity tests
+#    every Caffe conformance case (layers and nets via tests/test_gpu_conformance.py,
+#    solvers), the CPU/GPU parity tests
 #    (tests/test_gpu_*.py, including the `gpu`-marked ones that need a device) and
 #    the nvcc kernel build checks.  Tests marked `slow` are left out.
 # 3. benchmarks/bench_gpu.py: minicaffe on the GPU against PyTorch/cuDNN (when installed).
@@ -88,7 +89,7 @@ if [ "$RUN_TESTS" = 1 ]; then
     gpu_tests=(tests/test_gpu_*.py)
     run env MINICAFFE_TEST_MODE=gpu "$PYTHON" -m pytest -q -m 'not slow' \
         -o junit_family=xunit2 --junitxml="$OUT/gpu_tests.xml" \
-        tests/test_conformance_layers.py tests/test_conformance_solvers.py \
+        tests/test_conformance_solvers.py \
         tests/test_cuda_kernels.py "${gpu_tests[@]}" "${EXTRA[@]}"
     status=$?
     if [ "$DRY" = 0 ]; then echo "GPU tests exit status: $status"; fi
