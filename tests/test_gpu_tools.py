@@ -278,7 +278,7 @@ def test_gpu_check_script_dry_run():
     tests, bench_cmd = cmds
     assert 'MINICAFFE_TEST_MODE=gpu' in tests and "-m not slow" in tests
     named = [w for w in tests.split() if w.startswith('tests/')]
-    for f in ('tests/test_conformance_layers.py', 'tests/test_conformance_solvers.py',
+    for f in ('tests/test_gpu_conformance.py', 'tests/test_conformance_solvers.py',
               'tests/test_gpu_solver.py', 'tests/test_gpu_tools.py'):
         assert f in named
     assert all((ROOT / f).is_file() for f in named)
