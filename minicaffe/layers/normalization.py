@@ -111,81 +111,65 @@ class BatchNormLayer(Layer):
         n = a.shape[0] if a.ndim > 1 else a.size
         return a.reshape(n, self.channels, -1)
 
-    def forward(self, bottom, top):
-        x = self._view(bottom[0].data).astype(np.float32, copy=True)
+    # The CPU and GPU paths share the arithmetic below; ``xp`` is numpy or cupy and
+    # ``stats`` the three statistics arrays on the same side.
+    def _normalize(self, xp, x, stats, s_host):
+        """Normalize x (N, C, S; a float32 copy) in place, updating the running
+        statistics in TRAIN; ``s_host()`` reads the scale factor s to the host."""
+        mean_sum, var_sum, s = stats
         if self.use_global_stats:
-            s = self.blobs[2].data[0]
-            factor = np.float32(0 if s == 0 else 1 / s)
-            mean = factor * self.blobs[0].data
-            var = factor * self.blobs[1].data
+            s0 = s_host()
+            factor = np.float32(0 if s0 == 0 else 1 / s0)
+            mean = factor * mean_sum
+            var = factor * var_sum
             x -= mean[None, :, None]
         else:
             m = x.shape[0] * x.shape[2]
             mean = x.sum(axis=(0, 2)) / np.float32(m)
             x -= mean[None, :, None]
             var = (x * x).sum(axis=(0, 2)) / np.float32(m)
-            self.blobs[2].data[...] = self.blobs[2].data * self.maf + 1
+            s[...] = s * self.maf + 1
             correction = np.float32(m / (m - 1.0)) if m > 1 else np.float32(1)
-            self.blobs[0].data[...] = mean + self.maf * self.blobs[0].data
-            self.blobs[1].data[...] = correction * var + self.maf * self.blobs[1].data
-        self.std = np.sqrt(var + np.float32(self.eps)).astype(np.float32)
-        x /= self.std[None, :, None]
-        self.x_norm = x          # kept: a later in-place layer may overwrite top data
-        self._view(top[0].data)[...] = x
+            mean_sum[...] = mean + self.maf * mean_sum
+            var_sum[...] = correction * var + self.maf * var_sum
+        std = xp.sqrt(var + np.float32(self.eps)).astype(np.float32)
+        x /= std[None, :, None]
+        return x, std
+
+    def _normalize_backward(self, dy, x_norm, std):
+        std = std[None, :, None]
+        if self.use_global_stats:
+            return dy / std
+        m = dy.shape[0] * dy.shape[2]
+        sum_dy_y = (dy * x_norm).sum(axis=(0, 2), keepdims=True)
+        sum_dy = dy.sum(axis=(0, 2), keepdims=True)
+        dx = dy - (x_norm * sum_dy_y + sum_dy) / np.float32(m)
+        return dx / std
+
+    def forward(self, bottom, top):
+        x = self._view(bottom[0].data).astype(np.float32, copy=True)
+        # x_norm is kept: a later in-place layer may overwrite top data
+        self.x_norm, self.std = self._normalize(np, x, [b.data for b in self.blobs],
+                                                lambda: self.blobs[2].data[0])
+        self._view(top[0].data)[...] = self.x_norm
 
     def backward(self, top, propagate_down, bottom):
         dy = self._view(top[0].diff).copy()
-        std = self.std[None, :, None]
-        if self.use_global_stats:
-            self._view(bottom[0].diff)[...] = dy / std
-            return
-        y = self.x_norm
-        m = dy.shape[0] * dy.shape[2]
-        sum_dy_y = (dy * y).sum(axis=(0, 2), keepdims=True)
-        sum_dy = dy.sum(axis=(0, 2), keepdims=True)
-        dx = dy - (y * sum_dy_y + sum_dy) / np.float32(m)
-        self._view(bottom[0].diff)[...] = dx / std
+        self._view(bottom[0].diff)[...] = self._normalize_backward(dy, self.x_norm, self.std)
 
-    # -- GPU: the same computation on the device -----------------------------
     def forward_gpu(self, bottom, top):
         """As forward; the statistics blobs are read and updated on the device
         (only the scale factor s travels to the host, as in Caffe's Forward_gpu)."""
         x = self._view(bottom[0].gpu_data).copy()
-        if self.use_global_stats:
-            s = self.blobs[2].gpu_data.get()[0]
-            factor = np.float32(0 if s == 0 else 1 / s)
-            mean = factor * self.blobs[0].gpu_data
-            var = factor * self.blobs[1].gpu_data
-            x -= mean[None, :, None]
-        else:
-            m = x.shape[0] * x.shape[2]
-            mean = x.sum(axis=(0, 2)) / np.float32(m)
-            x -= mean[None, :, None]
-            var = (x * x).sum(axis=(0, 2)) / np.float32(m)
-            s = self.blobs[2].gpu_data
-            s[...] = s * self.maf + 1
-            correction = np.float32(m / (m - 1.0)) if m > 1 else np.float32(1)
-            mean_sum = self.blobs[0].gpu_data
-            mean_sum[...] = mean + self.maf * mean_sum
-            var_sum = self.blobs[1].gpu_data
-            var_sum[...] = correction * var + self.maf * var_sum
-        self._gpu_std = _cupy().sqrt(var + np.float32(self.eps)).astype(np.float32)
-        x /= self._gpu_std[None, :, None]
-        self._gpu_x_norm = x
-        self._view(top[0].gpu_data)[...] = x
+        self._gpu_x_norm, self._gpu_std = self._normalize(
+            _cupy(), x, [b.gpu_data for b in self.blobs],
+            lambda: self.blobs[2].gpu_data.get()[0])
+        self._view(top[0].gpu_data)[...] = self._gpu_x_norm
 
     def backward_gpu(self, top, propagate_down, bottom):
         dy = self._view(top[0].gpu_diff).copy()
-        std = self._gpu_std[None, :, None]
-        if self.use_global_stats:
-            self._view(bottom[0].gpu_diff)[...] = dy / std
-            return
-        y = self._gpu_x_norm
-        m = dy.shape[0] * dy.shape[2]
-        sum_dy_y = (dy * y).sum(axis=(0, 2), keepdims=True)
-        sum_dy = dy.sum(axis=(0, 2), keepdims=True)
-        dx = dy - (y * sum_dy_y + sum_dy) / np.float32(m)
-        self._view(bottom[0].gpu_diff)[...] = dx / std
+        self._view(bottom[0].gpu_diff)[...] = self._normalize_backward(
+            dy, self._gpu_x_norm, self._gpu_std)
 
 
 @register_layer('Bias')
