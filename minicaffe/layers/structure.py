@@ -375,32 +375,40 @@ class EltwiseLayer(Layer):
             self.mask = mask
         top[0].data[...] = y
 
-    def backward(self, top, propagate_down, bottom):
-        dy = top[0].diff
-        if self.op == pb.EltwiseParameter.PROD and not self.stable:
-            ydata = top[0].data.copy()
+    def _bottom_grads(self, dy, xs, y, max_grad, propagate_down):
+        """dx_i for each bottom (None where not propagated), for both paths: xs are
+        the bottoms' data and y the top's (host or device arrays), max_grad(i) gives
+        MAX's gradient to bottom i.  The caller writes them only after all are
+        computed, as an in-place bottom 0 shares the top's diff."""
         grads = []
-        for i, (b, p) in enumerate(zip(bottom, propagate_down)):
+        for i, p in enumerate(propagate_down):
             if not p:
                 grads.append(None)
                 continue
             if self.op == pb.EltwiseParameter.PROD:
                 if self.stable:
                     g = None
-                    for j, bj in enumerate(bottom):
+                    for j, xj in enumerate(xs):
                         if j == i:
                             continue
-                        g = bj.data.copy() if g is None else g * bj.data
+                        g = xj.copy() if g is None else g * xj
                 else:
                     with np.errstate(invalid='ignore', divide='ignore'):
-                        g = ydata / b.data
+                        g = y / xs[i]
                 g = g * dy
             elif self.op == pb.EltwiseParameter.SUM:
                 g = dy.copy() if self.coeffs[i] == 1 else dy * _f(self.coeffs[i])
             else:
-                g = np.where(self.mask == i, dy, _f(0))
+                g = max_grad(i)
             grads.append(g)
-        # write after computing all: an in-place bottom 0 shares top's diff
+        return grads
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff
+        y = top[0].data.copy() if self.op == pb.EltwiseParameter.PROD and not self.stable else None
+        grads = self._bottom_grads(dy, [b.data for b in bottom], y,
+                                   lambda i: np.where(self.mask == i, dy, _f(0)),
+                                   propagate_down[:len(bottom)])
         for b, g in zip(bottom, grads):
             if g is not None:
                 b.diff[...] = g
@@ -432,32 +440,17 @@ class EltwiseLayer(Layer):
         top[0].gpu_data[...] = y
 
     def backward_gpu(self, top, propagate_down, bottom):
-        """dx_i per operation (see the class doc); every gradient is computed before
-        any is written, as an in-place bottom 0 shares the top's diff."""
+        """As backward; MAX's gradient with the max_backward kernel."""
         cp = _cupy()
         dy = top[0].gpu_diff
-        grads = []
-        for i, (b, p) in enumerate(zip(bottom, propagate_down)):
-            if not p:
-                grads.append(None)
-                continue
-            if self.op == pb.EltwiseParameter.PROD:
-                if self.stable:
-                    g = None
-                    for j, bj in enumerate(bottom):
-                        if j == i:
-                            continue
-                        g = bj.gpu_data.copy() if g is None else g * bj.gpu_data
-                else:
-                    g = top[0].gpu_data / b.gpu_data
-                g = g * dy
-            elif self.op == pb.EltwiseParameter.SUM:
-                g = dy.copy() if self.coeffs[i] == 1 else dy * _f(self.coeffs[i])
-            else:
-                from ..gpu.kernels import launch
-                g = cp.empty(dy.shape, dtype=_f)
-                launch('eltwise', 'max_backward', g.size, (g.size, dy, i, self._gpu_mask, g))
-            grads.append(g)
+
+        def max_grad(i):
+            from ..gpu.kernels import launch
+            g = cp.empty(dy.shape, dtype=_f)
+            launch('eltwise', 'max_backward', g.size, (g.size, dy, i, self._gpu_mask, g))
+            return g
+        grads = self._bottom_grads(dy, [b.gpu_data for b in bottom], top[0].gpu_data, max_grad,
+                                   propagate_down[:len(bottom)])
         for b, g in zip(bottom, grads):
             if g is not None:
                 b.gpu_diff[...] = g
