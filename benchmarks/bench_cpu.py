@@ -23,7 +23,6 @@ for _var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -35,30 +34,10 @@ if str(ROOT) not in sys.path:
 from minicaffe import timing  # noqa: E402
 from minicaffe.errors import MinicaffeError  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_nets import NETS, caffe_figures  # noqa: E402
+
 SHARED = Path(os.environ.get('MINICAFFE_SHARED', ROOT.parent / 'shared'))
-
-# (short name, file, stages, Caffe CPU forward+backward ms) in the order the
-# conformance README lists them ("... forward+backward ms per iteration: 16.7, 352, ...").
-NETS = [
-    ('lenet', 'lenet_b64.prototxt', [], 16.7),
-    ('caffenet', 'caffenet_b10.prototxt', [], 352.0),
-    ('lrcn_caption', 'lrcn_caption_T20_N10.prototxt', ['factored', '2-layer'], 643.0),
-    ('lstm_lm', 'lstm_lm_T20_N100.prototxt', [], 1101.0),
-    ('lrcn_activity', 'lrcn_activity_T16_N2.prototxt', [], 1614.0),
-]
-
-
-def caffe_figures(readme):
-    """The five Caffe ms figures from the conformance README, or None."""
-    try:
-        text = Path(readme).read_text()
-    except OSError:
-        return None
-    m = re.search(r'forward\+backward ms per iteration:\s*([\d.,\s]+)', text)
-    if not m:
-        return None
-    values = [float(v) for v in re.findall(r'\d+(?:\.\d+)?', m.group(1))]
-    return values if len(values) == len(NETS) else None
 
 
 def main(argv=None):
@@ -74,7 +53,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     figures = caffe_figures(args.readme)
-    nets = [(n, f, s, figures[i] if figures else c) for i, (n, f, s, c) in enumerate(NETS)]
+    nets = [(n, f, s, figures[i] if figures else c) for i, (n, f, s, _, _, c) in enumerate(NETS)]
     if args.net:
         unknown = set(args.net) - set(n[0] for n in nets)
         if unknown:

@@ -30,7 +30,6 @@ with loss weight 20.
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -42,32 +41,12 @@ if str(ROOT) not in sys.path:
 from minicaffe import mode, timing  # noqa: E402
 from minicaffe.errors import MinicaffeError  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_nets import NETS, caffe_figures  # noqa: E402
+
 SHARED = Path(os.environ.get('MINICAFFE_SHARED', ROOT.parent / 'shared'))
 
-# (short name, file, stages, items per iteration, item unit, Caffe CPU ms), in
-# the order ../shared/conformance/README.md lists Caffe's CPU figures.
-NETS = [
-    ('lenet', 'lenet_b64.prototxt', [], 64, 'images', 16.7),
-    ('caffenet', 'caffenet_b10.prototxt', [], 10, 'images', 352.0),
-    ('lrcn_caption', 'lrcn_caption_T20_N10.prototxt', ['factored', '2-layer'], 10, 'captions', 643.0),
-    ('lstm_lm', 'lstm_lm_T20_N100.prototxt', [], 100, 'sentences', 1101.0),
-    ('lrcn_activity', 'lrcn_activity_T16_N2.prototxt', [], 32, 'frames', 1614.0),
-]
-
 VOCAB, EMBED, HIDDEN, T_LM, N_LM = 8801, 1000, 1000, 20, 100
-
-
-def caffe_figures(readme):
-    """Caffe's five CPU forward+backward ms figures from the conformance README, or None."""
-    try:
-        text = Path(readme).read_text()
-    except OSError:
-        return None
-    m = re.search(r'forward\+backward ms per iteration:\s*([\d.,\s]+)', text)
-    if not m:
-        return None
-    values = [float(v) for v in re.findall(r'\d+(?:\.\d+)?', m.group(1))]
-    return values if len(values) == len(NETS) else None
 
 
 # ------------------------------------------------------------------ minicaffe
