@@ -34,12 +34,9 @@ def _losses_problems(solver, ref_losses, start):
     return problems
 
 
-@pytest.mark.parametrize('case', CASES, ids=[c.name for c in CASES])
-def test_trajectory_from_init(case, tmp_path, monkeypatch):
-    work = copy_case(case, tmp_path)
-    monkeypatch.chdir(work)
-    ref = h5py.File(work / 'ref.h5', 'r')
-    solver = caffe.get_solver('solver.prototxt')
+def _trajectory_from_init_problems(solver, ref):
+    """From init.caffemodel, 8 step(1) calls against Caffe's losses and its params
+    after iterations 4 and 8."""
     solver.net.copy_from('init.caffemodel')
     problems = []
     for it in range(8):
@@ -50,6 +47,16 @@ def test_trajectory_from_init(case, tmp_path, monkeypatch):
         if it == 3:
             problems += _compare_params(solver.net, ref['param_iter_4'], 'params after iter 4')
     problems += _compare_params(solver.net, ref['param_iter_8'], 'params after iter 8')
+    return problems
+
+
+@pytest.mark.parametrize('case', CASES, ids=[c.name for c in CASES])
+def test_trajectory_from_init(case, tmp_path, monkeypatch):
+    work = copy_case(case, tmp_path)
+    monkeypatch.chdir(work)
+    ref = h5py.File(work / 'ref.h5', 'r')
+    solver = caffe.get_solver('solver.prototxt')
+    problems = _trajectory_from_init_problems(solver, ref)
     assert not problems, '\n'.join(problems)
 
 

@@ -16,9 +16,10 @@ from minicaffe import mode
 from minicaffe.blob import DEVICE
 from minicaffe.solvers import Solver
 
-from conformance import case_dirs, copy_case, mismatch
+from conformance import case_dirs, copy_case
 from gpu_support import gpu_mode
-from test_conformance_solvers import _compare_params, _losses_problems
+from test_conformance_solvers import (_compare_params, _losses_problems,
+                                      _trajectory_from_init_problems)
 from test_solve import make_case
 
 # Every solver type, with settings that reach the other device code paths
@@ -129,17 +130,8 @@ def test_conformance_trajectory_in_gpu_mode(case, tmp_path, monkeypatch):
     ref = h5py.File(work / 'ref.h5', 'r')
     with gpu_mode() as cp:
         solver = caffe.get_solver('solver.prototxt')
-        solver.net.copy_from('init.caffemodel')
-        problems = []
-        for it in range(8):
-            solver.step(1)
-            m = mismatch(solver.net.blobs['loss'].data, ref['loss'][it])
-            if m:
-                problems.append('loss after step %d: %s' % (it + 1, m))
-            if it == 3:
-                problems += _compare_params(solver.net, ref['param_iter_4'], 'params after iter 4')
-        _assert_on_device(solver, cp, params=False)     # the iter-8 snapshot read the params
-        problems += _compare_params(solver.net, ref['param_iter_8'], 'params after iter 8')
+        problems = _trajectory_from_init_problems(solver, ref)
+        _assert_on_device(solver, cp, params=False)     # the comparisons read the params
     assert not problems, '\n'.join(problems)
 
 
