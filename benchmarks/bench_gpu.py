@@ -59,16 +59,27 @@ def time_minicaffe(model, stages=(), iterations=20, warmup=3):
     net = timing.build_net(str(model), 'TRAIN', 0, list(stages))
     for _ in range(max(0, warmup)):
         net.forward_backward()
+    return time_passes(lambda: net.forward_all_loss(), lambda _: net.backward_all(),
+                       mode.synchronize, iterations)
+
+
+def time_passes(forward, backward, sync, iterations, prepare=None):
+    """Mean and best ms of ``iterations`` timed passes: ``prepare()`` (untimed),
+    then ``forward()`` and ``backward(forward's result)``, each between two
+    ``sync()`` calls (device work is asynchronous).  Returns mean ``ms``,
+    ``forward_ms``, ``backward_ms`` and the ``best_ms`` iteration."""
     fwd, bwd = [], []
     clock = time.perf_counter
     for _ in range(iterations):
-        mode.synchronize()
+        if prepare is not None:
+            prepare()
+        sync()
         t0 = clock()
-        net.forward_all_loss()
-        mode.synchronize()
+        out = forward()
+        sync()
         t1 = clock()
-        net.backward_all()
-        mode.synchronize()
+        backward(out)
+        sync()
         t2 = clock()
         fwd.append((t1 - t0) * 1000.0)
         bwd.append((t2 - t1) * 1000.0)
@@ -182,23 +193,8 @@ def time_torch(torch, model, inputs, iterations=20, warmup=3):
     for _ in range(max(0, warmup)):
         model.zero_grad(set_to_none=False)
         model(*inputs).backward()
-    fwd, bwd = [], []
-    clock = time.perf_counter
-    for _ in range(iterations):
-        model.zero_grad(set_to_none=False)
-        sync()
-        t0 = clock()
-        loss = model(*inputs)
-        sync()
-        t1 = clock()
-        loss.backward()
-        sync()
-        t2 = clock()
-        fwd.append((t1 - t0) * 1000.0)
-        bwd.append((t2 - t1) * 1000.0)
-    total = [f + b for f, b in zip(fwd, bwd)]
-    return {'ms': sum(total) / iterations, 'forward_ms': sum(fwd) / iterations,
-            'backward_ms': sum(bwd) / iterations, 'best_ms': min(total)}
+    return time_passes(lambda: model(*inputs), lambda loss: loss.backward(), sync, iterations,
+                       prepare=lambda: model.zero_grad(set_to_none=False))
 
 
 def run_torch(torch, name, iterations, warmup, device='cuda'):
