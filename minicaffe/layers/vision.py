@@ -4,11 +4,13 @@ Convolution and Deconvolution follow Caffe's BaseConvolutionLayer: the spatial
 axes are those after ``axis`` (default 1, the channel axis), every axis before
 it is a batch axis; ``kernel_size``/``pad``/``stride``/``dilation`` are given
 once or once per spatial axis (``kernel_h``/``kernel_w`` etc. for 2-D only).
-The columns of the whole batch are laid out as ``(group, C/group * prod(k),
-N * prod(out))``.  The forward GEMM is Caffe's own call, one per image and
-group, where an image's product is large (bit-for-bit Caffe's rounding, see
-_group_gemm); smaller ones (LeNet, 13x13 maps) and the backward GEMMs cover the
-whole batch in one matrix product per group, and then the columns are ordered
+Where one image's product is large (``per_image``, see _per_image: the conv1/
+conv2 sizes) the columns are Caffe's own buffer per image, ``(N, group,
+C/group * prod(k), prod(out))``, built a few images at a time so that they are
+still in the CPU cache when the GEMMs read them, and every GEMM is Caffe's own
+call per image and group (forward bit-for-bit Caffe's rounding).  Smaller
+products (LeNet, 13x13 maps) cover the whole batch in one matrix product per
+group, on columns laid out ``(group, C/group * prod(k), N * prod(out))``, ordered
 (output position, image) where that makes im2col/col2im faster
 (``batch_inner``).  A 1x1 kernel with stride 1 and no padding skips im2col (the
 input is the column matrix), as in Caffe.
@@ -36,6 +38,8 @@ _f = DTYPE
 
 # Column buffers above this many bytes are built a few images at a time.
 COL_CHUNK_BYTES = 256 << 20
+# Per-image layers (see _per_image) build this many bytes of columns at a time.
+COL_CACHE_CHUNK_BYTES = 16 << 20
 # In TRAIN phase a layer keeps its forward columns for backward up to this size.
 COL_CACHE_BYTES = 128 << 20
 # On the GPU the columns of this many bytes of images are built at once.
@@ -249,8 +253,14 @@ class BaseConvolutionLayer(Layer):
         self.batch_inner = (not self.reverse and not self.is_1x1 and self.num > 1
                             and self.kernel_dim >= 2 * mg
                             and not _per_image(mg, self.kernel_dim, self.conv_out_dim))
+        # Large per-image products keep Caffe's own column buffer per image,
+        # (B, G, K, P), and make Caffe's GEMM calls on it (see _per_image).
+        self.per_image = not self.reverse and _per_image(mg, self.kernel_dim, self.conv_out_dim)
         self.col_bytes = self.kernel_dim * self.group * self.conv_out_dim * 4   # per image
-        self.chunk = max(1, COL_CHUNK_BYTES // max(self.col_bytes, 1))
+        # Per image, a few images' columns at a time, sized to stay in the CPU's
+        # last-level cache between im2col and the GEMMs that read them.
+        budget = COL_CACHE_CHUNK_BYTES if self.per_image else COL_CHUNK_BYTES
+        self.chunk = max(1, budget // max(self.col_bytes, 1))
 
     # -- the column matrix of the whole batch: (G, K, B*P) ------------------
     def _chunks(self):
@@ -345,6 +355,32 @@ class BaseConvolutionLayer(Layer):
         inside = ((slice(None),) + tuple(slice(l, l + n) for n, (l, r)
                                          in zip(self.conv_in_sp, padding)) + (slice(None),))
         return img[inside].transpose((1 + nsp,) + tuple(range(1 + nsp)))
+
+    # -- per-image layout: Caffe's column buffer of each image, (B, G, K, P) --
+    def _im2col_images(self, x, out=None, scratch='col'):
+        """x: (B, C, *sp) -> (B, G, K, P), written into out if given, else into the
+        workspace array named scratch (a 1x1 kernel: a view of x itself)."""
+        B = x.shape[0]
+        shape = (B, self.group, self.kernel_dim, self.conv_out_dim)
+        if self.is_1x1:
+            return x.reshape(shape)
+        win = windows(x, self.kernel, self.stride, self.pad, self.dilation, self.conv_out_sp)
+        # (B*C, *k, *out): merging the two leading axes lets the copy split over
+        # threads even for a single image
+        src = win.reshape((-1,) + win.shape[2:])
+        if out is None:
+            out = workspace(scratch, src.shape)
+        return copy_split(src, out=out.reshape(src.shape)).reshape(shape)
+
+    def _col2im_images(self, dcol):
+        """dcol: (B, G, K, P) -> (B, C, *sp), a view of a workspace array."""
+        B, C = dcol.shape[0], self.conv_in_channels
+        if self.is_1x1:
+            return dcol.reshape((B, C) + self.conv_in_sp)
+        c = dcol.reshape((B * C,) + self.kernel + self.conv_out_sp)
+        img = col2im(c, self.conv_in_sp, self.kernel, self.stride, self.pad, self.dilation,
+                     self.conv_out_sp, scratch='col2im')
+        return img.reshape((B, C) + self.conv_in_sp)
 
     def _to_gmp(self, y, channels, scratch='gmp'):
         """(B, channels, *sp) -> contiguous (G, channels/G, B*P) (a workspace array;
@@ -480,27 +516,45 @@ class ConvolutionLayer(BaseConvolutionLayer):
 
     def forward(self, bottom, top):
         W = self._weights()
+        G, Mg = self.group, self.num_output // self.group
         self._cols = {}
-        cache = (self.phase == pb.TRAIN and self.chunk >= self.num
-                 and self.col_bytes * self.num <= COL_CACHE_BYTES)
         for i, (b, t) in enumerate(zip(bottom, top)):
             x = self._batched(b.data)
             y = self._batched(t.data)
+            store = self._col_store_for(i)
             for b0, b1 in self._chunks():
-                out = None
-                if cache:               # kept for backward, in a buffer reused next time
-                    n = self.group * self.kernel_dim * self.num * self.conv_out_dim
-                    out = self._col_store.get(i)
-                    if out is None or out.size != n:
-                        out = self._col_store[i] = np.empty(n, _f)
-                col = self._im2col(x[b0:b1], out=out)
-                G, Mg = self.group, self.num_output // self.group
-                y_g = _group_gemm(W, col, out=workspace('gemm', (G, Mg, col.shape[2])),
-                                  blocks=b1 - b0)
-                self._from_gmp(y_g, y[b0:b1])
-                if cache:
-                    self._cols[i] = (b.data, col)
+                if self.per_image:
+                    out = None if store is None else store[b0:b1]
+                    col = self._im2col_images(x[b0:b1], out=out)
+                    yv = y[b0:b1].reshape(b1 - b0, G, Mg, self.conv_out_dim)
+                    for n in range(b1 - b0):
+                        for g in range(G):
+                            # Caffe's per-image call: row-major W_g @ col, bit-for-bit its sums
+                            np.dot(W[g], col[n, g], out=yv[n, g])
+                else:
+                    col = self._im2col(x[b0:b1], out=store)
+                    y_g = _group_gemm(W, col, out=workspace('gemm', (G, Mg, col.shape[2])),
+                                      blocks=b1 - b0)
+                    self._from_gmp(y_g, y[b0:b1])
+            if store is not None:       # (G, K, B*P), or (B, G, K, P) per image
+                self._cols[i] = (b.data, store if self.per_image else col)
             self._add_bias(t.data)
+
+    def _col_store_for(self, i):
+        """In TRAIN phase, the array that keeps bottom i's columns for backward
+        (reused across iterations), or None when they are not kept: too large,
+        a 1x1 kernel (no columns), or a batch-wide layout built in chunks."""
+        if (self.phase != pb.TRAIN or self.col_bytes * self.num > COL_CACHE_BYTES
+                or (self.per_image and self.is_1x1)
+                or (not self.per_image and self.chunk < self.num)):
+            return None
+        n = self.group * self.kernel_dim * self.num * self.conv_out_dim
+        store = self._col_store.get(i)
+        if store is None or store.size != n:
+            store = self._col_store[i] = np.empty(n, _f)
+        if self.per_image:
+            return store.reshape(self.num, self.group, self.kernel_dim, self.conv_out_dim)
+        return store
 
     def forward_gpu(self, bottom, top):
         from ..gpu.backend import cupy_module
@@ -538,10 +592,14 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     self._col2im_gpu(cp, dcol, dx[b0:b1])
 
     def _col_for(self, i, b, b0, b1, x):
+        """Bottom i's columns of images b0:b1: kept from forward, or rebuilt."""
         cached = self._cols.get(i)
-        if cached is not None and cached[0] is b.data and b1 - b0 == self.num:
-            return cached[1]
-        return self._im2col(x[b0:b1])
+        if cached is not None and cached[0] is b.data:
+            if self.per_image:
+                return cached[1][b0:b1]
+            if b1 - b0 == self.num:
+                return cached[1]
+        return self._im2col_images(x[b0:b1]) if self.per_image else self._im2col(x[b0:b1])
 
     def backward(self, top, propagate_down, bottom):
         self._bias_backward(top)
@@ -554,6 +612,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
             dy_all = self._batched(t.diff)
             dx = self._batched(b.diff) if propagate_down[i] else None
             for b0, b1 in self._chunks():
+                if self.per_image:
+                    self._backward_per_image(i, b, x, dy_all, dx, b0, b1, need_w, W)
+                    continue
                 dy = self._to_gmp(dy_all[b0:b1], self.num_output)
                 if need_w:
                     col = self._col_for(i, b, b0, b1, x)
@@ -565,6 +626,27 @@ class ConvolutionLayer(BaseConvolutionLayer):
                                                              dy.shape[2])), blocks=b1 - b0)
                     dx[b0:b1] = self._col2im(dcol, b1 - b0)
         self._cols = {}
+
+    def _backward_per_image(self, i, b, x, dy_all, dx, b0, b1, need_w, W):
+        """Images b0:b1 of backward, one GEMM per image and group as Caffe does:
+        dW_g += dY_g @ col_g^T (image by image), dcol_g = W_g^T @ dY_g, dx = col2im."""
+        B, G, Mg = b1 - b0, self.group, self.num_output // self.group
+        K, P = self.kernel_dim, self.conv_out_dim
+        dy = dy_all[b0:b1].reshape(B, G, Mg, P)
+        if need_w:
+            col = self._col_for(i, b, b0, b1, x)
+            dW = self._weight_diff()
+            prod = workspace('weight_grad', (Mg, K))
+            for n in range(B):
+                for g in range(G):
+                    dW[g] += np.dot(dy[n, g], col[n, g].T, out=prod)
+        if dx is not None:
+            # (the column workspace is free again: col was consumed above)
+            dcol = workspace('col', (B, G, K, P))
+            for n in range(B):
+                for g in range(G):
+                    np.dot(W[g].T, dy[n, g], out=dcol[n, g])
+            dx[b0:b1] = self._col2im_images(dcol)
 
 
 @register_layer('Deconvolution')
