@@ -12,9 +12,10 @@ forward+backward ms per iteration, real Caffe's (CPU, OpenBLAS, one run on a
 
 BLAS/OpenMP threads default to 2 (the machine Caffe's figures come from);
 set OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS to override.
-Note: OpenBLAS threads busy-wait; on a machine whose cores are busy with other
-work, 2 threads can be many times slower than 1 for the small per-image GEMMs
-of a convolution -- compare on an otherwise idle machine.
+Note: OpenBLAS threads busy-wait (minicaffe shortens that to
+OPENBLAS_THREAD_TIMEOUT=4 unless it is set); on a machine whose cores are busy
+with other work, 2 threads can be many times slower than 1 for the small
+per-image GEMMs of a convolution -- compare on an otherwise idle machine.
 """
 import os
 

@@ -10,6 +10,7 @@ from minicaffe.layers import lrn as lrn_mod
 from minicaffe.layers import recurrent as rec
 from minicaffe.layers import vision
 from minicaffe.layers.pooling import PoolGeometry, max_pool_backward, pooled_size
+from minicaffe.im2col import im2col
 
 
 def _conv(spec, shape, seed=3):
@@ -45,13 +46,22 @@ def _conv_reference(x, W, b, stride, pad, group):
     ('num_output: 12 kernel_size: 1', (3, 4, 5, 5), False, False),          # 1x1
     ('num_output: 16 kernel_size: 2', (2, 3, 30, 30), False, False),        # K < 2 M
     ('num_output: 8 kernel_size: 3 stride: 1', (2, 8, 40, 40), True, False),  # per image
+    ('num_output: 32 kernel_size: 3 stride: 2 pad: 1 group: 2', (3, 16, 45, 45), True, False),
+    ('num_output: 64 kernel_size: 1', (2, 64, 17, 17), True, False),         # per image, 1x1
 ])
-def test_convolution_paths_match_a_direct_convolution(spec, shape, per_image, inner):
+@pytest.mark.parametrize('images_per_chunk', [None, 1])
+def test_convolution_paths_match_a_direct_convolution(spec, shape, per_image, inner,
+                                                      images_per_chunk, monkeypatch):
+    if images_per_chunk is not None:       # per-image columns built one image at a time
+        monkeypatch.setattr(vision, 'COL_CACHE_CHUNK_BYTES', 1)
+        monkeypatch.setattr(vision, 'COL_CHUNK_BYTES', 1)
     layer, bottom, top = _conv(spec, shape)
     layer.reshape(bottom, top)
     mg = layer.num_output // layer.group
     assert vision._per_image(mg, layer.kernel_dim, layer.conv_out_dim) == per_image
     assert layer.batch_inner == inner
+    assert layer.per_image == per_image
+    assert images_per_chunk is None or layer.chunk == 1
     layer.forward(bottom, top)
     W, b = layer.blobs[0].data, layer.blobs[1].data
     cp = layer.layer_param.convolution_param
@@ -76,6 +86,24 @@ def test_convolution_paths_match_a_direct_convolution(spec, shape, per_image, in
         arr[...] = saved
         numeric = np.sum(dy * (plus - minus)) / (2 * eps)
         assert np.sum(diff * d) == pytest.approx(numeric, rel=1e-3, abs=1e-3)
+
+
+def test_per_image_forward_is_caffes_gemm_call_bit_for_bit():
+    # Caffe: per image n and group g, row-major gemm W_g (M/G x K) @ col_n,g (K x P),
+    # then the bias added in place.  Same call, same sums, same bits.
+    layer, bottom, top = _conv('num_output: 32 kernel_size: 3 stride: 2 pad: 1 group: 2',
+                               (3, 16, 45, 45))
+    layer.reshape(bottom, top)
+    assert layer.per_image
+    layer.forward(bottom, top)
+    G, K, P = layer.group, layer.kernel_dim, layer.conv_out_dim
+    W = layer.blobs[0].data.reshape(G, -1, K)
+    for n in range(3):
+        col = im2col(bottom[0].data[n], layer.kernel, layer.stride, layer.pad,
+                            layer.dilation).reshape(G, K, P)
+        want = np.concatenate([np.dot(W[g], col[g]) for g in range(G)])
+        want += layer.blobs[1].data[:, None]
+        assert np.array_equal(top[0].data[n].reshape(-1, P), want)
 
 
 def test_per_image_threshold_keeps_caffes_calls_for_lrcn_conv1_conv2():
