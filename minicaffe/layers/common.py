@@ -11,7 +11,7 @@ import numpy as np
 
 from ..blob import Blob
 from ..fillers import fill
-from ..im2col import workspace
+from ..blas import gemm_accumulate
 from .base import Layer, register_layer
 
 
@@ -89,15 +89,12 @@ class InnerProductLayer(Layer):
         dy = top[0].diff.reshape(self.M, self.num_output)
         x = bottom[0].data.reshape(self.M, self.K)
         if self.param_propagate_down[0]:
-            # the product goes to a reused scratch array, not a fresh (page-faulting)
-            # one: fc6's weight gradient is 151 MB
+            # Caffe's accumulating GEMM (beta = 1): no 151 MB temporary for fc6
             dW = self.blobs[0].diff
-            g = workspace('ip_dW', dW.shape)
             if self.transpose:
-                np.dot(x.T, dy, out=g)
+                gemm_accumulate(x, dy, dW, trans_a=True)
             else:
-                np.dot(dy.T, x, out=g)
-            np.add(dW, g, out=dW)
+                gemm_accumulate(dy, x, dW, trans_a=True)
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .. import fillers
+from ..blas import gemm_accumulate
 from ..blob import DTYPE
 from ..protoio import pb
 from ..im2col import (_padding, col2im, conv_out_size, copy_split, deconv_out_size,
@@ -116,9 +117,9 @@ def _per_image(m, k, p):
 
 
 def _accumulate_outer(dW, a, col):
-    """dW[g] += a[g] @ col[g]^T for each group g (2-D BLAS GEMMs)."""
+    """dW[g] += a[g] @ col[g]^T for each group g (accumulating BLAS GEMMs)."""
     for g in range(dW.shape[0]):
-        dW[g] += np.dot(a[g], col[g].T)
+        gemm_accumulate(a[g], col[g], dW[g], trans_b=True)
 
 
 def _group_gemm(a, b, trans_a=False, out=None, blocks=1):
@@ -636,10 +637,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
         if need_w:
             col = self._col_for(i, b, b0, b1, x)
             dW = self._weight_diff()
-            prod = workspace('weight_grad', (Mg, K))
             for n in range(B):
                 for g in range(G):
-                    dW[g] += np.dot(dy[n, g], col[n, g].T, out=prod)
+                    gemm_accumulate(dy[n, g], col[n, g], dW[g], trans_b=True)
         if dx is not None:
             # (the column workspace is free again: col was consumed above)
             dcol = workspace('col', (B, G, K, P))
