@@ -230,3 +230,19 @@ def test_max_pool_scatter_equals_the_bincount_route(shape, kernel, stride, pad, 
     monkeypatch.setattr(pooling, '_overlapping', lambda g: True)    # force bincount
     slow = max_pool_backward(dy, idx, g)
     assert np.array_equal(fast.view(np.uint32), slow.view(np.uint32))
+
+
+@pytest.mark.parametrize('transpose', [False, True])
+@pytest.mark.parametrize('rows', [3, 200])
+def test_inner_product_forward_is_caffes_product_bit_for_bit(rows, transpose):
+    # Few rows take the transposed product W x^T; the sums are Caffe's x W^T.
+    x = np.random.default_rng(4).standard_normal((rows, 300)).astype(np.float32)
+    layer, bottom, top = make_layer('type: "InnerProduct" inner_product_param { num_output: 70'
+                                    ' transpose: %s weight_filler { type: "gaussian" }'
+                                    ' bias_filler { type: "gaussian" } }'
+                                    % ('true' if transpose else 'false'), [x])
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    W = layer.blobs[0].data
+    want = np.matmul(x, W if transpose else W.T) + layer.blobs[1].data
+    assert np.array_equal(top[0].data, want)

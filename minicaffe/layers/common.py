@@ -12,6 +12,7 @@ import numpy as np
 from ..blob import Blob
 from ..fillers import fill
 from ..blas import gemm_accumulate
+from ..im2col import workspace
 from .base import Layer, register_layer
 
 
@@ -26,6 +27,10 @@ def _add_learnable(layer, shape, filler):
     blob = Blob(shape)
     fill(blob, filler, context=layer.name)
     layer.blobs.append(blob)
+
+
+# Below this many rows, InnerProduct's forward GEMM is computed transposed.
+FEW_ROWS = 128
 
 
 @register_layer('InnerProduct')
@@ -81,7 +86,16 @@ class InnerProductLayer(Layer):
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
-        np.matmul(x, self._weight_nk().T, out=y)
+        if self.M < FEW_ROWS and not self.transpose:
+            # A batch of a few rows (CaffeNet's fc6: 10 x 9216 by 9216 x 4096): OpenBLAS
+            # computes y^T = W x^T 1.4x faster than y = x W^T, with the same sums
+            # (bit-identical in our tests; with a transposed W they are not) --
+            # then one small transposed copy.
+            yt = workspace('ip_forward', (self.num_output, self.M))
+            np.dot(self._weight_nk(), x.T, out=yt)
+            y[...] = yt.T
+        else:
+            np.matmul(x, self._weight_nk().T, out=y)
         if self.bias_term:
             y += self.blobs[1].data
 
