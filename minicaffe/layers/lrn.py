@@ -5,12 +5,18 @@ from ..blob import DTYPE
 from ..im2col import parallel_for, workspace
 from ..protoio import pb
 from .base import Layer, register_layer
-from .pooling import PoolGeometry, ave_pool_backward, ave_pool_forward, pooled_size
+from .pooling import (PoolGeometry, _in_blocks, ave_pool_backward, ave_pool_forward,
+                      pooled_size)
 
 _f = DTYPE
 
 
 _SAXPY_BLOCK = 32
+
+# Images are normalized in blocks of about this many values: large enough that
+# the per-channel loop's numpy calls are few (13x13 maps), small enough that the
+# temporaries -- 12 bytes a value -- stay in the last-level cache (55x55 maps).
+BLOCK_ELEMS = 1 << 20
 
 
 def _saxpy(a, x, y):
@@ -155,18 +161,27 @@ class LRNLayer(Layer):
         y = top[0].data
         N = x.shape[0]
         if self.region == pb.LRNParameter.ACROSS_CHANNELS:
-            self.scale = np.empty(x.shape, _f)
-            self.powed = np.empty(x.shape, _f)
+            self.scale = self._kept('scale', x.shape)
+            self.powed = self._kept('powed', x.shape)
 
             def part(lo, hi):
                 self._across_forward(x[lo:hi], y[lo:hi], self.scale[lo:hi], self.powed[lo:hi])
         else:
-            self.a_base = np.empty(x.shape, _f)
-            self.p = np.empty(x.shape, _f)
+            self.a_base = self._kept('a_base', x.shape)
+            self.p = self._kept('p', x.shape)
 
             def part(lo, hi):
                 self._within_forward(x[lo:hi], y[lo:hi], self.a_base[lo:hi], self.p[lo:hi])
-        parallel_for(N, part, x.size)
+        # images in cache-sized blocks: the temporaries (doubles among them) stay in cache
+        parallel_for(N, _in_blocks(part, int(np.prod(x.shape[1:])), BLOCK_ELEMS), x.size)
+
+    def _kept(self, name, shape):
+        """An array kept from forward for backward, reused while the shape holds
+        (a fresh one of AlexNet's size costs page faults on every pass)."""
+        arr = getattr(self, name, None)
+        if arr is None or arr.shape != shape:
+            arr = np.empty(shape, _f)
+        return arr
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -184,7 +199,7 @@ class LRNLayer(Layer):
             def part(lo, hi):
                 self._within_backward(x[lo:hi], dy[lo:hi], self.a_base[lo:hi], self.p[lo:hi],
                                       dx[lo:hi])
-        parallel_for(N, part, x.size)
+        parallel_for(N, _in_blocks(part, int(np.prod(x.shape[1:])), BLOCK_ELEMS), x.size)
 
     # -- GPU: ACROSS_CHANNELS with Caffe's kernels (kernels/lrn.cu), WITHIN_CHANNEL
     #    as on the CPU with the average-pooling kernels ---------------------------

@@ -213,9 +213,9 @@ def ave_pool_backward(dy, g):
 CHUNK_ELEMS = 1 << 18
 
 
-def _in_blocks(part, per_channel):
-    """part(lo, hi) run over [lo, hi) in blocks of channels of ~CHUNK_ELEMS values."""
-    step = max(1, CHUNK_ELEMS // max(1, per_channel))
+def _in_blocks(part, per_channel, block_elems=CHUNK_ELEMS):
+    """part(lo, hi) run over [lo, hi) in blocks of channels of ~block_elems values."""
+    step = max(1, block_elems // max(1, per_channel))
 
     def run(lo, hi):
         for s in range(lo, hi, step):
