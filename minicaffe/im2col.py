@@ -71,6 +71,18 @@ def parallel_for(n, fn, elems):
         f.result()
 
 
+def in_blocks(part, per_item, block_elems):
+    """part(lo, hi) run over [lo, hi) in blocks of items (channels, images, or
+    single elements) of about block_elems values, so that the temporaries of
+    vectorized passes over a block stay in cache.  Meant as parallel_for's fn."""
+    step = max(1, block_elems // max(1, per_item))
+
+    def run(lo, hi):
+        for s in range(lo, hi, step):
+            part(s, min(hi, s + step))
+    return run
+
+
 def _cdiv(a, b):
     """C/C++ integer division (truncates toward zero)."""
     q = abs(a) // abs(b)

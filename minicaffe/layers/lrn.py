@@ -2,11 +2,10 @@
 import numpy as np
 
 from ..blob import DTYPE
-from ..im2col import parallel_for, workspace
+from ..im2col import in_blocks, parallel_for, workspace
 from ..protoio import pb
 from .base import Layer, register_layer
-from .pooling import (PoolGeometry, _in_blocks, ave_pool_backward, ave_pool_forward,
-                      pooled_size)
+from .pooling import PoolGeometry, ave_pool_backward, ave_pool_forward, pooled_size
 
 _f = DTYPE
 
@@ -173,7 +172,7 @@ class LRNLayer(Layer):
             def part(lo, hi):
                 self._within_forward(x[lo:hi], y[lo:hi], self.a_base[lo:hi], self.p[lo:hi])
         # images in cache-sized blocks: the temporaries (doubles among them) stay in cache
-        parallel_for(N, _in_blocks(part, int(np.prod(x.shape[1:])), BLOCK_ELEMS), x.size)
+        parallel_for(N, in_blocks(part, int(np.prod(x.shape[1:])), BLOCK_ELEMS), x.size)
 
     def _kept(self, name, shape):
         """An array kept from forward for backward, reused while the shape holds
@@ -199,7 +198,7 @@ class LRNLayer(Layer):
             def part(lo, hi):
                 self._within_backward(x[lo:hi], dy[lo:hi], self.a_base[lo:hi], self.p[lo:hi],
                                       dx[lo:hi])
-        parallel_for(N, _in_blocks(part, int(np.prod(x.shape[1:])), BLOCK_ELEMS), x.size)
+        parallel_for(N, in_blocks(part, int(np.prod(x.shape[1:])), BLOCK_ELEMS), x.size)
 
     # -- GPU: ACROSS_CHANNELS with Caffe's kernels (kernels/lrn.cu), WITHIN_CHANNEL
     #    as on the CPU with the average-pooling kernels ---------------------------

@@ -21,7 +21,7 @@ import itertools
 import numpy as np
 
 from ..blob import DTYPE
-from ..im2col import pad_spatial, parallel_for
+from ..im2col import in_blocks, pad_spatial, parallel_for
 from ..protoio import pb
 from .base import Layer, register_layer
 
@@ -213,16 +213,6 @@ def ave_pool_backward(dy, g):
 CHUNK_ELEMS = 1 << 18
 
 
-def _in_blocks(part, per_channel, block_elems=CHUNK_ELEMS):
-    """part(lo, hi) run over [lo, hi) in blocks of channels of ~block_elems values."""
-    step = max(1, block_elems // max(1, per_channel))
-
-    def run(lo, hi):
-        for s in range(lo, hi, step):
-            part(s, min(hi, s + step))
-    return run
-
-
 def _pool_method_name(method):
     return {MAX: 'MAX', AVE: 'AVE', STOCHASTIC: 'STOCHASTIC'}.get(method, str(method))
 
@@ -342,7 +332,7 @@ class PoolingLayer(Layer):
         else:
             def part(lo, hi):
                 ys[lo:hi] = ave_pool_forward(xs[lo:hi], g)
-        parallel_for(nc, _in_blocks(part, g.H * g.W), x.size)
+        parallel_for(nc, in_blocks(part, g.H * g.W, CHUNK_ELEMS), x.size)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -358,7 +348,7 @@ class PoolingLayer(Layer):
         else:
             def part(lo, hi):
                 dxs[lo:hi] = ave_pool_backward(dys[lo:hi], g)
-        parallel_for(nc, _in_blocks(part, g.H * g.W), dxs.size)
+        parallel_for(nc, in_blocks(part, g.H * g.W, CHUNK_ELEMS), dxs.size)
 
 
     # -- GPU: Caffe's pooling kernels (kernels/pooling.cu) --------------------
