@@ -320,7 +320,11 @@ class PoolingLayer(Layer):
         xs = x.reshape((nc,) + x.shape[2:])          # split over images and channels
         ys = top[0].data.reshape((nc,) + g.out)
         if self.method == MAX:
-            self.idx = np.empty(ys.shape, np.int32)
+            # kept for backward; reused while the shape holds (a fresh array of
+            # conv1's size costs page faults on every pass)
+            idx_kept = getattr(self, 'idx', None)
+            if idx_kept is None or idx_kept.shape != ys.shape:
+                self.idx = np.empty(ys.shape, np.int32)
             mask = top[1].data.reshape(ys.shape) if len(top) > 1 else None
 
             def part(lo, hi):
