@@ -532,6 +532,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
                         for g in range(G):
                             # Caffe's per-image call: row-major W_g @ col, bit-for-bit its sums
                             np.dot(W[g], col[n, g], out=yv[n, g])
+                        if self.bias_term:          # while the image is in cache
+                            yv[n].reshape(self.num_output, -1)[...] += \
+                                self.blobs[1].data[:, None]
                 else:
                     col = self._im2col(x[b0:b1], out=store)
                     y_g = _group_gemm(W, col, out=workspace('gemm', (G, Mg, col.shape[2])),
@@ -539,7 +542,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     self._from_gmp(y_g, y[b0:b1])
             if store is not None:       # (G, K, B*P), or (B, G, K, P) per image
                 self._cols[i] = (b.data, store if self.per_image else col)
-            self._add_bias(t.data)
+            if not self.per_image:
+                self._add_bias(t.data)
 
     def _col_store_for(self, i):
         """In TRAIN phase, the array that keeps bottom i's columns for backward
@@ -603,18 +607,21 @@ class ConvolutionLayer(BaseConvolutionLayer):
         return self._im2col_images(x[b0:b1]) if self.per_image else self._im2col(x[b0:b1])
 
     def backward(self, top, propagate_down, bottom):
-        self._bias_backward(top)
+        # per image, the bias gradient is summed image by image with the GEMMs
+        need_b = self.bias_term and self.param_propagate_down[1] and self.per_image
+        if not self.per_image:
+            self._bias_backward(top)
         need_w = self.param_propagate_down[0]
         W = self._weights()
         for i, (b, t) in enumerate(zip(bottom, top)):
-            if not (need_w or propagate_down[i]):
+            if not (need_w or need_b or propagate_down[i]):
                 continue
             x = self._batched(b.data)
             dy_all = self._batched(t.diff)
             dx = self._batched(b.diff) if propagate_down[i] else None
             for b0, b1 in self._chunks():
                 if self.per_image:
-                    self._backward_per_image(i, b, x, dy_all, dx, b0, b1, need_w, W)
+                    self._backward_per_image(i, b, x, dy_all, dx, b0, b1, need_w, need_b, W)
                     continue
                 dy = self._to_gmp(dy_all[b0:b1], self.num_output)
                 if need_w:
@@ -628,12 +635,17 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     dx[b0:b1] = self._col2im(dcol, b1 - b0)
         self._cols = {}
 
-    def _backward_per_image(self, i, b, x, dy_all, dx, b0, b1, need_w, W):
+    def _backward_per_image(self, i, b, x, dy_all, dx, b0, b1, need_w, need_b, W):
         """Images b0:b1 of backward, one GEMM per image and group as Caffe does:
-        dW_g += dY_g @ col_g^T (image by image), dcol_g = W_g^T @ dY_g, dx = col2im."""
+        db += the image's dY summed over positions, dW_g += dY_g @ col_g^T (image by
+        image), dcol_g = W_g^T @ dY_g, dx = col2im."""
         B, G, Mg = b1 - b0, self.group, self.num_output // self.group
         K, P = self.kernel_dim, self.conv_out_dim
         dy = dy_all[b0:b1].reshape(B, G, Mg, P)
+        if need_b:
+            db = self.blobs[1].diff
+            for n in range(B):
+                db += dy[n].reshape(self.num_output, P).sum(axis=1, dtype=_f)
         if need_w:
             col = self._col_for(i, b, b0, b1, x)
             dW = self._weight_diff()
@@ -678,11 +690,14 @@ class DeconvolutionLayer(BaseConvolutionLayer):
             self._add_bias(t.data)
 
     def backward(self, top, propagate_down, bottom):
-        self._bias_backward(top)
+        # per image, the bias gradient is summed image by image with the GEMMs
+        need_b = self.bias_term and self.param_propagate_down[1] and self.per_image
+        if not self.per_image:
+            self._bias_backward(top)
         need_w = self.param_propagate_down[0]
         W = self._weights()
         for i, (b, t) in enumerate(zip(bottom, top)):
-            if not (need_w or propagate_down[i]):
+            if not (need_w or need_b or propagate_down[i]):
                 continue
             x = self._batched(b.data)
             dy = self._batched(t.diff)
