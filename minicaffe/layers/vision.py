@@ -41,8 +41,10 @@ _f = DTYPE
 COL_CHUNK_BYTES = 256 << 20
 # Per-image layers (see _per_image) build this many bytes of columns at a time.
 COL_CACHE_CHUNK_BYTES = 16 << 20
-# In TRAIN phase a layer keeps its forward columns for backward up to this size.
-COL_CACHE_BYTES = 128 << 20
+# In TRAIN phase a layer keeps its forward columns for backward up to this size
+# (rebuilding them costs a pass as long as forward's im2col; the LRCN activity
+# net's conv1 columns, 32 frames of 227x227, are 232 MB).
+COL_CACHE_BYTES = 256 << 20
 # On the GPU the columns of this many bytes of images are built at once.
 COL_GPU_BYTES = 1 << 30
 
