@@ -246,3 +246,39 @@ def test_inner_product_forward_is_caffes_product_bit_for_bit(rows, transpose):
     W = layer.blobs[0].data
     want = np.matmul(x, W if transpose else W.T) + layer.blobs[1].data
     assert np.array_equal(top[0].data, want)
+
+
+@pytest.mark.parametrize('phase', ['TRAIN', 'TEST'])
+def test_per_image_convolution_with_two_bottoms_is_two_convolutions(phase, monkeypatch):
+    # Each bottom keeps its own columns (TRAIN) or rebuilds them (TEST); one image
+    # per chunk so that the kept columns are read back chunk by chunk.
+    monkeypatch.setattr(vision, 'COL_CACHE_CHUNK_BYTES', 1)
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((2, 8, 30, 30)).astype(np.float32) for _ in range(2)]
+    spec = ('type: "Convolution" convolution_param { num_output: 16 kernel_size: 3 pad: 1'
+            ' weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "gaussian" } }')
+    both, bottom, top = make_layer(spec, xs, phase=phase, num_tops=2)
+    assert both.per_image and both.chunk == 1
+    dys = [rng.standard_normal(t.shape).astype(np.float32) for t in top]
+    both.forward(bottom, top)
+    for t, dy in zip(top, dys):
+        t.diff[...] = dy
+    for blob in both.blobs:
+        blob.diff[...] = 0
+    both.backward(top, [True, True], bottom)
+    dW, db = np.zeros_like(both.blobs[0].data), np.zeros_like(both.blobs[1].data)
+    for x, dy, t, b in zip(xs, dys, top, bottom):
+        one, ob, ot = make_layer(spec, [x], phase=phase)
+        one.blobs[0].data[...] = both.blobs[0].data
+        one.blobs[1].data[...] = both.blobs[1].data
+        one.forward(ob, ot)
+        np.testing.assert_array_equal(t.data, ot[0].data)
+        ot[0].diff[...] = dy
+        for blob in one.blobs:
+            blob.diff[...] = 0
+        one.backward(ot, [True], ob)
+        np.testing.assert_array_equal(b.diff, ob[0].diff)
+        dW += one.blobs[0].diff
+        db += one.blobs[1].diff
+    np.testing.assert_allclose(both.blobs[0].diff, dW, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(both.blobs[1].diff, db, rtol=1e-5, atol=1e-5)
