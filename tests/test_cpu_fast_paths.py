@@ -145,7 +145,27 @@ def test_lrn_across_scale_is_the_saxpy_running_sum_bit_for_bit(shape, size):
     layer.forward(bottom, top)
     want = _lrn_reference_scale(x, size, alpha, k)
     assert np.array_equal(layer.scale, want)
-    assert np.array_equal(top[0].data, x * np.power(want, np.float32(-beta)))
+    powf = np.power(want.astype(np.float64), np.float64(np.float32(-beta))).astype(np.float32)
+    assert np.array_equal(top[0].data, x * powf)
+
+
+def test_lrn_power_rounds_as_glibc_powf():
+    # Caffe's caffe_powx is powf; numpy's float32 power (SIMD on AVX-512) differs
+    # from it in the last bit for ~20% of inputs, the double power rounded to float
+    # for ~0.05%.  The LRCN captioning nets amplify those bits (see the
+    # conformance cases net_lrcn_caption_unfactored*).
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library('m')
+    if name is None:
+        pytest.skip('no C math library to compare with')
+    powf = ctypes.CDLL(name).powf
+    powf.restype, powf.argtypes = ctypes.c_float, [ctypes.c_float, ctypes.c_float]
+    s = (np.random.default_rng(3).random(20000) * 50 + 1).astype(np.float32)
+    ours = lrn_mod._powf(s, np.float32(-0.75), np.empty_like(s))
+    want = np.array([powf(float(v), -0.75) for v in s], np.float32)
+    assert np.count_nonzero(ours != want) <= 40          # <= 0.2 %
+    assert np.all(np.abs(ours.view(np.int32) - want.view(np.int32)) <= 1)
 
 
 def test_lstm_gate_functions_round_as_caffe():

@@ -16,8 +16,9 @@ CASES = case_dirs('layers') + case_dirs('nets')
 
 
 @pytest.mark.parametrize('case', [
-    pytest.param(c, marks=pytest.mark.xfail(strict=False, reason='ill-conditioned on any BLAS;'
-                                            ' see test_conformance_layers.ILL_CONDITIONED'))
+    pytest.param(c, marks=pytest.mark.xfail(strict=False, reason='amplify last-bit differences'
+                                            ' of CUDA math; see test_conformance_layers'
+                                            '.ILL_CONDITIONED'))
     if c.name in ILL_CONDITIONED else c for c in CASES], ids=[c.name for c in CASES])
 def test_case_in_gpu_mode(case):
     with gpu_mode():
