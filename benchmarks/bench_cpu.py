@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """CPU speed against Caffe: `minicaffe time` on the full-width benchmark nets.
 
-    python benchmarks/bench_cpu.py [--iterations 10] [--net lenet ...] [--layers 5]
-                                   [--json out.json] [--bench-dir ../shared/bench]
+    python benchmarks/bench_cpu.py [--iterations 10] [--min-seconds 2] [--net lenet ...]
+                                   [--layers 5] [--json out.json] [--bench-dir ../shared/bench]
 
 For each net in ../shared/bench (data layers replaced by Input), run Caffe's
 `caffe time` procedure (minicaffe/timing.py: TRAIN phase, one warm-up pass,
@@ -46,7 +46,11 @@ def main(argv=None):
     p.add_argument('--bench-dir', default=str(SHARED / 'bench'))
     p.add_argument('--readme', default=str(SHARED / 'conformance' / 'README.md'))
     p.add_argument('--iterations', type=int, default=10,
-                   help='timed iterations per net (caffe time uses 50; default 10)')
+                   help='timed iterations per net, at least (caffe time uses 50; default 10)')
+    p.add_argument('--min-seconds', type=float, default=2.0,
+                   help='time each net for at least this long: small nets get more iterations,'
+                        ' so one hiccup of a shared machine does not decide their mean'
+                        ' (default 2)')
     p.add_argument('--net', action='append', default=[],
                    help='only these nets (%s); repeatable' % ', '.join(n[0] for n in NETS))
     p.add_argument('--layers', type=int, default=0, help='also list the N slowest layers of each net')
@@ -61,9 +65,10 @@ def main(argv=None):
             p.error('unknown net(s) %s; choose from %s' % (sorted(unknown), [n[0] for n in nets]))
         nets = [n for n in nets if n[0] in args.net]
 
-    print('threads: OMP %s, OpenBLAS %s, MKL %s; %d iteration(s) per net; Caffe figures from %s'
+    print('threads: OMP %s, OpenBLAS %s, MKL %s; at least %d iteration(s) and %g s per net;'
+          ' Caffe figures from %s'
           % (os.environ['OMP_NUM_THREADS'], os.environ['OPENBLAS_NUM_THREADS'],
-             os.environ['MKL_NUM_THREADS'], args.iterations,
+             os.environ['MKL_NUM_THREADS'], args.iterations, args.min_seconds,
              args.readme if figures else 'built-in values'))
     rows = []
     for name, fname, stages, caffe_ms in nets:
@@ -72,7 +77,7 @@ def main(argv=None):
         try:
             net = timing.build_net(path, 'TRAIN', 0, stages)
             iter_ms = []
-            res = timing.time_net(net, args.iterations, lambda j, ms: iter_ms.append(ms))
+            res = timing.time_net(net, _iterations(net, args), lambda j, ms: iter_ms.append(ms))
         except (MinicaffeError, OSError) as e:
             print('%s: FAILED: %s' % (name, e))
             rows.append({'net': name, 'error': str(e), 'caffe_ms': caffe_ms})
@@ -85,8 +90,9 @@ def main(argv=None):
                           for n, t, f, b in zip(res.layer_names, res.layer_types,
                                                 res.forward_ms, res.backward_ms)]}
         rows.append(row)
-        print('%s: %.1f ms (forward %.1f, backward %.1f; best iteration %.1f) vs Caffe %.1f ms'
-              % (name, row['ms'], row['forward_ms'], row['backward_ms'], row['best_ms'], caffe_ms))
+        print('%s: %.1f ms (forward %.1f, backward %.1f; best of %d iterations %.1f) vs Caffe'
+              ' %.1f ms' % (name, row['ms'], row['forward_ms'], row['backward_ms'], len(iter_ms),
+                            row['best_ms'], caffe_ms))
         if args.layers:
             slow = sorted(row['layers'], key=lambda l: -(l['forward_ms'] + l['backward_ms']))
             for l in slow[:args.layers]:
@@ -111,6 +117,16 @@ def main(argv=None):
                                    ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')},
                        'nets': rows}, f, indent=1)
     return 1 if any('error' in r for r in rows) else 0
+
+
+def _iterations(net, args):
+    """args.iterations, or more where that many passes take under args.min_seconds
+    (estimated from one untimed forward+backward)."""
+    t0 = time.perf_counter()
+    net.forward()
+    net.backward()
+    one = max(time.perf_counter() - t0, 1e-6)
+    return max(args.iterations, int(args.min_seconds / one + 0.999))
 
 
 if __name__ == '__main__':
