@@ -9,7 +9,8 @@ kernels in gpu/kernels/embed.cu and softmax.cu.
 """
 import numpy as np
 
-from ..blob import Blob
+from .. import cmath
+from ..blob import Blob, DTYPE
 from ..fillers import fill
 from ..blas import gemm_accumulate
 from ..im2col import workspace
@@ -231,9 +232,11 @@ class EmbedLayer(Layer):
             db += dy.sum(axis=0)
 
 
-def softmax(x, axis):
-    """Max-subtracted softmax of ``x`` along ``axis`` (float32, as Caffe computes it)."""
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
+def softmax(x, axis, out=None):
+    """Max-subtracted softmax of ``x`` along ``axis`` (float32, as Caffe computes it:
+    the exponential is expf's; into ``out`` if given)."""
+    e = np.subtract(x, x.max(axis=axis, keepdims=True), dtype=DTYPE, out=out)
+    cmath.expf(e, out=e)
     e /= e.sum(axis=axis, keepdims=True)
     return e
 

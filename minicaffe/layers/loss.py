@@ -25,10 +25,12 @@ are checked on the device; a bad one raises the same error as on the CPU.
 """
 import numpy as np
 
+from .. import cmath
 from ..blob import DTYPE
 from ..errors import DataSourceError, MinicaffeError, layer_context
 from ..protoio import pb
 from .base import Layer, register_layer
+from .common import softmax
 
 FLT_MIN = np.float32(np.finfo(np.float32).tiny)   # C's FLT_MIN, 1.175494e-38
 LOG_THRESHOLD = np.float32(1e-20)                  # Caffe's kLOG_THRESHOLD
@@ -38,21 +40,6 @@ _NORM = pb.LossParameter
 
 def _scalar(arr):
     return float(np.asarray(arr).reshape(-1)[0])
-
-
-def _softmax(x, out=None):
-    """Caffe's SoftmaxLayer on x of shape (outer, C, inner): max-subtracted exp / sum
-    (into ``out`` if given)."""
-    e = np.subtract(x, x.max(axis=1, keepdims=True), dtype=DTYPE, out=out)
-    np.exp(e, out=e)
-    e /= e.sum(axis=1, keepdims=True)
-    return e
-
-
-def _sigmoid(x):
-    """Caffe's SigmoidLayer: 0.5 * tanh(0.5 x) + 0.5."""
-    half = DTYPE(0.5)
-    return (half * np.tanh(half * x) + half).astype(DTYPE, copy=False)
 
 
 def _cupy():
@@ -202,13 +189,13 @@ class SoftmaxWithLossLayer(_LossBase):
         buf = getattr(self, '_prob_buf', None)      # reused: LSTM LMs have 70 MB here
         if buf is None or buf.shape != x.shape:
             buf = self._prob_buf = np.empty(x.shape, DTYPE)
-        self.prob = _softmax(x, out=buf)
+        self.prob = softmax(x, 1, out=buf)
         labels, valid = read_labels(self, bottom[1].data.reshape(self.outer, self.inner),
                                     self.C, self.ignore_label,
                                     ' along softmax axis %d' % self.axis)
         self.labels, self.valid = labels, valid
         p_true = np.take_along_axis(self.prob, labels[:, None, :], axis=1)[:, 0, :]
-        loss = -np.log(np.maximum(p_true[valid], FLT_MIN)).sum(dtype=np.float64)
+        loss = -cmath.logf(np.maximum(p_true[valid], FLT_MIN)).sum(dtype=np.float64)
         self.count = int(valid.sum())
         norm = self.normalizer(self.normalization, self.outer, self.inner, self.count)
         top[0].data[...] = loss / norm
@@ -366,13 +353,14 @@ class SigmoidCrossEntropyLossLayer(_LossBase):
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(-1)
         t = bottom[1].data.reshape(-1)
-        self.sig = _sigmoid(x)
+        self.sig = cmath.sigmoid(x)          # Caffe's SigmoidLayer (in double)
         if self.ignore_label is not None:
             self.valid = np.trunc(t.astype(np.float64)) != self.ignore_label
         else:
             self.valid = None
         pos = (x >= 0).astype(DTYPE)
-        terms = x * (t - pos) - np.log(DTYPE(1) + np.exp(x - DTYPE(2) * x * pos))
+        # Caffe's expression, in float with expf and logf
+        terms = x * (t - pos) - cmath.logf(DTYPE(1) + cmath.expf(x - DTYPE(2) * x * pos))
         if self.valid is not None:
             terms = terms[self.valid]
         loss = -terms.sum(dtype=np.float64)
@@ -576,7 +564,7 @@ class MultinomialLogisticLossLayer(_LossBase):
         self.labels, _ = read_labels(self, bottom[1].data.reshape(-1), self.dim)
         p = bottom[0].data.reshape(self.num, self.dim)
         self.p_true = np.maximum(p[np.arange(self.num), self.labels], LOG_THRESHOLD)
-        top[0].data[...] = -np.log(self.p_true).sum(dtype=np.float64) / self.num
+        top[0].data[...] = -cmath.logf(self.p_true).sum(dtype=np.float64) / self.num
 
     def backward(self, top, propagate_down, bottom):
         self.refuse_label_backward(propagate_down)
@@ -659,12 +647,12 @@ class InfogainLossLayer(_LossBase):
 
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.outer, self.C, self.inner)
-        self.prob = _softmax(x)
+        self.prob = softmax(x, 1)
         self.labels, self.valid = read_labels(
             self, bottom[1].data.reshape(self.outer, self.inner), self.C, self.ignore_label,
             ' along infogain axis %d' % self.axis)
         H = self._H(bottom)
-        logp = np.log(np.maximum(self.prob, LOG_THRESHOLD))             # (outer, C, inner)
+        logp = cmath.logf(np.maximum(self.prob, LOG_THRESHOLD))         # (outer, C, inner)
         rows = H[self.labels]                                            # (outer, inner, C)
         per = np.einsum('ojc,ocj->oj', rows.astype(np.float64), logp.astype(np.float64))
         loss = -per[self.valid].sum()

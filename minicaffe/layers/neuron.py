@@ -18,6 +18,7 @@ the CPU's mask.
 import numpy as np
 
 from .. import fillers
+from .. import cmath
 from ..blob import Blob, DTYPE
 from ..im2col import in_blocks, parallel_for
 from ..protoio import pb
@@ -238,7 +239,7 @@ class ELULayer(NeuronLayer):
 
     def forward(self, bottom, top):
         x = bottom[0].data
-        neg = self.alpha * (np.exp(np.minimum(x, 0)) - 1)
+        neg = self.alpha * (cmath.expf(np.minimum(x, 0)) - 1)
         top[0].data[...] = np.maximum(x, 0) + neg
 
     def backward(self, top, propagate_down, bottom):
@@ -266,21 +267,20 @@ class ELULayer(NeuronLayer):
 class SigmoidLayer(NeuronLayer):
     """Logistic sigmoid.
 
-    forward:  y = 1 / (1 + exp(-x))  (computed as 0.5 * tanh(0.5 x) + 0.5, as Caffe)
-    backward: dx = dy * y * (1 - y)
+    forward:  y = 1 / (1 + exp(-x))  (computed as 0.5 * tanh(0.5 x) + 0.5 in double, as
+              Caffe's C++ does: its literals are doubles)
+    backward: dx = dy * y * (1 - y)  (the last factor in double, as Caffe's 1. - y)
     shapes:   x (any) -> y (same)
     """
 
     def forward(self, bottom, top):
-        t = np.tanh(bottom[0].data * _f(0.5))
-        t *= _f(0.5)
-        t += _f(0.5)
-        top[0].data[...] = t
+        cmath.sigmoid(bottom[0].data, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
             y = top[0].data
-            bottom[0].diff[...] = top[0].diff * y * (1 - y)
+            dyy = top[0].diff * y
+            bottom[0].diff[...] = dyy * (1.0 - y.astype(np.float64))
 
     def forward_gpu(self, bottom, top):
         cp = _cupy()
@@ -305,7 +305,7 @@ class TanHLayer(NeuronLayer):
     """
 
     def forward(self, bottom, top):
-        np.tanh(bottom[0].data, out=top[0].data)
+        cmath.tanhf(bottom[0].data, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
@@ -357,16 +357,19 @@ class BNLLLayer(NeuronLayer):
     forward:  y = x + log(1 + exp(-x)) if x > 0 else log(1 + exp(x))
     backward: dx = dy * e / (e + 1), e = exp(min(x, 50))
     shapes:   x (any) -> y (same)
+    As Caffe's C++: exp of a float (expf), then ``1. +``, the log and the division
+    in double, rounded to float at the end.
     """
 
     def forward(self, bottom, top):
         x = bottom[0].data
-        top[0].data[...] = np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+        v = np.log(1.0 + cmath.expf(-np.abs(x)).astype(np.float64))
+        top[0].data[...] = np.where(x > 0, x + v, v)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            e = np.exp(np.minimum(bottom[0].data, _f(_BNLL_THRESHOLD)))
-            bottom[0].diff[...] = top[0].diff * e / (e + 1)
+            e = cmath.expf(np.minimum(bottom[0].data, _f(_BNLL_THRESHOLD)))
+            bottom[0].diff[...] = (top[0].diff * e) / (e.astype(np.float64) + 1.0)
 
     def forward_gpu(self, bottom, top):
         cp = _cupy()
@@ -411,8 +414,7 @@ class PowerLayer(NeuronLayer):
         if self.shift != 0:
             v = v + self.shift
         if self.power != 1:
-            with np.errstate(invalid='ignore', divide='ignore'):
-                v = np.power(v, self.power)
+            v = cmath.powf(v, self.power)               # Caffe's caffe_powx: powf
         top[0].data[...] = v
 
     def backward(self, top, propagate_down, bottom):
@@ -520,7 +522,7 @@ class ExpLayer(NeuronLayer):
 
     def forward(self, bottom, top):
         x = bottom[0].data
-        y = np.exp(x if self.inner_scale == 1 else x * self.inner_scale)
+        y = cmath.expf(x if self.inner_scale == 1 else x * self.inner_scale)
         if self.outer_scale != 1:
             y *= self.outer_scale
         top[0].data[...] = y
@@ -577,7 +579,7 @@ class LogLayer(NeuronLayer):
 
     def forward(self, bottom, top):
         with np.errstate(invalid='ignore', divide='ignore'):
-            y = np.log(self._inner(bottom[0].data))
+            y = cmath.logf(self._inner(bottom[0].data))
         if self.base_scale != 1:
             y *= self.base_scale
         top[0].data[...] = y
@@ -675,9 +677,7 @@ class SwishLayer(NeuronLayer):
 
     def forward(self, bottom, top):
         x = bottom[0].data
-        s = np.tanh(x * (self.beta * _f(0.5)))
-        s *= _f(0.5)
-        s += _f(0.5)
+        s = cmath.sigmoid(x * self.beta)           # Caffe's SigmoidLayer on beta x
         self._sig = s
         top[0].data[...] = x * s
 

@@ -39,7 +39,7 @@ host round trip, and the product they skip is exactly zero anyway.
 """
 import numpy as np
 
-from .. import fillers
+from .. import cmath, fillers
 from ..blob import Blob, DTYPE, SyncedMemory
 from ..im2col import workspace
 from .base import Layer, register_layer
@@ -566,13 +566,13 @@ class RNNLayer(_RecurrentLayer):
             if _nonzero(cont[t], Hs[t]):
                 np.matmul(Hc[t], W_hhT, out=tmp)
                 np.add(A[t], tmp, out=tmp)
-                np.tanh(tmp, out=Hs[t + 1])
+                cmath.tanhf(tmp, out=Hs[t + 1])
             else:
-                np.tanh(A[t], out=Hs[t + 1])
+                cmath.tanhf(A[t], out=Hs[t + 1])
         O2 = O.reshape(T * N, H)
         np.matmul(Hs[1:].reshape(T * N, H), W_ho.T, out=O2)
         O2 += b_o
-        np.tanh(O2, out=O2)
+        cmath.tanhf(O2, out=O2)
         top[0].data[...] = O
         if self.expose_hidden:
             top[1].data[...] = Hs[T]
