@@ -59,13 +59,15 @@ def _executor():
 
 def parallel_for(n, fn, elems):
     """Call fn(lo, hi) over a split of range(n) -- in worker threads when there
-    are several cores and the work (elems array elements in all) is large."""
+    are several cores and the work (elems array elements in all) is large.
+    Called from a worker thread (a parallel_for inside another) it runs serially:
+    only the calling thread ever waits for the workers, so they cannot deadlock."""
     t = min(num_threads(), n)
-    if t <= 1 or elems < PARALLEL_MIN_ELEMS:
+    if t <= 1 or elems < PARALLEL_MIN_ELEMS or getattr(_local, 'worker', False):
         fn(0, n)
         return
     bounds = [n * i // t for i in range(t + 1)]
-    futures = [_executor().submit(fn, bounds[i], bounds[i + 1]) for i in range(1, t)]
+    futures = [_executor().submit(_as_worker, fn, bounds[i], bounds[i + 1]) for i in range(1, t)]
     fn(bounds[0], bounds[1])
     for f in futures:
         f.result()
@@ -81,6 +83,11 @@ def in_blocks(part, per_item, block_elems):
         for s in range(lo, hi, step):
             part(s, min(hi, s + step))
     return run
+
+
+def _as_worker(fn, lo, hi):
+    _local.worker = True
+    fn(lo, hi)
 
 
 def _cdiv(a, b):

@@ -1,6 +1,7 @@
 """Local response normalization (Caffe's LRNLayer)."""
 import numpy as np
 
+from .. import cmath
 from ..blob import DTYPE
 from ..im2col import in_blocks, parallel_for, workspace
 from ..protoio import pb
@@ -29,21 +30,6 @@ def _saxpy(a, x, y):
         y[..., :n1] = fused
     if n1 < x.shape[-1]:
         y[..., n1:] += a * x[..., n1:]
-
-
-def _powf(x, y, out):
-    """out = x ** y (float32) as Caffe's caffe_powx -- glibc's powf -- rounds it.
-
-    numpy's float32 power (a SIMD approximation on AVX-512 machines) differs
-    from powf in the last bit for ~20% of inputs; the double power rounded once
-    to float agrees with powf on all but ~0.05%.  Those bits matter: the LRCN
-    captioning nets that feed raw pixels amplify them into visible differences
-    (with numpy's float32 power they miss Caffe's numbers)."""
-    w = workspace('lrn_f64', x.shape, np.float64)
-    np.copyto(w, x)
-    np.power(w, np.float64(y), out=w)
-    np.copyto(out, w)
-    return out
 
 
 @register_layer('LRN')
@@ -124,7 +110,7 @@ class LRNLayer(Layer):
             cur = sc[:, c]
             np.add(sc[:, c - 1], q[:, c + size - 1], out=cur)
             np.subtract(cur, q[:, c - 1], out=cur)
-        _powf(scale, _f(-self.beta), powed)
+        cmath.powf(scale, -self.beta, out=powed)   # Caffe: caffe_powx (powf)
         np.multiply(x, powed, out=y)
 
     def _across_backward(self, x, y, dy, scale, powed, dx):
@@ -154,7 +140,7 @@ class LRNLayer(Layer):
         a = ave_pool_forward(x * x, self.geom)
         np.multiply(a, _f(self.alpha), out=base)
         base += _f(1)
-        _powf(base, _f(-self.beta), p)
+        cmath.powf(base, -self.beta, out=p)
         np.multiply(x, p, out=y)
 
     def _within_backward(self, x, dy, base, p, dx):
