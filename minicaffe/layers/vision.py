@@ -127,15 +127,14 @@ def _accumulate_outer(dW, a, col):
 def _group_gemm(a, b, trans_a=False, out=None, blocks=1):
     """out[g] = op(a[g]) @ b[g] for each group, op = transpose if trans_a.
 
-    The columns of b hold ``blocks`` images side by side; each image is its own
-    GEMM, written as (B^T op(A)^T)^T.  That is exactly the call Caffe makes per
-    image (row-major caffe_cpu_gemm), so OpenBLAS rounds every sum the same way
-    and the outputs are bit-for-bit Caffe's -- some LRCN nets amplify a
-    last-bit difference into a visible one.  (2-D np.dot calls: numpy's stacked
-    matmul falls back to a slow loop on transposed views.)  That orientation is
-    up to 1.7x slower than one plain GEMM over the batch, so it is kept where it
-    matters (_per_image: the conv1/conv2 sizes); small per-image products and
-    the backward-data product (trans_a) are one GEMM over the batch."""
+    The columns of b hold ``blocks`` images side by side.  Where an image's
+    product is large (_per_image) each image is its own GEMM, the one Caffe
+    makes per image, so OpenBLAS rounds every sum as in Caffe (2-D np.dot calls:
+    numpy's stacked matmul falls back to a slow loop on transposed views); small
+    per-image products and the transposed product (trans_a) are one GEMM over
+    the batch.  Convolution's large products do not come here: they keep a
+    per-image column layout of their own (BaseConvolutionLayer.per_image); this
+    serves the batch-wide layouts and Deconvolution."""
     G = a.shape[0]
     m = a.shape[2] if trans_a else a.shape[1]
     if out is None:
