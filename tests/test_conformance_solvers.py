@@ -24,9 +24,18 @@ def _compare_params(net, group, label):
     return problems
 
 
-def _losses_problems(solver, ref_losses, start):
+def _case_reference(case, tmp_path, monkeypatch):
+    """Copy a solver case into tmp_path, work inside it (its paths are relative)
+    and open Caffe's ref.h5."""
+    work = copy_case(case, tmp_path)
+    monkeypatch.chdir(work)
+    return h5py.File(work / 'ref.h5', 'r')
+
+
+def _losses_problems(solver, ref_losses, start, stop=8):
+    """step(1) from iteration start to stop, each loss against Caffe's."""
     problems = []
-    for it in range(start, 8):
+    for it in range(start, stop):
         solver.step(1)
         m = mismatch(solver.net.blobs['loss'].data, ref_losses[it])
         if m:
@@ -38,23 +47,16 @@ def _trajectory_from_init_problems(solver, ref):
     """From init.caffemodel, 8 step(1) calls against Caffe's losses and its params
     after iterations 4 and 8."""
     solver.net.copy_from('init.caffemodel')
-    problems = []
-    for it in range(8):
-        solver.step(1)
-        m = mismatch(solver.net.blobs['loss'].data, ref['loss'][it])
-        if m:
-            problems.append('loss after step %d: %s' % (it + 1, m))
-        if it == 3:
-            problems += _compare_params(solver.net, ref['param_iter_4'], 'params after iter 4')
+    problems = _losses_problems(solver, ref['loss'], 0, 4)
+    problems += _compare_params(solver.net, ref['param_iter_4'], 'params after iter 4')
+    problems += _losses_problems(solver, ref['loss'], 4)
     problems += _compare_params(solver.net, ref['param_iter_8'], 'params after iter 8')
     return problems
 
 
 @pytest.mark.parametrize('case', CASES, ids=[c.name for c in CASES])
 def test_trajectory_from_init(case, tmp_path, monkeypatch):
-    work = copy_case(case, tmp_path)
-    monkeypatch.chdir(work)
-    ref = h5py.File(work / 'ref.h5', 'r')
+    ref = _case_reference(case, tmp_path, monkeypatch)
     solver = caffe.get_solver('solver.prototxt')
     problems = _trajectory_from_init_problems(solver, ref)
     assert not problems, '\n'.join(problems)
@@ -62,9 +64,7 @@ def test_trajectory_from_init(case, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('case', CASES, ids=[c.name for c in CASES])
 def test_resume_from_caffe_snapshot(case, tmp_path, monkeypatch):
-    work = copy_case(case, tmp_path)
-    monkeypatch.chdir(work)
-    ref = h5py.File(work / 'ref.h5', 'r')
+    ref = _case_reference(case, tmp_path, monkeypatch)
     solver = caffe.get_solver('solver.prototxt')
     solver.restore('snap_iter_4.solverstate')
     assert solver.iter == 4

@@ -7,7 +7,6 @@ device.  These tests run the same training on the CPU and in GPU mode
 compare; Caffe's own solver trajectories (../shared/conformance/solvers) are
 reproduced in GPU mode; snapshots written in one mode resume in the other.
 """
-import h5py
 import numpy as np
 import pytest
 
@@ -16,9 +15,9 @@ from minicaffe import mode
 from minicaffe.blob import DEVICE
 from minicaffe.solvers import Solver
 
-from conformance import case_dirs, copy_case
+from conformance import case_dirs
 from gpu_support import gpu_mode
-from test_conformance_solvers import (_compare_params, _losses_problems,
+from test_conformance_solvers import (_case_reference, _compare_params, _losses_problems,
                                       _trajectory_from_init_problems)
 from test_solve import make_case
 
@@ -125,9 +124,7 @@ CASES = case_dirs('solvers')
 
 @pytest.mark.parametrize('case', CASES, ids=[c.name for c in CASES])
 def test_conformance_trajectory_in_gpu_mode(case, tmp_path, monkeypatch):
-    work = copy_case(case, tmp_path)
-    monkeypatch.chdir(work)
-    ref = h5py.File(work / 'ref.h5', 'r')
+    ref = _case_reference(case, tmp_path, monkeypatch)
     with gpu_mode() as cp:
         solver = caffe.get_solver('solver.prototxt')
         problems = _trajectory_from_init_problems(solver, ref)
@@ -137,9 +134,7 @@ def test_conformance_trajectory_in_gpu_mode(case, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('case', CASES, ids=[c.name for c in CASES])
 def test_conformance_resume_from_caffe_snapshot_in_gpu_mode(case, tmp_path, monkeypatch):
-    work = copy_case(case, tmp_path)
-    monkeypatch.chdir(work)
-    ref = h5py.File(work / 'ref.h5', 'r')
+    ref = _case_reference(case, tmp_path, monkeypatch)
     with gpu_mode() as cp:
         solver = caffe.get_solver('solver.prototxt')
         solver.restore('snap_iter_4.solverstate')
