@@ -23,7 +23,9 @@ those override setup/reshape/forward/backward and read ``self.param_str``.
 """
 import difflib
 
-from ..blob import Blob
+import numpy as np
+
+from ..blob import Blob, DTYPE
 from ..errors import NetDefinitionError, layer_context
 
 _REGISTRY = {}
@@ -144,6 +146,17 @@ class Layer(object):
 
     def needed_auto_tops(self):
         return max(self.min_num_top, self.exact_num_top, 0)
+
+    def kept_array(self, name, shape, dtype=DTYPE, xp=np):
+        """The array the layer keeps as attribute ``name`` (from forward for
+        backward, or a large scratch buffer), reused while its shape and dtype
+        hold: a fresh one of AlexNet's size costs page faults on every pass.
+        ``xp`` is numpy, or cupy for a device array."""
+        arr = getattr(self, name, None)
+        if arr is None or arr.shape != tuple(shape) or arr.dtype != dtype:
+            arr = xp.empty(shape, dtype=dtype)
+            setattr(self, name, arr)
+        return arr
 
 
 class BlobList(list):

@@ -186,9 +186,7 @@ class SoftmaxWithLossLayer(_LossBase):
 
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.outer, self.C, self.inner)
-        buf = getattr(self, '_prob_buf', None)      # reused: LSTM LMs have 70 MB here
-        if buf is None or buf.shape != x.shape:
-            buf = self._prob_buf = np.empty(x.shape, DTYPE)
+        buf = self.kept_array('_prob_buf', x.shape)      # LSTM LMs have 70 MB here
         self.prob = softmax(x, 1, out=buf)
         labels, valid = read_labels(self, bottom[1].data.reshape(self.outer, self.inner),
                                     self.C, self.ignore_label,
@@ -223,9 +221,7 @@ class SoftmaxWithLossLayer(_LossBase):
         from .common import softmax_gpu
         cp = _cupy()
         shape = (self.outer, self.C, self.inner)
-        prob = getattr(self, '_gpu_prob', None)
-        if prob is None or prob.shape != shape:
-            prob = self._gpu_prob = cp.empty(shape, dtype=DTYPE)
+        prob = self.kept_array('_gpu_prob', shape, xp=cp)
         softmax_gpu(cp, bottom[0].gpu_data.reshape(shape), prob)
         n = self.outer * self.inner
         loss = cp.empty(n, dtype=DTYPE)

@@ -161,27 +161,19 @@ class LRNLayer(Layer):
         y = top[0].data
         N = x.shape[0]
         if self.region == pb.LRNParameter.ACROSS_CHANNELS:
-            self.scale = self._kept('scale', x.shape)
-            self.powed = self._kept('powed', x.shape)
+            self.kept_array('scale', x.shape)
+            self.kept_array('powed', x.shape)
 
             def part(lo, hi):
                 self._across_forward(x[lo:hi], y[lo:hi], self.scale[lo:hi], self.powed[lo:hi])
         else:
-            self.a_base = self._kept('a_base', x.shape)
-            self.p = self._kept('p', x.shape)
+            self.kept_array('a_base', x.shape)
+            self.kept_array('p', x.shape)
 
             def part(lo, hi):
                 self._within_forward(x[lo:hi], y[lo:hi], self.a_base[lo:hi], self.p[lo:hi])
         # images in cache-sized blocks: the temporaries (doubles among them) stay in cache
         parallel_for(N, in_blocks(part, int(np.prod(x.shape[1:])), BLOCK_ELEMS), x.size)
-
-    def _kept(self, name, shape):
-        """An array kept from forward for backward, reused while the shape holds
-        (a fresh one of AlexNet's size costs page faults on every pass)."""
-        arr = getattr(self, name, None)
-        if arr is None or arr.shape != shape:
-            arr = np.empty(shape, _f)
-        return arr
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:

@@ -320,11 +320,7 @@ class PoolingLayer(Layer):
         xs = x.reshape((nc,) + x.shape[2:])          # split over images and channels
         ys = top[0].data.reshape((nc,) + g.out)
         if self.method == MAX:
-            # kept for backward; reused while the shape holds (a fresh array of
-            # conv1's size costs page faults on every pass)
-            idx_kept = getattr(self, 'idx', None)
-            if idx_kept is None or idx_kept.shape != ys.shape:
-                self.idx = np.empty(ys.shape, np.int32)
+            self.kept_array('idx', ys.shape, np.int32)       # for backward
             mask = top[1].data.reshape(ys.shape) if len(top) > 1 else None
 
             def part(lo, hi):
@@ -369,9 +365,7 @@ class PoolingLayer(Layer):
         x, y = bottom[0].gpu_data, top[0].gpu_data
         geom = self._gpu_geom_args(x)
         if self.method == MAX:
-            mask = getattr(self, '_gpu_mask', None)
-            if mask is None or mask.shape != y.shape:
-                mask = self._gpu_mask = cp.empty(y.shape, dtype=cp.int32)
+            mask = self.kept_array('_gpu_mask', y.shape, np.int32, xp=cp)
             launch('pooling', 'max_pool_forward', y.size, (y.size, x) + geom + (y, mask))
             if len(top) > 1:
                 top[1].gpu_data[...] = mask.astype(cp.float32)
