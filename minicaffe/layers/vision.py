@@ -691,14 +691,11 @@ class DeconvolutionLayer(BaseConvolutionLayer):
             self._add_bias(t.data)
 
     def backward(self, top, propagate_down, bottom):
-        # per image, the bias gradient is summed image by image with the GEMMs
-        need_b = self.bias_term and self.param_propagate_down[1] and self.per_image
-        if not self.per_image:
-            self._bias_backward(top)
+        self._bias_backward(top)
         need_w = self.param_propagate_down[0]
         W = self._weights()
         for i, (b, t) in enumerate(zip(bottom, top)):
-            if not (need_w or need_b or propagate_down[i]):
+            if not (need_w or propagate_down[i]):
                 continue
             x = self._batched(b.data)
             dy = self._batched(t.diff)
