@@ -16,9 +16,7 @@ double-precision scratch array on the worker threads, and writes float32 into
 """
 import numpy as np
 
-from .im2col import in_blocks, parallel_for, workspace
-
-_BLOCK = 1 << 16
+from .im2col import elementwise, workspace
 
 
 def _via_double(fn, x, out):
@@ -35,7 +33,7 @@ def _via_double(fn, x, out):
         with np.errstate(over='ignore', under='ignore', divide='ignore', invalid='ignore'):
             fn(w)
             np.copyto(dst[lo:hi], w)          # (overflow to inf, as the C function)
-    parallel_for(src.size, in_blocks(part, 1, _BLOCK), src.size)
+    elementwise(part, src.size)
     if not out.flags.c_contiguous:
         out[...] = dst.reshape(out.shape)
     return out

@@ -85,6 +85,16 @@ def in_blocks(part, per_item, block_elems):
     return run
 
 
+# Element-wise passes over large arrays run in blocks of this many values.
+ELEMENTWISE_BLOCK = 1 << 16
+
+
+def elementwise(part, n):
+    """part(lo, hi) over [0, n) in cache-sized blocks, split across the worker
+    threads: an element-wise pass's temporaries stay in cache and every core works."""
+    parallel_for(n, in_blocks(part, 1, ELEMENTWISE_BLOCK), n)
+
+
 def _as_worker(fn, lo, hi):
     _local.worker = True
     fn(lo, hi)

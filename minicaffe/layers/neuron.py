@@ -17,25 +17,14 @@ the CPU's mask.
 """
 import numpy as np
 
-from .. import fillers
-from .. import cmath
+from .. import cmath, fillers
 from ..blob import Blob, DTYPE
-from ..im2col import in_blocks, parallel_for
+from ..im2col import elementwise
 from ..protoio import pb
 from ..rng import gpu_rng, rng
 from .base import Layer, register_layer
 
 _f = DTYPE
-
-
-# Element-wise passes over large blobs run in blocks of this many values on the
-# worker threads: the temporaries (ReLU's mask) stay in cache and both cores work.
-ELEMENTWISE_BLOCK = 1 << 16
-
-
-def _elementwise(part, n):
-    """part(lo, hi) over [0, n) in cache-sized blocks, split across threads."""
-    parallel_for(n, in_blocks(part, 1, ELEMENTWISE_BLOCK), n)
 
 
 def _cupy():
@@ -88,7 +77,7 @@ class ReLULayer(NeuronLayer):
                 np.maximum(x[lo:hi], 0, out=y[lo:hi])
             else:
                 y[lo:hi] = np.where(x[lo:hi] > 0, x[lo:hi], x[lo:hi] * slope)
-        _elementwise(part, x.size)
+        elementwise(part, x.size)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -101,7 +90,7 @@ class ReLULayer(NeuronLayer):
                 np.multiply(dy[lo:hi], x[lo:hi] > 0, out=dx[lo:hi])
             else:
                 dx[lo:hi] = np.where(x[lo:hi] > 0, dy[lo:hi], dy[lo:hi] * slope)
-        _elementwise(part, x.size)
+        elementwise(part, x.size)
 
     # -- GPU: the same expressions on the device arrays -------------------------
     def forward_gpu(self, bottom, top):
