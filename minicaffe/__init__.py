@@ -7,9 +7,10 @@ import os as _os
 # After each call OpenBLAS's worker threads spin for ~2^28 cycles before they
 # sleep.  minicaffe runs its own copies, pooling and LRN on worker threads too
 # (im2col.parallel_for), so on a 2-core machine those spinning threads take a
-# core from them: CaffeNet's forward+backward is 10-15% slower.  OpenBLAS reads
-# this when it loads, i.e. only if numpy is not imported yet; a value already in
-# the environment wins.
+# core from them (CaffeNet's forward+backward was 10-15% slower in one side-by-
+# side run; later runs, after other changes, showed little difference).
+# OpenBLAS reads this when it loads, i.e. only if numpy is not imported yet; a
+# value already in the environment wins.
 _os.environ.setdefault('OPENBLAS_THREAD_TIMEOUT', '4')
 
 from .blob import Blob  # noqa: F401
