@@ -9,7 +9,7 @@ from minicaffe.gradcheck import make_layer
 from minicaffe.layers import lrn as lrn_mod
 from minicaffe.layers import recurrent as rec
 from minicaffe.layers import vision
-from minicaffe.layers.pooling import PoolGeometry, max_pool_backward, pooled_size
+from minicaffe.layers.pooling import PoolGeometry, max_pool_backward, pooled_shape
 from minicaffe.im2col import im2col
 
 
@@ -215,7 +215,7 @@ def test_lstm_backward_with_sequence_starts_equals_the_full_computation(monkeypa
 def test_max_pool_scatter_equals_the_bincount_route(shape, kernel, stride, pad, monkeypatch):
     r = np.random.default_rng(6)
     H, W = shape[2:]
-    out = tuple(pooled_size(n, kernel, stride, pad) for n in (H, W))
+    out = pooled_shape((H, W), (kernel, kernel), (stride, stride), (pad, pad))
     g = PoolGeometry((H, W), (kernel, kernel), (stride, stride), (pad, pad), out)
     idx = np.empty(shape[:2] + out, np.int32)
     for i in range(out[0]):                     # a valid winner index per window

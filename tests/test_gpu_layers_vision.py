@@ -35,6 +35,10 @@ def test_deconvolution():
     'pooling_param { pool: MAX kernel_size: 3 stride: 2 }',
     'pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }',
     'pooling_param { pool: MAX kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2 pad_h: 1 pad_w: 0 }',
+    # one pad 0: the last window is dropped on both axes (Caffe's `pad_h_ || pad_w_`)
+    'pooling_param { pool: MAX kernel_h: 1 kernel_w: 2 stride: 3 pad_h: 0 pad_w: 1 }',
+    'pooling_param { pool: AVE kernel_h: 1 kernel_w: 2 stride: 3 pad_h: 0 pad_w: 1 }',
+    'pooling_param { pool: AVE kernel_h: 3 kernel_w: 2 stride: 2 pad_h: 1 pad_w: 0 }',
 ])
 def test_pooling(param):
     check_gpu_parity('type: "Pooling" ' + param, [(2, 3, 9, 8)])

@@ -11,6 +11,7 @@ import minicaffe as caffe
 from minicaffe import protoio
 from minicaffe.errors import MinicaffeError
 from minicaffe.im2col import col2im, conv_out_size, im2col
+from minicaffe.layers.pooling import pooled_shape
 from minicaffe.protoio import pb
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -338,6 +339,14 @@ POOL_CASES = [
     ('AVE', (3, 3), (2, 2), (1, 1), True, (1, 2, 7, 7)),
     ('AVE', (4, 3), (3, 2), (2, 1), True, (1, 2, 9, 6)),
     ('AVE', (3, 3), (2, 2), (1, 1), False, (1, 2, 8, 8)),
+    # one pad zero: Caffe drops a last window starting in the padding on BOTH axes
+    ('MAX', (1, 2), (3, 3), (0, 1), True, (1, 2, 5, 5)),     # H drops one with pad_h 0
+    ('AVE', (1, 2), (3, 3), (0, 1), True, (1, 2, 5, 5)),
+    ('MAX', (2, 1), (3, 3), (1, 0), True, (1, 2, 5, 5)),
+    ('AVE', (2, 1), (3, 3), (1, 0), True, (1, 2, 5, 5)),
+    ('MAX', (3, 3), (2, 2), (0, 1), True, (1, 2, 6, 6)),
+    ('AVE', (3, 2), (2, 2), (0, 1), True, (1, 2, 7, 6)),
+    ('AVE', (3, 3), (2, 2), (1, 0), False, (1, 2, 7, 8)),
 ]
 
 
@@ -415,6 +424,49 @@ def test_pooling_global_follows_input_size():
 def test_pooling_output_shapes(param, shape, out):
     net = make_net(layer('Pooling', ['x'], ['y'], 'pooling_param { %s }' % param), {'x': shape})
     assert net.blobs['y'].data.shape == out
+
+
+def caffe_pooled_shape(H, W, k, s, p, ceil_mode):
+    """PoolingLayer::Reshape's output size, written out independently of pooled_shape."""
+    (kh, kw), (sh, sw), (ph, pw) = k, s, p
+    rnd = math.ceil if ceil_mode else math.floor
+    PH = int(rnd(float(np.float32(H + 2 * ph - kh) / np.float32(sh)))) + 1
+    PW = int(rnd(float(np.float32(W + 2 * pw - kw) / np.float32(sw)))) + 1
+    if ph or pw:
+        if (PH - 1) * sh >= H + ph:
+            PH -= 1
+        if (PW - 1) * sw >= W + pw:
+            PW -= 1
+    return PH, PW
+
+
+def test_pooled_shape_matches_caffe_on_a_range_of_sizes():
+    # every size 1..11, kernels 1..4, strides 1..4, each pad 0..kernel-1 on each axis
+    # independently (asymmetric pads included), both round modes
+    checked = 0
+    for H, kh, kw, sh, sw in itertools.product(range(1, 12), range(1, 5), range(1, 5),
+                                               range(1, 5), range(1, 5)):
+        W = 12 - H
+        for ph, pw, ceil_mode in itertools.product(range(kh), range(kw), (True, False)):
+            if H + 2 * ph < kh or W + 2 * pw < kw:
+                continue
+            want = caffe_pooled_shape(H, W, (kh, kw), (sh, sw), (ph, pw), ceil_mode)
+            got = pooled_shape((H, W), (kh, kw), (sh, sw), (ph, pw), ceil_mode)
+            assert got == want, (H, W, kh, kw, sh, sw, ph, pw, ceil_mode)
+            checked += 1
+    assert checked > 10000
+
+
+@pytest.mark.parametrize('pads', [(0, 1), (1, 0), (1, 2), (2, 1)])
+def test_pooling_asymmetric_pads_build_as_in_caffe(pads):
+    # was refused ("the last pooling window starts outside the padded input") when one
+    # pad was 0 and that axis kept a window Caffe drops
+    for H in range(3, 10):
+        param = ('pooling_param { pool: MAX kernel_size: 3 stride: 2 pad_h: %d pad_w: %d }'
+                 % pads)
+        net = make_net(layer('Pooling', ['x'], ['y'], param), {'x': (1, 1, H, H + 1)})
+        assert net.blobs['y'].data.shape[2:] == caffe_pooled_shape(
+            H, H + 1, (3, 3), (2, 2), pads, True)
 
 
 def test_pooling_stochastic_has_no_cpu_implementation():

@@ -6,7 +6,7 @@ from ..blob import DTYPE
 from ..im2col import in_blocks, parallel_for, workspace
 from ..protoio import pb
 from .base import Layer, register_layer
-from .pooling import PoolGeometry, ave_pool_backward, ave_pool_forward, pooled_size
+from .pooling import PoolGeometry, ave_pool_backward, ave_pool_forward, pooled_shape
 
 _f = DTYPE
 
@@ -72,7 +72,7 @@ class LRNLayer(Layer):
                    ' height, width); got shape %s' % (s,))
         if self.region == pb.LRNParameter.WITHIN_CHANNEL and s[2:] != self._geom_key:
             n, p = self.size, self.pre_pad
-            out = tuple(pooled_size(d, n, 1, p) for d in s[2:])
+            out = pooled_shape(s[2:], (n, n), (1, 1), (p, p))
             self.geom = PoolGeometry(s[2:], (n, n), (1, 1), (p, p), out)
             self._geom_key = s[2:]
         if top[0] is not bottom[0]:

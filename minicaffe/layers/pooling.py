@@ -6,7 +6,8 @@ is over the kernel offsets (kh * kw), never over output pixels.
 Caffe's rules, reproduced exactly:
 
 * output size ``ceil((H + 2 pad - k) / s) + 1`` (``round_mode: FLOOR`` floors);
-  with padding, a last window that would start in the padding is dropped.
+  when pad_h or pad_w is non-zero, a last window that would start in the
+  padding is dropped, in both dimensions (see ``pooled_shape``).
 * MAX: the window is clipped to the image; the running maximum starts at
   -FLT_MAX and a value replaces it only when strictly greater, so the first
   maximum in row-major window order wins (ties) and NaNs never win.  The index
@@ -33,13 +34,19 @@ AVE = 1
 STOCHASTIC = 2
 
 
-def pooled_size(size, kernel, stride, pad, ceil_mode=True):
-    """Caffe's pooled output size along one axis (PoolingLayer::Reshape)."""
-    q = float(np.float32(size + 2 * pad - kernel) / np.float32(stride))
-    out = int(np.ceil(q) if ceil_mode else np.floor(q)) + 1
-    if pad and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
+def pooled_shape(in_hw, kernel, stride, pad, ceil_mode=True):
+    """Caffe's pooled output size (PoolingLayer::Reshape) over (H, W): per axis
+    ceil((n + 2 pad - k) / s) + 1 (floor with round_mode FLOOR); then, when either
+    pad is non-zero, each axis whose last window starts at or beyond n + pad drops
+    it -- on BOTH axes, also one with pad 0 (Caffe tests ``pad_h_ || pad_w_``)."""
+    out = []
+    for n, k, s, p in zip(in_hw, kernel, stride, pad):
+        q = float(np.float32(n + 2 * p - k) / np.float32(s))   # Caffe divides in float
+        out.append(int(np.ceil(q) if ceil_mode else np.floor(q)) + 1)
+    if any(pad):
+        out = [o - 1 if (o - 1) * s >= n + p else o
+               for o, n, s, p in zip(out, in_hw, stride, pad)]
+    return tuple(out)
 
 
 class PoolGeometry(object):
@@ -228,7 +235,8 @@ class PoolingLayer(Layer):
     backward: MAX dx[argmax] += dy;  AVE dx[window] += dy / pool_size
     shapes:   x (N, C, H, W) -> y (N, C, PH, PW) [, mask (N, C, PH, PW)],
               PH = ceil((H + 2 pad_h - kernel_h) / stride_h) + 1 (floor with
-              round_mode FLOOR), minus 1 if pad and (PH - 1) stride_h >= H + pad_h
+              round_mode FLOOR), minus 1 if (pad_h or pad_w) and
+              (PH - 1) stride_h >= H + pad_h; PW likewise
     """
     exact_num_bottom = 1
     min_num_top = 1
@@ -296,8 +304,7 @@ class PoolingLayer(Layer):
             self.kernel = (s[2], s[3])
         key = (s[2], s[3], self.kernel)
         if key != self._geom_key:
-            out = tuple(pooled_size(n, k, st, p, self.ceil_mode) for n, k, st, p
-                        in zip((s[2], s[3]), self.kernel, self.stride, self.pad))
+            out = pooled_shape((s[2], s[3]), self.kernel, self.stride, self.pad, self.ceil_mode)
             if self.pad != (0, 0):
                 for o, st, n, p in zip(out, self.stride, (s[2], s[3]), self.pad):
                     self.check((o - 1) * st < n + p, 'the last pooling window starts outside'
@@ -399,7 +406,7 @@ def spp_level_geometry(layer, level, H, W):
         layer.check(pad[0] < kernel[0] and pad[1] < kernel[1],
                     'pyramid level %d on a %dx%d input needs pad %s >= kernel %s, which pooling'
                     ' does not allow' % (level, H, W, pad, kernel))
-    out = tuple(pooled_size(n, k, s, p) for n, k, s, p in zip((H, W), kernel, stride, pad))
+    out = pooled_shape((H, W), kernel, stride, pad)
     return PoolGeometry((H, W), kernel, stride, pad, out)
 
 
