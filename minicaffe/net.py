@@ -188,8 +188,11 @@ class Net(object):
         if len(lp_net.param) > n_param:
             raise NetDefinitionError('%s: %s: %d param specs given but the layer has %d'
                                      ' learnable blobs' % (src, layer_context(lp), len(lp_net.param), n_param))
-        # The layer's own copy: setup may add specs (BatchNorm pins its statistics' lr_mult to 0).
-        specs = layer.layer_param.param
+        # Caffe's Net::Init decides from the prototxt's specs (an absent spec means lr_mult 1),
+        # not from the layer's own copy, to which set-up may add specs: a BatchNorm written
+        # without its three lr_mult 0 specs needs backward (its statistics stay frozen anyway,
+        # AppendParam reads the layer's copy).
+        specs = lp_net.param
         layer.param_propagate_down = []
         for pid in range(n_param):
             spec = specs[pid] if pid < len(specs) else pb.ParamSpec()
