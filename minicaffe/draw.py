@@ -208,8 +208,11 @@ def prepare_net(net_param, phase=None, stages=(), level=0, source='<net>'):
     return netbuild.filter_net(param, source)
 
 
-def get_dot_source(net_param, rankdir='LR', phase=None, stages=(), level=0, source='<net>'):
-    """The graphviz source of a NetParameter (see module doc for the layout)."""
+def get_dot_source(net_param, rankdir='LR', phase=None, stages=(), level=0, source='<net>',
+                   display_lrm=False, label_edges=True):
+    """The graphviz source of a NetParameter (see module doc for the layout);
+    ``display_lrm`` adds the learning rate multipliers of the weight layers,
+    ``label_edges=False`` leaves the blob names off the edges."""
     if rankdir not in ('LR', 'RL', 'TB', 'BT'):
         raise MinicaffeError('rankdir must be LR, RL, TB or BT, got %r' % (rankdir,))
     param = prepare_net(net_param, phase, stages, level, source)
@@ -233,6 +236,9 @@ def get_dot_source(net_param, rankdir='LR', phase=None, stages=(), level=0, sour
         label = ['<B>%s</B>' % _esc(lp.name or '(unnamed)'),
                  '<FONT POINT-SIZE="9">%s</FONT>' % _esc(lp.type)]
         label += ['<FONT POINT-SIZE="9">%s</FONT>' % _esc(s) for s in layer_summary(lp)]
+        if display_lrm and lp.type in _LR_MULT_TYPES:
+            label.append('<FONT POINT-SIZE="9">lr mult: %s</FONT>'
+                         % ', '.join('%.1f' % m for m in get_layer_lr_mult(lp)))
         label += ['<FONT POINT-SIZE="8" COLOR="#7F3F00"><I>%s</I></FONT>' % _esc(r) for r in _rules(lp)]
         style = '"rounded,filled,dashed"' if restricted and phase is None else '"rounded,filled"'
         lines.append('  %s [label=<%s>, fillcolor="%s", style=%s];'
@@ -273,7 +279,7 @@ def get_dot_source(net_param, rankdir='LR', phase=None, stages=(), level=0, sour
         if key in seen:
             continue
         seen.add(key)
-        lab = ' [label="%s"]' % _esc(blob) if blob else ''
+        lab = ' [label="%s"]' % _esc(blob) if blob and label_edges else ''
         lines.append('  %s -> %s%s;' % (a, b, lab))
     lines.append('}')
     return '\n'.join(lines) + '\n'
@@ -283,9 +289,11 @@ def _node_id(name):
     return ''.join(ch if ch.isalnum() else '_%02x' % ord(ch) for ch in name)
 
 
-def draw_net(caffe_net, rankdir='LR', ext='png', phase=None, stages=(), level=0):
-    """The picture of a NetParameter as bytes in format ``ext`` (png, svg, pdf, dot)."""
-    return render(get_dot_source(caffe_net, rankdir, phase, stages, level), ext)
+def draw_net(caffe_net, rankdir='LR', ext='png', phase=None, display_lrm=False, stages=(), level=0):
+    """The picture of a NetParameter as bytes in format ``ext`` (png, svg, pdf, dot);
+    the first five arguments are pycaffe's, in its order."""
+    return render(get_dot_source(caffe_net, rankdir, phase, stages, level,
+                                 display_lrm=display_lrm), ext)
 
 
 def render(src, ext):
@@ -306,12 +314,93 @@ def render(src, ext):
     return res.stdout
 
 
-def draw_net_to_file(caffe_net, filename, rankdir='LR', phase=None, stages=(), level=0):
-    """Draw a NetParameter to ``filename``; its extension picks the format."""
+def draw_net_to_file(caffe_net, filename, rankdir='LR', phase=None, display_lrm=False, stages=(),
+                     level=0):
+    """Draw a NetParameter to ``filename``; its extension picks the format (pycaffe's
+    python/draw_net.py passes the first five positionally)."""
     ext = os.path.splitext(filename)[1].lstrip('.').lower() or 'png'
-    data = draw_net(caffe_net, rankdir, ext, phase, stages, level)
+    data = draw_net(caffe_net, rankdir, ext, phase, display_lrm, stages, level)
     with open(filename, 'wb') as f:
         f.write(data)
+
+
+# ------------------------------------------------- pycaffe's helper functions
+_LR_MULT_TYPES = ('Convolution', 'Deconvolution', 'InnerProduct')
+
+
+class DrawError(MinicaffeError, ValueError):
+    """A bad argument to a draw helper (pycaffe raises ValueError)."""
+
+
+def get_pooling_types_dict():
+    """{pooling method number: name}, e.g. {0: 'MAX', 1: 'AVE', 2: 'STOCHASTIC'}."""
+    return {v.number: name for name, v in
+            pb.PoolingParameter.PoolMethod.DESCRIPTOR.values_by_name.items()}
+
+
+def get_edge_label(layer):
+    """pycaffe's edge label for the tops of a LayerParameter: the batch size of a
+    Data layer, the output count of a weight layer, else '""' (an empty label)."""
+    if layer.type == 'Data':
+        return 'Batch %d' % layer.data_param.batch_size
+    if layer.type in ('Convolution', 'Deconvolution'):
+        return str(layer.convolution_param.num_output)
+    if layer.type == 'InnerProduct':
+        return str(layer.inner_product_param.num_output)
+    return '""'
+
+
+def get_layer_lr_mult(layer):
+    """(weights lr_mult, bias lr_mult) of a Convolution, Deconvolution or
+    InnerProduct LayerParameter; a missing param spec means 1."""
+    if layer.type not in _LR_MULT_TYPES:
+        raise DrawError('%s layers do not have a learning rate multiplier' % layer.type)
+    if len(layer.param) > 2:
+        raise DrawError('layer "%s" has %d param specs; a %s layer has at most 2'
+                        % (layer.name, len(layer.param), layer.type))
+    mults = [spec.lr_mult for spec in layer.param]
+    return tuple(mults + [1.0] * (2 - len(mults)))
+
+
+def get_layer_label(layer, rankdir, display_lrm=False):
+    """pycaffe's node label (quoted for dot): name, (type[ method]), the kernel,
+    stride and pad of spatial layers, optionally the lr multipliers; words are
+    separated by spaces in vertical layouts (TB/BT), by line breaks otherwise."""
+    sep = ' ' if rankdir in ('TB', 'BT') else r'\n'
+    kind = layer.type
+    if kind == 'Pooling':
+        kind += ' ' + get_pooling_types_dict()[layer.pooling_param.pool]
+    parts = [layer.name, '(%s)' % kind]
+    if layer.type == 'Pooling':
+        pp = layer.pooling_param
+        parts += ['kernel size: %d' % pp.kernel_size, 'stride: %d' % pp.stride, 'pad: %d' % pp.pad]
+    elif layer.type in ('Convolution', 'Deconvolution'):
+        cp = layer.convolution_param
+        first = lambda values, default: values[0] if len(values) else default  # noqa: E731
+        parts += ['kernel size: %d' % first(cp.kernel_size, 1), 'stride: %d' % first(cp.stride, 1),
+                  'pad: %d' % first(cp.pad, 0)]
+    if display_lrm and layer.type in _LR_MULT_TYPES:
+        mults = get_layer_lr_mult(layer)
+        if any(mults):
+            parts.append('lr mult: %.1f, %.1f' % mults)
+    return '"%s"' % sep.join(parts)
+
+
+def choose_color_by_layertype(layertype):
+    """The fill colour of a layer type's node (minicaffe's palette, see _KINDS)."""
+    return _color(layertype)
+
+
+def get_pydot_graph(caffe_net, rankdir, label_edges=True, phase=None, display_lrm=False):
+    """The drawing of a NetParameter as a pydot.Dot (needs the pydot package)."""
+    try:
+        import pydot
+    except ImportError:
+        raise MinicaffeError('get_pydot_graph needs the pydot package (pip install pydot);'
+                             ' get_dot_source gives the graphviz source without it') from None
+    src = get_dot_source(caffe_net, rankdir, phase, display_lrm=display_lrm,
+                         label_edges=label_edges)
+    return pydot.graph_from_dot_data(src)[0]
 
 
 # ---------------------------------------------------------------- command line
@@ -324,13 +413,16 @@ def add_arguments(p):
                    help='draw the layers of one phase, or all of them (default)')
     p.add_argument('--stage', action='append', default=[], help='net stage (repeatable; with --phase)')
     p.add_argument('--level', type=int, default=0, help='net level (with --phase)')
+    p.add_argument('--display-lrm', '--display_lrm', action='store_true',
+                   help='show the lr_mult of Convolution/Deconvolution/InnerProduct layers')
 
 
 def run(args):
     net = read_text(args.net, pb.NetParameter)
     phase = None if args.phase == 'ALL' else args.phase
     ext = os.path.splitext(args.out)[1].lstrip('.').lower() or 'png'
-    src = get_dot_source(net, args.rankdir, phase, args.stage, args.level, source=args.net)
+    src = get_dot_source(net, args.rankdir, phase, args.stage, args.level, source=args.net,
+                         display_lrm=args.display_lrm)
     data = render(src, ext)
     with open(args.out, 'wb') as f:
         f.write(data)

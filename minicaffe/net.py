@@ -554,6 +554,40 @@ class Net(object):
     def layer_names(self):
         return list(self._layer_names)
 
+    # pycaffe's underscore names (_caffe.cpp's raw views that pycaffe.py builds on;
+    # scripts use them too).  _blob_names and _layer_names are the lists above.
+    @property
+    def _blobs(self):
+        """Every blob in creation order, automatic tops included."""
+        return list(self._blob_list)
+
+    @property
+    def _inputs(self):
+        """Indices (into _blobs) of the net's input blobs."""
+        return list(self._input_ids)
+
+    @property
+    def _outputs(self):
+        return list(self._output_ids)
+
+    @property
+    def _blob_loss_weights(self):
+        """The loss weight of each blob (by index into _blobs), 0 for non-loss blobs."""
+        return list(self._blob_loss_weight)
+
+    def _bottom_ids(self, layer_id):
+        return list(self.bottom_ids[layer_id])
+
+    def _top_ids(self, layer_id):
+        return list(self.top_ids[layer_id])
+
+    def _set_input_arrays(self, data, labels):
+        return self.set_input_arrays(data, labels)
+
+    def _batch(self, blobs):
+        """pycaffe's batch generator over {name: array} (the last batch zero-padded)."""
+        return self._batches(blobs)
+
     # ------------------------------------------------------------ weights
     def copy_from(self, path):
         """Load weights from a .caffemodel (binary) or a Caffe HDF5 weights file."""
@@ -591,7 +625,10 @@ class Net(object):
         return out
 
     def share_with(self, other):
-        """Share the learnable blobs of layers with the same name in ``other``."""
+        """Caffe's ShareTrainedLayersWith: each learnable blob of a layer whose name
+        is also in ``other`` uses that layer's data memory (its diff stays this
+        net's own, so a backward here leaves ``other``'s gradients alone).  Other
+        layers are left as they are."""
         for name, src_layer in zip(other._layer_names, other.layers):
             if name not in self._layer_index:
                 continue
@@ -603,15 +640,7 @@ class Net(object):
                 if d.shape != s.shape:
                     raise WeightsError('share_with: layer "%s" param %d shape %s != source %s'
                                        % (name, i, d.shape, s.shape))
-                dst.blobs[i] = s
-        self._refresh_param_lists()
-
-    def _refresh_param_lists(self):
-        for i, (lid, pid) in enumerate(self._param_layer):
-            self._params[i] = self.layers[lid].blobs[pid]
-        for i, owner in enumerate(self._param_owner):
-            if owner < 0:
-                self.learnable_params[self.learnable_param_ids[i]] = self._params[i]
+                d.share_data(s)
 
     @property
     def param_owners(self):

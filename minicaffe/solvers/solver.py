@@ -292,7 +292,7 @@ class Solver(object):
             for _, on_ready in self.callbacks:
                 if on_ready:
                     on_ready()
-            rate = self.apply_update(display)
+            rate = self._apply_update(display)
             if self.metrics is not None:
                 self.metrics.train(self.iter, rate, loss, self.smoothed_loss, outputs)
             self.iter += 1
@@ -356,10 +356,30 @@ class Solver(object):
     def learning_rate(self):
         return lr_policy.learning_rate(self)
 
-    def apply_update(self, display=False):
-        """Caffe's ApplyUpdate: clip, then per param normalize, regularize and
-        compute the step, then w -= Δ.  On the device in GPU mode (gpu_diff,
-        gpu_data, device history), on the host otherwise; same formulas."""
+    @property
+    def lr(self):
+        """pycaffe's ``solver.lr``: the learning rate at the current iteration."""
+        return self.learning_rate()
+
+    def apply_update(self):
+        """pycaffe's ``solver.apply_update()`` (Caffe's ApplyUpdate): update the
+        weights from the diffs the caller computed, then count the iteration
+        (``iter`` is the number of updates made), logging the rate on display
+        iterations as step() does."""
+        p = self.param
+        self._apply_update(bool(p.display and self.iter % p.display == 0))
+        self.iter += 1
+
+    def share_weights(self, net):
+        """pycaffe's ``solver.share_weights(net)``: ``net`` uses the train net's
+        learnable blobs (layers matched by name), as test nets do."""
+        net.share_with(self.net)
+
+    def _apply_update(self, display=False):
+        """The update of one iteration: clip, then per param normalize, regularize
+        and compute the step, then w -= Δ (``iter`` is left to the caller).  On
+        the device in GPU mode (gpu_diff, gpu_data, device history), on the host
+        otherwise; same formulas.  Returns the learning rate used."""
         p = self.param
         rate = self.learning_rate()
         if display:
