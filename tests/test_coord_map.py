@@ -164,3 +164,59 @@ def test_multi_bottom_layers_map_each_bottom_alike():
 def test_module_is_pycaffes_name():
     import importlib
     assert importlib.import_module('minicaffe.coord_map').crop is crop
+
+
+def fcn_vgg16(upsampling):
+    """The FCN nets' topology (fcn.berkeleyvision.org's net.py, VGG-16 with conv1_1's
+    pad 100) at width 2; ``upsampling`` 32 (FCN-32s) or 8 (FCN-8s).  Returns the
+    NetSpec and the offsets of the crops, in net order."""
+    def conv_relu(bottom, ks=3, pad=1):
+        conv = L.Convolution(bottom, kernel_size=ks, num_output=2, pad=pad)
+        return L.ReLU(conv, in_place=True)
+
+    def pool(bottom):
+        return L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+
+    def up(bottom, factor):
+        return L.Deconvolution(bottom, convolution_param=dict(
+            num_output=2, kernel_size=2 * factor, stride=factor, bias_term=False))
+
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 40, 50]))
+    x = conv_relu(n.data, pad=100)
+    stages = []
+    for convs in (1, 2, 3, 3, 3):          # the remaining convs of each VGG block
+        for _ in range(convs):
+            x = conv_relu(x)
+        x = pool(x)
+        stages.append(x)
+    n.pool3, n.pool4 = stages[2], stages[3]
+    n.fc6 = conv_relu(stages[4], ks=7, pad=0)
+    n.fc7 = conv_relu(n.fc6, ks=1, pad=0)
+    n.score_fr = L.Convolution(n.fc7, num_output=2, kernel_size=1)
+    if upsampling == 32:
+        n.upscore = up(n.score_fr, 32)
+        n.score = crop(n.upscore, n.data)
+    else:
+        n.upscore2 = up(n.score_fr, 2)
+        n.score_pool4 = L.Convolution(n.pool4, num_output=2, kernel_size=1)
+        n.score_pool4c = crop(n.score_pool4, n.upscore2)
+        n.fuse_pool4 = L.Eltwise(n.upscore2, n.score_pool4c, operation=P.Eltwise.SUM)
+        n.upscore_pool4 = up(n.fuse_pool4, 2)
+        n.score_pool3 = L.Convolution(n.pool3, num_output=2, kernel_size=1)
+        n.score_pool3c = crop(n.score_pool3, n.upscore_pool4)
+        n.fuse_pool3 = L.Eltwise(n.upscore_pool4, n.score_pool3c, operation=P.Eltwise.SUM)
+        n.upscore8 = up(n.fuse_pool3, 8)
+        n.score = crop(n.upscore8, n.data)
+    offsets = [list(l.crop_param.offset) for l in n.to_proto().layer if l.type == 'Crop']
+    return n, offsets
+
+
+@pytest.mark.parametrize('upsampling,offsets', [(32, [[19]]), (8, [[5], [9], [31]])])
+def test_fcn_crops_are_the_published_ones(upsampling, offsets):
+    # FCN-32s crops its upscore by 19, FCN-8s score_pool4 by 5, score_pool3 by 9 and
+    # upscore8 by 31, as in the published voc-fcn*s prototxts
+    n, got = fcn_vgg16(upsampling)
+    assert got == offsets
+    net = build(n)
+    assert net.blobs['score'].data.shape == (1, 2, 40, 50)
