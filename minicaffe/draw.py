@@ -1,7 +1,7 @@
 """Draw a net as a graph with graphviz (`minicaffe draw`, pycaffe's caffe.draw).
 
     minicaffe draw NET.prototxt OUT.png|svg|pdf|dot [--rankdir LR|TB|BT|RL]
-                   [--phase TRAIN|TEST|ALL] [--stage S ...] [--level N]
+                   [--phase TRAIN|TEST|ALL] [--stage S ...] [--level N] [--display-lrm]
 
 Layout choices that keep big recurrent nets (LRCN) readable:
 * layers are the nodes, blobs are the labelled edges (a blob node appears only

@@ -80,3 +80,12 @@ def test_unreadable_prototxt_names_the_file(tmp_path, capsys):
     p.write_text('layer { name: "x" type: }')
     assert draw.main([str(p), str(tmp_path / 'x.dot')]) == 2
     assert 'broken.prototxt:1' in capsys.readouterr().err
+
+
+def test_display_lrm_on_the_command_line(tmp_path):
+    p = tmp_path / 'toy.prototxt'
+    p.write_text(NET)
+    assert draw.main([str(p), str(tmp_path / 'a.dot')]) == 0
+    assert 'lr mult' not in (tmp_path / 'a.dot').read_text()
+    assert draw.main([str(p), str(tmp_path / 'b.dot'), '--display-lrm']) == 0
+    assert 'lr mult: 0.0, 0.0' in (tmp_path / 'b.dot').read_text()      # conv1's frozen specs
