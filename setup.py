@@ -9,8 +9,9 @@ setup(
     python_requires='>=3.9',
     install_requires=['numpy', 'protobuf>=7.35.1', 'h5py', 'pillow', 'lmdb'],
     extras_require={
-        'test': ['pytest', 'hypothesis', 'grpcio-tools==1.85.1'],
+        'test': ['pytest', 'hypothesis', 'grpcio-tools==1.85.1', 'mpi4py', 'mpich'],
         'plot': ['matplotlib'],
+        'mpi': ['mpi4py', 'mpich', 'threadpoolctl'],
         'cuda12': ['cupy-cuda12x>=13'],
         'cuda13': ['cupy-cuda13x>=13'],
     },

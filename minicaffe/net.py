@@ -96,6 +96,8 @@ class Net(object):
         self.phase = param.state.phase
         self.force_backward = param.force_backward
         self.debug_info = param.debug_info
+        self._hooks = {'before_forward': [], 'after_forward': [], 'before_backward': [],
+                       'after_backward': []}
 
         self.layers = []
         self._layer_names = []
@@ -376,19 +378,45 @@ class Net(object):
 
     def forward_from_to(self, start, end):
         loss = 0.0
+        before, after = self._hooks['before_forward'], self._hooks['after_forward']
         for lid in range(start, end + 1):
+            for hook in before:
+                hook.run(lid)
             loss += self._forward_layer(lid)
+            for hook in after:
+                hook.run(lid)
         return loss
 
     def backward_from_to(self, start, end):
+        before, after = self._hooks['before_backward'], self._hooks['after_backward']
         for lid in range(start, end - 1, -1):
+            for hook in before:
+                hook.run(lid)
             if self.layer_need_backward[lid]:
                 _mode.run_backward(self.layers[lid], self._top(lid), self.bottom_need_backward[lid],
                                    self._bottom(lid))
                 if self.debug_info:
                     self._log_backward(lid)
+            for hook in after:
+                hook.run(lid)
         if self.debug_info:
             self._log_update_norms()
+
+    # Caffe's Net::Callback hooks (pycaffe's net.before_forward(obj) etc.): each
+    # object's run(layer_id) is called around every layer's Forward / Backward,
+    # as data-parallel training reduces a layer's gradients right after its
+    # backward.
+    def before_forward(self, obj):
+        self._hooks['before_forward'].append(obj)
+
+    def after_forward(self, obj):
+        self._hooks['after_forward'].append(obj)
+
+    def before_backward(self, obj):
+        self._hooks['before_backward'].append(obj)
+
+    def after_backward(self, obj):
+        self._hooks['after_backward'].append(obj)
 
     def _forward(self, start, end):
         return self.forward_from_to(start, end)

@@ -255,11 +255,45 @@ def run_train(args):
                              ' not both')
     if args.snapshot and args.snapshot != 'auto' and not os.path.exists(args.snapshot):
         raise MinicaffeError('--snapshot: solver state %s does not exist' % args.snapshot)
+    from .parallel.launch import communicator_from_environment
+    comm = communicator_from_environment()      # under mpiexec with several ranks
+    if comm is None:
+        return _train(args, None)
+    return _train_ranks(args, comm)
+
+
+def _train_ranks(args, comm):
+    """One rank of a data-parallel job: an error on one rank ends every rank
+    (MPI's abort), naming the rank; ranks that all see the same disagreement
+    exit 2 together."""
+    from .parallel.data_parallel import RanksDisagree
+    try:
+        return _train(args, comm)
+    except RanksDisagree as e:
+        if not e.quiet:
+            print('minicaffe: error: rank %d: %s' % (comm.rank, e), file=sys.stderr)
+            sys.stderr.flush()
+        return 2
+    except MinicaffeError as e:
+        comm.abort(str(e), 2)
+    except KeyboardInterrupt:
+        comm.abort('interrupted', 130)
+    except Exception as e:
+        import traceback
+        traceback.print_exc()
+        comm.abort('%s: %s' % (type(e).__name__, e), 1)
+
+
+def _train(args, comm):
     if args.gpu is not None:
         use_gpu(args.gpu)
     else:
         log.info('Use CPU.')
     t0 = time.time()
+    if comm is not None:
+        from .parallel.launch import join
+        join(comm)
+    root = comm is None or comm.rank == 0
     param = _read_param(args)
     try:
         solver = Solver(param, source=args.solver)
@@ -279,14 +313,18 @@ def run_train(args):
     if resume:
         log.info('Resuming from %s', resume)
         solver.restore(resume)
+    dp = None
+    if comm is not None:
+        from .parallel.launch import start
+        dp = start(solver, comm)
     metrics = None
-    if (args.metrics or '').lower() != 'none':
+    if (args.metrics or '').lower() != 'none' and root:
         path = args.metrics or solver.param.snapshot_prefix + '_metrics.jsonl'
         metrics = MetricsWriter(path, resume_iter=solver.iter if resume else None)
         log.info('Writing metrics to %s', path)
     solver.metrics = metrics
     bar = clear = None
-    if not args.no_progress and _is_tty(sys.stderr):
+    if not args.no_progress and _is_tty(sys.stderr) and root:
         bar = ProgressBar(solver, sys.stderr)
         solver.add_callback(bar.on_start, bar.on_gradients_ready)
         clear = _ClearBar(bar)
@@ -294,7 +332,7 @@ def run_train(args):
         for h in handlers:
             h.addFilter(clear)
     with SignalActions(args.sigint_effect, args.sighup_effect) as actions:
-        solver.action_request = actions
+        solver.action_request = dp.agree_action(actions) if dp else actions
         try:
             log.info('Starting Optimization')
             solver.solve()
@@ -305,9 +343,24 @@ def run_train(args):
                 bar.close()
             if metrics:
                 metrics.close()
+    if dp is not None:
+        _finish_ranks(dp)
     log.info('Optimization Done.')
     log.info('Wall time: %.1f s (%d iterations)', time.time() - t0, solver.iter)
     return 0
+
+
+def _finish_ranks(dp):
+    """All ranks end together (rank 0 may still be testing or snapshotting);
+    rank 0 logs the communication counters."""
+    from .parallel.data_parallel import untimed
+    with untimed(dp.comm):
+        dp.comm.barrier()
+    c = dp.summary()
+    log.info('Communication: %.2f s in all-reduce, the solver waited %.2f s for gradients'
+             ' (%d iterations, %.3f MB reduced per iteration, %d bucket(s))',
+             c['comm_seconds'], c['wait_seconds'], c['iterations'],
+             c['bytes_per_iteration'] / 1e6, c['buckets'])
 
 
 def _handlers():

@@ -19,7 +19,9 @@ HDF5Data    ``hdf5_data_param.source`` is a text file listing .h5 files
             next file and wrapping around after the last.  With ``shuffle`` the
             file order is permuted at setup and after each pass over all files,
             and the rows of each file when it is loaded (a single file: after
-            each pass over it), drawing from ``minicaffe.rng``.
+            each pass over it), drawing from ``minicaffe.rng``.  In data-
+            parallel training (TRAIN phase, N ranks) a rank keeps row k of
+            this stream iff k % N == its rank (Caffe's Skip()).
 MemoryData  tops data (batch_size, channels, height, width) and label
             (batch_size,), fed from arrays given with
             ``net.set_input_arrays(data, labels)`` (pycaffe's call): data
@@ -38,6 +40,7 @@ import numpy as np
 from ..blob import _checked_shape
 from ..errors import DataSourceError, MinicaffeError, layer_context
 from ..fillers import fill
+from ..parallel import state as parallel_state
 from ..protoio import pb
 from ..rng import rng
 from .base import Layer, register_layer
@@ -176,6 +179,7 @@ class HDF5DataLayer(Layer):
         self.trailing = None
         self._load(self.filenames[self.file_perm[0]])
         self.current_row = 0
+        self.offset = 0             # rows of the stream passed so far (Caffe's offset_)
         for j, t in enumerate(top):
             shape = (self.batch_size,) + self.arrays[j].shape[1:]
             try:
@@ -259,6 +263,10 @@ class HDF5DataLayer(Layer):
         pass   # tops keep the shapes set at setup, as in Caffe
 
     def forward(self, bottom, top):
+        train = self.phase == pb.TRAIN
+        if parallel_state.shards(train):
+            self._forward_shard(top, train)
+            return
         filled = 0
         while filled < self.batch_size:
             take = min(self.batch_size - filled, self.rows - self.current_row)
@@ -267,8 +275,25 @@ class HDF5DataLayer(Layer):
                 t.data[filled:filled + take] = self.arrays[j][idx]
             filled += take
             self.current_row += take
+            self.offset += take
             if self.current_row == self.rows:
                 self._next_file()
+
+    def _forward_shard(self, top, train):
+        """This rank's rows only: row by row, skipping the other ranks' rows."""
+        for i in range(self.batch_size):
+            while not parallel_state.keeps_item(self.offset, train):
+                self._next_row()
+            idx = self.data_perm[self.current_row]
+            for j, t in enumerate(top):
+                t.data[i] = self.arrays[j][idx]
+            self._next_row()
+
+    def _next_row(self):
+        self.current_row += 1
+        self.offset += 1
+        if self.current_row == self.rows:
+            self._next_file()
 
 
 # ================================================================= MemoryData

@@ -30,6 +30,13 @@ HDF5Output  bottoms data, label; each forward writes them to
             ``hdf5_output_param.file_name`` as datasets "data" and "label"
             (the file is created at setup and rewritten at each forward).
 
+Data-parallel training (TRAIN phase, N ranks; :mod:`minicaffe.parallel.state`):
+ImageData and Data keep item k of their stream iff k % N == the rank (Caffe's
+Skip()), so N ranks of batch B read what one process of batch N*B reads (with
+``shuffle``, the ranks share the seed and hence the order).  WindowData samples
+windows at random: each rank makes N draws per window and keeps the rank-th,
+so the ranks see disjoint draws of the same random stream.
+
 Sources that are missing or unreadable raise DataSourceError naming the path
 at net construction; a file that turns bad later (mid-epoch) raises it at the
 forward that needs it.
@@ -44,6 +51,7 @@ import numpy as np
 
 from ..blob import _checked_shape
 from ..errors import DataSourceError, MinicaffeError, NetDefinitionError, layer_context
+from ..parallel import state as parallel_state
 from ..protoio import pb
 from ..rng import rng
 from ..transform import DataTransformer, read_image
@@ -248,6 +256,8 @@ class _ImageLoader(object):
                 raise layer.error('new_height x new_width %dx%d: %s'
                                   % (self.new_height, self.new_width, e)) from None
         self.lines = parse_image_list(self.source)
+        self.train = layer.phase == pb.TRAIN
+        self.offset = 0             # items of the stream passed so far (Caffe's offset_)
         self.rng = layer.layer_rng
         self.transformer = layer.transformer()
         if self.shuffle:
@@ -278,6 +288,8 @@ class _ImageLoader(object):
         labels = np.zeros(self.batch_size, np.float32)
         for i in range(self.batch_size):
             _check_cancel(self)
+            while not parallel_state.keeps_item(self.offset, self.train):
+                self._advance()
             img = self._read(self.pos)
             try:
                 item = self.transformer.transform_image(img)
@@ -292,12 +304,16 @@ class _ImageLoader(object):
                                                          item.shape, data.shape[1:]))
             data[i] = item
             labels[i] = self.lines[self.pos][1]
-            self.pos += 1
-            if self.pos >= len(self.lines):
-                self.pos = 0
-                if self.shuffle:
-                    self._shuffle()
+            self._advance()
         return data, labels
+
+    def _advance(self):
+        self.pos += 1
+        self.offset += 1
+        if self.pos >= len(self.lines):
+            self.pos = 0
+            if self.shuffle:
+                self._shuffle()
 
 
 @register_layer('ImageData')
@@ -447,6 +463,8 @@ class _DBLoader(object):
             log.warning('%s: backend is LEVELDB (the default) but %s is an LMDB; reading it as LMDB',
                         ctx, self.source)
         self.output_labels = layer.output_labels
+        self.train = layer.phase == pb.TRAIN
+        self.offset = 0             # records of the stream passed so far (Caffe's offset_)
         self.batch_size = _positive_batch(ctx, int(p.batch_size))
         self.transformer = layer.transformer()
         self.reader = LMDBReader(self.source, ctx)
@@ -485,6 +503,8 @@ class _DBLoader(object):
         labels = np.zeros(self.batch_size, np.float32)
         for i in range(self.batch_size):
             _check_cancel(self)
+            while not parallel_state.keeps_item(self.offset, self.train):
+                self._advance()
             key, value = self.reader.current()
             item = self._item(key, value)
             if data is None:
@@ -499,8 +519,12 @@ class _DBLoader(object):
                                       % (self.ctx, self._what(key), out.shape, data.shape[1:]))
             data[i] = out
             labels[i] = self._last_label
-            self.reader.advance()
+            self._advance()
         return (data, labels) if self.output_labels else (data,)
+
+    def _advance(self):
+        self.reader.advance()
+        self.offset += 1
 
 
 @register_layer('Data')
@@ -610,6 +634,8 @@ class _WindowLoader(object):
                                   % (ctx, wp.source, wp.bg_threshold))
         self.channels = self.images[-1][1][0]
         self.rng = layer.layer_rng
+        self.train = layer.phase == pb.TRAIN
+        self.offset = 0             # windows drawn so far
         self.mean = self.mean_values = None
         if tp.HasField('mean_file') and len(tp.mean_value):
             raise layer.error('cannot specify mean_file and mean_value at the same time')
@@ -650,6 +676,13 @@ class _WindowLoader(object):
     def _rand(self):
         return int(self.rng.integers(0, 2 ** 32))
 
+    def _draw(self, pool):
+        """One window of ``pool`` and whether to mirror it (one item of the stream)."""
+        win = pool[self._rand() % len(pool)]
+        do_mirror = self.mirror and self._rand() % 2 == 1
+        self.offset += 1
+        return win, do_mirror
+
     def next_batch(self):
         from ..transform import resize_bilinear
         crop = self.crop_size
@@ -661,8 +694,9 @@ class _WindowLoader(object):
             pool = self.fg if is_fg else self.bg
             for _ in range(count):
                 _check_cancel(self)
-                win = pool[self._rand() % len(pool)]
-                do_mirror = self.mirror and self._rand() % 2 == 1
+                win, do_mirror = self._draw(pool)
+                while not parallel_state.keeps_item(self.offset - 1, self.train):
+                    win, do_mirror = self._draw(pool)     # another rank's draw
                 path = self.images[win[0]][0]
                 img = self._image(path)
                 ih, iw = img.shape[:2]

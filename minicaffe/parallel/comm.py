@@ -18,6 +18,12 @@ class Communicator(object):
     rank = 0
     size = 1
     engine = 'none'             # 'mpi', 'nccl', 'local'
+    # Buffers live on the device (CuPy arrays: NCCL) or on the host (NumPy: MPI).
+    device_buffers = False
+    # Seconds a collective may wait for the slowest rank before the engine
+    # aborts the job naming the ranks that never arrived; None waits forever.
+    # Engines without a way to time out (NCCL) may ignore it.
+    timeout = None
 
     def broadcast(self, buf, root=0):
         """Overwrite ``buf`` on every rank with the root's values (in place)."""
@@ -30,6 +36,14 @@ class Communicator(object):
     def barrier(self):
         raise NotImplementedError
 
+    def allreduce_async(self, buf):
+        """Start summing ``buf`` in place; returns a handle whose ``wait()``
+        returns once every rank has the sum (and ``test()`` says whether it is
+        done, driving the engine's progress).  Engines that cannot overlap run
+        the all-reduce now and hand back a finished handle (this default)."""
+        self.allreduce(buf)
+        return DoneHandle()
+
     def abort(self, message, errorcode=1):
         """End the whole job (every rank) after logging ``message``; never returns."""
         raise NotImplementedError
@@ -37,6 +51,16 @@ class Communicator(object):
     @property
     def is_root(self):
         return self.rank == 0
+
+
+class DoneHandle(object):
+    """An :meth:`Communicator.allreduce_async` that has already finished."""
+
+    def test(self):
+        return True
+
+    def wait(self):
+        pass
 
 
 class LocalCommunicator(Communicator):

@@ -56,6 +56,11 @@ def keeps_item(k, phase_is_train=True):
     return k % _state['count'] == _state['rank']
 
 
+def shards(phase_is_train=True):
+    """Whether a data layer in this phase skips items (TRAIN with several ranks)."""
+    return phase_is_train and _state['count'] > 1
+
+
 def reset():
     """Back to one process (tests)."""
     _state.update(count=1, rank=0, multiprocess=False)

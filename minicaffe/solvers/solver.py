@@ -27,6 +27,7 @@ from .. import mode as _mode
 from .. import protoio
 from ..errors import MinicaffeError
 from ..net import Net, TRAIN, TEST
+from ..parallel import state as _parallel
 from ..protoio import pb
 from . import lr_policy, snapshot as snap
 from .updates import RULES, array_module
@@ -112,6 +113,9 @@ class Solver(object):
         self.current_step = 0
         self.callbacks = []
         self.action_request = None          # callable returning a SolverAction
+        # Whether tests poll action_request between test iterations (data-parallel
+        # training agrees on actions once per iteration instead: only rank 0 tests).
+        self.actions_in_test = True
         self.requested_early_exit = False
         self._losses = []
         self.smoothed_loss = 0.0
@@ -127,7 +131,9 @@ class Solver(object):
         self.metrics = None
 
     def log(self, msg):
-        self._log(msg)
+        # Caffe's LOG_IF(INFO, Caffe::root_solver()): one rank speaks for all.
+        if _parallel.root_solver():
+            self._log(msg)
 
     def _check_snapshot_prefix(self):
         """Caffe's CheckSnapshotWritePermissions, before any net is built: with
@@ -213,6 +219,9 @@ class Solver(object):
 
     def _init_test_nets(self):
         p = self.param
+        if not _parallel.root_solver():
+            self.test_nets = []         # as Caffe: only the root solver tests
+            return
         sources = []
         for tp in p.test_net_param:
             q = pb.NetParameter()
@@ -267,7 +276,8 @@ class Solver(object):
             self.net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
                     and (self.iter > 0 or p.test_initialization)):
-                self.test_all()
+                if _parallel.root_solver():
+                    self.test_all()
                 if self.requested_early_exit:
                     break
             for on_start, _ in self.callbacks:
@@ -297,7 +307,8 @@ class Solver(object):
                 self.metrics.train(self.iter, rate, loss, self.smoothed_loss, outputs)
             self.iter += 1
             request = self._requested_action()
-            if (p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT:
+            if (((p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT)
+                    and _parallel.root_solver()):
                 self.snapshot()
             if request == SolverAction.STOP:
                 self.requested_early_exit = True
@@ -313,7 +324,8 @@ class Solver(object):
         self.log('Solving %s' % (self.net.name or self.source))
         self.log('Learning Rate Policy: %s' % p.lr_policy)
         self.step(p.max_iter - self.iter)
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+        if (p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0)
+                and _parallel.root_solver()):
             self.snapshot()
         if self.requested_early_exit:
             self.log('Optimization stopped early.')
@@ -322,7 +334,7 @@ class Solver(object):
             loss = self.net.forward_all_loss()
             self._update_smoothed_loss(loss, start_iter, max(1, p.average_loss))
             self.log('Iteration %d, loss = %g' % (self.iter, self.smoothed_loss))
-        if p.test_interval and self.iter % p.test_interval == 0:
+        if p.test_interval and self.iter % p.test_interval == 0 and _parallel.root_solver():
             self.test_all()
         self.log('Optimization Done.')
 
@@ -476,7 +488,7 @@ class Solver(object):
         loss = np.float32(0)
         n = p.test_iter[i]
         for _ in range(n):
-            request = self._requested_action()
+            request = self._requested_action() if self.actions_in_test else SolverAction.NONE
             while request != SolverAction.NONE:
                 if request == SolverAction.SNAPSHOT:
                     self.snapshot()

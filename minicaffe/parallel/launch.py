@@ -1,0 +1,110 @@
+"""Joining a data-parallel job and starting data-parallel training on a solver:
+what ``minicaffe train`` does under ``mpiexec`` (and what the NCCL engine's
+launcher reuses with its own communicator).
+
+    comm = communicator_from_environment()      # None in a plain run
+    if comm: join(comm)                         # before the solver is built
+    solver = Solver(...); solver.restore(...)   # every rank, same files
+    if comm: dp = start(solver, comm)           # agree, broadcast, install hooks
+"""
+import logging
+import os
+
+from ..errors import MinicaffeError
+from . import state
+
+log = logging.getLogger('minicaffe')
+
+
+def communicator_from_environment():
+    """An MPICommunicator when mpiexec started this process with more than one
+    rank, else None (and mpi4py is not imported)."""
+    from .mpi_comm import launched_by_mpiexec, timeout_from_environment
+    if not launched_by_mpiexec():
+        return None
+    timeout = timeout_from_environment()
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        raise MinicaffeError('started by mpiexec with several ranks, but mpi4py is not installed;'
+                             " install the MPI extra: pip install -e '.[mpi]' (mpi4py and mpich)"
+                             ) from None
+    from .mpi_comm import MPICommunicator
+    return MPICommunicator(timeout=timeout)
+
+
+def join(comm, seed=None):
+    """Make this process rank ``comm.rank`` of ``comm.size`` solvers: the
+    process-wide solver count/rank (data layers shard by them), one shared
+    random seed (so shuffles agree; returned), quiet logging on the other
+    ranks, and the cores of a node shared among its ranks."""
+    from ..rng import set_random_seed
+    from .data_parallel import broadcast_seed
+    state.set_solver_count(comm.size)
+    state.set_solver_rank(comm.rank)
+    state.set_multiprocess(True)
+    if comm.rank != 0:
+        # Caffe's LOG_IF(INFO, root_solver()): rank 0 speaks; the others warn and fail.
+        logger = logging.getLogger('minicaffe')
+        logger.setLevel(max(logger.level, logging.WARNING))
+    _share_cores(comm)
+    shared = broadcast_seed(comm, seed)
+    set_random_seed(shared)
+    describe = getattr(comm, 'describe_ranks', None)
+    if describe is not None:
+        for line in describe():
+            log.info('MPI %s', line)
+    return shared
+
+
+def _share_cores(comm):
+    """Ranks on one node split its cores: minicaffe's worker threads and BLAS
+    threads per rank = cores / ranks on the node, unless the environment sets them."""
+    local = getattr(comm, 'ranks_on_this_node', lambda: 1)()
+    if local <= 1:
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    threads = max(1, cores // local)
+    os.environ.setdefault('MINICAFFE_NUM_THREADS', str(threads))
+    if not any(v in os.environ for v in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')):
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        threadpool_limits(limits=threads, user_api='blas')
+
+
+def batch_size(net):
+    """The train net's batch: the leading dimension of its first data layer's first top."""
+    for lid in range(len(net.layers)):
+        if not net.bottom_ids[lid] and net.top_ids[lid]:
+            shape = net._blob_list[net.top_ids[lid][0]].shape
+            if shape:
+                return shape[0]
+    return None
+
+
+def start(solver, comm):
+    """Check that the ranks agree, give every rank rank 0's parameters and
+    history, and install the data-parallel hooks.  Returns the DataParallel."""
+    from .data_parallel import DataParallel, check_agreement
+    check_agreement(comm, solver)
+    dp = DataParallel(solver, comm)
+    dp.broadcast_params()
+    dp.install()
+    b = batch_size(solver.net)
+    iters = max(1, solver.param.iter_size)
+    if b is not None:
+        total = comm.size * b * iters
+        per = '%d x %d' % (comm.size, b) + (' x %d (iter_size)' % iters if iters > 1 else '')
+        log.info('Using %d ranks (%s); effective batch %s = %d', comm.size, comm.engine.upper(),
+                 per, total)
+    else:
+        log.info('Using %d ranks (%s)', comm.size, comm.engine.upper())
+    log.info('Gradients: %d bucket(s), reduced %s', len(dp.buckets),
+             'layer by layer during backward (layer_wise_reduce)' if dp.layer_wise
+             else 'after backward (layer_wise_reduce: false)')
+    return dp
