@@ -285,14 +285,14 @@ def _train_ranks(args, comm):
 
 
 def _train(args, comm):
-    if args.gpu is not None:
-        use_gpu(args.gpu)
-    else:
-        log.info('Use CPU.')
     t0 = time.time()
     if comm is not None:
         from .parallel.launch import join
         join(comm)
+    if args.gpu is not None:
+        use_gpu(args.gpu)
+    else:
+        log.info('Use CPU.')
     root = comm is None or comm.rank == 0
     param = _read_param(args)
     try:

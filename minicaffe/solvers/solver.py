@@ -140,7 +140,7 @@ class Solver(object):
         ``snapshot`` set, a prefix must be given and its folder writable (we
         create a missing folder; Caffe insists that it exists)."""
         p = self.param
-        if not p.snapshot:
+        if not p.snapshot or not _parallel.root_solver():     # only rank 0 writes snapshots
             return
         if not p.snapshot_prefix:
             raise MinicaffeError('%s: snapshot is set (every %d iterations) but snapshot_prefix is not'
