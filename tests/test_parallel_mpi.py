@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -26,7 +27,8 @@ import minicaffe as caffe
 from conformance import CONFORMANCE, copy_case, mismatch
 
 ROOT = Path(__file__).resolve().parents[1]
-MPIEXEC = shutil.which('mpiexec')
+# pip's mpich puts mpiexec beside the interpreter's scripts, which may not be on PATH
+MPIEXEC = shutil.which('mpiexec') or shutil.which('mpiexec', path=sysconfig.get_path('scripts'))
 try:
     import mpi4py  # noqa: F401
     HAVE_MPI4PY = True
