@@ -336,6 +336,21 @@ def test_ranks_that_disagree_stop_with_an_error_naming_the_rank(tmp_path, change
     assert 'Traceback' not in run.stdout
 
 
+def test_an_error_on_one_rank_ends_the_job_naming_the_rank(tmp_path):
+    work = _case('sgd_step', tmp_path, batch=2)
+    (work / 'b_solver.prototxt').write_text(
+        (work / 'solver.prototxt').read_text().replace('net: "net.prototxt"', 'net: "missing.prototxt"'))
+    cmd = ([MPIEXEC, '-n', '1'] + _train_cmd('--solver', 'solver.prototxt') + [':', '-n', '1']
+           + _train_cmd('--solver', 'b_solver.prototxt'))
+    t = time.time()
+    run = subprocess.run(cmd, cwd=str(work), env=_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert run.returncode == 2 and time.time() - t < 30, run.stdout
+    assert re.search(r'minicaffe: error: rank 1: b_solver.prototxt: net file "missing.prototxt" does not'
+                     r' exist', run.stdout), run.stdout
+    assert 'Traceback' not in run.stdout
+
+
 def test_communicator_collectives_on_three_ranks(tmp_path):
     """MPICommunicator's operations and the small collectives built on them."""
     script = tmp_path / 'collectives.py'

@@ -90,10 +90,13 @@ def batch_size(net):
 def start(solver, comm):
     """Check that the ranks agree, give every rank rank 0's parameters and
     history, and install the data-parallel hooks.  Returns the DataParallel."""
-    from .data_parallel import DataParallel, check_agreement
-    check_agreement(comm, solver)
-    dp = DataParallel(solver, comm)
-    dp.broadcast_params()
+    from .data_parallel import DataParallel, check_agreement, untimed
+    # Untimed: ranks arrive when their nets are built (rank 0 builds the test
+    # nets too; a large HDF5 source loads whole); a rank that fails aborts the job.
+    with untimed(comm):
+        check_agreement(comm, solver)
+        dp = DataParallel(solver, comm)
+        dp.broadcast_params()
     dp.install()
     b = batch_size(solver.net)
     iters = max(1, solver.param.iter_size)
