@@ -196,3 +196,30 @@ def test_solver_on_a_non_root_rank_neither_tests_nor_snapshots(tmp_path, net_fil
         assert not list(tmp_path.glob('snap_iter_*'))
     finally:
         state.reset()
+
+
+class TwinDeviceRanks(TwinRanks):
+    """TwinRanks on device buffers, as the NCCL engine's (CuPy arrays)."""
+
+    device_buffers = True
+
+
+@pytest.mark.parametrize('layer_wise', [True, False])
+def test_identical_ranks_on_device_buffers_train_as_one_process(tmp_path, net_file, layer_wise):
+    """The device path (gpu_diff/gpu_data packing, device history broadcast) in
+    GPU mode through the CPU stand-in for CuPy the GPU tests use."""
+    from gpu_support import gpu_mode
+    extra = 'iter_size: 2\nlayer_wise_reduce: %s' % str(layer_wise).lower()
+    with gpu_mode() as cp:
+        alone = _solver(tmp_path, net_file, extra)
+        alone.step(3)
+        solver = _solver(tmp_path, net_file, extra)
+        comm = TwinDeviceRanks(2, solver.net)
+        dp = DataParallel(solver, comm)
+        assert all(isinstance(b.buffer, cp.ndarray) for b in dp.buckets)
+        dp.broadcast_params()
+        dp.install()
+        solver.step(3)
+        for a, b in zip(alone.net.learnable_params, solver.net.learnable_params):
+            np.testing.assert_allclose(cp.asnumpy(b.gpu_data), cp.asnumpy(a.gpu_data), rtol=1e-6, atol=1e-7)
+        assert len(comm.calls) == 3 * len(dp.buckets)
