@@ -34,6 +34,7 @@ SIZE_VARIABLES = ('PMI_SIZE', 'OMPI_COMM_WORLD_SIZE', 'MV2_COMM_WORLD_SIZE', 'PM
 TIMEOUT_VARIABLE = 'MINICAFFE_COMM_TIMEOUT'
 DEFAULT_TIMEOUT_S = 120.0
 ANNOUNCE_AFTER_S = 1.0
+ABORT_GRACE_S = 0.5
 _HEARTBEAT_TAG = 7177
 
 
@@ -124,6 +125,9 @@ class MPICommunicator(Communicator):
     def abort(self, message, errorcode=1):
         sys.stderr.write('minicaffe: error: rank %d: %s\n' % (self.rank, message))
         sys.stderr.flush()
+        # MPI_Abort makes the launcher kill every rank at once, and output still
+        # on its way through the launcher can be lost with them: let it arrive.
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(errorcode)
 
     # ------------------------------------------------------------ watchdog
@@ -137,14 +141,19 @@ class MPICommunicator(Communicator):
         pause = 0.0
         while not pending.test():
             waited = time.monotonic() - start
-            if not announced and waited > ANNOUNCE_AFTER_S:
-                self._announce(pending.seq)
-                announced = True
-            if self.timeout is not None and waited > self.timeout:
-                self._abort_silent(pending, waited)
-            # Spin for the first few ms (the usual all-reduce), then poll gently.
-            if waited > 0.002:
-                pause = min(0.002, pause + 0.0001)
+            if self.timeout is not None:
+                if not announced and waited > ANNOUNCE_AFTER_S:
+                    self._announce(pending.seq)
+                    announced = True
+                if waited > self.timeout:
+                    self._abort_silent(pending, waited)
+            # MPI moves a large buffer only while it is polled: poll without pause
+            # (yielding the core to other runnable processes) for the length of a
+            # large all-reduce, then gently (ranks waiting for rank 0's test).
+            if waited < 0.5:
+                time.sleep(0)
+            else:
+                pause = min(0.001, pause + 0.0001)
                 time.sleep(pause)
 
     def _announce(self, seq):
