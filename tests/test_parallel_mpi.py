@@ -171,6 +171,23 @@ def test_resume_across_rank_counts(tmp_path):
     assert not problems, '\n'.join(problems)
 
 
+def test_rank_0_tests_while_the_others_wait_past_the_watchdog(tmp_path):
+    """Only rank 0 runs the test net; the others wait for it without the
+    watchdog's timeout (here 1 s, shorter than the test)."""
+    work = _case('sgd_step', tmp_path, batch=2,
+                 solver_extra='test_net: "net.prototxt"\ntest_iter: 3000\ntest_interval: 4\n'
+                              'test_initialization: false')
+    run = mpiexec(2, ['--solver', 'solver.prototxt', '--weights', 'init.caffemodel'], work,
+                  MINICAFFE_COMM_TIMEOUT='1')
+    assert run.returncode == 0, run.stdout
+    assert run.stdout.count('Testing net (#0)') == 2, run.stdout       # iterations 4 and 8
+    assert re.search(r'Test net output #0: loss = [\d.]+', run.stdout)
+    # testing changes nothing: still Caffe's weights
+    ref = h5py.File(SOLVERS / 'sgd_step' / 'ref.h5', 'r')
+    problems = _problems_against_caffe(_params(work, 'snap_iter_8.caffemodel'), ref['param_iter_8'], 'iter 8')
+    assert not problems, '\n'.join(problems)
+
+
 # ---------------------------------------------------------------- long runs, signals, failures
 class _Job(object):
     """mpiexec running a long training, its merged output collected line by line."""
