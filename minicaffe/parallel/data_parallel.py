@@ -124,9 +124,12 @@ def untimed(comm):
 
 
 # ---------------------------------------------------------------- agreement at start
-_SOLVER_FIELDS = ('type', 'base_lr', 'lr_policy', 'gamma', 'power', 'stepsize', 'stepvalue',
+# The update's settings, and those that decide when the ranks meet (rank 0's
+# tests and snapshots, after which the others wait for it).
+_SOLVER_FIELDS = ('base_lr', 'lr_policy', 'gamma', 'power', 'stepsize', 'stepvalue',
                   'max_iter', 'momentum', 'momentum2', 'delta', 'rms_decay', 'weight_decay',
-                  'regularization_type', 'clip_gradients', 'iter_size', 'layer_wise_reduce')
+                  'regularization_type', 'clip_gradients', 'iter_size', 'layer_wise_reduce',
+                  'test_interval', 'test_initialization', 'snapshot')
 
 
 def describe(solver):
@@ -211,10 +214,10 @@ class _Bucket(object):
             self.buffer[a:z] = d.reshape(-1)
 
     def unpack(self, device, scale):
-        buf = self.buffer[:self.count]
-        buf *= scale
+        """diff = sum * (1/N), in one pass per blob (Caffe scales the sum in place)."""
+        from ..solvers.updates import array_module
         for (a, z), d in zip(self.offsets, self._diffs(device)):
-            d[...] = buf[a:z].reshape(d.shape)
+            array_module(d).multiply(self.buffer[a:z].reshape(d.shape), scale, out=d)
 
 
 def gradient_buckets(net, layer_wise):
