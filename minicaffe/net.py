@@ -381,42 +381,43 @@ class Net(object):
         before, after = self._hooks['before_forward'], self._hooks['after_forward']
         for lid in range(start, end + 1):
             for hook in before:
-                hook.run(lid)
+                hook(lid)
             loss += self._forward_layer(lid)
             for hook in after:
-                hook.run(lid)
+                hook(lid)
         return loss
 
     def backward_from_to(self, start, end):
         before, after = self._hooks['before_backward'], self._hooks['after_backward']
         for lid in range(start, end - 1, -1):
             for hook in before:
-                hook.run(lid)
+                hook(lid)
             if self.layer_need_backward[lid]:
                 _mode.run_backward(self.layers[lid], self._top(lid), self.bottom_need_backward[lid],
                                    self._bottom(lid))
                 if self.debug_info:
                     self._log_backward(lid)
             for hook in after:
-                hook.run(lid)
+                hook(lid)
         if self.debug_info:
             self._log_update_norms()
 
-    # Caffe's Net::Callback hooks (pycaffe's net.before_forward(obj) etc.): each
-    # object's run(layer_id) is called around every layer's Forward / Backward,
-    # as data-parallel training reduces a layer's gradients right after its
-    # backward.
-    def before_forward(self, obj):
-        self._hooks['before_forward'].append(obj)
+    # Caffe's Net::Callback hooks (pycaffe's net.before_forward(f) etc.): called
+    # with the layer id around every layer's Forward / Backward -- data-parallel
+    # training reduces a layer's gradients right after its backward.  A hook is
+    # a callable (pycaffe: python/train.py's timers) or an object with
+    # run(layer_id) (Caffe's Callback; pycaffe's net.after_backward(nccl)).
+    def before_forward(self, hook):
+        self._hooks['before_forward'].append(_hook_call(hook))
 
-    def after_forward(self, obj):
-        self._hooks['after_forward'].append(obj)
+    def after_forward(self, hook):
+        self._hooks['after_forward'].append(_hook_call(hook))
 
-    def before_backward(self, obj):
-        self._hooks['before_backward'].append(obj)
+    def before_backward(self, hook):
+        self._hooks['before_backward'].append(_hook_call(hook))
 
-    def after_backward(self, obj):
-        self._hooks['after_backward'].append(obj)
+    def after_backward(self, hook):
+        self._hooks['after_backward'].append(_hook_call(hook))
 
     def _forward(self, start, end):
         return self.forward_from_to(start, end)
@@ -706,6 +707,16 @@ class Net(object):
         asum = sum(float(np.abs(b.data).sum()) for b in self.learnable_params)
         dsum = sum(float(np.abs(b.diff).sum()) for b in self.learnable_params)
         log.info('    [Backward] All net params (data, diff): L1 norm = (%g, %g)', asum, dsum)
+
+
+def _hook_call(hook):
+    run = getattr(hook, 'run', None)
+    if callable(run):
+        return run
+    if callable(hook):
+        return hook
+    raise TypeError('a net hook is a callable taking the layer id or an object with'
+                    ' run(layer_id), not %r' % (hook,))
 
 
 def _layer_line(source, layer_name):

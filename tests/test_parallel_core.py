@@ -79,6 +79,19 @@ def test_net_hooks_run_around_every_layer_in_order(net_file):
     assert log == bwd      # every layer, also those that need no backward (as Caffe)
 
 
+def test_net_hooks_may_be_callables_as_in_pycaffe(net_file):
+    net = caffe.Net(str(net_file), caffe.TRAIN)
+    seen = []
+    net.before_forward(lambda layer: seen.append(('f', layer)))
+    net.after_backward(lambda layer: seen.append(('b', layer)))
+    net.forward()
+    net.backward()
+    n = len(net.layers)
+    assert seen == [('f', i) for i in range(n)] + [('b', i) for i in reversed(range(n))]
+    with pytest.raises(TypeError, match='net hook'):
+        net.after_forward(42)
+
+
 def test_gradient_buckets_follow_backward_and_sharing(net_file):
     net = caffe.Net(str(net_file), caffe.TRAIN)
     names = [l.name for l in net.layers]
