@@ -6,6 +6,11 @@ SIGHUP as Caffe does (stop | snapshot | none; SIGINT finishes the current
 iteration, snapshots and exits 0 by default).  Log lines are Caffe's, so
 Caffe's tools/extra/parse_log.py reads them; a metrics JSONL file is written
 beside the snapshots and a progress bar is drawn when stderr is a terminal.
+
+Under ``mpiexec -n N`` (more than one rank) train runs data-parallel
+(minicaffe.parallel): every rank builds the solver, rank 0's weights are
+broadcast, gradients are averaged over the ranks; only rank 0 logs, tests,
+writes metrics and snapshots; an error on any rank ends every rank.
 """
 import json
 import logging

@@ -30,15 +30,12 @@ operations of the interface.
 """
 import contextlib
 import json
-import logging
 import time
 
 import numpy as np
 
 from .. import mode as _mode
 from ..errors import MinicaffeError
-
-log = logging.getLogger('minicaffe')
 
 # SolverAction values in agreement order: a rank asking to stop wins over one
 # asking for a snapshot.

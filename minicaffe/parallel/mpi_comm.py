@@ -16,7 +16,6 @@ silent ones.  (MPICH's launcher already ends the job within a second when a
 rank process dies; the watchdog covers a rank that hangs or is stopped, and
 launchers that leave the survivors waiting.)
 """
-import logging
 import os
 import socket
 import sys
@@ -25,8 +24,6 @@ import time
 import numpy as np
 
 from .comm import Communicator
-
-log = logging.getLogger('minicaffe')
 
 # Launcher variables holding the number of ranks (MPICH/Intel MPI's PMI, Open MPI,
 # MVAPICH, PMIx); their presence with a value > 1 means "started by mpiexec".
