@@ -397,3 +397,24 @@ print('rank %d ok' % c.rank)
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
     assert run.returncode == 0, run.stdout
     assert sorted(re.findall(r'rank \d ok', run.stdout)) == ['rank 0 ok', 'rank 1 ok', 'rank 2 ok']
+
+
+def test_bench_scaling_runs(tmp_path):
+    """benchmarks/bench_scaling.py end to end on LeNet, 1 and 2 ranks (a smoke
+    test: timings here mean nothing)."""
+    bench = CONFORMANCE.parent / 'bench'
+    if not (bench / 'lenet_b64.prototxt').exists():
+        pytest.skip('../shared/bench not found')
+    out = tmp_path / 'scaling.json'
+    run = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'bench_scaling.py'), '--net', 'lenet',
+                          '--ranks', '1,2', '--iterations', '1', '--warmup', '1', '--threads-per-rank', '1',
+                          '--bench-dir', str(bench), '--json', str(out)],
+                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout
+    import json
+    rows = json.loads(out.read_text())['rows']
+    assert [(r['ranks'], r['layer_wise_reduce']) for r in rows] == [(1, False), (2, True), (2, False)]
+    assert all(r['iter_per_s'] > 0 and r['batch_per_rank'] == 64 for r in rows)
+    assert rows[1]['samples_per_s'] == pytest.approx(2 * 64 * rows[1]['iter_per_s'])
+    assert rows[1]['mb_per_iter'] == pytest.approx(4 * 431080 / 1e6, rel=1e-3)    # LeNet's params
+    assert '| lenet | 2 | true |' in run.stdout

@@ -282,7 +282,7 @@ class DataParallel(object):
     def broadcast_params(self):
         """Rank 0's learnable parameters and solver history on every rank."""
         blobs = self.solver.net.learnable_params
-        device = self.comm.device_buffers and _mode.is_gpu()
+        device = self._device()
         if blobs:
             sizes = [b.count for b in blobs]
             buf = _zeros(self.comm, sum(sizes))
