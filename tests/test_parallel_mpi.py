@@ -143,6 +143,34 @@ def test_two_ranks_of_half_batch_reproduce_one_process(name, tmp_path):
                                    err_msg='layer_wise_reduce true vs false, %s' % (key,))
 
 
+@pytest.mark.parametrize('seeded', [True, False])
+def test_shuffled_hdf5_ranks_reproduce_one_process(tmp_path, seeded):
+    """With shuffle on (16 rows, reshuffled after each of the 2 passes), the
+    ranks share the shuffle order and still train to the one-process numbers;
+    without random_seed in the solver the ranks share the seed rank 0 drew."""
+    def shuffled(work, seed):
+        net = work / 'net.prototxt'
+        net.write_text(net.read_text().replace('batch_size:', 'shuffle: true batch_size:'))
+        solver = work / 'solver.prototxt'
+        text = re.sub(r'random_seed: \d+', 'random_seed: %d' % seed, solver.read_text())
+        solver.write_text(text)
+        return work
+    work = shuffled(_case('sgd_step', tmp_path, batch=2), 1701 if seeded else -1)
+    run = mpiexec(2, ['--solver', 'solver.prototxt', '--weights', 'init.caffemodel'], work)
+    assert run.returncode == 0, run.stdout
+    seed = 1701 if seeded else int(re.search(r'The ranks share random seed (\d+)', run.stdout).group(1))
+    with _inside(shuffled(_case('sgd_step', tmp_path / 'single'), seed)):
+        solver = caffe.get_solver('solver.prototxt')
+        solver.net.copy_from('init.caffemodel')
+        solver.step(8)
+        single = _all_params(solver.net)
+    ranks = _params(work, 'snap_iter_8.caffemodel')
+    problems = ['%s: %s' % (k, mismatch(ranks[k], v)) for k, v in single.items() if mismatch(ranks[k], v)]
+    assert not problems, '\n'.join(problems)
+    ref = h5py.File(SOLVERS / 'sgd_step' / 'ref.h5', 'r')        # (a different order than Caffe's)
+    assert _problems_against_caffe(ranks, ref['param_iter_8'], 'iter 8')
+
+
 def test_resume_across_rank_counts(tmp_path):
     """A snapshot written by 2 ranks resumes in 1 process, and Caffe's
     one-process snapshot resumes on 2 ranks; both end at Caffe's iteration 8."""

@@ -19,7 +19,9 @@ HDF5Data    ``hdf5_data_param.source`` is a text file listing .h5 files
             next file and wrapping around after the last.  With ``shuffle`` the
             file order is permuted at setup and after each pass over all files,
             and the rows of each file when it is loaded (a single file: after
-            each pass over it), drawing from ``minicaffe.rng``.  In data-
+            each pass over it), drawing from the layer's own generator, seeded
+            from ``minicaffe.rng`` at setup (so data-parallel ranks, which share
+            the seed at setup, keep one order however else they draw).  In data-
             parallel training (TRAIN phase, N ranks) a rank keeps row k of
             this stream iff k % N == its rank (Caffe's Skip()).
 MemoryData  tops data (batch_size, channels, height, width) and label
@@ -174,7 +176,8 @@ class HDF5DataLayer(Layer):
         self.top_names = list(lp.top)
         self.file_perm = np.arange(len(self.filenames))
         if self.shuffle:
-            rng().shuffle(self.file_perm)
+            self.layer_rng = np.random.default_rng(int(rng().integers(0, 2 ** 63 - 1)))
+            self.layer_rng.shuffle(self.file_perm)
         self.current_file = 0
         self.trailing = None
         self._load(self.filenames[self.file_perm[0]])
@@ -244,7 +247,7 @@ class HDF5DataLayer(Layer):
         self.rows = rows
         self.data_perm = np.arange(rows)
         if self.shuffle:
-            rng().shuffle(self.data_perm)
+            self.layer_rng.shuffle(self.data_perm)
 
     def _next_file(self):
         """Caffe's Next() at the end of the current file's rows."""
@@ -253,10 +256,10 @@ class HDF5DataLayer(Layer):
             if self.current_file == len(self.filenames):
                 self.current_file = 0
                 if self.shuffle:
-                    rng().shuffle(self.file_perm)
+                    self.layer_rng.shuffle(self.file_perm)
             self._load(self.filenames[self.file_perm[self.current_file]])
         elif self.shuffle:
-            rng().shuffle(self.data_perm)
+            self.layer_rng.shuffle(self.data_perm)
         self.current_row = 0
 
     def reshape(self, bottom, top):

@@ -49,7 +49,8 @@ def join(comm, seed=None):
         logger.setLevel(max(logger.level, logging.WARNING))
     _share_cores(comm)
     shared = broadcast_seed(comm, seed)
-    set_random_seed(shared)
+    set_random_seed(shared)         # data layers draw their shuffle seeds from it at setup
+    log.info('The ranks share random seed %d (the solver\'s random_seed, if set, replaces it)', shared)
     describe = getattr(comm, 'describe_ranks', None)
     if describe is not None:
         for line in describe():
@@ -91,6 +92,13 @@ def start(solver, comm):
     """Check that the ranks agree, give every rank rank 0's parameters and
     history, and install the data-parallel hooks.  Returns the DataParallel."""
     from .data_parallel import DataParallel, check_agreement, untimed
+    from ..rng import rng, set_random_seed
+    # The nets are built: their data layers drew their seeds from the shared
+    # stream, so every rank shuffles alike.  From here on each rank draws its
+    # own numbers (Dropout masks, DummyData), as Caffe seeds each GPU's solver
+    # with random_seed + device: ranks with identical masks would add nothing.
+    seeds = rng().integers(0, 2 ** 31 - 1, size=comm.size)
+    set_random_seed(int(seeds[comm.rank]))
     # Untimed: ranks arrive when their nets are built (rank 0 builds the test
     # nets too; a large HDF5 source loads whole); a rank that fails aborts the job.
     with untimed(comm):
