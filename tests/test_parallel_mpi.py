@@ -274,20 +274,21 @@ class _Job(object):
 
 
 def _long_case(tmp_path):
-    return _case('sgd_step', tmp_path, batch=2,
-                 solver_extra='max_iter: 1000000\nsnapshot: 0\ndisplay: 1000')
-
-
-def _fields_replaced(work):
-    # the case's own max_iter/snapshot/display come first; the appended ones win in
-    # protobuf text format for scalars (last value), which is what _long_case relies on
-    text = (work / 'solver.prototxt').read_text()
-    assert text.rstrip().endswith('display: 1000')
+    """sgd_step, batch 2 per rank, training "forever" with no periodic snapshot."""
+    work = _case('sgd_step', tmp_path, batch=2)
+    solver = work / 'solver.prototxt'
+    text = solver.read_text()
+    for field, value in (('max_iter', 1000000), ('snapshot', 0), ('display', 1000)):
+        text, n = re.subn(r'(?m)^%s: \d+$' % field, '%s: %d' % (field, value), text)
+        assert n == 1, field
+    solver.write_text(text)
+    for f in work.glob('snap_iter_*'):      # Caffe's snapshot: only ours are counted
+        f.unlink()
+    return work
 
 
 def test_sighup_on_one_rank_snapshots_and_sigint_stops_all_ranks(tmp_path):
     work = _long_case(tmp_path)
-    _fields_replaced(work)
     job = _Job(work)
     try:
         job.pids = job.rank_pids()
@@ -300,7 +301,7 @@ def test_sighup_on_one_rank_snapshots_and_sigint_stops_all_ranks(tmp_path):
     finally:
         job.cleanup()
     assert rc == 0, job.output
-    states = sorted(p.name for p in work.glob('snap_iter_*.solverstate') if p.name != 'snap_iter_4.solverstate')
+    states = sorted(p.name for p in work.glob('snap_iter_*.solverstate'))
     # one snapshot for SIGHUP, one at the stop (snapshot_after_train), written by rank 0 only
     assert len(states) == 2, (states, job.output)
     assert job.output.count('Snapshotting solver state') == 2, job.output
@@ -319,11 +320,15 @@ def test_sigint_under_mpiexec_one_snapshot_exit_0(tmp_path):
     finally:
         job.cleanup()
     assert rc == 0, job.output
-    states = [p for p in work.glob('snap_iter_*.solverstate') if p.name != 'snap_iter_4.solverstate']
+    states = list(work.glob('snap_iter_*.solverstate'))
     assert len(states) == 1, job.output
-    # the snapshot is usable: one process resumes it
+    # the snapshot holds the iteration the ranks stopped at, and one process resumes it
     it = int(re.search(r'_iter_(\d+)', states[0].name).group(1))
-    assert it > 0
+    assert it > 0 and 'Snapshotting solver state to binary proto file %s' % states[0].name in job.output
+    with _inside(work):
+        solver = caffe.get_solver('solver.prototxt')
+        solver.restore(states[0].name)
+        assert solver.iter == it
 
 
 def test_killed_rank_ends_the_job_naming_it(tmp_path):
