@@ -22,8 +22,11 @@ import subprocess
 import sys
 import tempfile
 import types
+import weakref
 
 import numpy as np
+
+import fake_nccl
 
 _CXX = shutil.which('g++') or shutil.which('c++')
 _BUILD_DIR = None
@@ -65,6 +68,15 @@ class ndarray(np.ndarray):
 
     def __repr__(self):
         return 'fake_cupy.' + repr(self.view(np.ndarray))
+
+    @property
+    def data(self):
+        """CuPy's ``a.data`` (a MemoryPointer): ``.ptr`` is the address the raw
+        APIs (NCCL) take.  Each address handed out is remembered, so the fake NCCL
+        can refuse pointers that did not come from a device array."""
+        ptr = self.ctypes.data
+        _device_ranges[ptr] = (self.nbytes, weakref.ref(self))
+        return _MemoryPointer(ptr)
 
     def __iter__(self):
         raise TypeError('iterating over a device array copies element by element; '
@@ -113,6 +125,33 @@ def _wrap(res):
     if isinstance(res, tuple):
         return tuple(_wrap(r) for r in res)
     return res
+
+
+class _MemoryPointer(object):
+    __slots__ = ('ptr',)
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+_device_ranges = {}     # address -> (nbytes, weakref to the array) for every a.data handed out
+
+
+def device_buffer(ptr, count, itemsize, where):
+    """The host memory behind a device pointer a raw API was given: ``count``
+    items of ``itemsize`` bytes at ``ptr``, which must lie inside a live device
+    array whose ``.data.ptr`` was taken (a host pointer is refused, as CUDA would
+    fault on it)."""
+    if type(ptr) is not int:
+        raise TypeError('%s: a device pointer is an int (array.data.ptr), got %s' % (where, type(ptr).__name__))
+    need = count * itemsize
+    for base, (nbytes, ref) in list(_device_ranges.items()):
+        if ref() is None:
+            del _device_ranges[base]
+            continue
+        if base <= ptr and ptr + need <= base + nbytes:
+            return (ctypes.c_char * need).from_address(ptr)
+    raise ValueError('%s: %d bytes at 0x%x are not inside a device array' % (where, need, ptr))
 
 
 # ----------------------------------------------------------------- kernels
@@ -179,19 +218,24 @@ class RawModule(object):
         if _CXX is None:
             raise RuntimeError('fake_cupy needs g++ to build the kernels')
         if _BUILD_DIR is None:
-            _BUILD_DIR = tempfile.mkdtemp(prefix='fake_cupy_')
+            # FAKE_CUPY_BUILD_DIR: one build folder shared by the processes of a
+            # multi-rank test (each .so is named by its source's hash)
+            _BUILD_DIR = os.environ.get('FAKE_CUPY_BUILD_DIR') or tempfile.mkdtemp(prefix='fake_cupy_')
+            os.makedirs(_BUILD_DIR, exist_ok=True)
         includes = [o for o in options if o.startswith('-I')]
         key = hashlib.sha1((code + repr(includes)).encode()).hexdigest()[:16]
         so = os.path.join(_BUILD_DIR, key + '.so')
         if not os.path.exists(so):
-            src = os.path.join(_BUILD_DIR, key + '.cpp')
+            src = os.path.join(_BUILD_DIR, '%s.%d.cpp' % (key, os.getpid()))
             with open(src, 'w') as f:
                 f.write(code)
+            tmp_so = '%s.%d.tmp' % (so, os.getpid())
             r = subprocess.run([_CXX, '-O2', '-x', 'c++', '-std=c++14', '-DMINICAFFE_CPU_EMULATION',
-                                '-shared', '-fPIC'] + includes + ['-o', so, src],
+                                '-shared', '-fPIC'] + includes + ['-o', tmp_so, src],
                                capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError('kernel build failed:\n' + r.stderr)
+            os.replace(tmp_so, so)      # atomic: another process may load it at once
         self.lib = ctypes.CDLL(so)
         self.sigs = _parse_signatures(code)
 
@@ -213,15 +257,90 @@ class _RandomState(object):
         return (self.g.random(size, dtype=np.float64) * (high - low) + low).astype(dtype).view(ndarray)
 
 
+def _device_count():
+    """One device, or FAKE_CUPY_DEVICES of them (multi-GPU tests)."""
+    return int(os.environ.get('FAKE_CUPY_DEVICES', '1'))
+
+
 class _Device(object):
-    def __init__(self, i=0):
-        self.id = int(i)
+    _current = [0]
+
+    def __init__(self, i=None):
+        self.id = _Device._current[0] if i is None else int(i)
 
     def use(self):
-        pass
+        if not 0 <= self.id < _device_count():
+            raise RuntimeError('cudaErrorInvalidDevice: invalid device ordinal %d' % self.id)
+        _Device._current[0] = self.id
 
     def synchronize(self):
         pass
+
+
+class Event(object):
+    """cupy.cuda.Event: the stand-in runs every operation when it is queued,
+    so a recorded event is complete at once."""
+
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        self.recorded = False
+
+    def record(self, stream=None):
+        if stream is not None and not isinstance(stream, Stream):
+            raise TypeError('Event.record(stream): a Stream is needed, got %s' % type(stream).__name__)
+        self.recorded = True
+
+    @property
+    def done(self):
+        return True
+
+    def synchronize(self):
+        pass
+
+
+class Stream(object):
+    """cupy.cuda.Stream: ``ptr`` (0 for the default stream), events, ``with stream:``."""
+    _next_ptr = [0x5000]
+    _current = []
+
+    def __init__(self, null=False, non_blocking=False, ptds=False):
+        if null:
+            self.ptr = 0
+        else:
+            Stream._next_ptr[0] += 0x10
+            self.ptr = Stream._next_ptr[0]
+        self.non_blocking = non_blocking
+
+    def record(self, event=None):
+        event = Event() if event is None else event
+        event.record(self)
+        return event
+
+    def wait_event(self, event):
+        if not isinstance(event, Event):
+            raise TypeError('Stream.wait_event: an Event is needed, got %s' % type(event).__name__)
+        if not event.recorded:
+            raise ValueError('Stream.wait_event: the event was never recorded')
+
+    def synchronize(self):
+        pass
+
+    @property
+    def done(self):
+        return True
+
+    def __enter__(self):
+        Stream._current.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        Stream._current.pop()
+
+
+_NULL_STREAM = Stream(null=True)
+
+
+def get_current_stream():
+    return Stream._current[-1] if Stream._current else _NULL_STREAM
 
 
 def asarray(a, dtype=None, order=None):
@@ -263,9 +382,14 @@ def make_module():
     m.asnumpy = asnumpy
     m.RawModule = RawModule
     m.random = types.SimpleNamespace(RandomState=_RandomState)
-    m.cuda = types.SimpleNamespace(
-        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
-        Device=_Device)
+    _Device._current[0] = 0
+    m.cuda = types.ModuleType('cupy.cuda')
+    m.cuda.runtime = types.SimpleNamespace(getDeviceCount=_device_count)
+    m.cuda.Device = _Device
+    m.cuda.Stream = Stream
+    m.cuda.Event = Event
+    m.cuda.get_current_stream = get_current_stream
+    m.cuda.nccl = fake_nccl.make_module(device_buffer)
     m.get_array_module = lambda *args: m if any(isinstance(a, ndarray) for a in args) else np
     m.__fake__ = True
     return m
@@ -276,15 +400,36 @@ def installed():
     """Make `import cupy` give the stand-in (and reset minicaffe's GPU caches)."""
     from minicaffe import mode
     from minicaffe.gpu import backend
-    saved = sys.modules.get('cupy')
-    sys.modules['cupy'] = module = make_module()
+    names = ('cupy', 'cupy.cuda', 'cupy.cuda.nccl')
+    saved = {name: sys.modules.get(name) for name in names}
+    module = register(make_module())
     backend.reset()
     try:
         yield module
     finally:
         mode.set_mode_cpu()
-        if saved is None:
-            sys.modules.pop('cupy', None)
-        else:
-            sys.modules['cupy'] = saved
+        for name, value in saved.items():
+            if value is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = value
         backend.reset()
+
+
+def register(module):
+    """Make ``import cupy`` / ``import cupy.cuda.nccl`` give ``module``."""
+    sys.modules['cupy'] = module
+    sys.modules['cupy.cuda'] = module.cuda
+    sys.modules['cupy.cuda.nccl'] = module.cuda.nccl
+    return module
+
+
+def write_shim(folder):
+    """A folder to put first on PYTHONPATH so that ``import cupy`` in a child
+    process (``minicaffe train --gpu 0,1`` spawns its ranks; mpiexec) gives this
+    stand-in.  Returns the PYTHONPATH entries: the shim and this tests folder."""
+    pkg = os.path.join(folder, 'cupy')
+    os.makedirs(pkg, exist_ok=True)
+    with open(os.path.join(pkg, '__init__.py'), 'w') as f:
+        f.write('import fake_cupy\nfake_cupy.register(fake_cupy.make_module())\n')
+    return [folder, os.path.dirname(os.path.abspath(__file__))]
