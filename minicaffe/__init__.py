@@ -50,3 +50,29 @@ class _NetSpecLayers(net_spec.Layers):
 
 
 layers = _NetSpecLayers()
+
+
+# pycaffe's multi-GPU API and utilities, imported on first use so that
+# `import minicaffe` never imports CuPy or mpi4py.
+_LAZY = {
+    'NCCL': 'minicaffe.parallel.nccl',
+    'has_nccl': 'minicaffe.parallel.nccl_comm',
+    'set_solver_count': 'minicaffe.parallel.state',
+    'set_solver_rank': 'minicaffe.parallel.state',
+    'solver_count': 'minicaffe.parallel.state',
+    'solver_rank': 'minicaffe.parallel.state',
+    'set_multiprocess': 'minicaffe.parallel.state',
+    'Timer': 'minicaffe.timing',
+    'init_log': 'minicaffe.cli',
+    'log': 'minicaffe.cli',
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError("module 'minicaffe' has no attribute '%s'" % name)
+    import importlib
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

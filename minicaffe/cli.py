@@ -363,6 +363,22 @@ def setup_logging(verbosity=0, stream=None, log_file=None):
     return handler
 
 
+def init_log(level=None, stderr=True):
+    """pycaffe's ``caffe.init_log([level[, stderr]])``: log lines in glog's
+    format on stderr; ``level`` is glog's minloglevel (0 INFO .. 3 FATAL).
+    ``stderr=False`` silences them (glog would write its own log files then;
+    ``minicaffe --log-file`` is the way to a file here)."""
+    setup_logging(0, stream=None if stderr else open(os.devnull, 'w'))
+    if level is not None:
+        logging.getLogger('minicaffe').setLevel(
+            {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR}.get(int(level), logging.CRITICAL))
+
+
+def log(message):
+    """pycaffe's ``caffe.log(msg)``: one INFO line on the ``minicaffe`` logger."""
+    logging.getLogger('minicaffe').info('%s', message)
+
+
 # ---------------------------------------------------------------- parser
 def _add(sub, name, help, target_or_pair, aliases=(), description=None):
     """Add subcommand ``name`` driven by add_arguments/run (a module path or a pair)."""
@@ -445,7 +461,17 @@ def main(argv=None):
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        setup_logging(args.verbose - args.quiet, log_file=args.log_file)
+    except SystemExit as e:           # argparse: --help (0) / usage errors (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    return run_reporting_errors(args, args.verbose - args.quiet, args.log_file)
+
+
+def run_reporting_errors(args, verbosity, log_file, prefix=''):
+    """Set up logging and run the parsed command; errors become ``minicaffe:
+    error: <prefix><message>`` and an exit code (also in the ranks that
+    ``train --gpu 0,1`` spawns)."""
+    try:
+        setup_logging(verbosity, log_file=log_file)
         code = args._run(args)
         return 0 if code is None else int(code)
     except KeyboardInterrupt:
@@ -459,11 +485,12 @@ def main(argv=None):
             pass
         return 141
     except MinicaffeError as e:
-        print('%s: error: %s' % (PROG, e), file=sys.stderr)
+        print('%s: error: %s%s' % (PROG, prefix, e), file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         what = e.filename if e.filename is not None else e
-        print('%s: error: %s: %s' % (PROG, what, e.strerror or 'file not found'), file=sys.stderr)
+        print('%s: error: %s%s: %s' % (PROG, prefix, what, e.strerror or 'file not found'),
+              file=sys.stderr)
         return 2
     except SystemExit as e:           # argparse: --help (0) / usage errors (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
