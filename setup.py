@@ -12,8 +12,9 @@ setup(
         'test': ['pytest', 'hypothesis', 'grpcio-tools==1.85.1', 'mpi4py', 'mpich'],
         'plot': ['matplotlib'],
         'mpi': ['mpi4py', 'mpich', 'threadpoolctl'],
-        'cuda12': ['cupy-cuda12x>=13'],
-        'cuda13': ['cupy-cuda13x>=13'],
+        # NCCL for multi-GPU training (cupy.cuda.nccl) comes from NVIDIA's wheel
+        'cuda12': ['cupy-cuda12x>=13', 'nvidia-nccl-cu12'],
+        'cuda13': ['cupy-cuda13x>=13', 'nvidia-nccl-cu13'],
     },
     entry_points={'console_scripts': ['minicaffe=minicaffe.cli:main']},
 )

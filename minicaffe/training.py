@@ -44,7 +44,9 @@ def add_train_arguments(p):
                         ' none = ignore (default stop, as Caffe)')
     p.add_argument('--sighup_effect', '--sighup-effect', choices=['stop', 'snapshot', 'none'],
                    default='snapshot', help='on SIGHUP (default snapshot, as Caffe)')
-    p.add_argument('--gpu', default=None, help='GPU id(s); CPU when omitted')
+    p.add_argument('--gpu', default=None,
+                   help='GPU id, or several ("0,1,2,3" or "all": one process per GPU, NCCL between'
+                        ' them; under mpiexec each rank takes a GPU of its node); CPU when omitted')
     p.add_argument('--no-progress', action='store_true', help='plain log lines even on a terminal')
     p.add_argument('--metrics', default=None,
                    help='metrics JSONL file (default <snapshot_prefix>_metrics.jsonl; "none" to skip)')
@@ -60,23 +62,32 @@ def add_test_arguments(p):
     p.add_argument('--gpu', default=None)
 
 
-def use_gpu(flag):
-    """GPU mode on the device a ``--gpu`` value names: an id, a comma-separated
-    list (Caffe trains on all of them; minicaffe uses the first) or ``all``
-    (device 0).  Returns the device id."""
+def parse_gpu_ids(flag):
+    """The device ids a ``--gpu`` value names: an id, a comma-separated list or
+    ``all`` (every visible device, as Caffe's ``-gpu all``)."""
     text = str(flag).strip()
     if text.lower() == 'all':
-        ids = [0]
-    else:
-        try:
-            ids = [int(x) for x in text.split(',') if x.strip()]
-        except ValueError:
-            ids = []
-        if not ids or any(i < 0 for i in ids):
-            raise MinicaffeError('--gpu: expected a device id, a comma-separated list of ids or'
-                                 ' "all", got "%s"' % flag)
+        from .gpu.backend import require_cupy
+        count = require_cupy().cuda.runtime.getDeviceCount()
+        return list(range(count))
+    try:
+        ids = [int(x) for x in text.split(',') if x.strip()]
+    except ValueError:
+        ids = []
+    if not ids or any(i < 0 for i in ids):
+        raise MinicaffeError('--gpu: expected a device id, a comma-separated list of ids or'
+                             ' "all", got "%s"' % flag)
+    if len(set(ids)) != len(ids):
+        raise MinicaffeError('--gpu %s: a device is named twice (one rank per GPU)' % flag)
+    return ids
+
+
+def use_gpu(flag):
+    """GPU mode on the first device a ``--gpu`` value names (``test`` and
+    ``time`` run on one device, as Caffe's do).  Returns the device id."""
+    ids = parse_gpu_ids(flag)
     if len(ids) > 1:
-        log.warning('--gpu %s: minicaffe runs on one device; using GPU %d', flag, ids[0])
+        log.warning('--gpu %s: this command runs on one device; using GPU %d', flag, ids[0])
     from . import mode
     mode.set_device(ids[0])
     mode.set_mode_gpu()
@@ -260,6 +271,15 @@ def run_train(args):
                              ' not both')
     if args.snapshot and args.snapshot != 'auto' and not os.path.exists(args.snapshot):
         raise MinicaffeError('--snapshot: solver state %s does not exist' % args.snapshot)
+    if args.gpu is not None:
+        from .parallel import gpu_ranks
+        gpus = parse_gpu_ids(args.gpu)
+        if gpu_ranks.should_spawn(args, gpus):
+            _read_param(args)       # a missing solver or weights file: one error, before any rank
+            return gpu_ranks.spawn_gpu_ranks(args, gpus)
+        comm = gpu_ranks.join_gpu_ranks(args, gpus)     # NCCL in a rank of a multi-GPU job
+        if comm is not None:
+            return _train_ranks(args, comm)
     from .parallel.launch import communicator_from_environment
     comm = communicator_from_environment()      # under mpiexec with several ranks
     if comm is None:
@@ -294,7 +314,9 @@ def _train(args, comm):
     if comm is not None:
         from .parallel.launch import join
         join(comm)
-    if args.gpu is not None:
+    if comm is not None and comm.device_buffers:
+        pass                        # a GPU rank: gpu_ranks.join_gpu_ranks took its device
+    elif args.gpu is not None:
         use_gpu(args.gpu)
     else:
         log.info('Use CPU.')
