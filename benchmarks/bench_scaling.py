@@ -2,7 +2,10 @@
 """Data-parallel scaling over MPI: iterations/s and samples/s for 1, 2, 4 ranks.
 
     python benchmarks/bench_scaling.py [--net lenet --net caffenet] [--ranks 1,2,4]
-                                       [--iterations 5] [--warmup 2] [--json out.json]
+                                       [--iterations 5] [--warmup 2] [--json out.json] [--gpu]
+
+``--gpu``: GPU ranks instead (rank r on GPU r, NCCL between them, started as
+plain processes sharing one NCCL unique id; one rank is the plain GPU path).
 
 For each net of ../shared/bench (data layers replaced by Input; the inputs stay
 zero, which costs the same arithmetic as real data) and each rank count, runs
@@ -58,11 +61,24 @@ def _solver_param(net_path, stages, layer_wise):
     return p
 
 
+def _gpu_communicator(args):
+    """GPU ranks (--gpu): this worker's device is its rank; NCCL between the
+    ranks (the unique id comes from the driver), none for one rank."""
+    from minicaffe import mode
+    mode.set_device(args.rank)
+    mode.set_mode_gpu()
+    if args.size == 1:
+        return None
+    from minicaffe.parallel.nccl_comm import NCCLCommunicator
+    return NCCLCommunicator(args.size, bytes.fromhex(args.uid), args.rank)
+
+
 def worker(args):
     """One rank: build, warm up, time; rank 0 writes the JSON result."""
+    from minicaffe import mode
     from minicaffe.parallel.launch import communicator_from_environment, join, start
     from minicaffe.solvers import Solver
-    comm = communicator_from_environment()
+    comm = _gpu_communicator(args) if args.gpu else communicator_from_environment()
     if comm is not None:
         join(comm)
     solver = Solver(_solver_param(args.net_path, args.stage, args.layer_wise == 'true'),
@@ -74,10 +90,12 @@ def worker(args):
         dp.comm_seconds = dp.wait_seconds = 0.0
         dp.iterations = dp.bytes_reduced = 0
         comm.barrier()
+    mode.synchronize()          # GPU: time finished device work
     t0 = time.perf_counter()
     solver.step(args.iterations)
     if comm is not None:
         comm.barrier()
+    mode.synchronize()
     seconds = time.perf_counter() - t0
     if comm is None or comm.rank == 0:
         ranks = comm.size if comm is not None else 1
@@ -103,7 +121,7 @@ def _run(n, net_path, stages, layer_wise, args, out):
     cmd = [sys.executable, os.path.abspath(__file__), '--worker', '--net-path', str(net_path),
            '--layer-wise', layer_wise, '--iterations', str(args.iterations),
            '--warmup', str(args.warmup), '--out', out] + ['--stage=%s' % s for s in stages]
-    if n > 1:
+    if n > 1 and not args.gpu:
         cmd = [_mpiexec(), '-n', str(n)] + cmd
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [
         p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
@@ -111,11 +129,30 @@ def _run(n, net_path, stages, layer_wise, args, out):
     threads = args.threads_per_rank or max(1, (os.cpu_count() or 1) // n)
     for var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS', 'MINICAFFE_NUM_THREADS'):
         env[var] = str(threads)
-    done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if args.gpu:
+        done = _run_gpu_ranks(n, cmd, env)
+    else:
+        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0 or not os.path.exists(out):
         raise RuntimeError('%s failed (exit %d):\n%s' % (' '.join(cmd), done.returncode, done.stdout[-3000:]))
     with open(out) as f:
         return json.load(f)
+
+
+def _run_gpu_ranks(n, cmd, env):
+    """GPU ranks 0..n-1 on GPUs 0..n-1 as plain processes joined by one NCCL
+    unique id (no MPI needed); rank 0's output is returned."""
+    uid = ''
+    if n > 1:
+        from minicaffe.parallel.nccl_comm import new_uid
+        uid = new_uid().hex()
+    procs = [subprocess.Popen(cmd + ['--gpu', '--rank', str(r), '--size', str(n), '--uid', uid], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(n)]
+    outs = [p.communicate()[0] for p in procs]
+    bad = [r for r, p in enumerate(procs) if p.returncode != 0]
+    return subprocess.CompletedProcess(cmd, procs[bad[0]].returncode if bad else 0,
+                                       stdout=outs[bad[0]] if bad else outs[0])
 
 
 def main(argv=None):
@@ -130,18 +167,29 @@ def main(argv=None):
     p.add_argument('--threads-per-rank', type=int, default=0,
                    help='BLAS and minicaffe threads per rank (default: cores / ranks, at least 1)')
     p.add_argument('--json', default=None, help='write every result here')
+    p.add_argument('--gpu', action='store_true',
+                   help='GPU ranks: rank r on GPU r, NCCL between them (needs CuPy with NCCL and'
+                        ' as many GPUs as the largest rank count); 1 rank is the plain GPU path')
     # worker mode (one rank, started by the driver through mpiexec)
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--net-path', help=argparse.SUPPRESS)
     p.add_argument('--stage', action='append', default=[], help=argparse.SUPPRESS)
     p.add_argument('--layer-wise', default='true', help=argparse.SUPPRESS)
     p.add_argument('--out', help=argparse.SUPPRESS)
+    p.add_argument('--rank', type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument('--size', type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument('--uid', default='', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
 
     ranks = [int(r) for r in args.ranks.split(',') if r.strip()]
-    if any(r > 1 for r in ranks) and not _mpiexec():
+    if args.gpu:
+        from minicaffe.gpu.backend import require_cupy
+        have = require_cupy().cuda.runtime.getDeviceCount()
+        if max(ranks) > have:
+            p.error('--gpu: %d rank(s) need as many GPUs; this machine has %d' % (max(ranks), have))
+    elif any(r > 1 for r in ranks) and not _mpiexec():
         p.error("mpiexec not found: pip install -e '.[mpi]'")
     names = args.net or DEFAULT_NETS
     known = {n[0]: n for n in NETS}

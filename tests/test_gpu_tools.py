@@ -274,8 +274,9 @@ def test_gpu_check_script_dry_run():
                        cwd=str(ROOT), timeout=60, env=dict(os.environ, OUT='/nonexistent/out'))
     assert r.returncode == 0, r.stderr
     cmds = [l[2:] for l in r.stdout.splitlines() if l.startswith('+ ')]
-    assert len(cmds) == 2
-    tests, bench_cmd = cmds
+    assert len(cmds) == 3
+    tests, bench_cmd, scaling_cmd = cmds
+    assert 'benchmarks/bench_scaling.py --gpu --ranks 1,2' in scaling_cmd    # on machines of 2+ GPUs
     assert 'MINICAFFE_TEST_MODE=gpu' in tests and "-m not slow" in tests
     named = [w for w in tests.split() if w.startswith('tests/')]
     for f in ('tests/test_gpu_conformance.py', 'tests/test_conformance_solvers.py',

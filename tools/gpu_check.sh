@@ -12,7 +12,11 @@
 #    solvers), the CPU/GPU parity tests
 #    (tests/test_gpu_*.py, including the `gpu`-marked ones that need a device) and
 #    the nvcc kernel build checks.  Tests marked `slow` are left out.
-# 3. benchmarks/bench_gpu.py: minicaffe on the GPU against PyTorch/cuDNN (when installed).
+#    tests/test_gpu_nccl.py is among them: one NCCL rank must train exactly as the
+#    plain GPU path, and on 2 or 4 GPUs `minicaffe train --gpu all` must reproduce
+#    Caffe's one-process run of the whole batch.
+# 3. benchmarks/bench_gpu.py: minicaffe on the GPU against PyTorch/cuDNN (when installed);
+#    with 2 or more GPUs also benchmarks/bench_scaling.py --gpu (NCCL ranks 1, 2, .. N).
 #
 # Environment: PYTHON (default python), GPU (device id, default 0), BENCH_ITERATIONS
 # (default 20), OUT (folder for gpu_tests.xml and bench_gpu.json, default runs/gpu_check).
@@ -99,5 +103,13 @@ if [ "$RUN_BENCH" = 1 ]; then
         --json "$OUT/bench_gpu.json"
     b=$?
     if [ "$status" = 0 ]; then status=$b; fi
+    ngpu=$("$PYTHON" -c 'import cupy; print(cupy.cuda.runtime.getDeviceCount())' 2>/dev/null || echo 1)
+    if [ "$DRY" = 1 ] && [ "$ngpu" -lt 2 ]; then ngpu=2; fi     # show it as on 2 GPUs
+    if [ "$ngpu" -ge 2 ]; then
+        ranks=$(seq -s, 1 "$ngpu")
+        run "$PYTHON" benchmarks/bench_scaling.py --gpu --ranks "$ranks" --json "$OUT/bench_scaling_gpu.json"
+        b=$?
+        if [ "$status" = 0 ]; then status=$b; fi
+    fi
 fi
 exit $status
