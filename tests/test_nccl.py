@@ -420,6 +420,35 @@ def test_watchdog_ends_a_rank_whose_peer_never_comes(tmp_path, shim):
     assert 'minicaffe: error: rank 0: ncclCommInitRank did not complete within 1 s' in r.stderr
 
 
+def test_watchdog_ends_a_rank_whose_peer_stops_answering(tmp_path, shim):
+    """Both ranks join; rank 1 then never reaches the all-reduce (a hung peer):
+    rank 0's watchdog aborts the communicator and ends rank 0."""
+    code = ('import sys, time, numpy as np, cupy, minicaffe as caffe\n'
+            'from minicaffe.parallel.nccl_comm import NCCLCommunicator\n'
+            'rank = int(sys.argv[1])\n'
+            'caffe.set_device(rank); caffe.set_mode_gpu()\n'
+            'comm = NCCLCommunicator(2, bytes.fromhex(sys.argv[2]), rank, timeout=1.0)\n'
+            'print("joined", flush=True)\n'
+            'if rank == 1:\n'
+            '    time.sleep(60)\n'
+            'comm.allreduce(cupy.zeros(4, np.float32))\n'
+            'print("reduced", flush=True)\n')
+    uid = subprocess.run([sys.executable, '-c', 'from cupy.cuda import nccl; print(nccl.get_unique_id().hex())'],
+                         env=_env(shim), capture_output=True, text=True, check=True).stdout.strip()
+    peer = subprocess.Popen([sys.executable, '-c', code, '1', uid], env=_env(shim),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        r = _run([sys.executable, '-c', code, '0', uid], tmp_path, _env(shim), timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        peer.kill()
+        peer.communicate()
+    assert r.returncode == 1 and 'joined' in r.stdout and 'reduced' not in r.stdout, r.stderr
+    assert took < 30
+    assert 'minicaffe: error: rank 0: ncclAllReduce did not complete within 1 s' in r.stderr
+
+
 @pytest.mark.skipif(shutil.which('mpiexec') is None, reason='needs mpiexec (pip install mpich)')
 def test_mpiexec_gpu_ranks_broadcast_the_unique_id_over_mpi(tmp_path, shim):
     pytest.importorskip('mpi4py')
