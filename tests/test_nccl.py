@@ -301,6 +301,20 @@ def test_two_gpu_ranks_resume_from_caffes_snapshot(tmp_path, shim):
     assert not problems, problems
 
 
+def test_rank_0_tests_while_the_other_gpu_rank_waits_past_the_watchdog(tmp_path, shim):
+    """Only rank 0 runs the test net (longer than the 1 s timeout); rank 1 waits
+    for it in an untimed barrier, and the weights are still Caffe's."""
+    work = _half_batch_case('sgd_step', tmp_path, test_net='"net.prototxt"', test_iter=500,
+                            test_interval=4, test_initialization='false')
+    r = _run([sys.executable, '-m', 'minicaffe', 'train', '--solver', 'solver.prototxt',
+              '--weights', 'init.caffemodel', '--gpu', '0,1'], work,
+             _env(shim, MINICAFFE_COMM_TIMEOUT=1))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count('Testing net (#0)') == 2
+    problems = _reference_problems(work)
+    assert not problems, problems
+
+
 def test_gpu_all_uses_every_visible_device(tmp_path, shim):
     work = _half_batch_case('sgd_step', tmp_path)
     r = _run([sys.executable, '-m', 'minicaffe', 'train', '--solver', 'solver.prototxt',
