@@ -463,6 +463,24 @@ def test_watchdog_ends_a_rank_whose_peer_stops_answering(tmp_path, shim):
     assert 'minicaffe: error: rank 0: ncclAllReduce did not complete within 1 s' in r.stderr
 
 
+def test_bench_scaling_runs_gpu_ranks(tmp_path, shim):
+    """benchmarks/bench_scaling.py --gpu end to end through the stand-in: 2 NCCL
+    ranks on LeNet (a smoke test: timings here mean nothing)."""
+    bench = CONFORMANCE.parent / 'bench'
+    if not (bench / 'lenet_b64.prototxt').exists():
+        pytest.skip('../shared/bench not found')
+    out = tmp_path / 'scaling.json'
+    r = _run([sys.executable, str(ROOT / 'benchmarks' / 'bench_scaling.py'), '--gpu', '--net', 'lenet',
+              '--ranks', '2', '--iterations', '1', '--warmup', '0', '--threads-per-rank', '1',
+              '--bench-dir', str(bench), '--json', str(out)], tmp_path, _env(shim), timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    import json
+    rows = json.loads(out.read_text())['rows']
+    assert [(row['ranks'], row['layer_wise_reduce']) for row in rows] == [(2, True), (2, False)]
+    assert all(row['iter_per_s'] > 0 and row['mb_per_iter'] == pytest.approx(4 * 431080 / 1e6, rel=1e-3)
+               for row in rows)
+
+
 @pytest.mark.skipif(shutil.which('mpiexec') is None, reason='needs mpiexec (pip install mpich)')
 def test_mpiexec_gpu_ranks_broadcast_the_unique_id_over_mpi(tmp_path, shim):
     pytest.importorskip('mpi4py')
