@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -129,7 +130,8 @@ class NCCLCommunicator(Communicator):
         self._pending = []          # [name, start time, done event or None]
         self._lock = threading.Lock()
         self._closed = False
-        self._watchdog = threading.Thread(target=self._watch, name='nccl-watchdog', daemon=True)
+        self._watchdog = threading.Thread(target=_watchdog, args=(weakref.ref(self),),
+                                          name='nccl-watchdog', daemon=True)
         self._watchdog.start()
         # ncclCommInitRank blocks until every rank has joined: watched as well.
         entry = self._begin('ncclCommInitRank')
@@ -252,26 +254,42 @@ class NCCLCommunicator(Communicator):
                     return name
         return None
 
-    def _watch(self):
-        try:
-            self.cp.cuda.Device(self.device).use()     # query our events on our device
-        except Exception:
-            pass
-        while not self._closed:
-            time.sleep(0.02 if self.timeout is not None and self.timeout < 5 else 0.2)
-            problem = None
-            name = self._overdue()
-            if name is not None:
-                problem = ('%s did not complete within %g s: a peer rank is dead or stuck'
-                           ' (the NCCL communicator is aborted; MINICAFFE_COMM_TIMEOUT sets the limit)'
-                           % (name, self.timeout))
-            elif self.comm is not None and not self._closed:
-                try:
-                    self.comm.check_async_error()
-                except Exception as e:      # CuPy's NcclError: a peer's connection failed
-                    problem = 'NCCL reported an asynchronous error: %s' % e
-            if problem is not None:
-                self.abort(problem)
+    def _health(self):
+        """What is wrong with the collectives in flight, or None."""
+        name = self._overdue()
+        if name is not None:
+            return ('%s did not complete within %g s: a peer rank is dead or stuck'
+                    ' (the NCCL communicator is aborted; MINICAFFE_COMM_TIMEOUT sets the limit)'
+                    % (name, self.timeout))
+        if self.comm is not None and not self._closed:
+            try:
+                self.comm.check_async_error()
+            except Exception as e:      # CuPy's NcclError: a peer's connection failed
+                return 'NCCL reported an asynchronous error: %s' % e
+        return None
+
+
+def _watchdog(ref):
+    """The watchdog thread of the communicator ``ref`` points to (a weak
+    reference, so that a communicator nobody uses any more is freed and its
+    watchdog ends)."""
+    comm = ref()
+    if comm is None:
+        return
+    try:
+        comm.cp.cuda.Device(comm.device).use()     # query our events on our device
+    except Exception:
+        pass
+    while True:
+        interval = 0.02 if comm.timeout is not None and comm.timeout < 5 else 0.2
+        del comm
+        time.sleep(interval)
+        comm = ref()
+        if comm is None or comm._closed:
+            return
+        problem = comm._health()
+        if problem is not None:
+            comm.abort(problem)
 
 
 class _DeviceHandle(object):
