@@ -140,6 +140,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.snapshot and args.weights:
         parser.error('give either --snapshot or --weights, not both')
+    if not os.path.isfile(args.solver):
+        parser.error('solver file %s does not exist' % args.solver)
     if len(set(args.gpus)) != len(args.gpus):
         parser.error('a device is named twice in --gpus %s' % ' '.join(map(str, args.gpus)))
     try:
