@@ -4,8 +4,10 @@
 Buffers are flat, C-contiguous float32 CuPy arrays on this rank's device.
 Every collective runs on the communicator's own non-blocking stream, ordered
 with CUDA events: it starts after the work already queued on the caller's
-(compute) stream, which wrote the buffer, and compute work queued after it
-waits for its result -- on the device, without blocking the host.
+(compute) stream, which wrote the buffer.  ``allreduce_async`` returns at
+once, so backward goes on computing while NCCL reduces (layer_wise_reduce);
+its handle's ``wait()`` -- and the blocking collectives -- return when the
+result is there, as Caffe's on_gradients_ready synchronizes its NCCL stream.
 
 NCCL collectives hang when a peer is gone (NCCL kernels spin on the device).
 A watchdog thread therefore follows every collective: when one has not
@@ -174,9 +176,8 @@ class NCCLCommunicator(Communicator):
         return _DeviceHandle(self.cp, done)
 
     def allreduce_async(self, buf):
-        """Queue the in-place sum; compute work queued later runs alongside it
-        until ``handle.wait()`` orders the caller's stream after it (Caffe's
-        layer-wise reduce on its own stream)."""
+        """Queue the in-place sum and return its handle; compute work queued
+        meanwhile runs alongside it (Caffe's layer-wise reduce on its own stream)."""
         self._check(buf, 'all-reduce')
         if not buf.size:
             return DoneHandle()
@@ -185,7 +186,7 @@ class NCCLCommunicator(Communicator):
             buf.data.ptr, buf.data.ptr, buf.size, nccl.NCCL_FLOAT32, nccl.NCCL_SUM, s))
 
     def allreduce(self, buf):
-        """The sum, seen by all compute work queued after this call."""
+        """The sum, in ``buf`` when this returns."""
         self.allreduce_async(buf).wait()
         return buf
 
@@ -197,9 +198,8 @@ class NCCLCommunicator(Communicator):
         return buf
 
     def barrier(self):
-        """An all-reduce of one value, waited for on the host."""
+        """An all-reduce of one value."""
         self.allreduce(self.cp.zeros(1, dtype=np.float32))
-        self.synchronize()
 
     def synchronize(self):
         """Wait on the host until every queued collective has finished."""
@@ -293,9 +293,9 @@ def _watchdog(ref):
 
 
 class _DeviceHandle(object):
-    """A queued collective: ``test()`` whether the device has finished it,
-    ``wait()`` orders the caller's current stream after it (on the device; the
-    host goes on, and a later host read of the buffer waits for it)."""
+    """A queued collective: ``test()`` whether the device has finished it;
+    ``wait()`` returns when it has (the time the solver waits for the
+    reduction, as in Caffe) and orders the caller's stream after it."""
 
     def __init__(self, cp, done):
         self.cp, self.done = cp, done
@@ -305,6 +305,7 @@ class _DeviceHandle(object):
 
     def wait(self):
         self.cp.cuda.get_current_stream().wait_event(self.done)
+        self.done.synchronize()
 
 
 __all__ = ['NCCLCommunicator', 'has_nccl', 'new_uid', 'nccl_module',
