@@ -182,19 +182,13 @@ def test_communicator_checks_its_buffers_and_id(fake_gpu):
 
 def test_a_dropped_communicator_is_freed_with_its_watchdog(fake_gpu):
     import gc
-    import threading
-
-    def watchdogs():
-        return sum(t.name == 'nccl-watchdog' and t.is_alive() for t in threading.enumerate())
-    before = watchdogs()
     comm = nccl_comm.NCCLCommunicator(1, nccl_comm.new_uid(), 0, timeout=None)
-    assert watchdogs() == before + 1
+    watchdog = comm._watchdog
+    assert watchdog.is_alive()
     del comm
     gc.collect()
-    deadline = time.monotonic() + 5
-    while watchdogs() > before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert watchdogs() == before
+    watchdog.join(5)
+    assert not watchdog.is_alive()
 
 
 def test_unique_id_as_older_cupy_takes_it(fake_gpu, monkeypatch):
