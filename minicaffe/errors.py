@@ -29,3 +29,7 @@ class DataSourceError(MinicaffeError):
 def layer_context(layer_param):
     """'layer "conv1" (Convolution)' for error messages."""
     return 'layer "%s" (%s)' % (layer_param.name, layer_param.type)
+
+
+class ExportError(MinicaffeError):
+    """A net that cannot be written in another format (e.g. layers ONNX cannot express)."""

@@ -1,0 +1,139 @@
+"""ONNX forms of Caffe's loss layers and Accuracy: the value the layer computes
+(its top), written with ONNX ops.  Loss layers without a converter here
+(Hinge, Contrastive, Infogain, MultinomialLogistic) are refused by the
+exporter; their values are only needed for training.
+
+Normalisation as minicaffe.layers.loss (Caffe's LossLayer): the sum is divided
+by max(1, n), n = FULL outer*inner, VALID the non-ignored count, BATCH_SIZE
+outer, NONE 1.  Labels are truncated towards zero (Cast to int64), as Caffe's
+static_cast<int>.
+"""
+import numpy as np
+
+from minicaffe.onnx.registry import Unsupported, converter
+from minicaffe.protoio import pb
+
+_NORM = pb.LossParameter
+FLT_MIN = float(np.finfo(np.float32).tiny)
+
+
+def _outer_c_inner(ctx, axis):
+    shape = ctx.bottom_shapes[0]
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return outer, shape[axis], inner
+
+
+def _labels(ctx, outer, inner, ignore_label):
+    """(labels as int64 (outer, 1, inner) safe to gather with, valid mask as
+    float (outer, 1, inner) or None when every label counts)."""
+    g = ctx.g
+    lab = g.cast_int(g.reshape(ctx.bottoms[1], [outer, 1, inner], ctx.hint('label_rows')),
+                     ctx.hint('label'))
+    if ignore_label is None:
+        return lab, None
+    ignored = g.node('Equal', [lab, g.ints([ignore_label], 'ignore')], ctx.hint('ignored'))
+    valid = g.cast_float(g.node('Not', [ignored], ctx.hint('valid_b')), ctx.hint('valid'))
+    safe = g.node('Where', [ignored, g.ints([0], 'zero'), lab], ctx.hint('label_safe'))
+    return safe, valid
+
+
+def _normalize(ctx, total, mode, outer, inner, valid, hint):
+    """total / max(1, n) for Caffe's normalization mode."""
+    g = ctx.g
+    if mode == _NORM.VALID and valid is not None:
+        count = g.reduce('ReduceSum', valid, [0, 1, 2], keepdims=False, hint=ctx.hint('count'))
+        n = g.node('Max', [count, g.const(1.0)], ctx.hint('norm'))
+        return g.node('Div', [total, n], hint)
+    n = {_NORM.FULL: outer * inner, _NORM.VALID: outer * inner, _NORM.BATCH_SIZE: outer,
+         _NORM.NONE: 1}[mode]
+    return g.node('Div', [total, g.const(max(1.0, float(np.float32(n))))], hint)
+
+
+@converter('SoftmaxWithLoss')
+def softmax_with_loss(ctx):
+    """loss = -sum log(max(p[label], FLT_MIN)) / norm, p = softmax along axis;
+    second top: p."""
+    g, layer = ctx.g, ctx.layer
+    ctx.fixed_batch('the loss reads the labels with the batch size')
+    outer, c, inner = _outer_c_inner(ctx, layer.axis)
+    x = g.reshape(ctx.bottoms[0], [outer, c, inner], ctx.hint('rows'))
+    p = g.node('Softmax', [x], ctx.hint('p'), axis=1)
+    logp = g.node('Log', [g.node('Max', [p, g.const(FLT_MIN)], ctx.hint('p_min'))], ctx.hint('logp'))
+    lab, valid = _labels(ctx, outer, inner, layer.ignore_label)
+    picked = g.node('GatherElements', [logp, lab], ctx.hint('picked'), axis=1)
+    if valid is not None:
+        picked = g.node('Mul', [picked, valid], ctx.hint('picked_valid'))
+    total = g.node('Neg', [g.reduce('ReduceSum', picked, [0, 1, 2], keepdims=False,
+                                    hint=ctx.hint('sum'))], ctx.hint('total'))
+    outs = [_normalize(ctx, total, layer.normalization, outer, inner, valid, ctx.hint())]
+    if len(ctx.top_shapes) > 1:
+        outs.append(g.node('Softmax', [ctx.bottoms[0]], ctx.hint('prob'), axis=layer.axis))
+    return outs
+
+
+@converter('EuclideanLoss')
+def euclidean_loss(ctx):
+    """loss = sum((a - b)^2) / N / 2."""
+    g = ctx.g
+    ctx.fixed_batch('the loss divides by the batch size')
+    a = g.reshape(ctx.bottoms[0], [-1], ctx.hint('a'))
+    b = g.reshape(ctx.bottoms[1], [-1], ctx.hint('b'))
+    d = g.node('Sub', [a, b], ctx.hint('diff'))
+    total = g.reduce('ReduceSum', g.node('Mul', [d, d], ctx.hint('sq')), [0], keepdims=False,
+                     hint=ctx.hint('sum'))
+    return [g.node('Div', [total, g.const(2.0 * ctx.bottom_shapes[0][0])], ctx.hint())]
+
+
+@converter('SigmoidCrossEntropyLoss')
+def sigmoid_cross_entropy_loss(ctx):
+    """loss = -sum [x (t - [x >= 0]) - log(1 + exp(x - 2 x [x >= 0]))] / norm."""
+    g, layer = ctx.g, ctx.layer
+    ctx.fixed_batch('the loss divides by the batch size')
+    outer, inner = layer.outer, layer.inner
+    x = g.reshape(ctx.bottoms[0], [outer, 1, inner], ctx.hint('x'))
+    t = g.reshape(ctx.bottoms[1], [outer, 1, inner], ctx.hint('t'))
+    pos = g.cast_float(g.node('GreaterOrEqual', [x, g.const(0.0)], ctx.hint('pos_b')), ctx.hint('pos'))
+    lin = g.node('Mul', [x, g.node('Sub', [t, pos], ctx.hint('t_pos'))], ctx.hint('lin'))
+    arg = g.node('Sub', [x, g.mul_const(g.node('Mul', [x, pos], ctx.hint('xpos')), 2.0,
+                                        ctx.hint('2xpos'))], ctx.hint('arg'))
+    soft = g.node('Log', [g.add_const(g.node('Exp', [arg], ctx.hint('e')), 1.0, ctx.hint('1pe'))],
+                  ctx.hint('log1pe'))
+    term = g.node('Sub', [lin, soft], ctx.hint('term'))
+    valid = None
+    if layer.ignore_label is not None:
+        kept = g.node('Not', [g.node('Equal', [g.cast_int(t, ctx.hint('t_int')),
+                                               g.ints([layer.ignore_label], 'ignore')],
+                                     ctx.hint('ignored'))], ctx.hint('valid_b'))
+        valid = g.cast_float(kept, ctx.hint('valid'))
+        term = g.node('Mul', [term, valid], ctx.hint('term_valid'))
+    total = g.node('Neg', [g.reduce('ReduceSum', term, [0, 1, 2], keepdims=False,
+                                    hint=ctx.hint('sum'))], ctx.hint('total'))
+    return [_normalize(ctx, total, layer.normalization, outer, inner, valid, ctx.hint())]
+
+
+@converter('Accuracy')
+def accuracy(ctx):
+    """Correct iff #{k != y: s_k >= s_y} < top_k; accuracy = correct / counted
+    (0 when nothing is counted)."""
+    g, layer = ctx.g, ctx.layer
+    if len(ctx.top_shapes) > 1:
+        raise Unsupported('the per-class accuracy top')
+    ctx.fixed_batch('the accuracy reads the labels with the batch size')
+    axis = ctx.canonical_axis(ctx.lp.accuracy_param.axis, len(ctx.bottom_shapes[0]))
+    outer, c, inner = _outer_c_inner(ctx, axis)
+    s = g.reshape(ctx.bottoms[0], [outer, c, inner], ctx.hint('scores'))
+    lab, valid = _labels(ctx, outer, inner, layer.ignore_label)
+    s_y = g.node('GatherElements', [s, lab], ctx.hint('s_label'), axis=1)
+    ge = g.cast_float(g.node('GreaterOrEqual', [s, s_y], ctx.hint('ge_b')), ctx.hint('ge'))
+    better = g.reduce('ReduceSum', ge, [1], keepdims=True, hint=ctx.hint('rank'))
+    # better counts the label itself too: correct iff better - 1 < top_k.
+    correct = g.cast_float(g.node('Less', [better, g.const(float(layer.top_k + 1))],
+                                  ctx.hint('correct_b')), ctx.hint('correct'))
+    if valid is not None:
+        correct = g.node('Mul', [correct, valid], ctx.hint('correct_valid'))
+        count = g.reduce('ReduceSum', valid, [0, 1, 2], keepdims=False, hint=ctx.hint('count'))
+    else:
+        count = g.const(float(outer * inner))
+    hits = g.reduce('ReduceSum', correct, [0, 1, 2], keepdims=False, hint=ctx.hint('hits'))
+    return [g.node('Div', [hits, g.node('Max', [count, g.const(1.0)], ctx.hint('n'))], ctx.hint())]
