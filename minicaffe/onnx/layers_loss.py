@@ -1,7 +1,6 @@
 """ONNX forms of Caffe's loss layers and Accuracy: the value the layer computes
-(its top), written with ONNX ops.  Loss layers without a converter here
-(Hinge, Contrastive, Infogain, MultinomialLogistic) are refused by the
-exporter; their values are only needed for training.
+(its top), written with ONNX ops.  InfogainLoss (its matrix may come from a
+file or a bottom) has no converter and is refused by the exporter.
 
 Normalisation as minicaffe.layers.loss (Caffe's LossLayer): the sum is divided
 by max(1, n), n = FULL outer*inner, VALID the non-ignored count, BATCH_SIZE
@@ -112,13 +111,78 @@ def sigmoid_cross_entropy_loss(ctx):
     return [_normalize(ctx, total, layer.normalization, outer, inner, valid, ctx.hint())]
 
 
+def _items(ctx, hint):
+    """bottom[0] as (N, D) rows and the labels as int64 (N, 1)."""
+    g = ctx.g
+    n = ctx.bottom_shapes[0][0]
+    ctx.fixed_batch('the loss divides by the batch size')
+    x = g.node('Flatten', [ctx.bottoms[0]], ctx.hint(hint), axis=1)
+    lab = g.cast_int(g.reshape(ctx.bottoms[1], [n, 1], ctx.hint('label_rows')), ctx.hint('label'))
+    return x, lab, n
+
+
+@converter('MultinomialLogisticLoss')
+def multinomial_logistic_loss(ctx):
+    """loss = -sum_n log(max(p[n, y_n], 1e-20)) / N."""
+    g = ctx.g
+    p, lab, n = _items(ctx, 'p')
+    picked = g.node('GatherElements', [p, lab], ctx.hint('picked'), axis=1)
+    logp = g.node('Log', [g.node('Max', [picked, g.const(1e-20)], ctx.hint('p_min'))], ctx.hint('logp'))
+    total = g.reduce('ReduceSum', logp, [0, 1], keepdims=False, hint=ctx.hint('sum'))
+    return [g.node('Div', [total, g.const(-float(n))], ctx.hint())]
+
+
+@converter('HingeLoss')
+def hinge_loss(ctx):
+    """m = max(0, 1 + s x), s = -1 at the label, +1 elsewhere; loss = sum(m) / N
+    (L1) or sum(m^2) / N (L2)."""
+    g = ctx.g
+    x, lab, n = _items(ctx, 'x')
+    d = int(np.prod(ctx.bottom_shapes[0][1:], dtype=np.int64))
+    onehot = g.cast_float(g.node('Equal', [g.ints(np.arange(d), 'classes'), lab], ctx.hint('is_label')),
+                          ctx.hint('onehot'))
+    sign = g.node('Sub', [g.const(1.0), g.mul_const(onehot, 2.0, ctx.hint('two_onehot'))],
+                  ctx.hint('sign'))
+    m = g.node('Relu', [g.add_const(g.node('Mul', [sign, x], ctx.hint('sx')), 1.0, ctx.hint('margin'))],
+               ctx.hint('m'))
+    if ctx.lp.hinge_loss_param.norm == pb.HingeLossParameter.L2:
+        m = g.node('Mul', [m, m], ctx.hint('m_sq'))
+    total = g.reduce('ReduceSum', m, [0, 1], keepdims=False, hint=ctx.hint('sum'))
+    return [g.node('Div', [total, g.const(float(n))], ctx.hint())]
+
+
+@converter('ContrastiveLoss')
+def contrastive_loss(ctx):
+    """d2 = ||a - b||^2 per item; loss = sum(sim ? d2 : max(m - sqrt(d2), 0)^2)
+    / N / 2 (legacy_version: max(m - d2, 0))."""
+    g, layer = ctx.g, ctx.layer
+    n = ctx.bottom_shapes[0][0]
+    ctx.fixed_batch('the loss divides by the batch size')
+    diff = g.node('Sub', [g.node('Flatten', [ctx.bottoms[0]], ctx.hint('a'), axis=1),
+                          g.node('Flatten', [ctx.bottoms[1]], ctx.hint('b'), axis=1)], ctx.hint('d'))
+    d2 = g.reduce('ReduceSum', g.node('Mul', [diff, diff], ctx.hint('d_sq')), [1], keepdims=False,
+                  hint=ctx.hint('d2'))
+    sim = g.node('Not', [g.node('Equal', [g.cast_int(g.reshape(ctx.bottoms[2], [n], ctx.hint('sim_rows')),
+                                                     ctx.hint('sim_int')), g.ints([0], 'zero')],
+                                ctx.hint('dissimilar'))], ctx.hint('similar'))
+    m = g.const(float(layer.margin))
+    if layer.legacy_version:
+        far = g.node('Relu', [g.node('Sub', [m, d2], ctx.hint('mdist'))], ctx.hint('far'))
+    else:
+        mdist = g.node('Relu', [g.node('Sub', [m, g.node('Sqrt', [d2], ctx.hint('dist'))],
+                                       ctx.hint('mdist_raw'))], ctx.hint('mdist'))
+        far = g.node('Mul', [mdist, mdist], ctx.hint('far'))
+    per = g.node('Where', [sim, d2, far], ctx.hint('per_item'))
+    total = g.reduce('ReduceSum', per, [0], keepdims=False, hint=ctx.hint('sum'))
+    return [g.node('Div', [total, g.const(2.0 * n)], ctx.hint())]
+
+
 @converter('Accuracy')
 def accuracy(ctx):
     """Correct iff #{k != y: s_k >= s_y} < top_k; accuracy = correct / counted
-    (0 when nothing is counted)."""
+    (0 when nothing is counted); second top: per class, correct / items with
+    that label (0 when none)."""
     g, layer = ctx.g, ctx.layer
-    if len(ctx.top_shapes) > 1:
-        raise Unsupported('the per-class accuracy top')
     ctx.fixed_batch('the accuracy reads the labels with the batch size')
     axis = ctx.canonical_axis(ctx.lp.accuracy_param.axis, len(ctx.bottom_shapes[0]))
     outer, c, inner = _outer_c_inner(ctx, axis)
@@ -136,4 +200,16 @@ def accuracy(ctx):
     else:
         count = g.const(float(outer * inner))
     hits = g.reduce('ReduceSum', correct, [0, 1, 2], keepdims=False, hint=ctx.hint('hits'))
-    return [g.node('Div', [hits, g.node('Max', [count, g.const(1.0)], ctx.hint('n'))], ctx.hint())]
+    outs = [g.node('Div', [hits, g.node('Max', [count, g.const(1.0)], ctx.hint('n'))], ctx.hint())]
+    if len(ctx.top_shapes) > 1:
+        # one-hot of the label over the classes (zero for ignored items): (outer, C, inner)
+        onehot = g.cast_float(g.node('Equal', [lab, g.const(np.arange(c).reshape(1, c, 1), 'classes', np.int64)],
+                                     ctx.hint('is_class_b')), ctx.hint('is_class'))
+        if valid is not None:
+            onehot = g.node('Mul', [onehot, valid], ctx.hint('is_class_valid'))
+        per_n = g.reduce('ReduceSum', onehot, [0, 2], keepdims=False, hint=ctx.hint('class_n'))
+        per_hits = g.reduce('ReduceSum', g.node('Mul', [onehot, correct], ctx.hint('class_correct')),
+                            [0, 2], keepdims=False, hint=ctx.hint('class_hits'))
+        outs.append(g.node('Div', [per_hits, g.node('Max', [per_n, g.const(1.0)], ctx.hint('class_d'))],
+                           ctx.hint('per_class')))
+    return outs

@@ -152,3 +152,30 @@ def im2col(ctx):
     return [ctx.g.node('Conv', [ctx.bottoms[0], ctx.g.const(w, ctx.hint('onehot'))], ctx.hint(),
                        kernel_shape=list(layer.kernel), strides=list(layer.stride),
                        pads=list(layer.pad) * 2, dilations=list(layer.dilation), group=c)]
+
+
+@converter('SPP')
+def spp(ctx):
+    """Each pyramid level is a Caffe pooling (kernel ceil(H / 2^l), stride = kernel);
+    the levels are flattened per item and concatenated (height 1: the pooling)."""
+    layer, g = ctx.layer, ctx.g
+    if layer.method not in (MAX, AVE):
+        raise Unsupported('STOCHASTIC pooling (random in TRAIN; Caffe has no CPU forward)')
+    x = ctx.bottoms[0]
+    levels = []
+    for i, geom in enumerate(layer.geoms):
+        hint = ctx.hint('level%d' % i)
+        if layer.method == AVE:
+            y = ave_pool(ctx, x, geom, hint)
+        else:
+            ends = _end_pads(geom)
+            if _native_pads_ok(geom, ends):
+                y = g.node('MaxPool', [x], hint, kernel_shape=list(geom.kernel),
+                           strides=list(geom.stride), pads=list(geom.pad) + ends)
+            else:
+                y = _padded_pool(ctx, x, geom, ends, 'MaxPool', -FLT_MAX, hint)
+        levels.append(y)
+    if len(levels) == 1:
+        return [g.node('Identity', levels, ctx.hint())]
+    flat = [g.node('Flatten', [y], ctx.hint('flat%d' % i), axis=1) for i, y in enumerate(levels)]
+    return [g.node('Concat', flat, ctx.hint(), axis=1)]
