@@ -9,7 +9,10 @@ setup(
     python_requires='>=3.9',
     install_requires=['numpy', 'protobuf>=7.35.1', 'h5py', 'pillow', 'lmdb'],
     extras_require={
-        'test': ['pytest', 'hypothesis', 'grpcio-tools==1.85.1', 'mpi4py', 'mpich'],
+        # onnx and onnxruntime: the ONNX export tests (they skip without them)
+        'test': ['pytest', 'hypothesis', 'grpcio-tools==1.85.1', 'mpi4py', 'mpich', 'onnx',
+                 'onnxruntime'],
+        'onnx': ['onnx', 'onnxruntime'],
         'plot': ['matplotlib'],
         'mpi': ['mpi4py', 'mpich', 'threadpoolctl'],
         # NCCL for multi-GPU training (cupy.cuda.nccl) comes from NVIDIA's wheel

@@ -448,6 +448,8 @@ def build_parser():
          'minicaffe.lmdb_tools:add_convert_imageset_arguments,run_convert_imageset')
     _add(sub, 'compute-mean', 'mean image of an LMDB -> .binaryproto (Caffe\'s compute_image_mean)',
          'minicaffe.lmdb_tools:add_compute_mean_arguments,run_compute_mean')
+    _add(sub, 'export-onnx', 'a net\'s forward (TEST phase by default) as an ONNX model (needs onnx)',
+         'minicaffe.export_onnx')
     _add(sub, 'draw', 'draw a net as a graph (pycaffe\'s draw_net.py)', 'minicaffe.draw')
     _add(sub, 'plot', 'loss/accuracy curves from a metrics .jsonl or a training log (needs matplotlib)',
          'minicaffe.plot')

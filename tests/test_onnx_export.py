@@ -1,0 +1,232 @@
+"""ONNX export (minicaffe.onnx) verified by ONNX Runtime.
+
+Every case of ../shared/conformance (layers/ and nets/) is exported with its
+inputs and parameters and must match minicaffe's forward at the conformance
+tolerance; where the model has a symbolic batch, also on a doubled batch.  The
+LRCN deploy nets (image -> features, caption word step, activity clip) too.
+"""
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from onnx_support import (check_dynamic_batch, export_and_compare, mo, onnx, run_model,  # noqa: F401
+                          set_inputs)
+
+import minicaffe as caffe
+from conformance import CONFORMANCE, ROOT, _prototxt_tops, case_dirs, h5name
+from minicaffe.errors import ExportError, MinicaffeError
+
+CASES = case_dirs('layers') + case_dirs('nets')
+# Cases whose layers ONNX cannot express, with the reason the export gives.
+# None today: every layer type of the suite has a converter.
+REFUSED = {}
+
+
+def build_case(case):
+    """(net, inputs, named non-input tops) of a conformance case, parameters set."""
+    ref = h5py.File(case / 'ref.h5', 'r')
+    phase = caffe.TRAIN if ref.attrs['phase'] == 'TRAIN' else caffe.TEST
+    caffe.set_random_seed(int(ref.attrs.get('seed', 1701)))
+    net = caffe.Net(str(case / 'net.prototxt'), phase, stages=json.loads(ref.attrs.get('stages', '[]')))
+    feeds = {h5name(k): ref['input'][k][()].astype(np.float32) for k in ref['input']}
+    for lkey in ref.get('param', {}):
+        for i in ref['param'][lkey]:
+            net.params[h5name(lkey)][int(i)].data[...] = ref['param'][lkey][i][()]
+    named = _prototxt_tops(case / 'net.prototxt')
+    outputs = [n for n in net.blobs if n in named and n not in net.inputs]
+    return net, feeds, outputs
+
+
+def test_conformance_suite_present():
+    assert len(CASES) >= 100
+
+
+@pytest.mark.parametrize('case', CASES, ids=[c.name for c in CASES])
+def test_conformance_case(case):
+    net, feeds, outputs = build_case(case)
+    if case.name in REFUSED:
+        with pytest.raises(ExportError, match=REFUSED[case.name]):
+            mo.to_model(net, outputs=outputs)
+        return
+    model, problems = export_and_compare(net, feeds, outputs)
+    assert not problems, '\n'.join(problems)
+    if mo.has_dynamic_batch(model):
+        problems = check_dynamic_batch(net, model, feeds)
+        assert not problems, '\n'.join(problems)
+
+
+def test_layers_that_depend_on_the_batch_fix_it():
+    net, feeds, outputs = build_case(CONFORMANCE / 'layers' / 'softmax_loss')
+    set_inputs(net, feeds)
+    model = mo.to_model(net, outputs=outputs)
+    assert not mo.has_dynamic_batch(model)
+    assert 'SoftmaxWithLoss' in model.doc_string
+    net, feeds, outputs = build_case(CONFORMANCE / 'layers' / 'conv_basic')
+    model = mo.to_model(net, outputs=outputs)
+    assert mo.has_dynamic_batch(model)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == 'N'
+    fixed = mo.to_model(net, outputs=outputs, dynamic_batch=False)
+    assert not mo.has_dynamic_batch(fixed)
+
+
+@pytest.mark.parametrize('opset', [13, 18, 21])
+@pytest.mark.parametrize('name', ['batchnorm_train', 'mvn', 'lstm_static', 'slice_points',
+                                  'reduction_sumsq_mean', 'pool_ave_ceil', 'lrn_within'])
+def test_other_opsets(name, opset):
+    """Reduce*, Split and Squeeze change form across opsets; the numbers must not."""
+    net, feeds, outputs = build_case(CONFORMANCE / 'layers' / name)
+    model, problems = export_and_compare(net, feeds, outputs, opset=opset)
+    assert not problems, '\n'.join(problems)
+    assert model.opset_import[0].version == opset
+
+
+# ---------------------------------------------------------------- LRCN deploy nets
+LRCN = ROOT / 'prototxt' / 'lrcn'
+
+
+def _random_inputs(net, rng, ints=None):
+    """Uniform inputs; `ints` maps an input to (low, high) integer values; a
+    cont input gets 0 at t = 0 and random 0/1 afterwards."""
+    feeds = {}
+    for name in net.inputs:
+        shape = net.blobs[name].shape
+        if name.startswith('cont'):
+            v = (rng.uniform(size=shape) > 0.3).astype(np.float32)
+            v[0] = 0
+        elif ints and name in ints:
+            v = rng.randint(*ints[name], size=shape).astype(np.float32)
+        else:
+            v = rng.uniform(-1, 1, size=shape).astype(np.float32)
+        feeds[name] = v
+    return feeds
+
+
+DEPLOY = [
+    ('caption/image_to_feature.deploy.prototxt', [], {}),
+    ('caption/lrcn_word_to_preds.deploy.prototxt', ['factored', '2-layer'], {'input_sentence': (0, 26)}),
+    ('caption/lrcn_word_to_preds.deploy.prototxt', ['unfactored'], {'input_sentence': (0, 26)}),
+    ('caption/lrcn_word_to_preds.deploy.prototxt', ['unfactored', '2-layer'],
+     {'input_sentence': (0, 26)}),
+    ('caption/lstm_lm.deploy.prototxt', [], {'input_sentence': (0, 26)}),
+    ('video_description/svo_word_to_preds.deploy.prototxt', [], {'input_sentence': (0, 27)}),
+    ('video_description/svo_word_to_preds.deploy.prototxt', ['factored'], {'input_sentence': (0, 27)}),
+    ('activity/deploy_lstm.prototxt', [], {}),
+    ('activity/deploy_singleFrame.prototxt', [], {}),
+]
+
+
+@pytest.mark.parametrize('path,stages,ints', DEPLOY,
+                         ids=['%s[%s]' % (p.split('/')[-1], ','.join(s)) for p, s, _ in DEPLOY])
+def test_lrcn_deploy_net(path, stages, ints):
+    net = caffe.Net(str(LRCN / path), caffe.TEST, stages=stages)
+    rng = np.random.RandomState(7)
+    for blobs in net.params.values():          # weights a little larger than the fillers'
+        for b in blobs:                        # so that the LSTM gates are not all ~0.5
+            b.data[...] += rng.normal(0, 0.1, size=b.shape)
+    feeds = _random_inputs(net, rng, ints)
+    model, problems = export_and_compare(net, feeds)
+    assert not problems, '\n'.join(problems)
+    assert [i.name for i in model.graph.input] == net.inputs
+
+
+def test_lstm_op_types():
+    """The recurrence is a Scan with Caffe's cell, not ONNX's LSTM op."""
+    net, feeds, outputs = build_case(CONFORMANCE / 'layers' / 'lstm')
+    ops = {n.op_type for n in mo.to_model(net, outputs=outputs).graph.node}
+    assert 'Scan' in ops and 'LSTM' not in ops
+
+
+# ---------------------------------------------------------------- refusals and errors
+REFUSING_NET = """
+name: "refusing"
+layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }
+layer { name: "drop" type: "Dropout" bottom: "x" top: "d" }
+layer { name: "save" type: "HDF5Output" bottom: "d" bottom: "y" hdf5_output_param { file_name: "OUT" } }
+layer { name: "ip" type: "InnerProduct" bottom: "d" top: "z" inner_product_param { num_output: 2 } }
+layer { name: "after" type: "Power" bottom: "z" top: "w" }
+"""
+
+
+def _write(tmp_path, text, name='net.prototxt'):
+    p = tmp_path / name
+    p.write_text(text.replace('OUT', str(tmp_path / 'out.h5')))
+    return p
+
+
+def test_refused_layers_are_listed_together(tmp_path):
+    path = _write(tmp_path, REFUSING_NET)
+    net = caffe.Net(str(path), caffe.TRAIN)
+    with pytest.raises(ExportError) as err:
+        mo.export(net, tmp_path / 'm.onnx')
+    msg = str(err.value)
+    assert 'cannot export to ONNX: 2 layers' in msg
+    assert '%s:4: layer "drop" (Dropout): TRAIN-phase dropout' % path in msg
+    assert 'layer "save" (HDF5Output): no ONNX converter' in msg
+    # layers below a refused one are not blamed for it
+    assert '"ip"' not in msg and '"after"' not in msg
+    assert not (tmp_path / 'm.onnx').exists()
+
+
+def test_bad_opset_and_outputs(tmp_path):
+    net = caffe.Net(str(ROOT / 'prototxt' / 'mnist' / 'lenet.prototxt'), caffe.TEST)
+    with pytest.raises(ExportError, match='opset 7 is not supported'):
+        mo.to_model(net, opset=7)
+    with pytest.raises(ExportError, match='no blob named "nope"'):
+        mo.to_model(net, outputs=['nope'])
+
+
+def test_export_writes_a_loadable_model(tmp_path):
+    net = caffe.Net(str(ROOT / 'prototxt' / 'mnist' / 'lenet.prototxt'), caffe.TEST)
+    path = tmp_path / 'lenet.onnx'
+    mo.export(net, path)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert [o.name for o in model.graph.output] == ['prob']
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith('.tmp')]
+
+
+def test_the_package_does_not_shadow_onnx():
+    import minicaffe.onnx.graph as g
+    assert g.onnx.__name__ == 'onnx' and hasattr(g.onnx, 'ModelProto')
+
+
+# ---------------------------------------------------------------- command line
+def _cli(*args, cwd):
+    env = dict(__import__('os').environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, '-m', 'minicaffe', 'export-onnx'] + list(args), cwd=cwd,
+                          env=env, capture_output=True, text=True)
+
+
+def test_cli_exports_with_weights(tmp_path):
+    net = caffe.Net(str(ROOT / 'prototxt' / 'mnist' / 'lenet.prototxt'), caffe.TEST)
+    rng = np.random.RandomState(3)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.normal(0, 0.1, size=b.shape)
+    net.save(str(tmp_path / 'w.caffemodel'))
+    r = _cli(str(ROOT / 'prototxt' / 'mnist' / 'lenet.prototxt'), 'w.caffemodel', '-o', 'm.onnx',
+             '--opset', '18', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "inputs:  data ('N', 1, 28, 28)" in r.stdout
+    model = onnx.load(str(tmp_path / 'm.onnx'))
+    x = rng.uniform(size=(3, 1, 28, 28)).astype(np.float32)
+    net.blobs['data'].reshape(x.shape)
+    net.blobs['data'].data[...] = x
+    want = net.forward()['prob']
+    assert np.allclose(run_model(model, {'data': x})['prob'], want, atol=1e-5)
+
+
+def test_cli_stages_and_errors(tmp_path):
+    deploy = LRCN / 'caption' / 'lrcn_word_to_preds.deploy.prototxt'
+    r = _cli(str(deploy), '-o', 'w.onnx', '--stage', 'factored,2-layer', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert 'fixed batch: layer "lstm1" (LSTM)' in r.stdout
+    path = _write(tmp_path, REFUSING_NET)
+    r = _cli(str(path), '-o', 'x.onnx', '--phase', 'TRAIN', cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.startswith('minicaffe: error: ') and 'Traceback' not in r.stderr
+    assert '"drop" (Dropout)' in r.stderr and '"save" (HDF5Output)' in r.stderr
