@@ -55,3 +55,23 @@ def check_dynamic_batch(net, model, feeds):
     got = run_model(model, big)
     return ['batch %d, %s: %s' % (next(iter(big.values())).shape[0], n, m)
             for n, v in got.items() for m in [mismatch(v, net.blobs[n].data)] if m]
+
+
+def random_inputs(net, rng, ints=None, batch=None):
+    """Uniform inputs in [-1, 1); `ints` maps an input to (low, high) integer
+    values; a cont* input gets 0 at t = 0 and random 0/1 afterwards; `batch`
+    replaces the size of axis 0."""
+    feeds = {}
+    for name in net.inputs:
+        shape = tuple(net.blobs[name].shape)
+        if batch is not None:
+            shape = (batch,) + shape[1:]
+        if name.startswith('cont'):
+            v = (rng.uniform(size=shape) > 0.3).astype(np.float32)
+            v[0] = 0
+        elif ints and name in ints:
+            v = rng.randint(*ints[name], size=shape).astype(np.float32)
+        else:
+            v = rng.uniform(-1, 1, size=shape).astype(np.float32)
+        feeds[name] = v
+    return feeds

@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from onnx_support import (check_dynamic_batch, export_and_compare, mo, onnx, run_model,  # noqa: F401
-                          set_inputs)
+from onnx_support import (check_dynamic_batch, export_and_compare, mo, onnx, random_inputs,
+                          run_model, set_inputs)
 
 import minicaffe as caffe
 from conformance import CONFORMANCE, ROOT, _prototxt_tops, case_dirs, h5name
@@ -88,23 +88,6 @@ def test_other_opsets(name, opset):
 LRCN = ROOT / 'prototxt' / 'lrcn'
 
 
-def _random_inputs(net, rng, ints=None):
-    """Uniform inputs; `ints` maps an input to (low, high) integer values; a
-    cont input gets 0 at t = 0 and random 0/1 afterwards."""
-    feeds = {}
-    for name in net.inputs:
-        shape = net.blobs[name].shape
-        if name.startswith('cont'):
-            v = (rng.uniform(size=shape) > 0.3).astype(np.float32)
-            v[0] = 0
-        elif ints and name in ints:
-            v = rng.randint(*ints[name], size=shape).astype(np.float32)
-        else:
-            v = rng.uniform(-1, 1, size=shape).astype(np.float32)
-        feeds[name] = v
-    return feeds
-
-
 DEPLOY = [
     ('caption/image_to_feature.deploy.prototxt', [], {}),
     ('caption/lrcn_word_to_preds.deploy.prototxt', ['factored', '2-layer'], {'input_sentence': (0, 26)}),
@@ -127,7 +110,7 @@ def test_lrcn_deploy_net(path, stages, ints):
     for blobs in net.params.values():          # weights a little larger than the fillers'
         for b in blobs:                        # so that the LSTM gates are not all ~0.5
             b.data[...] += rng.normal(0, 0.1, size=b.shape)
-    feeds = _random_inputs(net, rng, ints)
+    feeds = random_inputs(net, rng, ints)
     model, problems = export_and_compare(net, feeds)
     assert not problems, '\n'.join(problems)
     assert [i.name for i in model.graph.input] == net.inputs
