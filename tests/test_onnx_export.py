@@ -213,3 +213,51 @@ def test_cli_stages_and_errors(tmp_path):
     assert r.returncode == 2
     assert r.stderr.startswith('minicaffe: error: ') and 'Traceback' not in r.stderr
     assert '"drop" (Dropout)' in r.stderr and '"save" (HDF5Output)' in r.stderr
+
+
+# ---------------------------------------------------------------- coverage of layer types
+# Layer types without an ONNX form, and why: data layers read files or generate
+# data (a deploy net feeds Input blobs instead), HDF5Output writes a file,
+# Python layers run arbitrary code.  A new layer type must get a converter or a
+# line here.
+NOT_EXPORTABLE = {'Data', 'DummyData', 'HDF5Data', 'HDF5Output', 'ImageData', 'MemoryData',
+                  'Python', 'WindowData'}
+
+
+def test_every_layer_type_has_a_converter_or_a_reason():
+    from minicaffe.layers.base import layer_type_list
+    missing = set(layer_type_list()) - set(mo.supported_types()) - NOT_EXPORTABLE - {'Input', 'Silence'}
+    assert not missing, 'layer types with no ONNX converter: %s' % sorted(missing)
+    assert not NOT_EXPORTABLE & set(mo.supported_types())
+
+
+INFOGAIN_NET = """
+name: "infogain"
+layer { name: "in" type: "Input" top: "x" top: "label" top: "H"
+        input_param { shape { dim: 3 dim: 4 dim: 2 } shape { dim: 3 dim: 2 } shape { dim: 4 dim: 4 } } }
+layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H" top: "loss" top: "prob"
+        loss_param { ignore_label: 2 } }
+"""
+
+
+@pytest.mark.parametrize('from_file', [False, True])
+def test_infogain_loss(tmp_path, from_file):
+    from minicaffe.protoio import pb
+    rng = np.random.RandomState(1)
+    H = rng.uniform(0, 1, (4, 4)).astype(np.float32)
+    text = INFOGAIN_NET
+    if from_file:
+        bp = pb.BlobProto()
+        bp.shape.dim.extend([1, 1, 4, 4])
+        bp.data.extend(H.ravel().tolist())
+        (tmp_path / 'H.binaryproto').write_bytes(bp.SerializeToString())
+        text = text.replace(' top: "H"', '').replace(' shape { dim: 4 dim: 4 }', '') \
+                   .replace(' bottom: "H"', '').replace(
+            'loss_param {', 'infogain_loss_param { source: "%s" } loss_param {' % (tmp_path / 'H.binaryproto'))
+    net = caffe.Net(str(_write(tmp_path, text)), caffe.TEST)
+    feeds = {'x': rng.normal(size=(3, 4, 2)).astype(np.float32),
+             'label': np.array([[0, 1], [2, 3], [1, 2]], np.float32)}
+    if not from_file:
+        feeds['H'] = H
+    model, problems = export_and_compare(net, feeds, ['loss', 'prob'])
+    assert not problems, '\n'.join(problems)

@@ -100,10 +100,12 @@ class _Exporter(object):
         net = self.net
         batch = self._batch_dim()
 
-        def dims(shape):
+        def dims(shape, output=False):
             shape = list(shape)
-            if batch is not None and shape and shape[0] == batch:
-                shape[0] = 'N'
+            if batch is not None and shape:
+                # an output's axis 0 other than the batch (a concat over it, say)
+                # is left unknown: it follows N in some way the model computes
+                shape[0] = 'N' if shape[0] == batch else (None if output else shape[0])
             return shape
 
         inputs = [G.value_info(n, dims(net.blobs[n].shape)) for n in net.inputs]
@@ -126,7 +128,7 @@ class _Exporter(object):
                     # input has other consumers.
                     renames[v] = n
             shape = net.blobs[n].shape
-            outputs.append(G.value_info(n, dims(shape) if batch is not None else shape))
+            outputs.append(G.value_info(n, dims(shape, output=True)))
         G.rename_values(g.nodes, renames)
         model = G.make_model(g, inputs, outputs, net.name, self.opset)
         notes = ['exported by minicaffe from %s (phase %s)'

@@ -1,6 +1,5 @@
 """ONNX forms of Caffe's loss layers and Accuracy: the value the layer computes
-(its top), written with ONNX ops.  InfogainLoss (its matrix may come from a
-file or a bottom) has no converter and is refused by the exporter.
+(its top), written with ONNX ops.
 
 Normalisation as minicaffe.layers.loss (Caffe's LossLayer): the sum is divided
 by max(1, n), n = FULL outer*inner, VALID the non-ignored count, BATCH_SIZE
@@ -64,6 +63,36 @@ def softmax_with_loss(ctx):
     if valid is not None:
         picked = g.node('Mul', [picked, valid], ctx.hint('picked_valid'))
     total = g.node('Neg', [g.reduce('ReduceSum', picked, [0, 1, 2], keepdims=False,
+                                    hint=ctx.hint('sum'))], ctx.hint('total'))
+    outs = [_normalize(ctx, total, layer.normalization, outer, inner, valid, ctx.hint())]
+    if len(ctx.top_shapes) > 1:
+        outs.append(g.node('Softmax', [ctx.bottoms[0]], ctx.hint('prob'), axis=layer.axis))
+    return outs
+
+
+@converter('InfogainLoss')
+def infogain_loss(ctx):
+    """loss = -sum_{non-ignored} sum_l H[label, l] log(max(p_l, 1e-20)) / norm,
+    p = softmax along axis; H from the third bottom or the layer's source file;
+    second top: p."""
+    g, layer = ctx.g, ctx.layer
+    ctx.fixed_batch('the loss reads the labels with the batch size')
+    outer, c, inner = _outer_c_inner(ctx, layer.axis)
+    x = g.reshape(ctx.bottoms[0], [outer, c, inner], ctx.hint('rows'))
+    p = g.node('Softmax', [x], ctx.hint('p'), axis=1)
+    logp = g.node('Log', [g.node('Max', [p, g.const(1e-20)], ctx.hint('p_min'))], ctx.hint('logp'))
+    lab, valid = _labels(ctx, outer, inner, layer.ignore_label)
+    if len(ctx.bottoms) >= 3:
+        H = g.reshape(ctx.bottoms[2], [c, c], ctx.hint('H'))
+    else:
+        H = g.const(np.asarray(layer.H_file, np.float32).reshape(c, c), ctx.hint('H'))
+    rows = g.node('Gather', [H, g.squeeze(lab, [1], ctx.hint('label_flat'))], ctx.hint('H_rows'),
+                  axis=0)                                                  # (outer, inner, C)
+    rows = g.node('Transpose', [rows], ctx.hint('H_rows_t'), perm=[0, 2, 1])
+    per = g.node('Mul', [rows, logp], ctx.hint('weighted'))
+    if valid is not None:
+        per = g.node('Mul', [per, valid], ctx.hint('weighted_valid'))
+    total = g.node('Neg', [g.reduce('ReduceSum', per, [0, 1, 2], keepdims=False,
                                     hint=ctx.hint('sum'))], ctx.hint('total'))
     outs = [_normalize(ctx, total, layer.normalization, outer, inner, valid, ctx.hint())]
     if len(ctx.top_shapes) > 1:
