@@ -261,3 +261,65 @@ def test_infogain_loss(tmp_path, from_file):
         feeds['H'] = H
     model, problems = export_and_compare(net, feeds, ['loss', 'prob'])
     assert not problems, '\n'.join(problems)
+
+
+# ---------------------------------------------------------------- geometry sweeps
+def _one_layer_net(tmp_path, shape, layer_text):
+    text = ('name: "sweep"\nlayer { name: "in" type: "Input" top: "x" input_param { shape { %s } } }\n'
+            % ' '.join('dim: %d' % d for d in shape)) + layer_text
+    return caffe.Net(str(_write(tmp_path, text)), caffe.TEST)
+
+
+def _pool_configs():
+    rng = np.random.RandomState(0)
+    out = [(8, 9, 3, 3, 2, 2, 0, 1, 'AVE'), (8, 9, 3, 3, 2, 2, 0, 1, 'MAX'),   # pad_h 0, pad_w 1
+           (7, 7, 2, 2, 3, 3, 0, 0, 'MAX'), (7, 7, 2, 2, 3, 3, 1, 1, 'AVE')]   # stride > kernel
+    while len(out) < 40:
+        kh, kw = rng.randint(1, 5, 2)
+        sh, sw = rng.randint(1, 4, 2)
+        ph, pw = rng.randint(0, kh), rng.randint(0, kw)
+        h, w = rng.randint(max(kh, 2), 12, 2)
+        out.append(tuple(int(v) for v in (h, w, kh, kw, sh, sw, ph, pw)) + ('MAX' if rng.rand() < 0.5 else 'AVE',))
+    return out
+
+
+@pytest.mark.parametrize('h,w,kh,kw,sh,sw,ph,pw,method', _pool_configs())
+def test_pooling_geometry_sweep(tmp_path, h, w, kh, kw, sh, sw, ph, pw, method):
+    """Caffe's ceil rounding, last-window clipping and AVE divisor for random
+    kernel/stride/pad (all smaller pads than kernels, as Caffe requires)."""
+    layer = ('layer { name: "pool" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: %s'
+             ' kernel_h: %d kernel_w: %d stride_h: %d stride_w: %d pad_h: %d pad_w: %d } }'
+             % (method, kh, kw, sh, sw, ph, pw))
+    try:
+        net = _one_layer_net(tmp_path, (2, 3, h, w), layer)
+    except MinicaffeError:
+        pytest.skip('a geometry Caffe refuses')
+    x = np.random.RandomState(h * w).normal(size=(2, 3, h, w)).astype(np.float32)
+    model, problems = export_and_compare(net, {'x': x})
+    assert not problems, '\n'.join(problems)
+
+
+CONV_CONFIGS = [
+    # (input shape, convolution_param)
+    ((2, 4, 9), 'num_output: 6 kernel_size: 3 stride: 2 pad: 1'),                       # 1-D
+    ((2, 4, 5, 6, 7), 'num_output: 4 kernel_size: 3 pad: 1 group: 2'),                  # 3-D
+    ((2, 4, 5, 6, 7), 'num_output: 2 kernel_size: 2 kernel_size: 3 kernel_size: 1 stride: 2'),
+    ((2, 6, 9, 11), 'num_output: 6 kernel_size: 3 dilation: 2 group: 3 pad: 2'),
+    ((2, 6, 9, 11), 'num_output: 4 kernel_h: 2 kernel_w: 4 stride_h: 2 stride_w: 3 bias_term: false'),
+]
+
+
+@pytest.mark.parametrize('kind', ['Convolution', 'Deconvolution'])
+@pytest.mark.parametrize('shape,param', CONV_CONFIGS, ids=[c[1] for c in CONV_CONFIGS])
+def test_convolution_sweep(tmp_path, kind, shape, param):
+    """Groups, dilation, N-D and rectangular kernels, for Conv and ConvTranspose."""
+    layer = ('layer { name: "conv" type: "%s" bottom: "x" top: "y" convolution_param { %s'
+             ' weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" std: 0.3 } } }'
+             % (kind, param))
+    net = _one_layer_net(tmp_path, shape, layer)
+    x = np.random.RandomState(1).normal(size=shape).astype(np.float32)
+    model, problems = export_and_compare(net, {'x': x})
+    assert not problems, '\n'.join(problems)
+    assert mo.has_dynamic_batch(model)
+    problems = check_dynamic_batch(net, model, {'x': x})
+    assert not problems, '\n'.join(problems)

@@ -77,8 +77,11 @@ def ave_pool(ctx, x, geom, hint):
     y = _padded_pool(ctx, x, geom, ends, 'AveragePool', 0.0, hint)
     if np.all(divisor == kk):
         return y
-    return ctx.g.node('Mul', [y, ctx.g.const(kk / divisor.astype(np.float64), hint + '_rescale')],
-                      hint + '_caffe_divisor')
+    # A window that starts at the padded edge has divisor 0: Caffe's 0 / 0 = NaN
+    # there, and so is 0 * inf here.
+    with np.errstate(divide='ignore'):
+        rescale = kk / divisor.astype(np.float64)
+    return ctx.g.node('Mul', [y, ctx.g.const(rescale, hint + '_rescale')], hint + '_caffe_divisor')
 
 
 @converter('Pooling')
