@@ -55,11 +55,14 @@ class _Exporter(object):
                 continue
             bottoms = [names[i] for i in net.bottom_ids[lid]]
             fn = converter_for(lp.type)
+            if fn is not None and any(value.get(b) is None for b in bottoms):
+                # below a refused layer: that layer is the one to report
+                for t in tops:
+                    value[t] = None
+                continue
             try:
                 if fn is None:
                     raise Unsupported('no ONNX converter for this layer type')
-                if any(value.get(b) is None for b in bottoms):
-                    raise Unsupported('its input comes from a layer that was refused')
                 ctx = LayerContext(g, layer, [value[b] for b in bottoms],
                                    [net._blob_list[i].shape for i in net.bottom_ids[lid]],
                                    [net._blob_list[i].shape for i in net.top_ids[lid]],
@@ -69,8 +72,7 @@ class _Exporter(object):
                     raise RuntimeError('converter for %s made %d outputs for %d tops'
                                        % (lp.type, len(outs), len(tops)))
             except Unsupported as e:
-                if 'refused' not in str(e):
-                    refused.append((lp, str(e)))
+                refused.append((lp, str(e)))
                 outs = [None] * len(tops)
             for t, v in zip(tops, outs):
                 value[t] = v
