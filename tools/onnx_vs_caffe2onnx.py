@@ -122,7 +122,6 @@ def flat_prototxt(net, path, dst):
         dst.write_text(text)
         return
     from google.protobuf import text_format
-    p = caffe.proto.caffe_pb2.NetParameter() if hasattr(caffe, 'proto') else None
     from minicaffe.protoio import pb
     p = pb.NetParameter()
     p.CopyFrom(net.net_param)

@@ -16,7 +16,8 @@ from minicaffe.errors import ExportError
 from minicaffe.onnx import graph as G
 from minicaffe.onnx.registry import LayerContext, Unsupported, converter_for
 # The converter modules register themselves on import.
-from minicaffe.onnx import layers_common, layers_loss, layers_neuron, layers_recurrent, layers_vision  # noqa: F401,E501
+from minicaffe.onnx import (layers_common, layers_loss, layers_neuron,  # noqa: F401
+                            layers_recurrent, layers_vision)
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13

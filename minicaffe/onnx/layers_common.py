@@ -1,9 +1,7 @@
 """ONNX forms of Caffe's common and structural layers: InnerProduct, Embed,
 Softmax, Split, Flatten, Reshape, Concat, Slice, Eltwise, Tile, Reduction,
 ArgMax, BatchReindex, Filter, Parameter."""
-import numpy as np
-
-from minicaffe.onnx.registry import Unsupported, converter
+from minicaffe.onnx.registry import converter
 from minicaffe.protoio import pb
 
 

@@ -8,7 +8,7 @@ static_cast<int>.
 """
 import numpy as np
 
-from minicaffe.onnx.registry import Unsupported, converter
+from minicaffe.onnx.registry import converter
 from minicaffe.protoio import pb
 
 _NORM = pb.LossParameter
