@@ -115,24 +115,23 @@ def deploy_nets(large):
 
 
 def flat_prototxt(net, path, dst):
-    """The net as one prototxt in its current state (stages applied: caffe2onnx
-    knows no stages), with the inputs as Input layers."""
+    """The prototxt as written, less the layers the net's state leaves out and
+    the include/exclude rules (caffe2onnx knows no stages)."""
     text = path.read_text()
-    if not any(r.stage or r.not_stage for l in net.net_param.layer for r in list(l.include) + list(l.exclude)):
+    from google.protobuf import text_format
+    from minicaffe.protoio import pb, read_text
+    p = read_text(path, pb.NetParameter)
+    if not any(r.stage or r.not_stage for l in p.layer for r in list(l.include) + list(l.exclude)):
         dst.write_text(text)
         return
-    from google.protobuf import text_format
-    from minicaffe.protoio import pb
-    p = pb.NetParameter()
-    p.CopyFrom(net.net_param)
     kept = set(net._layer_names)
+    layers = [l for l in p.layer if l.name in kept]
     del p.layer[:]
-    for l in net.net_param.layer:
-        if l.name in kept:
-            q = p.layer.add()
-            q.CopyFrom(l)
-            del q.include[:]
-            del q.exclude[:]
+    for l in layers:
+        q = p.layer.add()
+        q.CopyFrom(l)
+        del q.include[:]
+        del q.exclude[:]
     dst.write_text(text_format.MessageToString(p))
 
 
@@ -183,11 +182,15 @@ def main(argv=None):
     ap.add_argument('--caffe2onnx-path', default=None, help='where caffe2onnx is installed')
     ap.add_argument('--large', action='store_true', help='also the two LRCN activity zoo nets')
     ap.add_argument('--markdown', action='store_true', help='per-net table in Markdown')
+    ap.add_argument('--only', nargs='+', default=None, metavar='TEXT',
+                    help='only the nets whose name contains one of these')
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix='onnx_vs_c2o_'))
     rows, jobs, nets = [], [], {}
     for i, (name, path, net, feeds, outputs) in enumerate(
             list(conformance_nets()) + list(deploy_nets(args.large))):
+        if args.only and not any(t in name for t in args.only):
+            continue
         for k, v in feeds.items():
             net.blobs[k].reshape(v.shape)
             net.blobs[k].data[...] = v
