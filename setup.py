@@ -7,7 +7,7 @@ setup(
     packages=find_packages(include=['minicaffe', 'minicaffe.*']),
     package_data={'minicaffe': ['proto/*.proto', 'gpu/kernels/*.cu', 'gpu/kernels/*.cuh']},
     python_requires='>=3.9',
-    install_requires=['numpy', 'protobuf>=7.35.1', 'h5py', 'pillow', 'lmdb'],
+    install_requires=['numpy', 'protobuf>=7.35.1', 'h5py', 'pillow', 'lmdb', 'threadpoolctl'],
     extras_require={
         # onnx and onnxruntime: the ONNX export tests (they skip without them)
         'test': ['pytest', 'hypothesis', 'grpcio-tools==1.85.1', 'mpi4py', 'mpich', 'onnx',

@@ -2,22 +2,13 @@
 
 Use it as pycaffe:  ``import minicaffe as caffe``.
 """
-import os as _os
-
-# After each call OpenBLAS's worker threads spin for ~2^28 cycles before they
-# sleep.  minicaffe runs its own copies, pooling and LRN on worker threads too
-# (im2col.parallel_for), so on a 2-core machine those spinning threads take a
-# core from them (CaffeNet's forward+backward was 10-15% slower in one side-by-
-# side run; later runs, after other changes, showed little difference).
-# OpenBLAS reads this when it loads, i.e. only if numpy is not imported yet; a
-# value already in the environment wins.
-_os.environ.setdefault('OPENBLAS_THREAD_TIMEOUT', '4')
-
 from .blob import Blob  # noqa: F401
 from .errors import MinicaffeError  # noqa: F401
 from .layers.base import Layer, layer_type_list  # noqa: F401
 from .net import Net, TRAIN, TEST  # noqa: F401
 from .rng import set_random_seed  # noqa: F401
+from .threads import set_num_threads, get_num_threads  # noqa: F401
+from . import threads as _threads
 from . import mode as _mode
 from .mode import set_mode_cpu, set_mode_gpu, set_device  # noqa: F401
 
@@ -50,6 +41,10 @@ class _NetSpecLayers(net_spec.Layers):
 
 
 layers = _NetSpecLayers()
+
+# The BLAS runs one thread per minicaffe worker (see minicaffe/threads.py); set
+# now, at run time, so it holds however numpy was loaded.
+_threads.limit_blas_threads()
 
 
 # pycaffe's multi-GPU API and utilities, imported on first use so that

@@ -8,11 +8,19 @@ with -- found among the libraries loaded into this process -- is called through
 ctypes, with Caffe's arguments.  Where none can be found (another platform, a
 BLAS without the CBLAS interface) or its answer to a small check is wrong, the
 temporary-and-add fallback gives the same numbers up to rounding.
+
+Large products are cut into blocks of rows or columns (gemm_blocks: the cut
+depends only on the shapes) and the blocks run on minicaffe's worker threads,
+each one single-threaded BLAS call (minicaffe.threads sets the BLAS to one
+thread): the threads share the cores without oversubscribing them, and the
+numbers do not depend on how many threads there are.
 """
 import ctypes
 import os
 
 import numpy as np
+
+from .threads import run_chunks
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
@@ -79,12 +87,12 @@ def _sgemm():
     return _state['sgemm']
 
 
-def _call(fn, a, b, c, trans_a, trans_b):
+def _call(fn, a, b, c, trans_a, trans_b, beta=1.0):
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     fn(_ROW_MAJOR, _TRANS if trans_a else _NO_TRANS, _TRANS if trans_b else _NO_TRANS,
        m, n, k, 1.0, a.ctypes.data, a.strides[0] // 4, b.ctypes.data, b.strides[0] // 4,
-       1.0, c.ctypes.data, c.strides[0] // 4)
+       beta, c.ctypes.data, c.strides[0] // 4)
 
 
 def _row_major(x):
@@ -94,20 +102,97 @@ def _row_major(x):
             and x.strides[0] >= max(1, x.shape[1]) * 4 and x.strides[0] % 4 == 0)
 
 
+# gemm_blocks: products of fewer multiply-adds run as one call; larger ones are
+# cut across the longer of the output's two sides into at most GEMM_MAX_CHUNKS
+# blocks of at least GEMM_CHUNK_MIN_SIDE rows/columns (a multiple of
+# GEMM_CHUNK_ALIGN, the BLAS kernels' width) and GEMM_CHUNK_MIN_MACS.  Each block
+# packs the shared operand again (the BLAS's own threads share it), which is why
+# blocks stay wide.
+GEMM_SPLIT_MIN_MACS = 1 << 23
+GEMM_CHUNK_MIN_MACS = 1 << 22
+GEMM_CHUNK_MIN_SIDE = 128
+GEMM_CHUNK_ALIGN = 16
+GEMM_MAX_CHUNKS = 8
+
+
+def gemm_blocks(m, n, k):
+    """(axis, bounds): an (m x k) @ (k x n) product is computed in blocks
+    [bounds[i], bounds[i+1]) of output rows (axis 0) or columns (axis 1).  A
+    function of the shape only, so the sums are the same on any thread count."""
+    axis = 0 if m >= n else 1
+    side = m if axis == 0 else n
+    macs = m * n * k
+    chunks = 1
+    if macs >= GEMM_SPLIT_MIN_MACS:
+        chunks = min(GEMM_MAX_CHUNKS, side // GEMM_CHUNK_MIN_SIDE, macs // GEMM_CHUNK_MIN_MACS)
+    if chunks <= 1:
+        return axis, [0, side]
+    width = -(-side // chunks)
+    width = -(-width // GEMM_CHUNK_ALIGN) * GEMM_CHUNK_ALIGN
+    return axis, list(range(0, side, width)) + [side]
+
+
+def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False, scratch=None):
+    """out = op(a) @ op(b), or out += op(a) @ op(b) with accumulate (Caffe's
+    caffe_cpu_gemm with beta 0 or 1); op(x) = x.T where trans_x; float32 2-D.
+
+    a and b are the stored matrices (a (k, m) when trans_a, else (m, k)); out
+    (m, n) is written in place (a new array if None).  Large products run in
+    blocks on the worker threads (gemm_blocks); small ones are one call, numpy's
+    own product where nothing is accumulated.  scratch, if given, is a (m, n)
+    array for the fallback's temporary."""
+    m = a.shape[1] if trans_a else a.shape[0]
+    k = a.shape[0] if trans_a else a.shape[1]
+    n = b.shape[0] if trans_b else b.shape[1]
+    if out is None:
+        out = np.zeros((m, n), np.float32) if accumulate else np.empty((m, n), np.float32)
+    axis, bounds = gemm_blocks(m, n, k)
+    if len(bounds) == 2:
+        _gemm_block(a, b, out, trans_a, trans_b, accumulate, scratch, whole=True)
+        return out
+
+    def block(i):
+        lo, hi = bounds[i], bounds[i + 1]
+        if axis == 0:
+            _gemm_block(a[:, lo:hi] if trans_a else a[lo:hi], b, out[lo:hi],
+                        trans_a, trans_b, accumulate)
+        else:
+            _gemm_block(a, b[lo:hi] if trans_b else b[:, lo:hi], out[:, lo:hi],
+                        trans_a, trans_b, accumulate)
+    run_chunks(len(bounds) - 1, block)
+    return out
+
+
+def _gemm_block(a, b, c, trans_a, trans_b, accumulate, scratch=None, whole=False):
+    """One BLAS call: c = (or +=) op(a) @ op(b)."""
+    if c.size == 0:
+        return
+    fn = _sgemm()
+    direct = (fn is not None and _row_major(a) and _row_major(b) and _row_major(c)
+              and c.flags.writeable)
+    op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
+    if not accumulate:
+        if whole and c.flags.c_contiguous and c.dtype == op_a.dtype == op_b.dtype:
+            # numpy's own call (gemv where a side is 1, as Caffe's InnerProduct)
+            np.dot(op_a, op_b, out=c)
+        elif direct:
+            _call(fn, a, b, c, trans_a, trans_b, beta=0.0)
+        else:
+            c[...] = np.dot(op_a, op_b)
+        return
+    if direct:
+        _call(fn, a, b, c, trans_a, trans_b)
+        return
+    use_scratch = scratch is not None and whole and c.flags.c_contiguous
+    c += np.dot(op_a, op_b, out=scratch if use_scratch else None)
+
+
 def gemm_accumulate(a, b, c, trans_a=False, trans_b=False, scratch=None):
     """c += op(a) @ op(b), op(x) = x.T where trans_x; all float32 2-D arrays.
 
     a and b are the stored matrices (a (k, m) when trans_a, else (m, k)).  c is
     updated in place.  scratch, if given, is a (m, n) array for the fallback."""
-    fn = _sgemm()
-    if fn is not None and c.size and _row_major(a) and _row_major(b) and _row_major(c) \
-            and c.flags.writeable:
-        _call(fn, a, b, c, trans_a, trans_b)
-        return c
-    prod = np.dot(a.T if trans_a else a, b.T if trans_b else b,
-                  out=scratch if scratch is not None and c.flags.c_contiguous else None)
-    c += prod
-    return c
+    return gemm(a, b, c, trans_a, trans_b, accumulate=True, scratch=scratch)
 
 
 def uses_blas():

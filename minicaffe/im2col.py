@@ -21,7 +21,6 @@ per spatial axis.  Output sizes follow Caffe's integer arithmetic
 (``conv_out_size``), including C's truncating division.
 """
 import itertools
-import os
 import threading
 
 import numpy as np
@@ -29,48 +28,9 @@ from numpy.lib.stride_tricks import as_strided
 
 # NumPy releases the GIL in copies and arithmetic on float arrays, so large
 # memory-bound loops (im2col, col2im, pooling) split over the leading axis run
-# on several cores.  MINICAFFE_NUM_THREADS overrides the count (1 = serial).
-PARALLEL_MIN_ELEMS = 1 << 18
-_pool = {'n': None, 'executor': None}
-_pool_lock = threading.Lock()
-
-
-def num_threads():
-    if _pool['n'] is None:
-        env = os.environ.get('MINICAFFE_NUM_THREADS')
-        if env:
-            n = max(1, int(env))
-        else:
-            try:
-                n = len(os.sched_getaffinity(0))
-            except AttributeError:
-                n = os.cpu_count() or 1
-        _pool['n'] = min(n, 8)
-    return _pool['n']
-
-
-def _executor():
-    with _pool_lock:
-        if _pool['executor'] is None:
-            from concurrent.futures import ThreadPoolExecutor
-            _pool['executor'] = ThreadPoolExecutor(num_threads(), thread_name_prefix='minicaffe')
-        return _pool['executor']
-
-
-def parallel_for(n, fn, elems):
-    """Call fn(lo, hi) over a split of range(n) -- in worker threads when there
-    are several cores and the work (elems array elements in all) is large.
-    Called from a worker thread (a parallel_for inside another) it runs serially:
-    only the calling thread ever waits for the workers, so they cannot deadlock."""
-    t = min(num_threads(), n)
-    if t <= 1 or elems < PARALLEL_MIN_ELEMS or getattr(_local, 'worker', False):
-        fn(0, n)
-        return
-    bounds = [n * i // t for i in range(t + 1)]
-    futures = [_executor().submit(_as_worker, fn, bounds[i], bounds[i + 1]) for i in range(1, t)]
-    fn(bounds[0], bounds[1])
-    for f in futures:
-        f.result()
+# on several cores: minicaffe.threads' pool, in chunks that do not depend on
+# the thread count (MINICAFFE_NUM_THREADS / set_num_threads choose it).
+from .threads import PARALLEL_MIN_ELEMS, num_threads, parallel_for  # noqa: F401,E402
 
 
 def in_blocks(part, per_item, block_elems):
@@ -93,11 +53,6 @@ def elementwise(part, n):
     """part(lo, hi) over [0, n) in cache-sized blocks, split across the worker
     threads: an element-wise pass's temporaries stay in cache and every core works."""
     parallel_for(n, in_blocks(part, 1, ELEMENTWISE_BLOCK), n)
-
-
-def _as_worker(fn, lo, hi):
-    _local.worker = True
-    fn(lo, hi)
 
 
 def _cdiv(a, b):

@@ -22,3 +22,20 @@ def _restore_minicaffe_logger():
             logger.removeHandler(h)
     logger.setLevel(saved[1])
     logger.propagate = saved[2]
+
+
+@pytest.fixture
+def set_threads(monkeypatch):
+    """set_threads(n, split_small=False): minicaffe computes on n threads for this
+    test (restored afterwards); split_small also cuts work of any size into
+    chunks, so that tiny test arrays take the threaded paths."""
+    from minicaffe import threads
+    saved = threads.num_threads()
+
+    def set_(n, split_small=False):
+        if split_small:
+            monkeypatch.setattr(threads, 'PARALLEL_MIN_ELEMS', 0)
+            monkeypatch.setattr(threads, 'PARALLEL_CHUNK_ELEMS', 1)
+        threads.set_num_threads(n)
+    yield set_
+    threads.set_num_threads(saved)

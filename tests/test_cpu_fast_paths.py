@@ -285,11 +285,11 @@ def test_per_image_convolution_with_two_bottoms_is_two_convolutions(phase, monke
     np.testing.assert_allclose(both.blobs[1].diff, db, rtol=1e-5, atol=1e-5)
 
 
-def test_nested_parallel_for_runs_every_part_once(monkeypatch):
+def test_nested_parallel_for_runs_every_part_once(set_threads):
     # A parallel_for inside a worker's part (LRN's powf inside its per-image
     # blocks) runs serially there: all parts run, none twice, nothing waits forever.
     from minicaffe import im2col
-    monkeypatch.setattr(im2col, 'PARALLEL_MIN_ELEMS', 1)
+    set_threads(3, split_small=True)
     hits = np.zeros((8, 16), np.int32)
 
     def outer(lo, hi):

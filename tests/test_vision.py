@@ -658,18 +658,15 @@ def test_pooling_max_kernel_wider_than_int8():
     np.testing.assert_array_equal(net.blobs['mask'].data, mask)
 
 
-def test_threaded_copies_give_the_serial_numbers(monkeypatch):
-    from minicaffe import im2col as i2c
+def test_threaded_copies_give_the_serial_numbers(set_threads):
     proto = (layer('Convolution', ['x'], ['c'], 'convolution_param { num_output: 4 kernel_size: 3'
                    ' pad: 1 group: 2 weight_filler { type: "gaussian" } }').replace('"l"', '"conv"')
              + layer('Im2col', ['x'], ['i'], 'convolution_param { kernel_size: 2 stride: 2 }')
              .replace('"l"', '"im2col"'))
     x = rand(3, 4, 6, 5)
     results = []
-    for threads, min_elems in ((1, 1 << 30), (3, 0)):
-        monkeypatch.setattr(i2c, 'PARALLEL_MIN_ELEMS', min_elems)
-        monkeypatch.setitem(i2c._pool, 'n', threads)
-        monkeypatch.setitem(i2c._pool, 'executor', None)
+    for threads in (1, 3):
+        set_threads(threads, split_small=threads > 1)
         caffe.set_random_seed(2)
         net = make_net(proto, {'x': x.shape})
         run(net, {'x': x}, {'c': rand(3, 4, 6, 5, seed=1), 'i': rand(3, 16, 3, 2, seed=2)})

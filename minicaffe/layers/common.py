@@ -12,7 +12,7 @@ import numpy as np
 from .. import cmath
 from ..blob import Blob, DTYPE
 from ..fillers import fill
-from ..blas import gemm_accumulate
+from ..blas import gemm, gemm_accumulate
 from ..im2col import workspace
 from .base import Layer, register_layer
 
@@ -79,11 +79,6 @@ class InnerProductLayer(Layer):
         self.M = bottom[0].count_range(0, axis)
         top[0].reshape(bottom[0].shape[:axis] + (self.num_output,))
 
-    def _weight_nk(self):
-        """W as an (N, K) matrix whichever way it is stored."""
-        w = self.blobs[0].data
-        return w.T if self.transpose else w
-
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
@@ -93,10 +88,10 @@ class InnerProductLayer(Layer):
             # (bit-identical in our tests; with a transposed W they are not) --
             # then one small transposed copy.
             yt = workspace('ip_forward', (self.num_output, self.M))
-            np.dot(self._weight_nk(), x.T, out=yt)
+            gemm(self.blobs[0].data, x, yt, trans_a=self.transpose, trans_b=True)
             y[...] = yt.T
         else:
-            np.matmul(x, self._weight_nk().T, out=y)
+            gemm(x, self.blobs[0].data, y, trans_b=not self.transpose)
         if self.bias_term:
             y += self.blobs[1].data
 
@@ -113,7 +108,8 @@ class InnerProductLayer(Layer):
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
-            np.dot(dy, self._weight_nk(), out=bottom[0].diff.reshape(self.M, self.K))
+            gemm(dy, self.blobs[0].data, bottom[0].diff.reshape(self.M, self.K),
+                 trans_b=self.transpose)
 
     # -- GPU: the same products on the device (cuBLAS through CuPy) ----------------
     def _gpu_weight_nk(self):

@@ -41,6 +41,7 @@ import numpy as np
 
 from .. import cmath, fillers
 from ..blob import Blob, DTYPE, SyncedMemory
+from ..blas import gemm
 from ..im2col import workspace
 from .base import Layer, register_layer
 
@@ -323,10 +324,10 @@ class LSTMLayer(_RecurrentLayer):
         G, Hs, Cs, Hc, TC, tmp4, tmpH = (self._G, self._Hs, self._Cs, self._Hc, self._TC,
                                          self._tmp4, self._tmpH)
         G2 = G.reshape(T * N, 4 * H)
-        np.matmul(bottom[0].data.reshape(T * N, self.D), W_xc.T, out=G2)
+        gemm(bottom[0].data.reshape(T * N, self.D), W_xc, G2, trans_b=True)
         G2 += b_c
         if self.static_input:
-            G += np.matmul(bottom[2].data.reshape(N, self.Ds), self.blobs[2].data.T)
+            G += gemm(bottom[2].data.reshape(N, self.Ds), self.blobs[2].data, trans_b=True)
         cont = self._cont
         cont[...] = bottom[1].data
         Hs[0] = self._initial_state(bottom, 0)
@@ -339,7 +340,7 @@ class LSTMLayer(_RecurrentLayer):
             if _nonzero(cont[t], Hs[t]):
                 if W_hcT is None:
                     W_hcT = np.ascontiguousarray(W_hc.T)
-                np.matmul(Hc[t], W_hcT, out=tmp4)
+                gemm(Hc[t], W_hcT, tmp4)
                 g += tmp4
             _sigmoid_(g[:, :H3])
             _tanh(g[:, H3:], out=g[:, H3:])
@@ -411,21 +412,21 @@ class LSTMLayer(_RecurrentLayer):
                 if _zero_product(cont[t], d, w_max):
                     dh_next.fill(0)          # cont_t = 0 everywhere: a sequence start
                 else:
-                    np.matmul(d, W_hc, out=dh_next)
+                    gemm(d, W_hc, dh_next)
                     dh_next *= cont[t][:, None]
         dG2 = dG.reshape(T * N, 4 * H)
         x2 = bottom[0].data.reshape(T * N, self.D)
         for blob, rhs in ((self.blobs[0], x2), (self.blobs[-1], Hc.reshape(T * N, H))):
             prod = workspace('lstm_dW', blob.diff.shape)       # no fresh 16 MB temporaries
-            np.matmul(dG2.T, rhs, out=prod)
+            gemm(dG2, rhs, prod, trans_a=True)
             blob.diff += prod
         self.blobs[1].diff += dG2.sum(axis=0)
-        np.matmul(dG2, self.blobs[0].data, out=bottom[0].diff.reshape(T * N, self.D))
+        gemm(dG2, self.blobs[0].data, bottom[0].diff.reshape(T * N, self.D))
         if self.static_input:
             dGs = dG.sum(axis=0)
             xs2 = bottom[2].data.reshape(N, self.Ds)
-            self.blobs[2].diff += np.matmul(dGs.T, xs2)
-            np.matmul(dGs, self.blobs[2].data, out=bottom[2].diff.reshape(N, self.Ds))
+            self.blobs[2].diff += gemm(dGs, xs2, trans_a=True)
+            gemm(dGs, self.blobs[2].data, bottom[2].diff.reshape(N, self.Ds))
 
     # ---- GPU ------------------------------------------------------------------
     def _gpu_alloc(self, cp, T, N):
@@ -553,10 +554,10 @@ class RNNLayer(_RecurrentLayer):
         W_hh, W_ho, b_o = self.blobs[s].data, self.blobs[s + 1].data, self.blobs[s + 2].data
         Hs, Hc, A, O, tmp = self._Hs, self._Hc, self._A, self._O, self._tmpH
         A2 = A.reshape(T * N, H)
-        np.matmul(bottom[0].data.reshape(T * N, self.D), W_xh.T, out=A2)
+        gemm(bottom[0].data.reshape(T * N, self.D), W_xh, A2, trans_b=True)
         A2 += b_h
         if self.static_input:
-            A += np.matmul(bottom[2].data.reshape(N, self.Ds), self.blobs[2].data.T)
+            A += gemm(bottom[2].data.reshape(N, self.Ds), self.blobs[2].data, trans_b=True)
         cont = self._cont
         cont[...] = bottom[1].data
         Hs[0] = self._initial_state(bottom, 0)
@@ -564,13 +565,13 @@ class RNNLayer(_RecurrentLayer):
         for t in range(T):
             np.multiply(Hs[t], cont[t][:, None], out=Hc[t])
             if _nonzero(cont[t], Hs[t]):
-                np.matmul(Hc[t], W_hhT, out=tmp)
+                gemm(Hc[t], W_hhT, tmp)
                 np.add(A[t], tmp, out=tmp)
                 cmath.tanhf(tmp, out=Hs[t + 1])
             else:
                 cmath.tanhf(A[t], out=Hs[t + 1])
         O2 = O.reshape(T * N, H)
-        np.matmul(Hs[1:].reshape(T * N, H), W_ho.T, out=O2)
+        gemm(Hs[1:].reshape(T * N, H), W_ho, O2, trans_b=True)
         O2 += b_o
         cmath.tanhf(O2, out=O2)
         top[0].data[...] = O
@@ -591,9 +592,9 @@ class RNNLayer(_RecurrentLayer):
         dZ *= top[0].diff
         dZ2 = dZ.reshape(T * N, H)
         H2 = Hs[1:].reshape(T * N, H)
-        self.blobs[s + 1].diff += np.matmul(dZ2.T, H2)
+        self.blobs[s + 1].diff += gemm(dZ2, H2, trans_a=True)
         self.blobs[s + 2].diff += dZ2.sum(axis=0)
-        dHo = np.matmul(dZ2, W_ho).reshape(T, N, H)   # diff of h_t from o_t
+        dHo = gemm(dZ2, W_ho).reshape(T, N, H)   # diff of h_t from o_t
         dA = self._A                                  # reuse: da_t
         dh_next = np.zeros((N, H), _f)
         for t in range(T - 1, -1, -1):
@@ -604,19 +605,19 @@ class RNNLayer(_RecurrentLayer):
             np.subtract(1.0, dh_next, out=dh_next)
             d *= dh_next                              # da_t = dh_t (1 - h_t^2)
             if t > 0:
-                np.matmul(d, W_hh, out=dh_next)
+                gemm(d, W_hh, dh_next)
                 dh_next *= cont[t][:, None]
         dA2 = dA.reshape(T * N, H)
         x2 = bottom[0].data.reshape(T * N, self.D)
-        self.blobs[0].diff += np.matmul(dA2.T, x2)
+        self.blobs[0].diff += gemm(dA2, x2, trans_a=True)
         self.blobs[1].diff += dA2.sum(axis=0)
-        self.blobs[s].diff += np.matmul(dA2.T, Hc.reshape(T * N, H))
-        np.matmul(dA2, self.blobs[0].data, out=bottom[0].diff.reshape(T * N, self.D))
+        self.blobs[s].diff += gemm(dA2, Hc.reshape(T * N, H), trans_a=True)
+        gemm(dA2, self.blobs[0].data, bottom[0].diff.reshape(T * N, self.D))
         if self.static_input:
             dAs = dA.sum(axis=0)
             xs2 = bottom[2].data.reshape(N, self.Ds)
-            self.blobs[2].diff += np.matmul(dAs.T, xs2)
-            np.matmul(dAs, self.blobs[2].data, out=bottom[2].diff.reshape(N, self.Ds))
+            self.blobs[2].diff += gemm(dAs, xs2, trans_a=True)
+            gemm(dAs, self.blobs[2].data, bottom[2].diff.reshape(N, self.Ds))
 
     # ---- GPU ------------------------------------------------------------------
     def _gpu_alloc(self, cp, T, N):

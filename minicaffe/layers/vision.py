@@ -28,7 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .. import fillers
-from ..blas import gemm_accumulate
+from ..blas import gemm, gemm_accumulate
 from ..blob import DTYPE
 from ..protoio import pb
 from ..im2col import (_padding, col2im, conv_out_size, copy_split, deconv_out_size,
@@ -143,20 +143,19 @@ def _group_gemm(a, b, trans_a=False, out=None, blocks=1):
     if trans_a or not _per_image(m, b.shape[1], step):
         # A small product per image (LeNet, 13x13 maps): one GEMM over the batch.
         for g in range(G):
-            np.dot(a[g].T if trans_a else a[g], b[g], out=out[g])
+            gemm(a[g], b[g], out[g], trans_a=trans_a)
         return out
     # Each image's columns are copied to a contiguous block first: BLAS reads a
     # block strided by the whole batch (leading dimension B*P) up to 3x slower.
     # Same shapes and transpose flags, so the sums are bit-identical.
     blk = workspace('gemm_block', (b.shape[1], step), b.dtype) if blocks > 1 and not trans_a else None
     for g in range(G):
-        op_a_t = a[g] if trans_a else a[g].T
         for i in range(0, b.shape[2], step):
             src = b[g][:, i:i + step]
             if blk is not None:
                 np.copyto(blk, src)
                 src = blk
-            out[g][:, i:i + step] = np.dot(src.T, op_a_t).T
+            gemm(a[g], src, out[g][:, i:i + step])
     return out
 
 
@@ -532,7 +531,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     for n in range(b1 - b0):
                         for g in range(G):
                             # Caffe's per-image call: row-major W_g @ col, bit-for-bit its sums
-                            np.dot(W[g], col[n, g], out=yv[n, g])
+                            gemm(W[g], col[n, g], yv[n, g])
                         if self.bias_term:          # while the image is in cache
                             yv[n].reshape(self.num_output, -1)[...] += \
                                 self.blobs[1].data[:, None]
@@ -658,7 +657,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
             dcol = workspace('col', (B, G, K, P))
             for n in range(B):
                 for g in range(G):
-                    np.dot(W[g].T, dy[n, g], out=dcol[n, g])
+                    gemm(W[g], dy[n, g], dcol[n, g], trans_a=True)
             dx[b0:b1] = self._col2im_images(dcol)
 
 
