@@ -380,6 +380,26 @@ def log(message):
 
 
 # ---------------------------------------------------------------- parser
+# The subcommands that run nets take --threads (minicaffe/threads.py).
+COMPUTING = ('train', 'test', 'time', 'gradcheck', 'caption', 'classify-video')
+
+
+def _thread_count(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError('expected a positive integer, got %r' % text)
+    return n
+
+
+def add_threads_argument(p):
+    p.add_argument('--threads', type=_thread_count, default=None, metavar='N',
+                   help='compute on N threads (default: $MINICAFFE_NUM_THREADS, else one per'
+                        ' core this process may use, at most 8); the results do not depend on N')
+
+
 def _add(sub, name, help, target_or_pair, aliases=(), description=None):
     """Add subcommand ``name`` driven by add_arguments/run (a module path or a pair)."""
     if isinstance(target_or_pair, str):
@@ -388,6 +408,8 @@ def _add(sub, name, help, target_or_pair, aliases=(), description=None):
         add, run = target_or_pair
     p = sub.add_parser(name, help=help, aliases=list(aliases), description=description or help)
     add(p)
+    if name in COMPUTING:
+        add_threads_argument(p)
     p.set_defaults(_run=run)
     return p
 
@@ -474,6 +496,9 @@ def run_reporting_errors(args, verbosity, log_file, prefix=''):
     ``train --gpu 0,1`` spawns)."""
     try:
         setup_logging(verbosity, log_file=log_file)
+        if getattr(args, 'threads', None) is not None:
+            from .threads import set_num_threads
+            set_num_threads(args.threads)
         code = args._run(args)
         return 0 if code is None else int(code)
     except KeyboardInterrupt:

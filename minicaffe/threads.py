@@ -54,9 +54,11 @@ def _env_threads():
     try:
         n = int(env)
     except ValueError:
+        n = 0
+    if n < 1:
         from .errors import MinicaffeError
         raise MinicaffeError('MINICAFFE_NUM_THREADS must be a positive integer, got %r' % env)
-    return max(1, n)
+    return n
 
 
 def available_cores():
