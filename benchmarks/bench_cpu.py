@@ -10,12 +10,11 @@ then per-layer timed forward and backward passes) and print a table: our
 forward+backward ms per iteration, real Caffe's (CPU, OpenBLAS, one run on a
 2-core machine, from ../shared/conformance/README.md) and the ratio.
 
-BLAS/OpenMP threads default to 2 (the machine Caffe's figures come from);
-set OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS to override.
-Note: OpenBLAS threads busy-wait (minicaffe shortens that to
-OPENBLAS_THREAD_TIMEOUT=4 unless it is set); on a machine whose cores are busy
-with other work, 2 threads can be many times slower than 1 for the small
-per-image GEMMs of a convolution -- compare on an otherwise idle machine.
+minicaffe computes on its own threads (minicaffe/threads.py: one per core the
+process may use; MINICAFFE_NUM_THREADS overrides) and sets the BLAS to one
+thread at run time, so OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS
+(set to 2 here, the machine Caffe's figures come from) no longer change its
+speed.  benchmarks/bench_load.py measures the speed beside a competing process.
 """
 import os
 
@@ -65,10 +64,10 @@ def main(argv=None):
             p.error('unknown net(s) %s; choose from %s' % (sorted(unknown), [n[0] for n in nets]))
         nets = [n for n in nets if n[0] in args.net]
 
-    print('threads: OMP %s, OpenBLAS %s, MKL %s; at least %d iteration(s) and %g s per net;'
+    from minicaffe import get_num_threads
+    print('threads: minicaffe %d (BLAS 1 each); at least %d iteration(s) and %g s per net;'
           ' Caffe figures from %s'
-          % (os.environ['OMP_NUM_THREADS'], os.environ['OPENBLAS_NUM_THREADS'],
-             os.environ['MKL_NUM_THREADS'], args.iterations, args.min_seconds,
+          % (get_num_threads(), args.iterations, args.min_seconds,
              args.readme if figures else 'built-in values'))
     rows = []
     for name, fname, stages, caffe_ms in nets:

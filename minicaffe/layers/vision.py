@@ -8,7 +8,8 @@ Where one image's product is large (``per_image``, see _per_image: the conv1/
 conv2 sizes) the columns are Caffe's own buffer per image, ``(N, group,
 C/group * prod(k), prod(out))``, built a few images at a time so that they are
 still in the CPU cache when the GEMMs read them, and every GEMM is Caffe's own
-call per image and group (forward bit-for-bit Caffe's rounding).  Smaller
+call per image and group (forward bit-for-bit Caffe's rounding on one BLAS
+thread, where blas.gemm does not cut the product into blocks).  Smaller
 products (LeNet, 13x13 maps) cover the whole batch in one matrix product per
 group, on columns laid out ``(group, C/group * prod(k), N * prod(out))``, ordered
 (output position, image) where that makes im2col/col2im faster
