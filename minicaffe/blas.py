@@ -106,13 +106,17 @@ def _row_major(x):
 # cut across the longer of the output's two sides into at most GEMM_MAX_CHUNKS
 # blocks of at least GEMM_CHUNK_MIN_SIDE rows/columns (a multiple of
 # GEMM_CHUNK_ALIGN, the BLAS kernels' width) and GEMM_CHUNK_MIN_MACS.  Each block
-# packs the shared operand again (the BLAS's own threads share it), which is why
-# blocks stay wide.
+# packs the shared operand again (the BLAS's own threads share it) and pays a
+# call: on the bench nets' products (CaffeNet's convolutions and fc6, the LSTMs,
+# LeNet's conv2), run one after another on one thread, 4 blocks took 1-10% more
+# CPU time than one call, 8 blocks 5-25%.  So at most 4: enough for 2-4 cores to
+# share a product and to even out a core that another process takes for a while
+# (on more cores a product still uses at most 4 of them).
 GEMM_SPLIT_MIN_MACS = 1 << 23
 GEMM_CHUNK_MIN_MACS = 1 << 22
 GEMM_CHUNK_MIN_SIDE = 128
 GEMM_CHUNK_ALIGN = 16
-GEMM_MAX_CHUNKS = 8
+GEMM_MAX_CHUNKS = 4
 
 
 def gemm_blocks(m, n, k):
