@@ -2,6 +2,14 @@
 
 Use it as pycaffe:  ``import minicaffe as caffe``.
 """
+import os as _os
+
+# OpenBLAS's threads spin for ~2^28 cycles after each call before they sleep.
+# minicaffe sets the BLAS to one thread (minicaffe/threads.py), so they get no
+# work; this only matters where that is impossible (threadpoolctl missing).
+# OpenBLAS reads it when it loads (before numpy is imported); a set value wins.
+_os.environ.setdefault('OPENBLAS_THREAD_TIMEOUT', '4')
+
 from .blob import Blob  # noqa: F401
 from .errors import MinicaffeError  # noqa: F401
 from .layers.base import Layer, layer_type_list  # noqa: F401

@@ -23,7 +23,8 @@ Policy (why it looks like this):
 
 ``MINICAFFE_NUM_THREADS`` (read once, at first use), the commands' ``--threads
 N`` and ``minicaffe.set_num_threads(n)`` choose n; the default is the number of
-cores the process may use, at most DEFAULT_MAX_THREADS.
+cores the process may use (divided among the MPI ranks started on the machine),
+at most DEFAULT_MAX_THREADS.
 """
 import itertools
 import logging
@@ -69,11 +70,31 @@ def available_cores():
         return os.cpu_count() or 1
 
 
+# The number of ranks an MPI launcher started on this machine (MPICH's hydra,
+# Open MPI): unbound ranks each see every core, so they share them.
+_LOCAL_RANKS_ENV = ('MPI_LOCALNRANKS', 'OMPI_COMM_WORLD_LOCAL_SIZE')
+
+
+def _local_ranks():
+    for var in _LOCAL_RANKS_ENV:
+        try:
+            return max(1, int(os.environ.get(var, '')))
+        except ValueError:
+            continue
+    return 1
+
+
+def default_num_threads():
+    """One thread per core this process may use (shared among the MPI ranks on
+    this machine), at most DEFAULT_MAX_THREADS."""
+    return max(1, min(available_cores() // _local_ranks(), DEFAULT_MAX_THREADS))
+
+
 def num_threads():
     """The number of threads minicaffe computes on (see the module docstring)."""
     if _state['n'] is None:
         n = _env_threads()
-        set_num_threads(n if n is not None else min(available_cores(), DEFAULT_MAX_THREADS))
+        set_num_threads(n if n is not None else default_num_threads())
     return _state['n']
 
 

@@ -86,11 +86,21 @@ def test_the_blas_is_limited_however_numpy_was_loaded():
 
 def test_default_is_one_thread_per_core_the_process_may_use():
     code = 'import minicaffe; print(minicaffe.get_num_threads())'
-    got = int(_subprocess(code, MINICAFFE_NUM_THREADS=None))
+    got = int(_subprocess(code, MINICAFFE_NUM_THREADS=None, MPI_LOCALNRANKS=None,
+                          OMPI_COMM_WORLD_LOCAL_SIZE=None))
     assert got == min(len(os.sched_getaffinity(0)), threads.DEFAULT_MAX_THREADS)
     # a narrower affinity (taskset) narrows the default
     code1 = 'import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); ' + code
     assert int(_subprocess(code1, MINICAFFE_NUM_THREADS=None)) == 1
+
+
+@pytest.mark.parametrize('var', threads._LOCAL_RANKS_ENV)
+def test_mpi_ranks_on_one_machine_share_its_cores(var, monkeypatch):
+    monkeypatch.setattr(threads, 'available_cores', lambda: 8)
+    monkeypatch.setenv(var, '3')
+    assert threads.default_num_threads() == 2
+    monkeypatch.setenv(var, '16')
+    assert threads.default_num_threads() == 1
 
 
 @pytest.mark.parametrize('value', ['0', '-2', 'two'])
