@@ -31,6 +31,8 @@ import logging
 import os
 import threading
 
+from .errors import MinicaffeError
+
 log = logging.getLogger('minicaffe')
 
 DEFAULT_MAX_THREADS = 8
@@ -57,7 +59,6 @@ def _env_threads():
     except ValueError:
         n = 0
     if n < 1:
-        from .errors import MinicaffeError
         raise MinicaffeError('MINICAFFE_NUM_THREADS must be a positive integer, got %r' % env)
     return n
 
@@ -108,7 +109,6 @@ def set_num_threads(n):
     per worker).  Results do not depend on n."""
     n = int(n)
     if n < 1:
-        from .errors import MinicaffeError
         raise MinicaffeError('the number of threads must be at least 1, got %d' % n)
     with _lock:
         old = _state['executor']
