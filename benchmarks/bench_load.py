@@ -17,6 +17,8 @@ Prints, per net, the best and the median iteration alone and loaded, and the
 ratio loaded/alone of the medians (and of the bests).  The target of issue 12:
 no net more than 2.5x slower loaded than alone.  Timings from a machine that
 other work also loads are noisy: alternate rounds and compare medians.
+``--checkout PATH`` measures another checkout of minicaffe with the same script
+(e.g. one from before minicaffe/threads.py, for the "before" numbers).
 """
 import argparse
 import json
@@ -28,8 +30,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+
+
+def _checkout(argv):
+    """--checkout PATH: the minicaffe to measure (default: this script's checkout)."""
+    for i, a in enumerate(argv):
+        if a == '--checkout' and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith('--checkout='):
+            return a.split('=', 1)[1]
+    return str(ROOT)
+
+
+sys.path.insert(0, os.path.abspath(_checkout(sys.argv[1:])))
 
 import minicaffe  # noqa: E402
 from minicaffe import timing  # noqa: E402
@@ -88,18 +101,26 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=None,
                    help='minicaffe.set_num_threads(N) first (default: minicaffe\'s default)')
     p.add_argument('--json', default=None, help='write the results here as JSON')
+    p.add_argument('--checkout', default=str(ROOT),
+                   help='the minicaffe checkout to measure, e.g. one from before'
+                        ' minicaffe/threads.py (default: this script\'s, %(default)s)')
     args = p.parse_args(argv)
 
     nets = [n for n in NETS if not args.net or n[0] in args.net]
     unknown = set(args.net) - set(n[0] for n in NETS)
     if unknown:
         p.error('unknown net(s) %s; choose from %s' % (sorted(unknown), [n[0] for n in NETS]))
+    # (an older --checkout, without minicaffe.threads, gives the "before" numbers)
+    has_threads = hasattr(minicaffe, 'get_num_threads')
     if args.threads is not None:
+        if not has_threads:
+            p.error('--threads: this minicaffe (%s) has no set_num_threads' % minicaffe.__file__)
         minicaffe.set_num_threads(args.threads)
-    print('minicaffe threads: %d (cores this process may use: %d); competing process: %s;'
+    threads = minicaffe.get_num_threads() if has_threads else None
+    print('minicaffe %s, threads: %s (cores this process may use: %d); competing process: %s;'
           ' %d round(s) of %d iteration(s) alone, then loaded'
-          % (minicaffe.get_num_threads(), len(os.sched_getaffinity(0)), args.load,
-             args.rounds, args.iterations))
+          % (os.path.dirname(minicaffe.__file__), threads if has_threads else 'its default',
+             len(os.sched_getaffinity(0)), args.load, args.rounds, args.iterations))
     rows = []
     for name, fname, stages, _, _, _ in nets:
         try:
@@ -140,7 +161,7 @@ def main(argv=None):
                      'yes' if r['ratio_median'] <= TARGET else 'NO'))
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump({'threads': minicaffe.get_num_threads(), 'load': args.load,
+            json.dump({'threads': threads, 'load': args.load,
                        'rounds': args.rounds, 'iterations': args.iterations, 'nets': rows},
                       f, indent=1)
     return 1 if any('error' in r for r in rows) else 0
