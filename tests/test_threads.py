@@ -48,7 +48,7 @@ def test_set_num_threads_reaches_the_pool_and_the_blas(set_threads):
     assert _blas_threads() and set(_blas_threads()) == {1}
     seen = set()
     lock = threading.Lock()
-    release = threading.Barrier(3, timeout=10)
+    release = threading.Barrier(3, timeout=60)
 
     def part(lo, hi):
         me = threading.get_ident()
