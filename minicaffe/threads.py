@@ -45,7 +45,7 @@ PARALLEL_MIN_ELEMS = 1 << 18
 PARALLEL_CHUNK_ELEMS = 1 << 17
 PARALLEL_MAX_CHUNKS = 16
 
-_state = {'n': None, 'executor': None, 'blas_warned': False}
+_state = {'n': None, 'executor': None, 'blas_warned': False, 'chosen': False}
 _lock = threading.Lock()
 _local = threading.local()
 
@@ -95,8 +95,18 @@ def num_threads():
     """The number of threads minicaffe computes on (see the module docstring)."""
     if _state['n'] is None:
         n = _env_threads()
-        set_num_threads(n if n is not None else default_num_threads())
+        _set(n if n is not None else default_num_threads())
     return _state['n']
+
+
+def share_cores(local_ranks):
+    """Where local_ranks processes (MPI ranks) share this machine's cores, each
+    computes on its share of them -- unless the thread count was chosen
+    (set_num_threads, --threads, MINICAFFE_NUM_THREADS).  Returns the count."""
+    if _state['chosen'] or _env_threads() is not None:
+        return num_threads()
+    share = available_cores() // max(1, int(local_ranks))
+    return _set(max(1, min(share, DEFAULT_MAX_THREADS)))
 
 
 def get_num_threads():
@@ -107,6 +117,12 @@ def get_num_threads():
 def set_num_threads(n):
     """Compute on n threads (minicaffe's workers; the BLAS stays at one thread
     per worker).  Results do not depend on n."""
+    n = _set(n)
+    _state['chosen'] = True
+    return n
+
+
+def _set(n):
     n = int(n)
     if n < 1:
         raise MinicaffeError('the number of threads must be at least 1, got %d' % n)

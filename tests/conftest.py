@@ -30,7 +30,7 @@ def set_threads(monkeypatch):
     test (restored afterwards); split_small also cuts work of any size into
     chunks, so that tiny test arrays take the threaded paths."""
     from minicaffe import threads
-    saved = threads.num_threads()
+    saved, chosen = threads.num_threads(), threads._state['chosen']
 
     def set_(n, split_small=False):
         if split_small:
@@ -39,3 +39,4 @@ def set_threads(monkeypatch):
         threads.set_num_threads(n)
     yield set_
     threads.set_num_threads(saved)
+    threads._state['chosen'] = chosen

@@ -94,6 +94,20 @@ def test_default_is_one_thread_per_core_the_process_may_use():
     assert int(_subprocess(code1, MINICAFFE_NUM_THREADS=None)) == 1
 
 
+def test_mpi_ranks_share_the_cores_unless_the_count_was_chosen(set_threads, monkeypatch):
+    monkeypatch.setattr(threads, 'available_cores', lambda: 8)
+    monkeypatch.delenv('MINICAFFE_NUM_THREADS', raising=False)
+    monkeypatch.setitem(threads._state, 'chosen', False)
+    assert threads.share_cores(4) == threads.num_threads() == 2
+    assert threads.share_cores(1) == 8
+    monkeypatch.setenv('MINICAFFE_NUM_THREADS', '3')
+    assert threads.share_cores(4) == 8                   # the environment chose: unchanged
+    monkeypatch.delenv('MINICAFFE_NUM_THREADS')
+    set_threads(5)                                       # --threads / set_num_threads chose
+    assert threads.share_cores(4) == 5
+    assert set(_blas_threads()) == {1}
+
+
 @pytest.mark.parametrize('var', threads._LOCAL_RANKS_ENV)
 def test_mpi_ranks_on_one_machine_share_its_cores(var, monkeypatch):
     monkeypatch.setattr(threads, 'available_cores', lambda: 8)

@@ -8,7 +8,6 @@ launcher reuses with its own communicator).
     if comm: dp = start(solver, comm)           # agree, broadcast, install hooks
 """
 import logging
-import os
 
 from ..errors import MinicaffeError
 from . import state
@@ -59,23 +58,11 @@ def join(comm, seed=None):
 
 
 def _share_cores(comm):
-    """Ranks on one node split its cores: minicaffe's worker threads and BLAS
-    threads per rank = cores / ranks on the node, unless the environment sets them."""
-    local = getattr(comm, 'ranks_on_this_node', lambda: 1)()
-    if local <= 1:
-        return
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    threads = max(1, cores // local)
-    os.environ.setdefault('MINICAFFE_NUM_THREADS', str(threads))
-    if not any(v in os.environ for v in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')):
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            return
-        threadpool_limits(limits=threads, user_api='blas')
+    """Ranks on one node split its cores: minicaffe's worker threads per rank =
+    cores / ranks on the node, unless --threads or MINICAFFE_NUM_THREADS chose
+    them (minicaffe.threads.share_cores; the BLAS stays at one thread per worker)."""
+    from ..threads import share_cores
+    share_cores(getattr(comm, 'ranks_on_this_node', lambda: 1)())
 
 
 def batch_size(net):
