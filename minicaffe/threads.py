@@ -11,14 +11,17 @@ Policy (why it looks like this):
   process may use (``os.sched_getaffinity``), the default n.  OpenBLAS's own
   threads used to spin between calls and split each GEMM statically: with one
   other busy process on a 2-core machine a single descheduled BLAS thread held
-  up every GEMM (11x slower nets); blocks pulled from a shared counter let
-  whichever thread runs take the next block instead.
+  up every GEMM (11x slower nets; benchmarks/bench_gemm.py on the busy shared
+  2-core machine: CaffeNet's per-image conv GEMMs took ~2.5 ms on one BLAS
+  thread, 40-200 ms on two); blocks pulled from a shared counter let whichever
+  thread runs take the next block instead.
 * Fixed chunks.  Work is cut into chunks whose boundaries depend only on the
   problem's size, never on the number of threads; threads take chunks in any
   order, but each chunk is computed the same way whoever takes it.  Together
   with the single-threaded BLAS (whose sums do depend on its thread count:
-  OpenBLAS 0.3.31 gives different last bits at 1 and 2 threads for most conv
-  and LSTM GEMM shapes) a run's numbers do not depend on the thread count.
+  OpenBLAS 0.3.31 gives different last bits at 1 and 2 threads for many of the
+  nets' conv and LSTM products, e.g. 128x1200 by 1200x729 or 6x1000 by
+  1000x512) a run's numbers do not depend on the thread count.
 * Waiting threads sleep (an Event), they never spin.
 
 ``MINICAFFE_NUM_THREADS`` (read once, at first use), the commands' ``--threads
