@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from . import mode as _mode
-from . import netbuild, protoio
+from . import fileio, netbuild, protoio
 from .blob import Blob
 from .errors import MinicaffeError, NetDefinitionError, WeightsError, layer_context
 from .layers.base import layer_class
@@ -722,10 +722,9 @@ def _hook_call(hook):
 def _layer_line(source, layer_name):
     """Line of `name: "<layer_name>"` in a prototxt file, or None."""
     import re
-    try:
-        with open(source, 'r', encoding='utf-8', errors='replace') as f:
-            text = f.read()
-    except OSError:
+    try:       # source may be only a net's name: never block on a FIFO it happens to name
+        text = fileio.read_bytes(source, 'prototxt').decode('utf-8', errors='replace')
+    except MinicaffeError:
         return None
     m = re.search(r'\bname\s*:\s*["\']%s["\']' % re.escape(layer_name), text)
     return text.count('\n', 0, m.start()) + 1 if m else None

@@ -29,6 +29,7 @@ import os
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from . import fileio
 from .errors import WeightsError
 from .protoio import pb
 
@@ -57,8 +58,7 @@ def load_weights(net, path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise WeightsError('weights file %s does not exist' % path)
-    if os.path.isdir(path):
-        raise WeightsError('weights file %s is a directory, not a file' % path)
+    fileio.check_regular_file(path, 'weights file', WeightsError)
     if _h5py_says_hdf5(path):
         load_hdf5(net, path)
     elif path.lower().endswith(_HDF5_SUFFIXES):
@@ -96,11 +96,7 @@ def _hint(path, raw):
 
 def read_net_param_binary(path):
     """Parse a binary NetParameter file; WeightsError naming the file if it is not one."""
-    try:
-        with open(path, 'rb') as f:
-            raw = f.read()
-    except OSError as e:
-        raise WeightsError('cannot read weights file %s: %s' % (path, e.strerror or e)) from None
+    raw = fileio.read_bytes(path, 'weights file', WeightsError)
     param = pb.NetParameter()
     try:
         param.ParseFromString(raw)
@@ -416,6 +412,8 @@ def load_hdf5(net, path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise WeightsError('weights file %s does not exist' % path)
+    # HDF5 files are not bounded by protobuf's limit; their datasets are checked against the net.
+    fileio.check_regular_file(path, 'weights file', WeightsError, limit=float('inf'))
     try:
         f = h5py.File(path, 'r')
     except (OSError, ValueError) as e:

@@ -86,8 +86,9 @@ class Layer(object):
         self.blobs = BlobList()
         self.param_propagate_down = []
         # Weights written in the prototxt/caffemodel layer itself (rare).
-        for bp in layer_param.blobs:
-            self.blobs.append(protoio.blob_from_proto(bp))
+        for i, bp in enumerate(layer_param.blobs):
+            self.blobs.append(protoio.blob_from_proto(
+                bp, '%s: blob %d written in the net' % (layer_context(layer_param), i)))
         # pycaffe Python layers read these
         self.param_str = layer_param.python_param.param_str if layer_param.HasField('python_param') else ''
 

@@ -182,7 +182,7 @@ class Solver(object):
     def _read_net_file(self, path):
         from ..net import read_net_param
         path = self._resolve(path)
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise MinicaffeError('%s: net file "%s" does not exist' % (self.source, path))
         try:
             return read_net_param(path), path
