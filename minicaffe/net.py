@@ -43,13 +43,13 @@ def read_net_param(path):
 class Net(object):
     """pycaffe-compatible Net.
 
-    ``Net(path, phase, level=0, stages=None, weights=None)`` or the legacy
-    ``Net(path, weights, phase)``; ``Net(net_param=NetParameter, phase=...)``
+    ``Net(path, phase, level=0, stages=None, weights=None, strict=False)`` or the
+    legacy ``Net(path, weights, phase)`` (``strict``: see :meth:`copy_from`); ``Net(net_param=NetParameter, phase=...)``
     builds from a message (the solver does this).
     """
 
     def __init__(self, network_file=None, *args, phase=None, level=0, stages=None,
-                 weights=None, net_param=None, source=None):
+                 weights=None, net_param=None, source=None, strict=False):
         args = list(args)
         if args and isinstance(args[0], (str, bytes, os.PathLike)):
             weights = args.pop(0)           # legacy Net(file, weights, phase)
@@ -80,7 +80,7 @@ class Net(object):
             net_param.state.stage.append(s)
         self._init(net_param)
         if weights:
-            self.copy_from(weights)
+            self.copy_from(weights, strict=strict)
 
     # ------------------------------------------------------------ building
     def _init(self, in_param):
@@ -618,10 +618,18 @@ class Net(object):
         return self._batches(blobs)
 
     # ------------------------------------------------------------ weights
-    def copy_from(self, path):
-        """Load weights from a .caffemodel (binary) or a Caffe HDF5 weights file."""
+    def copy_from(self, path, strict=False):
+        """Load weights from a .caffemodel (binary) or a Caffe HDF5 weights file.
+
+        Learnable layers the file lacks keep their fillers' values: a warning
+        names them (a file truncated at a layer boundary decodes cleanly, so only
+        this comparison with the net can tell); ``strict=True`` makes that an
+        IncompleteWeightsError before anything is copied.  Returns their names."""
         from . import weights as W
-        W.load_weights(self, os.fspath(path))
+        path = os.fspath(path)
+        missing = W.load_weights(self, path, strict)
+        W.warn_unfilled(self, missing, path)
+        return missing
 
     def copy_trained_layers_from(self, path):
         self.copy_from(path)

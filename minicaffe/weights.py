@@ -30,7 +30,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from . import fileio
-from .errors import WeightsError
+from .errors import IncompleteWeightsError, WeightsError
 from .protoio import pb
 
 log = logging.getLogger('minicaffe')
@@ -53,23 +53,76 @@ def is_hdf5_file(path):
     return _h5py_says_hdf5(path) or os.fspath(path).lower().endswith(_HDF5_SUFFIXES)
 
 
-def load_weights(net, path):
-    """Copy trained blobs from ``path`` (.caffemodel or HDF5) into ``net``."""
+def load_weights(net, path, strict=False):
+    """Copy trained blobs from ``path`` (.caffemodel or HDF5) into ``net``.
+
+    Returns the names of the net's learnable layers the file does not fill (they
+    keep their fillers' values); with ``strict`` such a file is a WeightsError
+    and nothing is copied."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise WeightsError('weights file %s does not exist' % path)
     fileio.check_regular_file(path, 'weights file', WeightsError)
     if _h5py_says_hdf5(path):
-        load_hdf5(net, path)
-    elif path.lower().endswith(_HDF5_SUFFIXES):
+        return load_hdf5(net, path, strict)
+    if path.lower().endswith(_HDF5_SUFFIXES):
         # Named like HDF5 but not HDF5: Caffe would read it as a binary proto.
         try:
-            load_caffemodel(net, path)
+            return load_caffemodel(net, path, strict)
+        except IncompleteWeightsError:
+            raise                                   # it is a caffemodel, only incomplete
         except WeightsError as e:
             raise WeightsError('weights file %s is neither a readable HDF5 file (truncated or'
                                ' corrupt?) nor a binary caffemodel (%s)' % (path, e)) from None
-    else:
-        load_caffemodel(net, path)
+    return load_caffemodel(net, path, strict)
+
+
+def unfilled_layers(net, filled_layer_ids):
+    """Names of the net's layers with learnable blobs that a weights file did not
+    fill: neither the layer itself nor, for a shared param, its owner's layer was
+    in the file.  Blobs written in the prototxt itself count as filled."""
+    filled = set(filled_layer_ids)
+    owners = net.param_owners
+    indices = net.param_layer_indices
+    covered = [lid in filled or len(net.layers[lid].layer_param.blobs) > 0 for lid, _ in indices]
+    names = []
+    for pid, (lid, _) in enumerate(indices):
+        own = owners[pid]
+        if covered[pid] or (own >= 0 and covered[own]):
+            continue
+        name = net._layer_names[lid]
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def check_unfilled(net, path, missing, strict):
+    """The strict check (a WeightsError listing the layers), run before any value is copied."""
+    if strict and missing:
+        raise IncompleteWeightsError('%s: the weights file lacks %d learnable layer(s) of net %s: %s (a file'
+                           ' truncated at a layer boundary, or weights of another net)'
+                           % (path, len(missing), net.source, ', '.join(missing)))
+
+
+def load_weight_files(net, files, log_each=None):
+    """Load several weights files in turn (Caffe's comma-separated ``--weights``);
+    one warning names the learnable layers none of them filled.  ``log_each(path)``
+    is called before each file."""
+    missing = None
+    for path in files:
+        if log_each is not None:
+            log_each(path)
+        left = load_weights(net, path)
+        missing = left if missing is None else [n for n in missing if n in left]
+    warn_unfilled(net, missing or [], ', '.join(files))
+    return missing or []
+
+
+def warn_unfilled(net, missing, what):
+    """One warning naming the layers left at their fillers after loading ``what``."""
+    if missing:
+        log.warning('%s: %d learnable layer(s) of net %s were not in the weights and keep their'
+                    ' filler values: %s', what, len(missing), net.source, ', '.join(missing))
 
 
 # ================================================================ binary
@@ -196,13 +249,15 @@ def warn_foreign_fields(param, path='<weights>', names=None):
     return found
 
 
-def copy_from_net_param(net, param, path='<weights>'):
+def copy_from_net_param(net, param, path='<weights>', strict=False):
     """Caffe's Net::CopyTrainedLayersFrom(NetParameter).  Fields a fork's
-    renumbered schema put elsewhere are ignored with a warning."""
+    renumbered schema put elsewhere are ignored with a warning.  Returns the
+    learnable layers left unfilled (see :func:`load_weights`)."""
     first = _first_layer_index(net)
     warn_foreign_fields(param, path, set(first))
     plan = []
     used = 0
+    filled = []
     for name, blobs in source_layers(param, path):
         lid = first.get(name)
         if lid is None:
@@ -233,6 +288,9 @@ def copy_from_net_param(net, param, path='<weights>'):
                                    ' diff values for it' % (path, j, name, count, n_diff))
             plan.append((tb, bp))
         used += 1
+        filled.append(lid)
+    missing = unfilled_layers(net, filled)
+    check_unfilled(net, path, missing, strict)
     if used == 0:
         log.warning('%s: no layer of the weights file matches a layer of net %s by name; nothing'
                     ' was copied', path, net.source)
@@ -245,12 +303,13 @@ def copy_from_net_param(net, param, path='<weights>'):
             tb.diff[...] = np.asarray(bp.double_diff, np.float64).reshape(tb.shape)
         elif len(bp.diff):
             tb.diff[...] = np.asarray(bp.diff, np.float32).reshape(tb.shape)
+    return missing
 
 
-def load_caffemodel(net, path):
+def load_caffemodel(net, path, strict=False):
     path = os.fspath(path)
     param = read_net_param_binary(path)
-    copy_from_net_param(net, param, path)
+    return copy_from_net_param(net, param, path, strict)
 
 
 # ---------------------------------------------------------------- writing
@@ -406,8 +465,9 @@ def save_hdf5(net, path, write_diff=False):
             os.remove(tmp)
 
 
-def load_hdf5(net, path):
-    """Caffe's Net::CopyTrainedLayersFromHDF5."""
+def load_hdf5(net, path, strict=False):
+    """Caffe's Net::CopyTrainedLayersFromHDF5; returns the learnable layers left
+    unfilled (see :func:`load_weights`)."""
     import h5py
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -422,6 +482,7 @@ def load_hdf5(net, path):
     owners = net.param_owners
     ids = _param_ids(net)
     plan = []
+    filled = []
     try:
         with f:
             data_g = f.get('data')
@@ -459,6 +520,9 @@ def load_hdf5(net, path):
                             ' parameters from scratch rather than copying from a saved net, rename'
                             ' the layer.' % (path, j, name, _fmt(ds.shape), _fmt(tb.shape)))
                     plan.append((tb, ds))
+                filled.append(lid)
+            missing = unfilled_layers(net, filled)
+            check_unfilled(net, path, missing, strict)
             values = []
             for tb, ds in plan:
                 v = np.empty(tb.shape, np.float32)
@@ -467,7 +531,8 @@ def load_hdf5(net, path):
                 values.append(v)
         for (tb, _), v in zip(plan, values):     # all read: now copy (a bad file changes nothing)
             tb.data[...] = v
+        return missing
     except (OSError, KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
-        # h5py reports a damaged file's internals with any of these
+        # (WeightsError raised above is none of these.)  h5py reports a damaged file's internals with any of these
         raise WeightsError('cannot read HDF5 weights file %s (truncated or corrupt?): %s'
                            % (path, e)) from None

@@ -193,7 +193,8 @@ def restore(solver, path):
                            ' (a solver state holds only the solver\'s history; the weights are in'
                            ' the .caffemodel written with it)' % path)
     try:
-        solver.net.copy_from(_learned_net_path(path, learned))
+        # a snapshot's weights hold every layer: a missing one means a truncated file
+        solver.net.copy_from(_learned_net_path(path, learned), strict=True)
     except MinicaffeError as e:
         raise type(e)('solver state %s: loading its learned_net: %s' % (path, e)) from None
     # Into host arrays first (all checked above, so a bad file changes nothing),
