@@ -227,6 +227,11 @@ class Net(object):
 
     def _append_top(self, lid, lp, tid, name, available):
         if name is not None and tid < len(lp.bottom) and lp.bottom[tid] == name:
+            if not layer_class(lp.type, lp).allows_in_place(lp):
+                raise NetDefinitionError(
+                    '%s: %s: this layer type does not support in-place computation (top %d "%s"'
+                    ' is its bottom %d); give the top another name'
+                    % (self.source, layer_context(lp), tid, name, tid))
             blob_id = self._blob_index[name]          # in place
         elif name is not None and name in self._blob_index:
             raise NetDefinitionError('%s: %s: top blob "%s" is produced by more than one layer'
@@ -362,6 +367,11 @@ class Net(object):
         bottom, top = self._bottom(lid), self._top(lid)
         layer.reshape(bottom, top)
         loss = 0.0
+        if _nothing_to_compute(bottom, top):
+            # Zero-size blobs (a dim of 0; Caffe's Blob allows count 0): the layer has
+            # no values to read or write, so it is not run (its code need not handle
+            # empty arrays); loss tops are never empty (a loss is one value).
+            return loss
         if _mode.is_gpu():
             _mode.run_forward(layer, bottom, top)
             for tid, w in self._loss_tops[lid]:
@@ -392,7 +402,7 @@ class Net(object):
         for lid in range(start, end - 1, -1):
             for hook in before:
                 hook(lid)
-            if self.layer_need_backward[lid]:
+            if self.layer_need_backward[lid] and not _nothing_to_compute(self._bottom(lid), self._top(lid)):
                 _mode.run_backward(self.layers[lid], self._top(lid), self.bottom_need_backward[lid],
                                    self._bottom(lid))
                 if self.debug_info:
@@ -736,6 +746,13 @@ def _layer_line(source, layer_name):
         return None
     m = re.search(r'\bname\s*:\s*["\']%s["\']' % re.escape(layer_name), text)
     return text.count('\n', 0, m.start()) + 1 if m else None
+
+
+def _nothing_to_compute(bottom, top):
+    """True when a layer's blobs hold no values at all: it has tops, and every top
+    and bottom is zero-size.  Its forward writes nothing and its backward adds
+    nothing (param gradients are sums over the empty items)."""
+    return bool(top) and all(b.count == 0 for b in top) and all(b.count == 0 for b in bottom)
 
 
 def _asum_mean(a):

@@ -78,6 +78,17 @@ class Layer(object):
     equal_num_bottom_top = False
     auto_top_blobs = False       # loss layers: the net adds a missing top
     is_loss = False              # loss layers get loss_weight 1 on top 0 by default
+    # May top i be bottom i (a top named like its bottom)?  Caffe's rule: only where
+    # the layer supports it; the Net refuses in-place use of any other layer type.
+    # True only where forward and backward give the same numbers in place
+    # (tests/test_layer_sweeps.py checks every type).
+    supports_in_place = False
+
+    @classmethod
+    def allows_in_place(cls, layer_param):
+        """Whether this layer, as configured, may run in place (default: the class's
+        ``supports_in_place``; a type whose support depends on its parameters overrides it)."""
+        return cls.supports_in_place
 
     def __init__(self, layer_param, phase=None):
         from .. import protoio

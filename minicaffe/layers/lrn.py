@@ -48,6 +48,7 @@ class LRNLayer(Layer):
                 dx = p dy + 2 x AVE-pool-backward(da)
     shapes:   x (N, C, H, W) -> y (N, C, H, W)
     """
+    supports_in_place = True
     exact_num_bottom = 1
     exact_num_top = 1
 

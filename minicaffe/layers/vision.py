@@ -231,6 +231,12 @@ class BaseConvolutionLayer(Layer):
             self.check(b.shape == shape, 'All inputs must have the same shape (%s vs %s)'
                        % (shape, b.shape))
         in_sp = shape[ax + 1:]
+        # A batch of 0 images runs (nothing to compute); 0 channels would make the
+        # weights empty (Caffe's fillers refuse them) and an empty image has no
+        # windows: both are refused here, before anything is sized from them.
+        self.check(shape[ax] > 0 and all(d > 0 for d in in_sp),
+                   'input shape %s has 0 channels or an empty spatial axis; only the batch'
+                   ' (axis %d) may be 0' % (shape, ax - 1 if ax else 0))
         out_sp = self.compute_output_shape(in_sp)
         self.check(all(o > 0 for o in out_sp),
                    'output size %s is not positive for input %s (kernel %s, pad %s, stride %s,'
