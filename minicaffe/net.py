@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from . import mode as _mode
-from . import fileio, netbuild, protoio
+from . import fileio, memory, netbuild, protoio
 from .blob import Blob
 from .errors import MinicaffeError, NetDefinitionError, WeightsError, layer_context
 from .layers.base import layer_class
@@ -120,6 +120,7 @@ class Net(object):
         self.params_lr, self.params_weight_decay = [], []
         self.has_params_lr, self.has_params_decay = [], []
         self.param_display_names = []
+        self._workspace_bytes = []            # per layer: its scratch arrays (memory.estimate)
         available = collections.OrderedDict()
 
         for lid, lp_net in enumerate(param.layer):
@@ -141,6 +142,7 @@ class Net(object):
         self._output_ids = [self._blob_index[n] for n in sorted(available)]
         self._share_weights()
         self._layer_index = {n: i for i, n in enumerate(self._layer_names)}
+        memory.check_net(self, NetDefinitionError)
 
     def _add_layer(self, lid, lp_net, available):
         src = self.source
@@ -255,12 +257,21 @@ class Net(object):
         try:
             layer.setup(bottom, top)
             layer.reshape(bottom, top)
+            scratch = layer.workspace_shapes(bottom, top)
         except MinicaffeError:
             raise
-        except (ValueError, IndexError, TypeError, AssertionError, ZeroDivisionError) as e:
+        except (ValueError, IndexError, TypeError, AssertionError, ZeroDivisionError, MemoryError) as e:
             shapes = ', '.join(str(b.shape) for b in bottom)
             raise NetDefinitionError('%s: %s: setup failed for bottom shapes [%s]: %s'
-                                     % (self.source, layer_context(lp), shapes, e)) from None
+                                     % (self.source, layer_context(lp), shapes,
+                                        e if str(e) else type(e).__name__)) from None
+        nbytes = 0
+        for what, shape, dtype in scratch:      # sizes from params (pad, local_size...) checked
+            problem = memory.array_problem(shape, dtype, what)
+            if problem:
+                raise NetDefinitionError('%s: %s: %s' % (self.source, layer_context(lp), problem))
+            nbytes += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        self._workspace_bytes.append(nbytes)
         # Loss weights (Caffe's SetLossWeights; loss layers default to 1 on top 0).
         weights = list(lp.loss_weight)
         if not weights and layer.is_loss:
@@ -386,13 +397,25 @@ class Net(object):
             self._log_forward(lid)
         return loss
 
+    def _out_of_memory(self, lid, what):
+        """A MinicaffeError for a MemoryError in a layer (the set-up estimate could
+        not see it: other processes took the memory, or a layer's scratch is larger)."""
+        est = memory.estimate(self)
+        return MinicaffeError('%s: %s: out of memory in %s (the net was estimated at %.2f GiB at'
+                              ' set-up; other processes may hold the rest): free memory or use'
+                              ' smaller inputs' % (self.source, layer_context(self.layers[lid].layer_param),
+                                                   what, est['total'] / float(1 << 30)))
+
     def forward_from_to(self, start, end):
         loss = 0.0
         before, after = self._hooks['before_forward'], self._hooks['after_forward']
         for lid in range(start, end + 1):
             for hook in before:
                 hook(lid)
-            loss += self._forward_layer(lid)
+            try:
+                loss += self._forward_layer(lid)
+            except MemoryError:
+                raise self._out_of_memory(lid, 'forward') from None
             for hook in after:
                 hook(lid)
         return loss
@@ -403,8 +426,11 @@ class Net(object):
             for hook in before:
                 hook(lid)
             if self.layer_need_backward[lid] and not _nothing_to_compute(self._bottom(lid), self._top(lid)):
-                _mode.run_backward(self.layers[lid], self._top(lid), self.bottom_need_backward[lid],
-                                   self._bottom(lid))
+                try:
+                    _mode.run_backward(self.layers[lid], self._top(lid), self.bottom_need_backward[lid],
+                                       self._bottom(lid))
+                except MemoryError:
+                    raise self._out_of_memory(lid, 'backward') from None
                 if self.debug_info:
                     self._log_backward(lid)
             for hook in after:

@@ -136,6 +136,14 @@ class Layer(object):
         if any(propagate_down):
             raise self.error('this layer type cannot backpropagate to its inputs')
 
+    def workspace_shapes(self, bottom, top):
+        """[(what, shape, dtype)]: the largest scratch arrays forward/backward
+        allocate beside the blobs, for the shapes set by the last reshape.  The
+        Net checks each against the per-array limits at set-up (so a huge pad or
+        local_size is refused naming the layer, before anything is allocated)
+        and counts the largest in its memory estimate."""
+        return []
+
     def check_blob_counts(self, bottom, top):
         nb, nt = len(bottom), len(top)
 

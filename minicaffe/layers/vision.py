@@ -270,6 +270,16 @@ class BaseConvolutionLayer(Layer):
         budget = COL_CACHE_CHUNK_BYTES if self.per_image else COL_CHUNK_BYTES
         self.chunk = max(1, budget // max(self.col_bytes, 1))
 
+    def workspace_shapes(self, bottom, top):
+        # at least one image's columns and one zero-padded image (batches of them
+        # where they fit the cache budgets)
+        padded = tuple(n + 2 * p for n, p in zip(self.conv_in_sp, self.pad))
+        return [('the im2col columns of one image (kernel %s, dilation %s, pad %s)'
+                 % (self.kernel, self.dilation, self.pad),
+                 (self.group * self.kernel_dim, self.conv_out_dim), _f),
+                ('one zero-padded image (pad %s)' % (self.pad,),
+                 (self.conv_in_channels,) + padded, _f)]
+
     # -- the column matrix of the whole batch: (G, K, B*P) ------------------
     def _chunks(self):
         for b0 in range(0, self.num, self.chunk):
