@@ -142,7 +142,7 @@ def test_hdf5_source_list_and_listed_files(tmp_path, not_a_file):
     listing = tmp_path / 'list.txt'
     listing.write_text(not_a_file + '\n')
     path.write_text(net(listing))
-    with pytest.raises(DataSourceError, match='layer "d"'):
+    with pytest.raises(DataSourceError, match=r'layer "d".*HDF5 file \(listed in .*list\.txt\) .*' + KIND):
         caffe.Net(str(path), caffe.TRAIN)
 
 

@@ -165,10 +165,13 @@ class HDF5DataLayer(Layer):
         self.source = p.source
         self.filenames = _read_h5_list(p.source, ctx)
         for name in self.filenames:
-            if not os.path.isfile(name):
+            if not os.path.exists(name):
                 raise DataSourceError('%s: HDF5 file "%s" (listed in %s) does not exist (relative'
                                       ' paths are resolved against the current directory %s)'
                                       % (ctx, name, p.source, os.getcwd()))
+            # h5py would block on a FIFO; HDF5 files may exceed protobuf's limit
+            fileio.check_regular_file(name, '%s: HDF5 file (listed in %s)' % (ctx, p.source),
+                                      DataSourceError, limit=float('inf'))
         self.top_names = list(lp.top)
         self.file_perm = np.arange(len(self.filenames))
         if self.shuffle:
