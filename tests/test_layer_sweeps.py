@@ -2,6 +2,7 @@
 bottoms and in-place use end either in correct results or in a MinicaffeError
 naming the layer -- never another exception.  The configurations are in
 tests/layer_cases.py."""
+import contextlib
 import warnings
 
 import numpy as np
@@ -14,6 +15,13 @@ from minicaffe.layers.base import layer_class, layer_type_list
 from minicaffe.protoio import pb
 
 import layer_cases as LC
+from gpu_support import gpu_mode
+
+
+@pytest.fixture(params=['cpu', 'gpu'])
+def run_mode(request):
+    """Each sweep runs on the CPU and in GPU mode (the fake_cupy stand-in in CI)."""
+    return gpu_mode if request.param == 'gpu' else contextlib.nullcontext
 
 
 def test_the_cases_cover_every_registered_layer_type():
@@ -58,11 +66,12 @@ def test_must_run_names_real_variants():
 
 @pytest.mark.parametrize('type_name, variant, shapes', zero_variants(),
                          ids=['%s-%s' % (t, v) for t, v, _ in zero_variants()])
-def test_zero_size_bottom_runs_or_is_refused_naming_the_layer(tmp_path, type_name, variant, shapes):
+def test_zero_size_bottom_runs_or_is_refused_naming_the_layer(tmp_path, run_mode, type_name, variant,
+                                                              shapes):
     if shapes is None:
         pytest.skip('%s reads no bottoms (its zero-size tops are covered by test_zero_size_tops)'
                     % type_name)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), run_mode():
         warnings.simplefilter('ignore')
         try:
             net = LC.make_net(type_name, shapes, tmp=tmp_path)
@@ -137,7 +146,12 @@ def test_layers_without_bottoms_or_tops_have_nothing_to_run_in_place():
 
 
 @pytest.mark.parametrize('type_name', IN_PLACE_TYPES)
-def test_in_place_is_correct_or_refused_at_construction(tmp_path, type_name):
+def test_in_place_is_correct_or_refused_at_construction(tmp_path, run_mode, type_name):
+    with run_mode():
+        _check_in_place(tmp_path, type_name)
+
+
+def _check_in_place(tmp_path, type_name):
     case = LC.CASES[type_name]
     cls = layer_class(type_name)
     lp = protoio.parse_text(LC.layer_text(type_name, [], [], case.param), pb.NetParameter()).layer[0]
