@@ -44,8 +44,8 @@ class Net(object):
     """pycaffe-compatible Net.
 
     ``Net(path, phase, level=0, stages=None, weights=None, strict=False)`` or the
-    legacy ``Net(path, weights, phase)`` (``strict``: see :meth:`copy_from`); ``Net(net_param=NetParameter, phase=...)``
-    builds from a message (the solver does this).
+    legacy ``Net(path, weights, phase)`` (``strict``: see :meth:`copy_from`);
+    ``Net(net_param=NetParameter, phase=...)`` builds from a message (the solver does this).
     """
 
     def __init__(self, network_file=None, *args, phase=None, level=0, stages=None,

@@ -4,7 +4,9 @@ ToProto and ToHDF5).
 Binary ``.caffemodel`` (a NetParameter whose layers carry ``blobs``):
   * source layers are matched to the net's layers by name (the first net
     layer of that name); source layers the net lacks are skipped, net layers
-    the file lacks keep their values;
+    the file lacks keep their values -- named in one warning, or an
+    IncompleteWeightsError with ``strict`` (a file truncated at a layer
+    boundary decodes cleanly: only this comparison with the net can tell);
   * a matched layer must have the same number of blobs, each of the same shape
     (legacy 4-D num/channels/height/width are right-aligned: 1x1xMxK fits an
     (M, K) blob) and holding shape-many values (``data`` or ``double_data``);
@@ -62,7 +64,8 @@ def load_weights(net, path, strict=False):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise WeightsError('weights file %s does not exist' % path)
-    fileio.check_regular_file(path, 'weights file', WeightsError)
+    # (HDF5 files may pass protobuf's 2 GB; a binary caffemodel is bounded when it is read)
+    fileio.check_regular_file(path, 'weights file', WeightsError, limit=float('inf'))
     if _h5py_says_hdf5(path):
         return load_hdf5(net, path, strict)
     if path.lower().endswith(_HDF5_SUFFIXES):
@@ -99,9 +102,9 @@ def unfilled_layers(net, filled_layer_ids):
 def check_unfilled(net, path, missing, strict):
     """The strict check (a WeightsError listing the layers), run before any value is copied."""
     if strict and missing:
-        raise IncompleteWeightsError('%s: the weights file lacks %d learnable layer(s) of net %s: %s (a file'
-                           ' truncated at a layer boundary, or weights of another net)'
-                           % (path, len(missing), net.source, ', '.join(missing)))
+        raise IncompleteWeightsError('%s: the weights file lacks %d learnable layer(s) of net %s: %s'
+                                     ' (a file truncated at a layer boundary, or weights of another net)'
+                                     % (path, len(missing), net.source, ', '.join(missing)))
 
 
 def load_weight_files(net, files, log_each=None):
