@@ -35,6 +35,8 @@ def build(text, inp=INPUT, phase=caffe.TRAIN):
     ('type: "LRN" lrn_param { local_size: 100001 norm_region: WITHIN_CHANNEL }',
      r'zero-padded squares \(local_size 100001\).*more than Caffe allows'),
     ('type: "Im2col" convolution_param { kernel_size: 3 pad: 30000 }', 'more than Caffe allows'),
+    ('type: "Im2col" convolution_param { kernel_size: 3 dilation: 30000 pad: 30000 }',
+     r'the zero-padded input \(pad \(30000, 30000\)\).*more than Caffe allows'),
     ('type: "InnerProduct" inner_product_param { num_output: 2000000000 }', 'more than Caffe allows'),
     ('type: "Tile" tile_param { tiles: 2000000000 }', 'more than Caffe allows'),
     ('type: "Embed" embed_param { input_dim: 4000000000 num_output: 10 }', 'more than Caffe allows'),

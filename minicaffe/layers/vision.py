@@ -793,6 +793,11 @@ class Im2colLayer(Layer):
         self.channels = shape[ax]
         top[0].reshape(shape[:ax] + (shape[ax] * _prod(self.kernel),) + tuple(out))
 
+    def workspace_shapes(self, bottom, top):
+        in_sp = bottom[0].shape[self.channel_axis + 1:]
+        return [('the zero-padded input (pad %s)' % (self.pad,),
+                 (self.num * self.channels,) + tuple(n + 2 * p for n, p in zip(in_sp, self.pad)), _f)]
+
     def _col_shape(self):
         return (self.num, self.channels) + self.kernel + tuple(self.out)
 
