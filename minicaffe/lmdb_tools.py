@@ -133,8 +133,11 @@ def iterate_db(db_path):
     lmdb = _lmdb()
     if not os.path.exists(db_path):
         raise DataSourceError('database %s does not exist' % db_path)
+    subdir = os.path.isdir(db_path)
+    fileio.check_regular_file(os.path.join(db_path, 'data.mdb') if subdir else db_path,
+                              'LMDB data file', DataSourceError, limit=float('inf'))
     try:
-        env = lmdb.open(db_path, readonly=True, lock=False, subdir=os.path.isdir(db_path), create=False)
+        env = lmdb.open(db_path, readonly=True, lock=False, subdir=subdir, create=False)
     except lmdb.Error as e:
         raise DataSourceError('%s is not a readable LMDB database: %s' % (db_path, e)) from None
     try:

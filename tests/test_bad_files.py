@@ -156,6 +156,16 @@ def test_mean_file_and_image_list_from_a_non_file(tmp_path, not_a_file):
             parse_image_list(not_a_file)
 
 
+def test_lmdb_source_that_is_not_a_file(tmp_path, not_a_file):
+    if os.path.isdir(not_a_file):
+        pytest.skip('a directory is an LMDB folder (without data.mdb: its own error)')
+    path = tmp_path / 'db.prototxt'
+    path.write_text('layer { name: "d" type: "Data" top: "data" top: "label" data_param {'
+                    ' source: "%s" batch_size: 1 backend: LMDB } }' % not_a_file)
+    with pytest.raises(DataSourceError, match='layer "d".*LMDB data file .*' + KIND):
+        caffe.Net(str(path), caffe.TRAIN)
+
+
 @pytest.mark.parametrize('argv', [
     ['test', '--model', '{bad}', '--weights', '{w}'],
     ['test', '--model', '{net}', '--weights', '{bad}'],

@@ -352,6 +352,9 @@ def _open_lmdb(source, ctx):
         raise DataSourceError('%s: reading LMDB source %s needs the "lmdb" package'
                               ' (pip install lmdb)' % (ctx, source)) from None
     subdir = os.path.isdir(source)
+    # LMDB opens its data file blocking: a FIFO (or /dev/zero) would hang it
+    fileio.check_regular_file(os.path.join(source, 'data.mdb') if subdir else source,
+                              '%s: LMDB data file' % ctx, DataSourceError, limit=float('inf'))
     try:
         st = os.stat(os.path.join(source, 'data.mdb') if subdir else source)
         key = (st.st_dev, st.st_ino)         # a database recreated at the same path is a new one
