@@ -36,6 +36,7 @@ import os
 import numpy as np
 
 from .errors import MinicaffeError
+from .fileio import check_regular_file
 
 DEFAULT_DIR = 'prototxt/lrcn/caption'
 
@@ -275,6 +276,7 @@ def _load_inputs(captioner, inputs, limit=None):
     for p in inputs:
         if not os.path.exists(p):
             raise MinicaffeError('image %s does not exist' % p)
+        check_regular_file(p, 'input', limit=float('inf'))
         if p.endswith(('.h5', '.hdf5')):
             with h5py.File(p, 'r') as f:
                 if 'data' not in f:

@@ -22,6 +22,11 @@ class WeightsError(MinicaffeError):
     """A weights/snapshot/mean file that is missing, corrupt or does not fit the net."""
 
 
+class IncompleteWeightsError(WeightsError):
+    """A weights file that fits the net but lacks some of its learnable layers,
+    loaded with ``strict=True`` (or a snapshot, which must hold every layer)."""
+
+
 class DataSourceError(MinicaffeError):
     """A data layer whose source is missing or unreadable."""
 

@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 
+from . import fileio
 from .errors import DataSourceError, MinicaffeError
 from .progress import progress
 from .protoio import pb, write_binary_atomic
@@ -56,8 +57,7 @@ def image_to_datum(path, label, resize_height=0, resize_width=0, is_color=True, 
         ext = os.path.splitext(path)[1].lower().lstrip('.')
         same_ext = ext == encoding.lower() or {ext, encoding.lower()} == {'jpg', 'jpeg'}
         if (img.shape[2] == 3) == bool(is_color) and not resize_height and not resize_width and same_ext:
-            with open(path, 'rb') as f:
-                datum.data = f.read()
+            datum.data = fileio.read_bytes(path, 'image file', DataSourceError)
         else:
             datum.data = encode_image(img, encoding)
         datum.encoded = True
@@ -133,8 +133,11 @@ def iterate_db(db_path):
     lmdb = _lmdb()
     if not os.path.exists(db_path):
         raise DataSourceError('database %s does not exist' % db_path)
+    subdir = os.path.isdir(db_path)
+    fileio.check_regular_file(os.path.join(db_path, 'data.mdb') if subdir else db_path,
+                              'LMDB data file', DataSourceError, limit=float('inf'))
     try:
-        env = lmdb.open(db_path, readonly=True, lock=False, subdir=os.path.isdir(db_path), create=False)
+        env = lmdb.open(db_path, readonly=True, lock=False, subdir=subdir, create=False)
     except lmdb.Error as e:
         raise DataSourceError('%s is not a readable LMDB database: %s' % (db_path, e)) from None
     try:

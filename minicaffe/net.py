@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from . import mode as _mode
-from . import netbuild, protoio
+from . import fileio, memory, netbuild, protoio
 from .blob import Blob
 from .errors import MinicaffeError, NetDefinitionError, WeightsError, layer_context
 from .layers.base import layer_class
@@ -43,13 +43,13 @@ def read_net_param(path):
 class Net(object):
     """pycaffe-compatible Net.
 
-    ``Net(path, phase, level=0, stages=None, weights=None)`` or the legacy
-    ``Net(path, weights, phase)``; ``Net(net_param=NetParameter, phase=...)``
-    builds from a message (the solver does this).
+    ``Net(path, phase, level=0, stages=None, weights=None, strict=False)`` or the
+    legacy ``Net(path, weights, phase)`` (``strict``: see :meth:`copy_from`);
+    ``Net(net_param=NetParameter, phase=...)`` builds from a message (the solver does this).
     """
 
     def __init__(self, network_file=None, *args, phase=None, level=0, stages=None,
-                 weights=None, net_param=None, source=None):
+                 weights=None, net_param=None, source=None, strict=False):
         args = list(args)
         if args and isinstance(args[0], (str, bytes, os.PathLike)):
             weights = args.pop(0)           # legacy Net(file, weights, phase)
@@ -80,7 +80,7 @@ class Net(object):
             net_param.state.stage.append(s)
         self._init(net_param)
         if weights:
-            self.copy_from(weights)
+            self.copy_from(weights, strict=strict)
 
     # ------------------------------------------------------------ building
     def _init(self, in_param):
@@ -120,6 +120,7 @@ class Net(object):
         self.params_lr, self.params_weight_decay = [], []
         self.has_params_lr, self.has_params_decay = [], []
         self.param_display_names = []
+        self._workspace_bytes = []            # per layer: its scratch arrays (memory.estimate)
         available = collections.OrderedDict()
 
         for lid, lp_net in enumerate(param.layer):
@@ -141,6 +142,7 @@ class Net(object):
         self._output_ids = [self._blob_index[n] for n in sorted(available)]
         self._share_weights()
         self._layer_index = {n: i for i, n in enumerate(self._layer_names)}
+        memory.check_net(self, NetDefinitionError)
 
     def _add_layer(self, lid, lp_net, available):
         src = self.source
@@ -227,6 +229,11 @@ class Net(object):
 
     def _append_top(self, lid, lp, tid, name, available):
         if name is not None and tid < len(lp.bottom) and lp.bottom[tid] == name:
+            if not layer_class(lp.type, lp).allows_in_place(lp):
+                raise NetDefinitionError(
+                    '%s: %s: this layer type does not support in-place computation (top %d "%s"'
+                    ' is its bottom %d); give the top another name'
+                    % (self.source, layer_context(lp), tid, name, tid))
             blob_id = self._blob_index[name]          # in place
         elif name is not None and name in self._blob_index:
             raise NetDefinitionError('%s: %s: top blob "%s" is produced by more than one layer'
@@ -250,12 +257,21 @@ class Net(object):
         try:
             layer.setup(bottom, top)
             layer.reshape(bottom, top)
+            scratch = layer.workspace_shapes(bottom, top)
         except MinicaffeError:
             raise
-        except (ValueError, IndexError, TypeError, AssertionError, ZeroDivisionError) as e:
+        except (ValueError, IndexError, TypeError, AssertionError, ZeroDivisionError, MemoryError) as e:
             shapes = ', '.join(str(b.shape) for b in bottom)
             raise NetDefinitionError('%s: %s: setup failed for bottom shapes [%s]: %s'
-                                     % (self.source, layer_context(lp), shapes, e)) from None
+                                     % (self.source, layer_context(lp), shapes,
+                                        e if str(e) else type(e).__name__)) from None
+        nbytes = 0
+        for what, shape, dtype in scratch:      # sizes from params (pad, local_size...) checked
+            problem = memory.array_problem(shape, dtype, what)
+            if problem:
+                raise NetDefinitionError('%s: %s: %s' % (self.source, layer_context(lp), problem))
+            nbytes += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        self._workspace_bytes.append(nbytes)
         # Loss weights (Caffe's SetLossWeights; loss layers default to 1 on top 0).
         weights = list(lp.loss_weight)
         if not weights and layer.is_loss:
@@ -362,6 +378,11 @@ class Net(object):
         bottom, top = self._bottom(lid), self._top(lid)
         layer.reshape(bottom, top)
         loss = 0.0
+        if _nothing_to_compute(bottom, top):
+            # Zero-size blobs (a dim of 0; Caffe's Blob allows count 0): the layer has
+            # no values to read or write, so it is not run (its code need not handle
+            # empty arrays); loss tops are never empty (a loss is one value).
+            return loss
         if _mode.is_gpu():
             _mode.run_forward(layer, bottom, top)
             for tid, w in self._loss_tops[lid]:
@@ -376,13 +397,25 @@ class Net(object):
             self._log_forward(lid)
         return loss
 
+    def _out_of_memory(self, lid, what):
+        """A MinicaffeError for a MemoryError in a layer (the set-up estimate could
+        not see it: other processes took the memory, or a layer's scratch is larger)."""
+        est = memory.estimate(self)
+        return MinicaffeError('%s: %s: out of memory in %s (the net was estimated at %.2f GiB at'
+                              ' set-up; other processes may hold the rest): free memory or use'
+                              ' smaller inputs' % (self.source, layer_context(self.layers[lid].layer_param),
+                                                   what, est['total'] / float(1 << 30)))
+
     def forward_from_to(self, start, end):
         loss = 0.0
         before, after = self._hooks['before_forward'], self._hooks['after_forward']
         for lid in range(start, end + 1):
             for hook in before:
                 hook(lid)
-            loss += self._forward_layer(lid)
+            try:
+                loss += self._forward_layer(lid)
+            except MemoryError:
+                raise self._out_of_memory(lid, 'forward') from None
             for hook in after:
                 hook(lid)
         return loss
@@ -392,9 +425,12 @@ class Net(object):
         for lid in range(start, end - 1, -1):
             for hook in before:
                 hook(lid)
-            if self.layer_need_backward[lid]:
-                _mode.run_backward(self.layers[lid], self._top(lid), self.bottom_need_backward[lid],
-                                   self._bottom(lid))
+            if self.layer_need_backward[lid] and not _nothing_to_compute(self._bottom(lid), self._top(lid)):
+                try:
+                    _mode.run_backward(self.layers[lid], self._top(lid), self.bottom_need_backward[lid],
+                                       self._bottom(lid))
+                except MemoryError:
+                    raise self._out_of_memory(lid, 'backward') from None
                 if self.debug_info:
                     self._log_backward(lid)
             for hook in after:
@@ -618,10 +654,18 @@ class Net(object):
         return self._batches(blobs)
 
     # ------------------------------------------------------------ weights
-    def copy_from(self, path):
-        """Load weights from a .caffemodel (binary) or a Caffe HDF5 weights file."""
+    def copy_from(self, path, strict=False):
+        """Load weights from a .caffemodel (binary) or a Caffe HDF5 weights file.
+
+        Learnable layers the file lacks keep their fillers' values: a warning
+        names them (a file truncated at a layer boundary decodes cleanly, so only
+        this comparison with the net can tell); ``strict=True`` makes that an
+        IncompleteWeightsError before anything is copied.  Returns their names."""
         from . import weights as W
-        W.load_weights(self, os.fspath(path))
+        path = os.fspath(path)
+        missing = W.load_weights(self, path, strict)
+        W.warn_unfilled(self, missing, path)
+        return missing
 
     def copy_trained_layers_from(self, path):
         self.copy_from(path)
@@ -722,13 +766,19 @@ def _hook_call(hook):
 def _layer_line(source, layer_name):
     """Line of `name: "<layer_name>"` in a prototxt file, or None."""
     import re
-    try:
-        with open(source, 'r', encoding='utf-8', errors='replace') as f:
-            text = f.read()
-    except OSError:
+    try:       # source may be only a net's name: never block on a FIFO it happens to name
+        text = fileio.read_bytes(source, 'prototxt').decode('utf-8', errors='replace')
+    except MinicaffeError:
         return None
     m = re.search(r'\bname\s*:\s*["\']%s["\']' % re.escape(layer_name), text)
     return text.count('\n', 0, m.start()) + 1 if m else None
+
+
+def _nothing_to_compute(bottom, top):
+    """True when a layer's blobs hold no values at all: it has tops, and every top
+    and bottom is zero-size.  Its forward writes nothing and its backward adds
+    nothing (param gradients are sums over the empty items)."""
+    return bool(top) and all(b.count == 0 for b in top) and all(b.count == 0 for b in bottom)
 
 
 def _asum_mean(a):

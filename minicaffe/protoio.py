@@ -11,6 +11,7 @@ import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
+from . import fileio
 from .blob import Blob, DTYPE, _checked_shape
 from .errors import MinicaffeError, PrototxtError, WeightsError
 from .proto import caffe_pb2
@@ -38,11 +39,9 @@ def parse_text(text, message, source='<string>'):
 
 def read_text(path, message_cls):
     path = os.fspath(path)
+    raw = fileio.read_bytes(path, 'prototxt', MinicaffeError)
     try:
-        with open(path, 'r', encoding='utf-8') as f:
-            text = f.read()
-    except OSError as e:
-        raise MinicaffeError('cannot read %s: %s' % (path, e.strerror or e)) from None
+        text = raw.decode('utf-8').replace('\r\n', '\n').replace('\r', '\n')
     except UnicodeDecodeError:
         raise PrototxtError('%s: not a text prototxt (binary content)' % path) from None
     return parse_text(text, message_cls(), path)
@@ -50,11 +49,7 @@ def read_text(path, message_cls):
 
 def read_binary(path, message_cls, what='file'):
     path = os.fspath(path)
-    try:
-        with open(path, 'rb') as f:
-            raw = f.read()
-    except OSError as e:
-        raise WeightsError('cannot read %s %s: %s' % (what, path, e.strerror or e)) from None
+    raw = fileio.read_bytes(path, what, WeightsError)
     msg = message_cls()
     try:
         msg.ParseFromString(raw)
@@ -98,8 +93,14 @@ def blob_proto_shape(bp):
 
 
 def blob_proto_array(bp, source='blob'):
-    """Values of a BlobProto as a float32 array of its shape."""
-    shape = _checked_shape(blob_proto_shape(bp))
+    """Values of a BlobProto as a float32 array of its shape.  Every blob read from
+    a file comes through here: the shape is checked (no negative dims, at most
+    Caffe's INT_MAX elements, within the per-blob memory cap) and the number of
+    stored values must match it, before anything is allocated."""
+    try:
+        shape = _checked_shape(blob_proto_shape(bp))
+    except ValueError as e:
+        raise WeightsError('%s: %s' % (source, e)) from None
     count = int(np.prod(shape, dtype=np.int64)) if shape else (len(bp.data) or len(bp.double_data))
     if len(bp.double_data):
         vals = np.asarray(bp.double_data, dtype=np.float64).astype(DTYPE)
@@ -111,8 +112,8 @@ def blob_proto_array(bp, source='blob'):
     return vals.reshape(shape) if shape else vals
 
 
-def blob_from_proto(bp):
-    arr = blob_proto_array(bp)
+def blob_from_proto(bp, source='blob'):
+    arr = blob_proto_array(bp, source)
     b = Blob(arr.shape)
     b.data[...] = arr
     if len(bp.diff) == arr.size:

@@ -187,8 +187,8 @@ def build_net(model, phase='TRAIN', level=0, stages=(), weights=None):
     net = Net(model, TRAIN if str(phase).upper() == 'TRAIN' else TEST,
               level=level, stages=list(stages or []))
     if weights:
-        for w in str(weights).split(','):
-            net.copy_from(w)
+        from .weights import load_weight_files
+        load_weight_files(net, [w for w in str(weights).split(',') if w])
     return net
 
 

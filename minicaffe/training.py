@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from .errors import DataSourceError, MinicaffeError
+from .fileio import check_regular_file
 from .solvers import Solver, SolverAction
 from .solvers.snapshot import newest
 
@@ -246,8 +247,9 @@ def _read_param(args):
     """The solver file with Caffe's `caffe train` edits: --stage/--level into
     train_state, --weights replacing the file's `weights`, --snapshot clearing them."""
     from .solvers import read_solver_param
-    if not os.path.isfile(args.solver):
+    if not os.path.exists(args.solver):
         raise MinicaffeError('solver file %s does not exist' % args.solver)
+    check_regular_file(args.solver, 'solver file')
     param = read_solver_param(args.solver)
     if args.level is not None:
         param.train_state.level = args.level

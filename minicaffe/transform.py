@@ -25,6 +25,7 @@ import os
 
 import numpy as np
 
+from . import fileio
 from .errors import DataSourceError, MinicaffeError
 from .protoio import pb
 
@@ -113,11 +114,7 @@ def read_image(path, height=0, width=0, is_color=True):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataSourceError('could not open or find image file %s' % path)
-    try:
-        with open(path, 'rb') as f:
-            raw = f.read()
-    except OSError as e:
-        raise DataSourceError('cannot read image file %s: %s' % (path, e.strerror or e)) from None
+    raw = fileio.read_bytes(path, 'image file', DataSourceError)
     img = decode_image(raw, bool(is_color), what='image file %s' % path)
     if height > 0 and width > 0:
         try:
@@ -209,13 +206,9 @@ def load_mean_file(path):
     """A mean .binaryproto as a float32 (C, H, W) array (Caffe's Blob::FromProto)."""
     from .protoio import blob_proto_array
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise DataSourceError('mean file %s does not exist' % path)
-    try:
-        with open(path, 'rb') as f:
-            raw = f.read()
-    except OSError as e:
-        raise DataSourceError('cannot read mean file %s: %s' % (path, e.strerror or e)) from None
+    raw = fileio.read_bytes(path, 'mean file', DataSourceError)
     bp = pb.BlobProto()
     try:
         bp.ParseFromString(raw)

@@ -14,6 +14,7 @@ import os
 
 from google.protobuf import text_format
 
+from . import fileio
 from .errors import MinicaffeError, PrototxtError
 from .protoio import parse_text, pb, read_binary, write_binary_atomic, write_bytes_atomic
 
@@ -48,11 +49,7 @@ def upgrade_solver_param(param, source='<solver>'):
 def upgrade_file(in_path, out_path):
     """Upgrade ``in_path`` into ``out_path``; returns 'net', 'solver' or 'binary net'."""
     in_path, out_path = os.fspath(in_path), os.fspath(out_path)
-    try:
-        with open(in_path, 'rb') as f:
-            raw = f.read()
-    except OSError as e:
-        raise MinicaffeError('cannot read %s: %s' % (in_path, e.strerror or e)) from None
+    raw = fileio.read_bytes(in_path, 'input file', MinicaffeError)
     if not _is_text(raw):
         param = read_binary(in_path, pb.NetParameter, 'binary net (caffemodel)')
         upgrade_net_param(param, in_path)

@@ -28,6 +28,7 @@ import os
 import numpy as np
 
 from .errors import MinicaffeError
+from .fileio import check_regular_file
 
 log = logging.getLogger('minicaffe')
 
@@ -169,6 +170,7 @@ def read_frames(path):
             raise MinicaffeError('%s: no frame images (.png/.jpg/.bmp/.ppm) in this folder' % path)
         return np.stack([np.asarray(Image.open(os.path.join(path, n)).convert('RGB')) for n in names])
     if path.endswith('.npy'):
+        check_regular_file(path, 'frames file', limit=float('inf'))
         return np.load(path)
     raise MinicaffeError('%s: expected a videos .h5, a .npy of frames or a folder of frame images'
                          % path)
@@ -188,6 +190,7 @@ def _load_inputs(args):
     path = args.input
     if path.endswith(('.h5', '.hdf5')):
         import h5py
+        check_regular_file(path, 'videos file', limit=float('inf'))
         try:
             f = h5py.File(path, 'r')
         except OSError as e:

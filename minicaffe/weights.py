@@ -4,7 +4,9 @@ ToProto and ToHDF5).
 Binary ``.caffemodel`` (a NetParameter whose layers carry ``blobs``):
   * source layers are matched to the net's layers by name (the first net
     layer of that name); source layers the net lacks are skipped, net layers
-    the file lacks keep their values;
+    the file lacks keep their values -- named in one warning, or an
+    IncompleteWeightsError with ``strict`` (a file truncated at a layer
+    boundary decodes cleanly: only this comparison with the net can tell);
   * a matched layer must have the same number of blobs, each of the same shape
     (legacy 4-D num/channels/height/width are right-aligned: 1x1xMxK fits an
     (M, K) blob) and holding shape-many values (``data`` or ``double_data``);
@@ -29,7 +31,8 @@ import os
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from .errors import WeightsError
+from . import fileio
+from .errors import IncompleteWeightsError, WeightsError
 from .protoio import pb
 
 log = logging.getLogger('minicaffe')
@@ -52,24 +55,77 @@ def is_hdf5_file(path):
     return _h5py_says_hdf5(path) or os.fspath(path).lower().endswith(_HDF5_SUFFIXES)
 
 
-def load_weights(net, path):
-    """Copy trained blobs from ``path`` (.caffemodel or HDF5) into ``net``."""
+def load_weights(net, path, strict=False):
+    """Copy trained blobs from ``path`` (.caffemodel or HDF5) into ``net``.
+
+    Returns the names of the net's learnable layers the file does not fill (they
+    keep their fillers' values); with ``strict`` such a file is a WeightsError
+    and nothing is copied."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise WeightsError('weights file %s does not exist' % path)
-    if os.path.isdir(path):
-        raise WeightsError('weights file %s is a directory, not a file' % path)
+    # (HDF5 files may pass protobuf's 2 GB; a binary caffemodel is bounded when it is read)
+    fileio.check_regular_file(path, 'weights file', WeightsError, limit=float('inf'))
     if _h5py_says_hdf5(path):
-        load_hdf5(net, path)
-    elif path.lower().endswith(_HDF5_SUFFIXES):
+        return load_hdf5(net, path, strict)
+    if path.lower().endswith(_HDF5_SUFFIXES):
         # Named like HDF5 but not HDF5: Caffe would read it as a binary proto.
         try:
-            load_caffemodel(net, path)
+            return load_caffemodel(net, path, strict)
+        except IncompleteWeightsError:
+            raise                                   # it is a caffemodel, only incomplete
         except WeightsError as e:
             raise WeightsError('weights file %s is neither a readable HDF5 file (truncated or'
                                ' corrupt?) nor a binary caffemodel (%s)' % (path, e)) from None
-    else:
-        load_caffemodel(net, path)
+    return load_caffemodel(net, path, strict)
+
+
+def unfilled_layers(net, filled_layer_ids):
+    """Names of the net's layers with learnable blobs that a weights file did not
+    fill: neither the layer itself nor, for a shared param, its owner's layer was
+    in the file.  Blobs written in the prototxt itself count as filled."""
+    filled = set(filled_layer_ids)
+    owners = net.param_owners
+    indices = net.param_layer_indices
+    covered = [lid in filled or len(net.layers[lid].layer_param.blobs) > 0 for lid, _ in indices]
+    names = []
+    for pid, (lid, _) in enumerate(indices):
+        own = owners[pid]
+        if covered[pid] or (own >= 0 and covered[own]):
+            continue
+        name = net._layer_names[lid]
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def check_unfilled(net, path, missing, strict):
+    """The strict check (a WeightsError listing the layers), run before any value is copied."""
+    if strict and missing:
+        raise IncompleteWeightsError('%s: the weights file lacks %d learnable layer(s) of net %s: %s'
+                                     ' (a file truncated at a layer boundary, or weights of another net)'
+                                     % (path, len(missing), net.source, ', '.join(missing)))
+
+
+def load_weight_files(net, files, log_each=None):
+    """Load several weights files in turn (Caffe's comma-separated ``--weights``);
+    one warning names the learnable layers none of them filled.  ``log_each(path)``
+    is called before each file."""
+    missing = None
+    for path in files:
+        if log_each is not None:
+            log_each(path)
+        left = load_weights(net, path)
+        missing = left if missing is None else [n for n in missing if n in left]
+    warn_unfilled(net, missing or [], ', '.join(files))
+    return missing or []
+
+
+def warn_unfilled(net, missing, what):
+    """One warning naming the layers left at their fillers after loading ``what``."""
+    if missing:
+        log.warning('%s: %d learnable layer(s) of net %s were not in the weights and keep their'
+                    ' filler values: %s', what, len(missing), net.source, ', '.join(missing))
 
 
 # ================================================================ binary
@@ -96,11 +152,7 @@ def _hint(path, raw):
 
 def read_net_param_binary(path):
     """Parse a binary NetParameter file; WeightsError naming the file if it is not one."""
-    try:
-        with open(path, 'rb') as f:
-            raw = f.read()
-    except OSError as e:
-        raise WeightsError('cannot read weights file %s: %s' % (path, e.strerror or e)) from None
+    raw = fileio.read_bytes(path, 'weights file', WeightsError)
     param = pb.NetParameter()
     try:
         param.ParseFromString(raw)
@@ -200,13 +252,15 @@ def warn_foreign_fields(param, path='<weights>', names=None):
     return found
 
 
-def copy_from_net_param(net, param, path='<weights>'):
+def copy_from_net_param(net, param, path='<weights>', strict=False):
     """Caffe's Net::CopyTrainedLayersFrom(NetParameter).  Fields a fork's
-    renumbered schema put elsewhere are ignored with a warning."""
+    renumbered schema put elsewhere are ignored with a warning.  Returns the
+    learnable layers left unfilled (see :func:`load_weights`)."""
     first = _first_layer_index(net)
     warn_foreign_fields(param, path, set(first))
     plan = []
     used = 0
+    filled = []
     for name, blobs in source_layers(param, path):
         lid = first.get(name)
         if lid is None:
@@ -237,6 +291,9 @@ def copy_from_net_param(net, param, path='<weights>'):
                                    ' diff values for it' % (path, j, name, count, n_diff))
             plan.append((tb, bp))
         used += 1
+        filled.append(lid)
+    missing = unfilled_layers(net, filled)
+    check_unfilled(net, path, missing, strict)
     if used == 0:
         log.warning('%s: no layer of the weights file matches a layer of net %s by name; nothing'
                     ' was copied', path, net.source)
@@ -249,12 +306,13 @@ def copy_from_net_param(net, param, path='<weights>'):
             tb.diff[...] = np.asarray(bp.double_diff, np.float64).reshape(tb.shape)
         elif len(bp.diff):
             tb.diff[...] = np.asarray(bp.diff, np.float32).reshape(tb.shape)
+    return missing
 
 
-def load_caffemodel(net, path):
+def load_caffemodel(net, path, strict=False):
     path = os.fspath(path)
     param = read_net_param_binary(path)
-    copy_from_net_param(net, param, path)
+    return copy_from_net_param(net, param, path, strict)
 
 
 # ---------------------------------------------------------------- writing
@@ -410,12 +468,15 @@ def save_hdf5(net, path, write_diff=False):
             os.remove(tmp)
 
 
-def load_hdf5(net, path):
-    """Caffe's Net::CopyTrainedLayersFromHDF5."""
+def load_hdf5(net, path, strict=False):
+    """Caffe's Net::CopyTrainedLayersFromHDF5; returns the learnable layers left
+    unfilled (see :func:`load_weights`)."""
     import h5py
     path = os.fspath(path)
     if not os.path.exists(path):
         raise WeightsError('weights file %s does not exist' % path)
+    # HDF5 files are not bounded by protobuf's limit; their datasets are checked against the net.
+    fileio.check_regular_file(path, 'weights file', WeightsError, limit=float('inf'))
     try:
         f = h5py.File(path, 'r')
     except (OSError, ValueError) as e:
@@ -424,6 +485,7 @@ def load_hdf5(net, path):
     owners = net.param_owners
     ids = _param_ids(net)
     plan = []
+    filled = []
     try:
         with f:
             data_g = f.get('data')
@@ -461,6 +523,9 @@ def load_hdf5(net, path):
                             ' parameters from scratch rather than copying from a saved net, rename'
                             ' the layer.' % (path, j, name, _fmt(ds.shape), _fmt(tb.shape)))
                     plan.append((tb, ds))
+                filled.append(lid)
+            missing = unfilled_layers(net, filled)
+            check_unfilled(net, path, missing, strict)
             values = []
             for tb, ds in plan:
                 v = np.empty(tb.shape, np.float32)
@@ -469,7 +534,8 @@ def load_hdf5(net, path):
                 values.append(v)
         for (tb, _), v in zip(plan, values):     # all read: now copy (a bad file changes nothing)
             tb.data[...] = v
+        return missing
     except (OSError, KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
-        # h5py reports a damaged file's internals with any of these
+        # (WeightsError raised above is none of these.)  h5py reports a damaged file's internals with any of these
         raise WeightsError('cannot read HDF5 weights file %s (truncated or corrupt?): %s'
                            % (path, e)) from None

@@ -373,7 +373,10 @@ def build_targets(workdir):
     if solver is not None:
         for h in solver.history:
             h[...] = np.random.default_rng(0).standard_normal(h.shape)
-        state = pb.SolverState(iter=7, current_step=1)
+        # a state names its weights (learned_net; restore refuses one without)
+        learned = workdir / 'tiny_iter_7.caffemodel'
+        solver.net.save(str(learned))
+        state = pb.SolverState(iter=7, current_step=1, learned_net=str(learned))
         for h in solver.history:
             bp = state.history.add()
             bp.shape.dim.extend(h.shape)
@@ -392,7 +395,7 @@ def build_targets(workdir):
         import h5py
         with h5py.File(str(h5state), 'w') as f:
             f.create_dataset('iter', data=np.array([7], np.int32))
-            f.create_dataset('learned_net', data=np.bytes_(b''))
+            f.create_dataset('learned_net', data=np.bytes_(str(learned).encode()))
             f.create_dataset('current_step', data=np.array([1], np.int32))
             g = f.create_group('history')
             for i, h in enumerate(solver.history):

@@ -78,6 +78,17 @@ class Layer(object):
     equal_num_bottom_top = False
     auto_top_blobs = False       # loss layers: the net adds a missing top
     is_loss = False              # loss layers get loss_weight 1 on top 0 by default
+    # May top i be bottom i (a top named like its bottom)?  Caffe's rule: only where
+    # the layer supports it; the Net refuses in-place use of any other layer type.
+    # True only where forward and backward give the same numbers in place
+    # (tests/test_layer_sweeps.py checks every type).
+    supports_in_place = False
+
+    @classmethod
+    def allows_in_place(cls, layer_param):
+        """Whether this layer, as configured, may run in place (default: the class's
+        ``supports_in_place``; a type whose support depends on its parameters overrides it)."""
+        return cls.supports_in_place
 
     def __init__(self, layer_param, phase=None):
         from .. import protoio
@@ -86,8 +97,9 @@ class Layer(object):
         self.blobs = BlobList()
         self.param_propagate_down = []
         # Weights written in the prototxt/caffemodel layer itself (rare).
-        for bp in layer_param.blobs:
-            self.blobs.append(protoio.blob_from_proto(bp))
+        for i, bp in enumerate(layer_param.blobs):
+            self.blobs.append(protoio.blob_from_proto(
+                bp, '%s: blob %d written in the net' % (layer_context(layer_param), i)))
         # pycaffe Python layers read these
         self.param_str = layer_param.python_param.param_str if layer_param.HasField('python_param') else ''
 
@@ -123,6 +135,14 @@ class Layer(object):
     def backward(self, top, propagate_down, bottom):
         if any(propagate_down):
             raise self.error('this layer type cannot backpropagate to its inputs')
+
+    def workspace_shapes(self, bottom, top):
+        """[(what, shape, dtype)]: the largest scratch arrays forward/backward
+        allocate beside the blobs, for the shapes set by the last reshape.  The
+        Net checks each against the per-array limits at set-up (so a huge pad or
+        local_size is refused naming the layer, before anything is allocated)
+        and counts the largest in its memory estimate."""
+        return []
 
     def check_blob_counts(self, bottom, top):
         nb, nt = len(bottom), len(top)

@@ -262,6 +262,7 @@ class SoftmaxLayer(Layer):
     top:    y = exp(x - max_c x) / sum_c exp(x - max_c x), same shape
     backward: dx = (dy - sum_c(dy * y)) * y
     """
+    supports_in_place = True
     exact_num_bottom = 1
     exact_num_top = 1
 

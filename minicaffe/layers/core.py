@@ -35,6 +35,7 @@ class InputLayer(Layer):
 
 @register_layer('Split')
 class SplitLayer(Layer):
+    supports_in_place = True
     exact_num_bottom = 1
     min_num_top = 1
 

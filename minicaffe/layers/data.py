@@ -39,6 +39,7 @@ import os
 
 import numpy as np
 
+from .. import fileio
 from ..blob import _checked_shape
 from ..errors import DataSourceError, MinicaffeError, layer_context
 from ..fillers import fill
@@ -132,12 +133,7 @@ def _read_h5_list(source, ctx):
         raise DataSourceError('%s: HDF5 file list (hdf5_data_param.source) "%s" does not exist'
                               ' (relative paths are resolved against the current directory %s)'
                               % (ctx, source, os.getcwd()))
-    try:
-        with open(source, 'r', encoding='utf-8') as f:
-            names = f.read().split()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataSourceError('%s: cannot read HDF5 file list "%s": %s'
-                              % (ctx, source, getattr(e, 'strerror', None) or e)) from None
+    names = fileio.read_text(source, '%s: HDF5 file list' % ctx, DataSourceError).split()
     if not names:
         raise DataSourceError('%s: HDF5 file list "%s" lists no files' % (ctx, source))
     return names
@@ -169,10 +165,13 @@ class HDF5DataLayer(Layer):
         self.source = p.source
         self.filenames = _read_h5_list(p.source, ctx)
         for name in self.filenames:
-            if not os.path.isfile(name):
+            if not os.path.exists(name):
                 raise DataSourceError('%s: HDF5 file "%s" (listed in %s) does not exist (relative'
                                       ' paths are resolved against the current directory %s)'
                                       % (ctx, name, p.source, os.getcwd()))
+            # h5py would block on a FIFO; HDF5 files may exceed protobuf's limit
+            fileio.check_regular_file(name, '%s: HDF5 file (listed in %s)' % (ctx, p.source),
+                                      DataSourceError, limit=float('inf'))
         self.top_names = list(lp.top)
         self.file_perm = np.arange(len(self.filenames))
         if self.shuffle:

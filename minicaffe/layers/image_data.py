@@ -49,6 +49,7 @@ import weakref
 
 import numpy as np
 
+from .. import fileio
 from ..blob import _checked_shape
 from ..errors import DataSourceError, MinicaffeError, NetDefinitionError, layer_context
 from ..parallel import state as parallel_state
@@ -198,13 +199,9 @@ def _positive_batch(ctx, batch_size):
 # ============================================================ ImageData
 def parse_image_list(source):
     """"path label" lines of an image list, split at the last space (Caffe's rule)."""
-    if not os.path.isfile(source):
+    if not os.path.exists(source):
         raise DataSourceError('image list (image_data_param.source) %s does not exist' % source)
-    try:
-        with open(source, 'rb') as f:
-            raw = f.read()
-    except OSError as e:
-        raise DataSourceError('cannot read image list %s: %s' % (source, e.strerror or e)) from None
+    raw = fileio.read_bytes(source, 'image list', DataSourceError)
     text = raw.decode('utf-8', errors='surrogateescape')
     lines = []
     for lineno, line in enumerate(text.split('\n'), 1):
@@ -355,6 +352,9 @@ def _open_lmdb(source, ctx):
         raise DataSourceError('%s: reading LMDB source %s needs the "lmdb" package'
                               ' (pip install lmdb)' % (ctx, source)) from None
     subdir = os.path.isdir(source)
+    # LMDB opens its data file blocking: a FIFO (or /dev/zero) would hang it
+    fileio.check_regular_file(os.path.join(source, 'data.mdb') if subdir else source,
+                              '%s: LMDB data file' % ctx, DataSourceError, limit=float('inf'))
     try:
         st = os.stat(os.path.join(source, 'data.mdb') if subdir else source)
         key = (st.st_dev, st.st_ino)         # a database recreated at the same path is a new one
@@ -547,13 +547,10 @@ def parse_window_file(source, root_folder, fg_threshold, bg_threshold, ctx):
 
     A window is (image index, label, overlap, x1, y1, x2, y2).
     """
-    if not os.path.isfile(source):
+    if not os.path.exists(source):
         raise DataSourceError('%s: window file (window_data_param.source) %s does not exist' % (ctx, source))
-    try:
-        with open(source, 'rb') as f:
-            text = f.read().decode('utf-8', errors='surrogateescape')
-    except OSError as e:
-        raise DataSourceError('%s: cannot read window file %s: %s' % (ctx, source, e.strerror or e)) from None
+    text = fileio.read_bytes(source, '%s: window file' % ctx, DataSourceError).decode(
+        'utf-8', errors='surrogateescape')
     tokens = []
     for lineno, line in enumerate(text.splitlines(), 1):
         tokens.extend((t, lineno) for t in line.split())
@@ -653,12 +650,7 @@ class _WindowLoader(object):
         self.cache = {}
         if wp.cache_images:
             for path, _ in self.images:
-                try:
-                    with open(path, 'rb') as f:
-                        self.cache[path] = f.read()
-                except OSError as e:
-                    raise DataSourceError('%s: could not open or find file %s: %s'
-                                          % (ctx, path, e.strerror or e)) from None
+                self.cache[path] = fileio.read_bytes(path, '%s: image file' % ctx, DataSourceError)
         for path, _ in self.images:
             if path not in self.cache and not os.path.isfile(path):
                 raise DataSourceError('%s: could not open or find image file %s (listed in %s)'

@@ -42,6 +42,14 @@ def _scalar(arr):
     return float(np.asarray(arr).reshape(-1)[0])
 
 
+def _per_item(total, num):
+    """total / num in floating point, as Caffe's Dtype division by the batch size:
+    an empty batch (num = 0; Caffe's Blob allows it) gives NaN or inf, not an
+    exception."""
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return np.float64(total) / np.float64(num)
+
+
 def _cupy():
     from ..gpu.backend import cupy_module
     return cupy_module()
@@ -181,6 +189,8 @@ class SoftmaxWithLossLayer(_LossBase):
                    ' N*H*W, with integer values in {0, 1, ..., C-1}; got prediction shape %s'
                    ' (axis %d: %d predictions) and label shape %s (%d labels)'
                    % (x.shape, self.axis, self.outer * self.inner, bottom[1].shape, bottom[1].count))
+        self.check(self.C > 0 or bottom[1].count == 0, 'the softmax axis %d of prediction shape %s has'
+                   ' no classes, so no label can be scored' % (self.axis, x.shape))
         if len(top) >= 2:
             top[1].reshape(x.shape)
 
@@ -291,14 +301,14 @@ class EuclideanLossLayer(_LossBase):
     def forward(self, bottom, top):
         self.diff = (bottom[0].data.reshape(-1) - bottom[1].data.reshape(-1)).astype(DTYPE)
         dot = np.dot(self.diff.astype(np.float64), self.diff.astype(np.float64))
-        top[0].data[...] = dot / bottom[0].shape[0] / 2.0
+        top[0].data[...] = _per_item(dot, bottom[0].shape[0]) / 2.0
 
     def backward(self, top, propagate_down, bottom):
         w = _scalar(top[0].diff)
         for i in (0, 1):
             if propagate_down[i]:
                 sign = 1.0 if i == 0 else -1.0
-                alpha = DTYPE(sign * w / bottom[i].shape[0])
+                alpha = DTYPE(_per_item(sign * w, bottom[i].shape[0]))
                 bottom[i].diff[...] = (alpha * self.diff).reshape(bottom[i].shape)
 
     # -- GPU -------------------------------------------------------------------------
@@ -516,7 +526,7 @@ class ContrastiveLossLayer(_LossBase):
             dist = np.maximum(self.margin - np.sqrt(self.dist_sq), DTYPE(0))
             dissim = dist * dist
         per = np.where(self.sim, self.dist_sq, dissim)
-        top[0].data[...] = per.sum(dtype=np.float64) / n / 2.0
+        top[0].data[...] = _per_item(per.sum(dtype=np.float64), n) / 2.0
 
     def backward(self, top, propagate_down, bottom):
         self.refuse_label_backward(propagate_down, (2,))
@@ -524,7 +534,7 @@ class ContrastiveLossLayer(_LossBase):
         for i in (0, 1):
             if not propagate_down[i]:
                 continue
-            alpha = DTYPE((1.0 if i == 0 else -1.0) * w / bottom[i].shape[0])
+            alpha = DTYPE(_per_item((1.0 if i == 0 else -1.0) * w, bottom[i].shape[0]))
             if self.legacy_version:
                 mdist = self.margin - self.dist_sq
                 beta = np.full(self.num, -alpha, DTYPE)

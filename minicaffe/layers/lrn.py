@@ -6,7 +6,8 @@ from ..blob import DTYPE
 from ..im2col import in_blocks, parallel_for, workspace
 from ..protoio import pb
 from .base import Layer, register_layer
-from .pooling import PoolGeometry, ave_pool_backward, ave_pool_forward, pooled_shape
+from .pooling import (PoolGeometry, ave_pool_backward, ave_pool_forward, padded_input_workspace,
+                      pooled_shape)
 
 _f = DTYPE
 
@@ -48,6 +49,7 @@ class LRNLayer(Layer):
                 dx = p dy + 2 x AVE-pool-backward(da)
     shapes:   x (N, C, H, W) -> y (N, C, H, W)
     """
+    supports_in_place = True
     exact_num_bottom = 1
     exact_num_top = 1
 
@@ -77,6 +79,15 @@ class LRNLayer(Layer):
             self._geom_key = s[2:]
         if top[0] is not bottom[0]:
             top[0].reshape(s)
+
+    def workspace_shapes(self, bottom, top):
+        s = bottom[0].shape
+        if self.region == pb.LRNParameter.WITHIN_CHANNEL:
+            return [padded_input_workspace(s, self.geom, 'the zero-padded squares (local_size %d)'
+                                           % self.size)]
+        # the squares in channels zero-padded by local_size - 1, in float64 (_across_forward)
+        return [('the channel-padded squares (local_size %d)' % self.size,
+                 (s[0], s[1] + self.size - 1, s[2] * s[3]), np.float64)]
 
     # ---------------------------------------------------------------- across
     def _across_forward(self, x, y, scale, powed):

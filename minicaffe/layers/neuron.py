@@ -37,14 +37,9 @@ class NeuronLayer(Layer):
     """Base of the elementwise layers: top has the bottom's shape."""
     exact_num_bottom = 1
     exact_num_top = 1
-    allow_in_place = True
+    supports_in_place = True      # as in Caffe (the Net refuses in-place use where False)
 
     def setup(self, bottom, top):
-        if not self.allow_in_place:
-            self.check(top[0] is not bottom[0],
-                       'does not allow in-place computation (use a top name different'
-                       ' from the bottom name "%s")' % (self.layer_param.bottom[0]
-                                                       if len(self.layer_param.bottom) else ''))
         self.neuron_setup(bottom, top)
 
     def neuron_setup(self, bottom, top):
@@ -318,7 +313,7 @@ class AbsValLayer(NeuronLayer):
     backward: dx = sign(x) * dy   (sign(0) = 0)
     shapes:   x (any) -> y (same)
     """
-    allow_in_place = False
+    supports_in_place = False
 
     def forward(self, bottom, top):
         np.abs(bottom[0].data, out=top[0].data)

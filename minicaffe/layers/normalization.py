@@ -72,6 +72,7 @@ class BatchNormLayer(Layer):
         dx = (dy - mean(dy) - mean(dy * y) * y) / sqrt(var + eps)
       global statistics: dx = dy / sqrt(var + eps)
     """
+    supports_in_place = True
     exact_num_bottom = 1
     exact_num_top = 1
 
@@ -182,6 +183,7 @@ class BiasLayer(Layer):
     backward: dx = dy; db = sum of dy over the outer and inner axes (accumulated
               into a learned b, assigned to a bottom b).
     """
+    supports_in_place = True
     min_num_bottom = 1
     max_num_bottom = 2
     exact_num_top = 1
@@ -258,6 +260,7 @@ class ScaleLayer(Layer):
     dy * x is staged in bottom[0]'s diff, which therefore holds it when x needs no
     gradient.
     """
+    supports_in_place = True
     min_num_bottom = 1
     max_num_bottom = 2
     exact_num_top = 1
@@ -375,6 +378,7 @@ class MVNLayer(Layer):
     backward: normalize_variance: dx = (dy - mean(dy) - y * mean(dy * y)) / (std + eps)
               otherwise:          dx = dy - mean(dy)
     """
+    supports_in_place = True
     exact_num_bottom = 1
     exact_num_top = 1
 

@@ -49,6 +49,14 @@ def pooled_shape(in_hw, kernel, stride, pad, ceil_mode=True):
     return tuple(out)
 
 
+def padded_input_workspace(shape, geom, what='the zero-padded input'):
+    """(what, shape, dtype) of the padded copy of an (N, C, H, W) input that the
+    windows are views of (for Layer.workspace_shapes)."""
+    (pt, pb_), (pl, pr) = geom.padding
+    return ('%s (pad %s, kernel %s)' % (what, geom.pad, geom.kernel),
+            (shape[0] * shape[1], shape[2] + pt + pb_, shape[3] + pl + pr), _f)
+
+
 class PoolGeometry(object):
     """Kernel/stride/pad/output of a 2-D pooling over the last two axes."""
 
@@ -316,6 +324,9 @@ class PoolingLayer(Layer):
         shape = s[:2] + self.geom.out
         for t in top:
             t.reshape(shape)
+
+    def workspace_shapes(self, bottom, top):
+        return [padded_input_workspace(bottom[0].shape, self.geom)]
 
     def forward(self, bottom, top):
         if self.method == STOCHASTIC:

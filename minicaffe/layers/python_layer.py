@@ -75,6 +75,7 @@ class PythonLayer(Layer):
 
     forward/backward/shapes: whatever the user class computes.
     """
+    supports_in_place = True      # the user's code decides, as in Caffe
 
     def __new__(cls, layer_param, phase=None):
         user_cls = _user_class(layer_param)

@@ -58,9 +58,6 @@ class FlattenLayer(Layer):
     exact_num_bottom = 1
     exact_num_top = 1
 
-    def setup(self, bottom, top):
-        self.check(top[0] is not bottom[0], 'does not allow in-place computation')
-
     def reshape(self, bottom, top):
         p = self.layer_param.flatten_param
         s = bottom[0].shape
@@ -92,7 +89,6 @@ class ReshapeLayer(Layer):
     exact_num_top = 1
 
     def setup(self, bottom, top):
-        self.check(top[0] is not bottom[0], 'does not allow in-place computation')
         dims = list(self.layer_param.reshape_param.shape.dim)
         self.copy_axes = [i for i, d in enumerate(dims) if d == 0]
         inferred = [i for i, d in enumerate(dims) if d == -1]
@@ -331,9 +327,15 @@ class EltwiseLayer(Layer):
                     Ties: bottom 1 wins a tie with bottom 0; a later bottom must be
                     strictly greater to win.
     shapes:   x_i (any, all equal) -> y (same)
+    In place (top named like bottom 0) for SUM and MAX; PROD's gradient needs x_0.
     """
     min_num_bottom = 2
     exact_num_top = 1
+    supports_in_place = True
+
+    @classmethod
+    def allows_in_place(cls, layer_param):
+        return layer_param.eltwise_param.operation != pb.EltwiseParameter.PROD
 
     def setup(self, bottom, top):
         p = self.layer_param.eltwise_param

@@ -231,6 +231,12 @@ class BaseConvolutionLayer(Layer):
             self.check(b.shape == shape, 'All inputs must have the same shape (%s vs %s)'
                        % (shape, b.shape))
         in_sp = shape[ax + 1:]
+        # A batch of 0 images runs (nothing to compute); 0 channels would make the
+        # weights empty (Caffe's fillers refuse them) and an empty image has no
+        # windows: both are refused here, before anything is sized from them.
+        self.check(shape[ax] > 0 and all(d > 0 for d in in_sp),
+                   'input shape %s has 0 channels or an empty spatial axis; only the batch'
+                   ' (axis %d) may be 0' % (shape, ax - 1 if ax else 0))
         out_sp = self.compute_output_shape(in_sp)
         self.check(all(o > 0 for o in out_sp),
                    'output size %s is not positive for input %s (kernel %s, pad %s, stride %s,'
@@ -263,6 +269,16 @@ class BaseConvolutionLayer(Layer):
         # last-level cache between im2col and the GEMMs that read them.
         budget = COL_CACHE_CHUNK_BYTES if self.per_image else COL_CHUNK_BYTES
         self.chunk = max(1, budget // max(self.col_bytes, 1))
+
+    def workspace_shapes(self, bottom, top):
+        # at least one image's columns and one zero-padded image (batches of them
+        # where they fit the cache budgets)
+        padded = tuple(n + 2 * p for n, p in zip(self.conv_in_sp, self.pad))
+        return [('the im2col columns of one image (kernel %s, dilation %s, pad %s)'
+                 % (self.kernel, self.dilation, self.pad),
+                 (self.group * self.kernel_dim, self.conv_out_dim), _f),
+                ('one zero-padded image (pad %s)' % (self.pad,),
+                 (self.conv_in_channels,) + padded, _f)]
 
     # -- the column matrix of the whole batch: (G, K, B*P) ------------------
     def _chunks(self):
@@ -776,6 +792,11 @@ class Im2colLayer(Layer):
         self.num = _prod(shape[:ax])
         self.channels = shape[ax]
         top[0].reshape(shape[:ax] + (shape[ax] * _prod(self.kernel),) + tuple(out))
+
+    def workspace_shapes(self, bottom, top):
+        in_sp = bottom[0].shape[self.channel_axis + 1:]
+        return [('the zero-padded input (pad %s)' % (self.pad,),
+                 (self.num * self.channels,) + tuple(n + 2 * p for n, p in zip(in_sp, self.pad)), _f)]
 
     def _col_shape(self):
         return (self.num, self.channels) + self.kernel + tuple(self.out)

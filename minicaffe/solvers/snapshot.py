@@ -17,7 +17,8 @@ import re
 import h5py
 import numpy as np
 
-from .. import protoio
+from .. import fileio, protoio
+from ..blob import _checked_shape
 from ..errors import MinicaffeError, WeightsError
 from ..protoio import pb
 
@@ -92,40 +93,110 @@ def _learned_net_path(state_path, learned):
     return alt if os.path.exists(alt) else learned
 
 
+# What Caffe's SnapshotSolverState always writes (iter, learned_net, current_step and
+# one history blob per learnable param): a state without one of them is truncated
+# or was not written by a solver, and restoring it would resume silently wrong.
+_REQUIRED = ('iter', 'learned_net', 'current_step')
+
+
+def _h5_int(f, path, name):
+    """The first element of the integer dataset ``name``, read alone (a damaged
+    file may declare any size)."""
+    ds = f.get(name)
+    if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in 'iu' or ds.size < 1:
+        raise WeightsError('%s is not a valid HDF5 solver state: "%s" is not an integer dataset'
+                           % (path, name))
+    return int(ds[()] if ds.ndim == 0 else ds[(0,) * ds.ndim])
+
+
+def _h5_string(f, path, name):
+    ds = f.get(name)
+    if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in 'SOU' or ds.size != 1:
+        raise WeightsError('%s is not a valid HDF5 solver state: "%s" is not a string' % (path, name))
+    value = ds[()] if ds.ndim == 0 else ds[(0,) * ds.ndim]
+    return value.decode('utf-8', 'replace') if isinstance(value, bytes) else str(value)
+
+
+def _read_state_hdf5(path, want):
+    """(iter, learned_net, current_step, history arrays); each history dataset's
+    shape is checked (and must hold as many values as ``want[i]``) before it is read."""
+    with h5py.File(path, 'r') as f:
+        missing = [k for k in _REQUIRED + ('history',) if k not in f]
+        if missing:
+            raise WeightsError('%s is not a complete solver state: it lacks %s (Caffe always writes'
+                               ' iter, learned_net, current_step and history; truncated?)'
+                               % (path, ', '.join(missing)))
+        it, step = _h5_int(f, path, 'iter'), _h5_int(f, path, 'current_step')
+        learned = _h5_string(f, path, 'learned_net')
+        g = f['history']
+        if not isinstance(g, h5py.Group):
+            raise WeightsError('%s is not a valid HDF5 solver state: "history" is not a group' % path)
+        _check_history_count(path, len(g), want)
+        hist = []
+        for i, dst in enumerate(want):
+            ds = g.get(str(i))
+            if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in 'fiu':
+                raise WeightsError('%s: history/%d is not a numeric dataset' % (path, i))
+            try:
+                shape = _checked_shape(ds.shape)
+            except ValueError as e:
+                raise WeightsError('%s: history blob %d: %s' % (path, i, e)) from None
+            _check_history_size(path, i, int(np.prod(shape, dtype=np.int64)), dst)
+            arr = np.empty(shape, np.float32)
+            if arr.size:
+                ds.read_direct(arr)
+            hist.append(arr)
+    return it, learned, step, hist
+
+
+def _check_history_count(path, n, want):
+    if n != len(want):
+        raise WeightsError('%s holds %d history blobs but this solver on this net needs %d'
+                           ' (snapshot from another solver type or net?)' % (path, n, len(want)))
+
+
+def _check_history_size(path, i, n, dst):
+    if n != dst.size:
+        raise WeightsError('%s: history blob %d has %d values, expected %d (shape %s)'
+                           % (path, i, n, dst.size, dst.shape))
+
+
 def restore(solver, path):
     if not os.path.exists(path):
         raise WeightsError('solver state %s does not exist' % path)
+    fileio.check_regular_file(path, 'solver state', WeightsError,
+                              limit=float('inf') if path.endswith('.h5') else None)
+    want = solver.history
     if path.endswith('.h5'):
         try:
-            with h5py.File(path, 'r') as f:
-                it = int(np.asarray(f['iter'][()]).ravel()[0])
-                learned = f['learned_net'][()] if 'learned_net' in f else b''
-                learned = learned.decode('utf-8') if isinstance(learned, bytes) else str(learned)
-                step = int(np.asarray(f['current_step'][()]).ravel()[0]) if 'current_step' in f else 0
-                g = f['history']
-                hist = [np.asarray(g[str(i)][()], np.float32) for i in range(len(g))]
+            it, learned, step, hist = _read_state_hdf5(path, want)
         except (OSError, KeyError, ValueError, IndexError, RuntimeError, TypeError, AttributeError) as e:
             raise WeightsError('%s is not a valid HDF5 solver state: %s' % (path, e)) from None
     else:
         state = protoio.read_binary(path, pb.SolverState, 'solver state')
+        missing = [k for k in _REQUIRED if not state.HasField(k)]
+        if missing:
+            raise WeightsError('%s is not a complete solver state: it lacks %s (Caffe always writes'
+                               ' iter, learned_net and current_step; truncated?)'
+                               % (path, ', '.join(missing)))
         it, learned, step = state.iter, state.learned_net, state.current_step
-        hist = [protoio.blob_proto_array(b, '%s history %d' % (path, i))
-                for i, b in enumerate(state.history)]
+        _check_history_count(path, len(state.history), want)
+        hist = []
+        for i, (b, dst) in enumerate(zip(state.history, want)):
+            arr = protoio.blob_proto_array(b, '%s history blob %d' % (path, i))
+            _check_history_size(path, i, arr.size, dst)
+            hist.append(arr)
     if isinstance(learned, bytes):      # proto2 hands back invalid UTF-8 as bytes
         learned = learned.decode('utf-8', 'replace')
-    if learned:
-        try:
-            solver.net.copy_from(_learned_net_path(path, learned))
-        except MinicaffeError as e:
-            raise type(e)('solver state %s: loading its learned_net: %s' % (path, e)) from None
-    if len(hist) != len(solver.history):
-        raise WeightsError('%s holds %d history blobs but this %s solver on this net needs %d'
-                           ' (snapshot from another solver type or net?)'
-                           % (path, len(hist), solver.type, len(solver.history)))
-    for i, (dst, src) in enumerate(zip(solver.history, hist)):
-        if src.size != dst.size:
-            raise WeightsError('%s: history blob %d has %d values, expected %d (shape %s)'
-                               % (path, i, src.size, dst.size, dst.shape))
+    if not learned:
+        raise WeightsError('%s: its learned_net is empty, so it names no weights to resume from'
+                           ' (a solver state holds only the solver\'s history; the weights are in'
+                           ' the .caffemodel written with it)' % path)
+    try:
+        # a snapshot's weights hold every layer: a missing one means a truncated file
+        solver.net.copy_from(_learned_net_path(path, learned), strict=True)
+    except MinicaffeError as e:
+        raise type(e)('solver state %s: loading its learned_net: %s' % (path, e)) from None
     # Into host arrays first (all checked above, so a bad file changes nothing),
     # then onto the device when the mode is GPU.
     host = solver.host_history()

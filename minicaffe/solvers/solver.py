@@ -182,7 +182,7 @@ class Solver(object):
     def _read_net_file(self, path):
         from ..net import read_net_param
         path = self._resolve(path)
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise MinicaffeError('%s: net file "%s" does not exist' % (self.source, path))
         try:
             return read_net_param(path), path
@@ -212,10 +212,9 @@ class Solver(object):
                 for w in entry.split(',') if w.strip()]
 
     def _load_weights(self, net):
-        for w in self._weight_files():
-            if net is self.net:
-                self.log('Finetuning from %s' % w)
-            net.copy_from(w)
+        from .. import weights as W
+        W.load_weight_files(net, self._weight_files(),
+                            lambda w: self.log('Finetuning from %s' % w) if net is self.net else None)
 
     def _init_test_nets(self):
         p = self.param
