@@ -28,7 +28,7 @@ import itertools
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .. import fillers
+from .. import fillers, winograd
 from ..blas import gemm, gemm_accumulate
 from ..blob import DTYPE
 from ..protoio import pb
@@ -269,6 +269,25 @@ class BaseConvolutionLayer(Layer):
         # last-level cache between im2col and the GEMMs that read them.
         budget = COL_CACHE_CHUNK_BYTES if self.per_image else COL_CHUNK_BYTES
         self.chunk = max(1, budget // max(self.col_bytes, 1))
+        self.winograd = not self.reverse and self._use_winograd()
+        if self.winograd:
+            th, tw = winograd.tiles(self.conv_out_sp)
+            self.chunk = max(1, COL_CHUNK_BYTES // (16 * self.channels * th * tw * 4))
+
+    def _use_winograd(self):
+        """The algorithm, from ConvolutionParameter.engine: CAFFE is im2col + GEMM
+        (Caffe's own sums); DEFAULT (and CUDNN, which has no CPU meaning) takes
+        Winograd F(2x2,3x3) where the geometry allows and the shape favours it.
+        winograd.FORCE ('winograd' / 'caffe', MINICAFFE_CONV_ENGINE) overrides
+        DEFAULT's choice by shape."""
+        cp = self.layer_param.convolution_param
+        if cp.engine == pb.ConvolutionParameter.CAFFE or not winograd.applicable(
+                self.kernel, self.stride, self.dilation, self.pad):
+            return False
+        if winograd.FORCE in ('winograd', 'caffe'):
+            return winograd.FORCE == 'winograd'
+        return winograd.prefer_winograd(self.channels // self.group,
+                                        self.num_output // self.group, self.conv_out_sp)
 
     def workspace_shapes(self, bottom, top):
         # at least one image's columns and one zero-padded image (batches of them
@@ -533,6 +552,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
         return conv_out_size(in_sp, self.kernel, self.stride, self.pad, self.dilation)
 
     def forward(self, bottom, top):
+        if self.winograd:
+            return self._forward_winograd(bottom, top)
         W = self._weights()
         G, Mg = self.group, self.num_output // self.group
         self._cols = {}
@@ -623,7 +644,55 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 return cached[1]
         return self._im2col_images(x[b0:b1]) if self.per_image else self._im2col(x[b0:b1])
 
+    def _forward_winograd(self, bottom, top):
+        """Forward by Winograd F(2x2,3x3) (minicaffe/winograd.py), a chunk of
+        images at a time; in TRAIN phase the input transforms are kept for the
+        weight gradient when one chunk covers the batch."""
+        U = winograd.transform_weights(self.blobs[0].data, self.group)
+        bias = self.blobs[1].data if self.bias_term else None
+        keep = self.phase == pb.TRAIN and self.chunk >= self.num
+        self._cols = {}
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            x, y = self._batched(b.data), self._batched(t.data)
+            for b0, b1 in self._chunks():
+                store = self._col_store.get(('winograd', i)) if keep else None
+                if store is not None and store.size != 16 * self.channels * _prod(
+                        winograd.tiles(self.conv_out_sp)) * self.num:
+                    store = None
+                V = winograd.forward(x[b0:b1], U, self.pad, self.conv_out_sp,
+                                     y[b0:b1], bias, V=store)
+                if keep:
+                    self._col_store[('winograd', i)] = V
+                    self._cols[i] = (b.data, V)
+
+    def _backward_winograd(self, top, propagate_down, bottom):
+        """The exact adjoints of _forward_winograd: data and weight gradients."""
+        self._bias_backward(top)
+        need_w = self.param_propagate_down[0]
+        U = winograd.transform_weights(self.blobs[0].data, self.group)
+        du = np.zeros_like(U) if need_w else None
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            if not (need_w or propagate_down[i]):
+                continue
+            x, dy = self._batched(b.data), self._batched(t.diff)
+            dx = self._batched(b.diff) if propagate_down[i] else None
+            cached = self._cols.get(i)
+            for b0, b1 in self._chunks():
+                if cached is not None and cached[0] is b.data and b1 - b0 == self.num:
+                    V = cached[1]
+                elif need_w:
+                    V = winograd.input_transform(x[b0:b1], self.pad, self.conv_out_sp)
+                else:
+                    V = None
+                winograd.backward(dy[b0:b1], U, V, self.pad, x[b0:b1].shape,
+                                  dx=None if dx is None else dx[b0:b1], du=du)
+        if need_w:
+            self.blobs[0].diff += winograd.weight_gradient_from(du)
+        self._cols = {}
+
     def backward(self, top, propagate_down, bottom):
+        if self.winograd:
+            return self._backward_winograd(top, propagate_down, bottom)
         # per image, the bias gradient is summed image by image with the GEMMs
         need_b = self.bias_term and self.param_propagate_down[1] and self.per_image
         if not self.per_image:
