@@ -25,13 +25,15 @@ weight gradient:  dU[t] = D[t] @ V[t]^T (summed over tiles by the GEMM),
 
 Shapes: x (N, C, H, W), g (K, C/G, 3, 3), y (N, K, Ho, Wo) with
 Ho = H + 2 pad_h - 2 (likewise W); tiles th = ceil(Ho/2), tw = ceil(Wo/2);
-V and D are laid out (16, channels, N*th*tw) so each point's GEMM reads
+V and D are laid out (16, G, N*th*tw, channels/G), channels innermost: the
+transforms then run over long contiguous rows (CaffeNet's 13x13 maps would
+give numpy 7-element inner loops otherwise) and each point's GEMM reads
 contiguous matrices.  Rounding differs from Caffe's im2col sums (a different
 summation order), well inside the conformance tolerance; the engine CAFFE
 (ConvolutionParameter.engine) keeps Caffe's own order.
 
-The element-wise transforms run over blocks of channels split across the
-worker threads (im2col.parallel_for); each channel's numbers are computed the
+The element-wise transforms run over blocks of images split across the
+worker threads (im2col.parallel_for); each image's numbers are computed the
 same way whatever the split, so results do not depend on the thread count.
 """
 import os
@@ -43,6 +45,9 @@ from .im2col import ELEMENTWISE_BLOCK, in_blocks, parallel_for
 
 _f = np.float32
 _G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], _f)
+# G g G^T for every filter at once: (filters, 9) @ kron(G, G)^T -> (filters, 16)
+# (one GEMM; a stack of 3x3 matmuls costs numpy ~50x more)
+_GG = np.ascontiguousarray(np.kron(_G, _G).T)
 
 # MINICAFFE_CONV_ENGINE: 'winograd' uses it wherever applicable, 'caffe' never;
 # unset, the DEFAULT engine picks by shape (prefer_winograd).  The tests set
@@ -74,64 +79,83 @@ def tiles(out_sp):
 
 
 def transform_weights(w, group):
-    """U = G g G^T: w (K, C/G, 3, 3) -> (16, G, K/G, C/G) float32."""
+    """U = G g G^T: w (K, C/G, 3, 3) -> (16, G, C/G, K/G) float32 (transposed
+    per point: the GEMMs run tiles x channels, channels innermost)."""
     K, Cg = w.shape[:2]
-    u = np.matmul(np.matmul(_G, w.astype(_f, copy=False)), _G.T)      # (K, Cg, 4, 4)
-    return np.ascontiguousarray(u.transpose(2, 3, 0, 1)).reshape(16, group, K // group, Cg)
+    u = np.dot(w.reshape(K * Cg, 9).astype(_f, copy=False), _GG)       # (K Cg, 16)
+    u = u.reshape(group, K // group, Cg, 16).transpose(3, 0, 2, 1)     # (16, G, Cg, Kg)
+    return np.ascontiguousarray(u)
 
 
 def weight_gradient_from(du):
-    """dg = G^T dU G: du (16, G, K/G, C/G) -> (K, C/G, 3, 3)."""
-    _, G, Kg, Cg = du.shape
-    d = du.reshape(4, 4, G * Kg, Cg).transpose(2, 3, 0, 1)            # (K, Cg, 4, 4)
-    return np.matmul(np.matmul(_G.T, d), _G)
+    """dg = G^T dU G: du (16, G, C/G, K/G) -> (K, C/G, 3, 3)."""
+    _, G, Cg, Kg = du.shape
+    d = np.ascontiguousarray(du.transpose(1, 3, 2, 0)).reshape(G * Kg * Cg, 16)
+    return np.dot(d, _GG.T).reshape(G * Kg, Cg, 3, 3)
 
 
-def _parallel_channels(n, per_channel, part):
-    parallel_for(n, in_blocks(part, per_channel, ELEMENTWISE_BLOCK), n * per_channel)
+def _over_images(n, per_image, part):
+    parallel_for(n, in_blocks(part, per_image, ELEMENTWISE_BLOCK), n * per_image)
+
+
+def _tile_view(a, group, count, step=2):
+    """a (N, H', W', C) channels-last -> writable view [u, v, g, n, i, j, c]
+    = a[n, step i + u, step j + v, g C/G + c], u, v < 4 (or 2), i, j < count."""
+    N, _, _, C = a.shape
+    sN, sH, sW, sC = a.strides
+    return np.lib.stride_tricks.as_strided(
+        a, (4, 4, group, N) + count + (C // group,),
+        (sH, sW, sC * (C // group), sN, step * sH, step * sW, sC))
 
 
 def _btd(d, out):
-    """out[a] = (B^T d)[a] along the first axis (d: 4 views of equal shape)."""
+    """out[a] = (B^T d)[a] along the first axis (d: 4 arrays of equal shape)."""
     np.subtract(d[0], d[2], out=out[0])
     np.add(d[1], d[2], out=out[1])
     np.subtract(d[2], d[1], out=out[2])
     np.subtract(d[1], d[3], out=out[3])
 
 
-def input_transform(x, pad, out_sp, out=None):
-    """V = B^T d B for every 4x4 patch: x (N, C, H, W) -> (16, C, N*th*tw)."""
+def _channels_last(x, shape, offset=(0, 0)):
+    """Zero array (N, *shape, C) holding x (N, C, H, W) at offset, transposed."""
     N, C, H, W = x.shape
-    th, tw = tiles(out_sp)
-    ph, pw = pad
-    xp = np.zeros((N, C, 2 * th + 2, 2 * tw + 2), _f)
-    # (2 th + 2 >= H + 2 pad: the padded patch grid covers the whole image)
-    xp[:, :, ph:ph + H, pw:pw + W] = x
-    sN, sC, sH, sW = xp.strides
-    # d[u, v, c, n, i, j] = xp[n, c, 2i + u, 2j + v]
-    d = np.lib.stride_tricks.as_strided(xp, (4, 4, C, N, th, tw),
-                                        (sH, sW, sC, sN, 2 * sH, 2 * sW), writeable=False)
-    V = np.empty((4, 4, C, N, th, tw), _f) if out is None else out.reshape(4, 4, C, N, th, tw)
+    out = np.zeros((N,) + tuple(shape) + (C,), _f)
 
     def part(lo, hi):
-        t = np.empty((4, 4, hi - lo, N, th, tw), _f)
-        _btd(d[:, :, lo:hi], t)
-        _btd([t[:, v] for v in range(4)], [V[:, a, lo:hi] for a in range(4)])
-    _parallel_channels(C, 16 * N * th * tw, part)
-    return V.reshape(16, C, N * th * tw)
+        out[lo:hi, offset[0]:offset[0] + H, offset[1]:offset[1] + W] = \
+            x[lo:hi].transpose(0, 2, 3, 1)
+    parallel_for(N, part, x.size)
+    return out
+
+
+def input_transform(x, pad, out_sp, group, out=None):
+    """V = B^T d B for every 4x4 patch: x (N, C, H, W) -> (16, G, N*th*tw, C/G)."""
+    N, C, H, W = x.shape
+    th, tw = tiles(out_sp)
+    # (2 th + 2 >= H + 2 pad: the padded patch grid covers the whole image)
+    xp = _channels_last(x, (2 * th + 2, 2 * tw + 2), pad)
+    d = _tile_view(xp, group, (th, tw))
+    Cg = C // group
+    shape = (4, 4, group, N, th, tw, Cg)
+    V = np.empty(shape, _f) if out is None else out.reshape(shape)
+
+    def part(lo, hi):
+        t = np.empty((4, 4, group, hi - lo, th, tw, Cg), _f)
+        _btd(d[:, :, :, lo:hi], t)
+        _btd([t[:, v] for v in range(4)], [V[:, a, :, lo:hi] for a in range(4)])
+    _over_images(N, 16 * th * tw * C, part)
+    return V.reshape(16, group, N * th * tw, Cg)
 
 
 def output_transform(M, y, bias=None):
-    """y = A^T M A (+ bias): M (16, K, N*th*tw) -> written into y (N, K, Ho, Wo)."""
+    """y = A^T M A (+ bias): M (16, G, N*th*tw, K/G) -> written into y (N, K, Ho, Wo)."""
     N, K, Ho, Wo = y.shape
+    _, G, _, Kg = M.shape
     th, tw = tiles((Ho, Wo))
-    M = M.reshape(4, 4, K, N, th, tw)
-    exact = Ho == 2 * th and Wo == 2 * tw
-    yp = y if exact else np.empty((N, K, 2 * th, 2 * tw), _f)
-    # view yp[n, k, 2i + r, 2j + s] as [r, s, k, n, i, j]
-    sN, sK, sH, sW = yp.strides
-    yv = np.lib.stride_tricks.as_strided(yp, (2, 2, K, N, th, tw),
-                                         (sH, sW, sK, sN, 2 * sH, 2 * sW))
+    M = M.reshape(4, 4, G, N, th, tw, Kg)
+    yl = np.empty((N, 2 * th, 2 * tw, K), _f)
+    yv = _tile_view(yl, G, (th, tw))[:2, :2]
+    b = None if bias is None else bias.reshape(G, 1, 1, 1, Kg)
 
     def at(m, o):
         np.add(m[0], m[1], out=o[0])
@@ -140,29 +164,24 @@ def output_transform(M, y, bias=None):
         o[1] -= m[3]
 
     def part(lo, hi):
-        s = np.empty((2, 4, hi - lo, N, th, tw), _f)
-        at(M[:, :, lo:hi], s)
-        at([s[:, b] for b in range(4)], [yv[:, r, lo:hi] for r in range(2)])
-        if bias is not None:
-            yv[:, :, lo:hi] += bias[lo:hi, None, None, None]
-    _parallel_channels(K, 16 * N * th * tw, part)
-    if not exact:
-        y[...] = yp[:, :, :Ho, :Wo]
+        s = np.empty((2, 4, G, hi - lo, th, tw, Kg), _f)
+        at(M[:, :, :, lo:hi], s)
+        o = [yv[:, r, :, lo:hi] for r in range(2)]
+        at([s[:, c] for c in range(4)], o)
+        if b is not None:
+            yv[:, :, :, lo:hi] += b
+        y[lo:hi] = yl[lo:hi, :Ho, :Wo].transpose(0, 3, 1, 2)
+    _over_images(N, 16 * th * tw * K, part)
     return y
 
 
-def grad_output_transform(dy, out=None):
-    """D = A dy_tile A^T: dy (N, K, Ho, Wo) -> (16, K, N*th*tw) (zeros past the edge)."""
+def grad_output_transform(dy, group):
+    """D = A dy_tile A^T: dy (N, K, Ho, Wo) -> (16, G, N*th*tw, K/G) (zeros past the edge)."""
     N, K, Ho, Wo = dy.shape
     th, tw = tiles((Ho, Wo))
-    if Ho != 2 * th or Wo != 2 * tw:
-        p = np.zeros((N, K, 2 * th, 2 * tw), _f)
-        p[:, :, :Ho, :Wo] = dy
-        dy = p
-    sN, sK, sH, sW = dy.strides
-    g = np.lib.stride_tricks.as_strided(dy, (2, 2, K, N, th, tw),
-                                        (sH, sW, sK, sN, 2 * sH, 2 * sW), writeable=False)
-    D = np.empty((4, 4, K, N, th, tw), _f) if out is None else out.reshape(4, 4, K, N, th, tw)
+    g = _tile_view(_channels_last(dy, (2 * th, 2 * tw)), group, (th, tw))[:2, :2]
+    Kg = K // group
+    D = np.empty((4, 4, group, N, th, tw, Kg), _f)
 
     def a(m, o):       # o = A m along the first axis (A: 4x2)
         np.copyto(o[0], m[0])
@@ -171,25 +190,24 @@ def grad_output_transform(dy, out=None):
         np.negative(m[1], out=o[3])
 
     def part(lo, hi):
-        t = np.empty((4, 2, hi - lo, N, th, tw), _f)
-        a(g[:, :, lo:hi], t)
-        a([t[:, s] for s in range(2)], [D[:, b, lo:hi] for b in range(4)])
-    _parallel_channels(K, 16 * N * th * tw, part)
-    return D.reshape(16, K, N * th * tw)
+        t = np.empty((4, 2, group, hi - lo, th, tw, Kg), _f)
+        a(g[:, :, :, lo:hi], t)
+        a([t[:, s] for s in range(2)], [D[:, c, :, lo:hi] for c in range(4)])
+    _over_images(N, 16 * th * tw * K, part)
+    return D.reshape(16, group, N * th * tw, Kg)
 
 
-def input_transform_adjoint(dV, x_shape, pad, out_sp, dx):
-    """dx = the adjoint of input_transform applied to dV (16, C, N*th*tw):
+def input_transform_adjoint(dV, pad, out_sp, dx):
+    """dx = the adjoint of input_transform applied to dV (16, G, N*th*tw, C/G):
     dd = B dV B^T per patch, overlapping patches summed, padding cropped."""
-    N, C, H, W = x_shape
+    N, C, H, W = dx.shape
+    _, G, _, Cg = dV.shape
     th, tw = tiles(out_sp)
     ph, pw = pad
-    dV = dV.reshape(4, 4, C, N, th, tw)
-    xp = np.zeros((N, C, 2 * th + 2, 2 * tw + 2), _f)
-    sN, sC, sH, sW = xp.strides
-    # blocks[r, s, c, n, i, j] = xp[n, c, 2i + r, 2j + s], i < th + 1, j < tw + 1
-    blocks = np.lib.stride_tricks.as_strided(xp, (2, 2, C, N, th + 1, tw + 1),
-                                             (sH, sW, sC, sN, 2 * sH, 2 * sW))
+    dV = dV.reshape(4, 4, G, N, th, tw, Cg)
+    xp = np.zeros((N, 2 * th + 2, 2 * tw + 2, C), _f)
+    # blocks[r, s, g, n, i, j, c] = xp[n, 2i + r, 2j + s, g C/G + c], i < th + 1
+    blocks = _tile_view(xp, G, (th + 1, tw + 1))[:2, :2]
 
     def b(m, o):       # o = B m along the first axis (adjoint of _btd)
         np.copyto(o[0], m[0])
@@ -200,56 +218,44 @@ def input_transform_adjoint(dV, x_shape, pad, out_sp, dx):
         np.negative(m[3], out=o[3])
 
     def part(lo, hi):
-        t = np.empty((4, 4, hi - lo, N, th, tw), _f)
-        b(dV[:, :, lo:hi], t)
+        t = np.empty((4, 4, G, hi - lo, th, tw, Cg), _f)
+        b(dV[:, :, :, lo:hi], t)
         dd = np.empty_like(t)
         b([t[:, v] for v in range(4)], [dd[:, u] for u in range(4)])
         # patch row u = 2 qa + r lands in block row i + qa (likewise columns)
         for qa in (0, 1):
             for qb in (0, 1):
-                blocks[:, :, lo:hi, :, qa:qa + th, qb:qb + tw] += \
-                    dd[2 * qa:2 * qa + 2, 2 * qb:2 * qb + 2, :, :]
-    _parallel_channels(C, 16 * N * th * tw, part)
-    dx[...] = xp[:, :, ph:ph + H, pw:pw + W]
+                blocks[:, :, :, lo:hi, qa:qa + th, qb:qb + tw] += \
+                    dd[2 * qa:2 * qa + 2, 2 * qb:2 * qb + 2]
+        dx[lo:hi] = xp[lo:hi, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2)
+    _over_images(N, 16 * th * tw * C, part)
     return dx
-
-
-def point_gemms(a, b, out, trans_a=False, trans_b=False):
-    """out[t, g] = op(a[t, g]) @ op(b[t, g]) for the 16 points and every group
-    (2-D BLAS calls: numpy's stacked matmul is slow on transposed views)."""
-    for t in range(a.shape[0]):
-        for g in range(a.shape[1]):
-            np.dot(a[t, g].T if trans_a else a[t, g], b[t, g].T if trans_b else b[t, g],
-                   out=out[t, g])
-    return out
 
 
 def forward(x, U, pad, out_sp, y, bias=None, V=None):
     """y = conv(x, g) (+ bias) with U = transform_weights(g); returns V (kept
     for the weight gradient).  x (N, C, H, W), y (N, K, Ho, Wo)."""
-    _, G, Kg, Cg = U.shape
-    V = input_transform(x, pad, out_sp, out=V)
-    P = V.shape[2]
-    M = np.empty((16, G, Kg, P), _f)
-    point_gemms(U, V.reshape(16, G, Cg, P), M)
-    output_transform(M.reshape(16, G * Kg, P), y, bias)
+    _, G, Cg, Kg = U.shape
+    V = input_transform(x, pad, out_sp, G, out=V)
+    M = np.matmul(V, U)                   # (16, G, tiles, Kg): a GEMM per point and group
+    output_transform(M, y, bias)
     return V
 
 
-def backward(dy, U, V, pad, x_shape, dx=None, du=None):
+def backward(dy, U, V, pad, dx=None, du=None):
     """Gradients of forward: dx (written into dx, if given) and du += dU (the
     16-point weight gradient, if du is given; turn it into dg with
     weight_gradient_from).  V is forward's input transform of x."""
-    _, G, Kg, Cg = U.shape
-    out_sp = dy.shape[2:]
-    D = grad_output_transform(dy).reshape(16, G, Kg, -1)
+    _, G, Cg, Kg = U.shape
+    D = grad_output_transform(dy, G)
     if du is not None:
-        Vg = V.reshape(16, G, Cg, -1)
         for t in range(16):
             for g in range(G):
-                gemm_accumulate(D[t, g], Vg[t, g], du[t, g], trans_b=True)
+                gemm_accumulate(V[t, g], D[t, g], du[t, g], trans_a=True)
     if dx is not None:
-        dV = np.empty((16, G, Cg, D.shape[3]), _f)
-        point_gemms(U, D, dV, trans_a=True)
-        input_transform_adjoint(dV.reshape(16, G * Cg, -1), x_shape, pad, out_sp, dx)
+        dV = np.empty(D.shape[:3] + (Cg,), _f)
+        for t in range(16):
+            for g in range(G):
+                np.dot(D[t, g], U[t, g].T, out=dV[t, g])
+        input_transform_adjoint(dV, pad, dy.shape[2:], dx)
     return dx

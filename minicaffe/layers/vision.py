@@ -681,10 +681,11 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 if cached is not None and cached[0] is b.data and b1 - b0 == self.num:
                     V = cached[1]
                 elif need_w:
-                    V = winograd.input_transform(x[b0:b1], self.pad, self.conv_out_sp)
+                    V = winograd.input_transform(x[b0:b1], self.pad, self.conv_out_sp,
+                                                 self.group)
                 else:
                     V = None
-                winograd.backward(dy[b0:b1], U, V, self.pad, x[b0:b1].shape,
+                winograd.backward(dy[b0:b1], U, V, self.pad,
                                   dx=None if dx is None else dx[b0:b1], du=du)
         if need_w:
             self.blobs[0].diff += winograd.weight_gradient_from(du)

@@ -1,0 +1,205 @@
+"""Winograd F(2x2,3x3) (minicaffe/winograd.py) and the Convolution engine switch.
+
+The module is checked against a float64 direct convolution and its exact
+gradients over a sweep of geometries (odd and even maps, pad 0-2 per axis,
+groups); the layer against im2col + GEMM (engine CAFFE), with numerical
+gradient checks, cached and recomputed input transforms, several bottoms,
+and results independent of the worker-thread count."""
+import numpy as np
+import pytest
+
+from minicaffe import gradcheck, im2col, winograd
+from minicaffe.protoio import pb
+
+GEOMETRIES = [  # N, C, H, W, K, group, pad
+    (2, 4, 7, 6, 6, 2, (1, 1)),
+    (3, 3, 5, 5, 4, 1, (0, 2)),
+    (1, 2, 4, 9, 2, 1, (2, 0)),
+    (2, 8, 6, 6, 8, 4, (1, 0)),
+    (1, 1, 3, 3, 1, 1, (0, 0)),      # a single output
+    (2, 6, 1, 8, 3, 3, (1, 1)),      # one-row image
+]
+
+
+def _rand(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _direct(x, w, pad, group):
+    """float64 y[n, k] = sum_{c in group, u, v} w[k, c, u, v] xp[n, c, h + u, w + v]."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad[0],) * 2, (pad[1],) * 2))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))
+    N, C = x.shape[:2]
+    K = w.shape[0]
+    win = win.reshape((N, group, C // group) + win.shape[2:])
+    wg = w.astype(np.float64).reshape(group, K // group, C // group, 3, 3)
+    y = np.einsum('ngchwuv,gkcuv->ngkhw', win, wg)
+    return y.reshape((N, K) + y.shape[3:])
+
+
+def _direct_grads(x, w, pad, group, dy):
+    """float64 dx and dw of sum(dy * _direct(x, w))."""
+    N, C, H, W = x.shape
+    K = w.shape[0]
+    Cg, Kg = C // group, K // group
+    Ho, Wo = dy.shape[2:]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad[0],) * 2, (pad[1],) * 2))
+    dxp = np.zeros_like(xp)
+    dw = np.zeros(w.shape)
+    dyg = dy.astype(np.float64).reshape(N, group, Kg, Ho, Wo)
+    wg = w.astype(np.float64).reshape(group, Kg, Cg, 3, 3)
+    for u in range(3):
+        for v in range(3):
+            patch = xp[:, :, u:u + Ho, v:v + Wo].reshape(N, group, Cg, Ho, Wo)
+            dw[:, :, u, v] = np.einsum('ngkhw,ngchw->gkc', dyg, patch).reshape(K, Cg)
+            dxp[:, :, u:u + Ho, v:v + Wo] += np.einsum(
+                'gkc,ngkhw->ngchw', wg[..., u, v], dyg).reshape(N, C, Ho, Wo)
+    return dxp[:, :, pad[0]:pad[0] + H, pad[1]:pad[1] + W], dw
+
+
+def _close(ours, want, rtol=1e-5):
+    scale = max(1.0, float(np.abs(want).max()))
+    err = float(np.abs(ours - want).max())
+    assert err <= rtol * 10 * scale, err
+
+
+@pytest.mark.parametrize('geom', GEOMETRIES, ids=[str(g) for g in GEOMETRIES])
+def test_module_matches_direct_convolution_and_its_gradients(geom):
+    N, C, H, W, K, G, pad = geom
+    x, w = _rand((N, C, H, W), 1), _rand((K, C // G, 3, 3), 2)
+    bias = _rand((K,), 3)
+    out_sp = (H + 2 * pad[0] - 2, W + 2 * pad[1] - 2)
+    U = winograd.transform_weights(w, G)
+    y = np.empty((N, K) + out_sp, np.float32)
+    V = winograd.forward(x, U, pad, out_sp, y, bias)
+    _close(y, _direct(x, w, pad, G) + bias[None, :, None, None])
+    dy = _rand(y.shape, 4)
+    dx = np.full(x.shape, np.nan, np.float32)     # overwritten everywhere
+    du = np.zeros_like(U)
+    winograd.backward(dy, U, V, pad, dx=dx, du=du)
+    want_dx, want_dw = _direct_grads(x, w, pad, G, dy)
+    _close(dx, want_dx)
+    _close(winograd.weight_gradient_from(du), want_dw)
+
+
+def test_weight_transform_round_trip_is_the_adjoint():
+    """<G g G^T, d> = <g, G^T d G>: weight_gradient_from is transform_weights' adjoint."""
+    w, d = _rand((6, 4, 3, 3), 5), _rand((16, 2, 4, 3), 6)
+    lhs = float((winograd.transform_weights(w, 2).astype(np.float64) * d).sum())
+    rhs = float((w.astype(np.float64) * winograd.weight_gradient_from(d)).sum())
+    assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(lhs))
+
+
+@pytest.mark.parametrize('kernel,stride,dilation,pad,ok', [
+    ((3, 3), (1, 1), (1, 1), (1, 1), True),
+    ((3, 3), (1, 1), (1, 1), (2, 0), True),
+    ((3, 3), (2, 2), (1, 1), (1, 1), False),
+    ((3, 3), (1, 1), (2, 2), (1, 1), False),
+    ((3, 3), (1, 1), (1, 1), (3, 1), False),
+    ((5, 5), (1, 1), (1, 1), (2, 2), False),
+    ((3, 2), (1, 1), (1, 1), (1, 1), False),
+    ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), False),
+])
+def test_applicable_geometries(kernel, stride, dilation, pad, ok):
+    assert winograd.applicable(kernel, stride, dilation, pad) == ok
+
+
+def _conv(param, shapes, phase='TRAIN', seed=1701):
+    proto = ('type: "Convolution" %s convolution_param { %s weight_filler { type: "gaussian" }'
+             ' bias_filler { type: "gaussian" } }'
+             % (' '.join('top: "t%d"' % i for i in range(len(shapes))), param))
+    return gradcheck.make_layer(proto, [_rand(s, 10 + i) for i, s in enumerate(shapes)],
+                                phase=phase, seed=seed)
+
+
+CAFFENET_CONV3 = 'num_output: 384 kernel_size: 3 pad: 1'
+
+
+def test_default_engine_picks_winograd_by_shape(monkeypatch):
+    monkeypatch.setattr(winograd, 'FORCE', None)
+    assert _conv(CAFFENET_CONV3, [(1, 256, 13, 13)])[0].winograd       # CaffeNet conv3
+    assert _conv('num_output: 256 kernel_size: 3 pad: 1 group: 2',
+                 [(1, 384, 13, 13)])[0].winograd                        # conv5
+    assert not _conv('num_output: 8 kernel_size: 3 pad: 1', [(1, 3, 13, 13)])[0].winograd
+    assert not _conv('num_output: 64 kernel_size: 3 stride: 2',
+                     [(1, 64, 13, 13)])[0].winograd
+    # engine: CAFFE keeps Caffe's im2col + GEMM whatever the shape
+    assert not _conv(CAFFENET_CONV3 + ' engine: CAFFE', [(1, 256, 13, 13)])[0].winograd
+    assert pb.ConvolutionParameter.DESCRIPTOR.fields_by_name['engine'].number == 15
+
+
+@pytest.mark.parametrize('force,param,expect', [
+    ('winograd', 'num_output: 4 kernel_size: 3 pad: 1', True),
+    ('winograd', 'num_output: 4 kernel_size: 3 pad: 1 engine: CAFFE', False),
+    ('winograd', 'num_output: 4 kernel_size: 3 stride: 2', False),
+    ('caffe', CAFFENET_CONV3, False),
+])
+def test_forced_engine(monkeypatch, force, param, expect):
+    monkeypatch.setattr(winograd, 'FORCE', force)
+    shape = (1, 256, 13, 13) if 'num_output: 384' in param else (1, 3, 7, 7)
+    assert _conv(param, [shape])[0].winograd == expect
+
+
+def _run(monkeypatch, force, param, shapes, phase, propagate=True, dy_seed=20):
+    monkeypatch.setattr(winograd, 'FORCE', force)
+    layer, bottom, top = _conv(param, shapes, phase)
+    assert layer.winograd == (force == 'winograd')
+    for i, p in enumerate(layer.blobs):
+        p.data[...] = _rand(p.shape, 30 + i)
+    layer.forward(bottom, top)
+    for i, t in enumerate(top):
+        t.diff[...] = _rand(t.shape, dy_seed + i)
+    for b in layer.blobs:
+        b.diff[...] = 1.0           # gradients accumulate into the diffs
+    layer.backward(top, [propagate] * len(bottom), bottom)
+    return ([t.data.copy() for t in top], [b.diff.copy() for b in bottom],
+            [p.diff.copy() for p in layer.blobs])
+
+
+@pytest.mark.parametrize('phase', ['TRAIN', 'TEST'])
+@pytest.mark.parametrize('param,shapes', [
+    ('num_output: 6 kernel_size: 3 pad: 1 group: 2', [(3, 4, 9, 8), (3, 4, 9, 8)]),
+    ('num_output: 5 kernel_h: 3 kernel_w: 3 pad_h: 2 pad_w: 0', [(2, 3, 5, 7)]),
+    ('num_output: 4 kernel_size: 3 bias_term: false', [(2, 2, 6, 5)]),
+])
+def test_layer_matches_im2col_engine(monkeypatch, phase, param, shapes):
+    ref = _run(monkeypatch, 'caffe', param, shapes, phase)
+    ours = _run(monkeypatch, 'winograd', param, shapes, phase)
+    for a, b in zip(ours, ref):
+        for o, r in zip(a, b):
+            _close(o, r)
+
+
+def test_layer_weights_only_backward(monkeypatch):
+    """propagate_down false: the weight gradient alone (input transforms recomputed
+    in TEST phase, where forward keeps none)."""
+    param, shapes = 'num_output: 4 kernel_size: 3 pad: 1', [(2, 3, 6, 6)]
+    ref = _run(monkeypatch, 'caffe', param, shapes, 'TEST', propagate=False)
+    ours = _run(monkeypatch, 'winograd', param, shapes, 'TEST', propagate=False)
+    for o, r in zip(ours[2], ref[2]):
+        _close(o, r)
+
+
+@pytest.mark.parametrize('param,shape', [
+    ('kernel_size: 3 pad: 1 num_output: 2', (2, 3, 5, 4)),
+    ('kernel_size: 3 pad: 1 pad: 2 group: 2 num_output: 4', (1, 4, 4, 5)),
+])
+def test_gradient_check_under_winograd(monkeypatch, param, shape):
+    monkeypatch.setattr(winograd, 'FORCE', 'winograd')
+    layer, bottom, top = _conv(param, [shape])
+    assert layer.winograd
+    gradcheck.GradientChecker(stepsize=1e-2, threshold=1e-3).check_gradient_exhaustive(
+        layer, bottom, top)
+
+
+def test_results_do_not_depend_on_the_thread_count(monkeypatch):
+    monkeypatch.setattr(im2col, 'PARALLEL_MIN_ELEMS', 0)
+    monkeypatch.setattr(im2col, 'ELEMENTWISE_BLOCK', 1)    # one image per block
+    param, shapes = 'num_output: 8 kernel_size: 3 pad: 1 group: 2', [(5, 6, 7, 9)]
+    runs = []
+    for n in (1, 3):
+        monkeypatch.setitem(im2col._pool, 'n', n)
+        runs.append(_run(monkeypatch, 'winograd', param, shapes, 'TRAIN'))
+    for a, b in zip(*runs):
+        for o, r in zip(a, b):
+            assert np.array_equal(o, r)
