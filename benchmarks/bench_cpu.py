@@ -3,12 +3,22 @@
 
     python benchmarks/bench_cpu.py [--iterations 10] [--min-seconds 2] [--net lenet ...]
                                    [--layers 5] [--json out.json] [--bench-dir ../shared/bench]
+                                   [--caffe PATH [--mkl LIBDIR] [--rounds 3]]
 
 For each net in ../shared/bench (data layers replaced by Input), run Caffe's
 `caffe time` procedure (minicaffe/timing.py: TRAIN phase, one warm-up pass,
 then per-layer timed forward and backward passes) and print a table: our
 forward+backward ms per iteration, real Caffe's (CPU, OpenBLAS, one run on a
 2-core machine, from ../shared/conformance/README.md) and the ratio.
+
+With --caffe PATH (a real Caffe's tools/caffe binary) Caffe runs side by side
+instead: per net, rounds of `minicaffe time` (in this process) and `caffe time`
+(a subprocess, same iteration count) alternate, so both see the same machine
+load, and the table gives the best and the median iteration of each and their
+ratios (minicaffe / Caffe).  --mkl LIBDIR runs that Caffe with Intel MKL's
+libmkl_rt from LIBDIR preloaded (pip's `mkl` package: <venv>/lib), Caffe's
+strongest CPU build.  PyTorch CPU columns are not part of this script (no
+PyTorch on the machines it was written on).
 
 minicaffe computes on its own threads (minicaffe/threads.py: one per core the
 process may use; MINICAFFE_NUM_THREADS overrides) and sets the BLAS to one
@@ -22,7 +32,11 @@ for _var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
     os.environ.setdefault(_var, '2')
 
 import argparse  # noqa: E402
+import glob  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -54,7 +68,15 @@ def main(argv=None):
                    help='only these nets (%s); repeatable' % ', '.join(n[0] for n in NETS))
     p.add_argument('--layers', type=int, default=0, help='also list the N slowest layers of each net')
     p.add_argument('--json', default=None, help='write the results here as JSON')
+    p.add_argument('--caffe', default=None,
+                   help="real Caffe's tools/caffe binary: time it side by side, alternating")
+    p.add_argument('--mkl', default=None,
+                   help='with --caffe: directory holding libmkl_rt.so* to run Caffe with MKL')
+    p.add_argument('--rounds', type=int, default=3,
+                   help='with --caffe: alternating rounds per net (default 3)')
     args = p.parse_args(argv)
+    if args.mkl and not args.caffe:
+        p.error('--mkl needs --caffe')
 
     figures = caffe_figures(args.readme)
     nets = [(n, f, s, figures[i] if figures else c) for i, (n, f, s, _, _, c) in enumerate(NETS)]
@@ -64,6 +86,8 @@ def main(argv=None):
             p.error('unknown net(s) %s; choose from %s' % (sorted(unknown), [n[0] for n in nets]))
         nets = [n for n in nets if n[0] in args.net]
 
+    if args.caffe:
+        return side_by_side(args, nets)
     from minicaffe import get_num_threads
     print('threads: minicaffe %d (BLAS 1 each); at least %d iteration(s) and %g s per net;'
           ' Caffe figures from %s'
@@ -112,6 +136,94 @@ def main(argv=None):
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'iterations': args.iterations,
+                       'threads': {v: os.environ[v] for v in
+                                   ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')},
+                       'nets': rows}, f, indent=1)
+    return 1 if any('error' in r for r in rows) else 0
+
+
+_CAFFE_ITERATION = re.compile(r'Iteration: (\d+) forward-backward time: ([\d.]+) ms')
+
+
+def caffe_environment(mkl_dir):
+    """Environment for the caffe subprocess: glog to stderr, and MKL preloaded
+    from mkl_dir if given (raises ValueError when it holds no libmkl_rt)."""
+    env = dict(os.environ, GLOG_logtostderr='1')
+    if mkl_dir:
+        libs = sorted(glob.glob(os.path.join(mkl_dir, 'libmkl_rt.so*')))
+        if not libs:
+            raise ValueError('no libmkl_rt.so* in %s' % mkl_dir)
+        env['LD_LIBRARY_PATH'] = os.pathsep.join(
+            [mkl_dir] + [p for p in env.get('LD_LIBRARY_PATH', '').split(os.pathsep) if p])
+        env['LD_PRELOAD'] = libs[-1]
+    return env
+
+
+def caffe_time(caffe, model, stages, iterations, env):
+    """Per-iteration forward+backward ms of `caffe time` (TRAIN, as minicaffe time)."""
+    cmd = [caffe, 'time', '-model', model, '-iterations', str(iterations)]
+    if stages:
+        cmd += ['-stage', ','.join(stages)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    times = [float(m.group(2)) for m in _CAFFE_ITERATION.finditer(proc.stderr + proc.stdout)]
+    if proc.returncode != 0 or not times:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError('%s exited %d: %s' % (' '.join(cmd), proc.returncode, ' | '.join(tail)))
+    return times
+
+
+def side_by_side(args, nets):
+    """Alternating rounds of minicaffe and real Caffe per net; best and median."""
+    try:
+        env = caffe_environment(args.mkl)
+    except ValueError as e:
+        print('bench_cpu: %s' % e, file=sys.stderr)
+        return 2
+    blas = 'MKL from %s' % args.mkl if args.mkl else "its own link (OpenBLAS unless built otherwise)"
+    from minicaffe import get_num_threads
+    print('side by side with %s (BLAS: %s; its threads: OMP %s, OpenBLAS %s, MKL %s);'
+          ' minicaffe %d threads; %d alternating rounds per net, each at least %d iteration(s)'
+          ' / %g s' % (args.caffe, blas, os.environ['OMP_NUM_THREADS'],
+                       os.environ['OPENBLAS_NUM_THREADS'], os.environ['MKL_NUM_THREADS'],
+                       get_num_threads(), args.rounds, args.iterations, args.min_seconds))
+    rows = []
+    for name, fname, stages, _ in nets:
+        path = os.path.join(args.bench_dir, fname)
+        ours, theirs = [], []
+        try:
+            net = timing.build_net(path, 'TRAIN', 0, stages)
+            iterations = _iterations(net, args)
+            for _ in range(args.rounds):
+                timing.time_net(net, iterations, lambda j, ms: ours.append(ms))
+                theirs.extend(caffe_time(args.caffe, path, stages, iterations, env))
+        except (MinicaffeError, OSError, RuntimeError) as e:
+            print('%s: FAILED: %s' % (name, e))
+            rows.append({'net': name, 'error': str(e)})
+            continue
+        row = {'net': name, 'iterations': len(ours), 'best_ms': min(ours),
+               'median_ms': statistics.median(ours), 'caffe_best_ms': min(theirs),
+               'caffe_median_ms': statistics.median(theirs)}
+        row['best_ratio'] = row['best_ms'] / row['caffe_best_ms']
+        row['median_ratio'] = row['median_ms'] / row['caffe_median_ms']
+        rows.append(row)
+        print('%s: minicaffe best %.1f / median %.1f ms; Caffe best %.1f / median %.1f ms'
+              % (name, row['best_ms'], row['median_ms'], row['caffe_best_ms'],
+                 row['caffe_median_ms']))
+        sys.stdout.flush()
+        del net
+    print()
+    print('| net | minicaffe best / median ms | Caffe best / median ms | ratio best | ratio median |')
+    print('| --- | ---: | ---: | ---: | ---: |')
+    for r in rows:
+        if 'error' in r:
+            print('| %s | failed | - | - | - |' % r['net'])
+        else:
+            print('| %s | %.1f / %.1f | %.1f / %.1f | %.2fx | %.2fx |'
+                  % (r['net'], r['best_ms'], r['median_ms'], r['caffe_best_ms'],
+                     r['caffe_median_ms'], r['best_ratio'], r['median_ratio']))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'caffe': args.caffe, 'mkl': args.mkl, 'rounds': args.rounds,
                        'threads': {v: os.environ[v] for v in
                                    ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')},
                        'nets': rows}, f, indent=1)
