@@ -202,3 +202,21 @@ def gemm_accumulate(a, b, c, trans_a=False, trans_b=False, scratch=None):
 def uses_blas():
     """Whether gemm_accumulate calls BLAS directly (else numpy's product and add)."""
     return _sgemm() is not None
+
+
+def describe():
+    """Which BLAS numpy's products (and gemm_accumulate) run on and with how many
+    threads, e.g. 'openblas 0.3.31 (SkylakeX, pthreads), 2 threads' (from
+    threadpoolctl, which reads it from the loaded library itself)."""
+    try:
+        from threadpoolctl import threadpool_info
+        infos = [i for i in threadpool_info() if i.get('user_api') == 'blas']
+    except Exception:           # not installed, or a library it cannot query
+        infos = []
+    if not infos:
+        return 'BLAS not identified (threadpoolctl missing or no BLAS loaded)'
+    i = infos[0]
+    detail = ', '.join(str(i[k]) for k in ('architecture', 'threading_layer') if i.get(k))
+    return '%s %s%s, %d thread%s' % (i.get('internal_api', '?'), i.get('version') or '',
+                                     ' (%s)' % detail if detail else '', i.get('num_threads', 0),
+                                     '' if i.get('num_threads') == 1 else 's')

@@ -19,6 +19,13 @@ Report (stdout), Caffe's lines without the glog prefix::
     Average Forward-Backward: X ms.
     Total Time: X ms.
 
+With ``--layers`` a table follows: per layer its type, the convolution
+algorithm (im2col or winograd), forward/backward ms and GFLOP/s, the FLOPs
+counted from the layer's shapes (layer_flops) for the GEMM layers
+(Convolution, Deconvolution, InnerProduct); the distance to the BLAS's peak
+shows there.  The BLAS, its thread count and minicaffe's worker threads are
+logged (stderr) before the run.
+
 Input blobs keep whatever the net holds (zeros, as in Caffe, where Input
 layers leave their tops untouched); data layers read their sources as usual.
 
@@ -40,6 +47,30 @@ log = logging.getLogger('minicaffe')
 TimingResult = collections.namedtuple(
     'TimingResult', 'layer_names layer_types forward_ms backward_ms '
                     'forward_pass_ms backward_pass_ms forward_backward_ms total_ms iterations')
+
+
+def layer_flops(layer, bottom):
+    """(forward, backward) floating-point operations of a GEMM layer from its
+    shapes (a multiply-add counts 2), or None for other layer types.
+
+    Convolution / Deconvolution: 2 N * conv_out_channels * kernel_dim * conv_out_dim
+    per bottom (the direct convolution's count, whatever algorithm runs);
+    InnerProduct: 2 M * K * N (bottom rows M, weights N x K).  Backward does
+    two such products (data and weight gradients)."""
+    if layer.type in ('Convolution', 'Deconvolution'):
+        f = 2.0 * layer.num * layer.conv_out_channels * layer.kernel_dim * layer.conv_out_dim
+        f *= len(bottom)
+    elif layer.type == 'InnerProduct':
+        f = 2.0 * (bottom[0].count // layer.K) * layer.K * layer.num_output
+    else:
+        return None
+    return f, 2 * f
+
+
+def conv_algorithm(layer):
+    if layer.type == 'Convolution':
+        return 'winograd' if getattr(layer, 'winograd', False) else 'im2col'
+    return ''
 
 
 def _num(x):
@@ -182,6 +213,24 @@ def format_report(result):
     return lines
 
 
+def format_layer_table(net, result):
+    """The --layers table: ms and GFLOP/s per layer (GEMM layers only)."""
+    lines = ['%-16s %-16s %-9s %11s %11s %9s %9s' % ('layer', 'type', 'algorithm', 'fwd ms',
+                                                    'bwd ms', 'fwd GF/s', 'bwd GF/s')]
+    for i, (name, f_ms, b_ms) in enumerate(zip(result.layer_names, result.forward_ms,
+                                               result.backward_ms)):
+        layer = net.layers[i]
+        flops = layer_flops(layer, net._bottom(i))
+        rate = ['-', '-']
+        if flops is not None:
+            rate = ['%9.1f' % (fl / ms / 1e6) if ms > 0 else '-' for fl, ms in zip(flops, (f_ms, b_ms))]
+            if not any(net.bottom_need_backward[i]) and not net.layer_need_backward[i]:
+                rate[1] = '-'
+        lines.append('%-16s %-16s %-9s %11.3f %11.3f %9s %9s' % (
+            name, layer.type, conv_algorithm(layer), f_ms, b_ms, rate[0], rate[1]))
+    return lines
+
+
 def build_net(model, phase='TRAIN', level=0, stages=(), weights=None):
     from .net import Net, TEST, TRAIN
     net = Net(model, TRAIN if str(phase).upper() == 'TRAIN' else TEST,
@@ -205,6 +254,8 @@ def add_arguments(p):
                    help='optional comma-separated .caffemodel/.h5 weights to load first')
     p.add_argument('--gpu', default=None,
                    help='time on this GPU (an id; needs the CuPy backend); CPU when omitted')
+    p.add_argument('--layers', action='store_true',
+                   help='also print a per-layer table with GFLOP/s and the convolution algorithm')
 
 
 def split_stages(stages):
@@ -219,7 +270,14 @@ def run(args, out=print):
         from .training import use_gpu
         use_gpu(args.gpu)
     net = build_net(args.model, args.phase, args.level, split_stages(args.stage), args.weights)
+    if args.gpu is None:
+        from .blas import describe
+        from .im2col import num_threads
+        log.info('BLAS: %s; minicaffe worker threads: %d', describe(), num_threads())
     result = time_net(net, args.iterations)
     for line in format_report(result):
         out(line)
+    if getattr(args, 'layers', False):
+        for line in format_layer_table(net, result):
+            out(line)
     return 0

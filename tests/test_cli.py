@@ -367,3 +367,47 @@ def test_gradcheck_inputs_labels_zero_cont_starts_sequences(tmp_path):
     x = net.blobs['x'].data
     assert x.std() > 0.3 and len(np.unique(x)) == x.size
     assert cli.main(['-q', 'gradcheck', str(net_path)]) == 0
+
+
+# ------------------------------------------------------------------ time --layers
+FLOP_NET = '''name: "flops"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } shape { dim: 2 dim: 5 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 group: 1
+                            weight_filler { type: "xavier" } } }
+layer { name: "ip" type: "InnerProduct" bottom: "conv" top: "ip"
+        inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "label" top: "loss" }
+'''
+
+
+def test_layer_flops_from_shapes(tmp_path):
+    path = tmp_path / 'flops.prototxt'
+    path.write_text(FLOP_NET)
+    net = timing.build_net(str(path))
+    names = list(net._layer_names)
+    conv, ip = names.index('conv'), names.index('ip')
+    # conv: 2 images x 4 outputs x (3 channels x 9) x 64 positions, a multiply-add = 2
+    assert timing.layer_flops(net.layers[conv], net._bottom(conv)) == (2.0 * 2 * 4 * 27 * 64,
+                                                                         4.0 * 2 * 4 * 27 * 64)
+    assert timing.layer_flops(net.layers[ip], net._bottom(ip)) == (2.0 * 2 * 256 * 5,
+                                                                     4.0 * 2 * 256 * 5)
+    loss = names.index('loss')
+    assert timing.layer_flops(net.layers[loss], net._bottom(loss)) is None
+
+
+def test_time_layers_table_and_blas_header(tmp_path):
+    path = tmp_path / 'flops.prototxt'
+    path.write_text(FLOP_NET)
+    r = run_cli(['time', str(path), '--iterations', '2', '--layers'])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    head = [i for i, l in enumerate(lines) if l.split()[:2] == ['layer', 'type']]
+    assert head and 'fwd GF/s' in lines[head[0]]
+    rows = {l.split()[0]: l.split() for l in lines[head[0] + 1:]}
+    assert rows['conv'][1:3] == ['Convolution', 'im2col']     # 3 channels: not worth Winograd
+    assert float(rows['conv'][5]) > 0 and float(rows['ip'][5]) > 0
+    assert rows['loss'][-2:] == ['-', '-']
+    header = [l for l in r.stderr.splitlines() if 'BLAS:' in l]
+    assert header and 'thread' in header[0] and 'minicaffe worker threads:' in header[0]
