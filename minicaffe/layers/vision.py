@@ -546,6 +546,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
               out = floor((in + 2 pad - (d (k - 1) + 1)) / s) + 1;
               W (num_output, C/group, *k), b (num_output,)
     Several bottoms give as many tops, all with the same weights.
+    Algorithm (``engine``, see _use_winograd): im2col + GEMM as above, or for 3x3
+    stride-1 kernels Winograd F(2x2,3x3) (minicaffe/winograd.py, same products).
     """
 
     def compute_output_shape(self, in_sp):
