@@ -20,7 +20,7 @@ Report (stdout), Caffe's lines without the glog prefix::
     Total Time: X ms.
 
 With ``--layers`` a table follows: per layer its type, the convolution
-algorithm (im2col or winograd), forward/backward ms and GFLOP/s, the FLOPs
+algorithm (im2col, winograd, or wino-fwd: Winograd forward only), forward/backward ms and GFLOP/s, the FLOPs
 counted from the layer's shapes (layer_flops) for the GEMM layers
 (Convolution, Deconvolution, InnerProduct); the distance to the BLAS's peak
 shows there.  The BLAS, its thread count and minicaffe's worker threads are
@@ -68,8 +68,12 @@ def layer_flops(layer, bottom):
 
 
 def conv_algorithm(layer):
+    """'im2col', 'winograd' (both passes) or 'wino-fwd' (Winograd forward,
+    im2col backward: the DEFAULT engine's choice, see winograd.DEFAULT_BACKWARD)."""
     if layer.type == 'Convolution':
-        return 'winograd' if getattr(layer, 'winograd', False) else 'im2col'
+        if not getattr(layer, 'winograd', False):
+            return 'im2col'
+        return 'winograd' if layer.winograd_backward else 'wino-fwd'
     return ''
 
 

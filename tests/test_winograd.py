@@ -203,3 +203,36 @@ def test_results_do_not_depend_on_the_thread_count(monkeypatch):
     for a, b in zip(*runs):
         for o, r in zip(a, b):
             assert np.array_equal(o, r)
+
+
+def test_default_engine_runs_backward_by_im2col(monkeypatch):
+    """DEFAULT (winograd.DEFAULT_BACKWARD false): Winograd forward, im2col backward;
+    the gradients equal engine CAFFE's, forward within rounding."""
+    monkeypatch.setattr(winograd, 'DEFAULT_BACKWARD', False)
+    param, shapes = 'num_output: 32 kernel_size: 3 pad: 1 group: 1', [(2, 32, 6, 5)]
+    ref = _run(monkeypatch, 'caffe', param, shapes, 'TRAIN')
+    monkeypatch.setattr(winograd, 'FORCE', None)
+    layer = _conv(param, shapes)[0]
+    assert layer.winograd and not layer.winograd_backward
+    ours = _run_default(monkeypatch, param, shapes)
+    for o, r in zip(ours[0], ref[0]):
+        _close(o, r)
+    for a, b in zip(ours[1:], ref[1:]):
+        for o, r in zip(a, b):
+            assert np.array_equal(o, r)     # the same im2col backward on the same numbers
+    monkeypatch.setattr(winograd, 'DEFAULT_BACKWARD', True)
+    assert _conv(param, shapes)[0].winograd_backward
+
+
+def _run_default(monkeypatch, param, shapes):
+    layer, bottom, top = _conv(param, shapes, 'TRAIN')
+    for i, p in enumerate(layer.blobs):
+        p.data[...] = _rand(p.shape, 30 + i)
+    layer.forward(bottom, top)
+    for i, t in enumerate(top):
+        t.diff[...] = _rand(t.shape, 20 + i)
+    for b in layer.blobs:
+        b.diff[...] = 1.0
+    layer.backward(top, [True] * len(bottom), bottom)
+    return ([t.data.copy() for t in top], [b.diff.copy() for b in bottom],
+            [p.diff.copy() for p in layer.blobs])

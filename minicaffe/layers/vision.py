@@ -270,6 +270,8 @@ class BaseConvolutionLayer(Layer):
         budget = COL_CACHE_CHUNK_BYTES if self.per_image else COL_CHUNK_BYTES
         self.chunk = max(1, budget // max(self.col_bytes, 1))
         self.winograd = not self.reverse and self._use_winograd()
+        self.winograd_backward = self.winograd and (winograd.FORCE == 'winograd'
+                                                    or winograd.DEFAULT_BACKWARD)
         if self.winograd:
             th, tw = winograd.tiles(self.conv_out_sp)
             self.chunk = max(1, COL_CHUNK_BYTES // (16 * self.channels * th * tw * 4))
@@ -649,10 +651,12 @@ class ConvolutionLayer(BaseConvolutionLayer):
     def _forward_winograd(self, bottom, top):
         """Forward by Winograd F(2x2,3x3) (minicaffe/winograd.py), a chunk of
         images at a time; in TRAIN phase the input transforms are kept for the
-        weight gradient when one chunk covers the batch."""
+        weight gradient when one chunk covers the batch and backward runs by
+        Winograd too (winograd_backward; else backward is im2col + GEMM, which
+        rebuilds its columns: self._cols stays empty)."""
         U = winograd.transform_weights(self.blobs[0].data, self.group)
         bias = self.blobs[1].data if self.bias_term else None
-        keep = self.phase == pb.TRAIN and self.chunk >= self.num
+        keep = self.phase == pb.TRAIN and self.chunk >= self.num and self.winograd_backward
         self._cols = {}
         for i, (b, t) in enumerate(zip(bottom, top)):
             x, y = self._batched(b.data), self._batched(t.data)
@@ -694,7 +698,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         self._cols = {}
 
     def backward(self, top, propagate_down, bottom):
-        if self.winograd:
+        if self.winograd_backward:
             return self._backward_winograd(top, propagate_down, bottom)
         # per image, the bias gradient is summed image by image with the GEMMs
         need_b = self.bias_term and self.param_propagate_down[1] and self.per_image
