@@ -8,7 +8,7 @@ and results independent of the worker-thread count."""
 import numpy as np
 import pytest
 
-from minicaffe import gradcheck, im2col, winograd
+from minicaffe import gradcheck, threads, winograd
 from minicaffe.protoio import pb
 
 GEOMETRIES = [  # N, C, H, W, K, group, pad
@@ -193,13 +193,17 @@ def test_gradient_check_under_winograd(monkeypatch, param, shape):
 
 
 def test_results_do_not_depend_on_the_thread_count(monkeypatch):
-    monkeypatch.setattr(im2col, 'PARALLEL_MIN_ELEMS', 0)
-    monkeypatch.setattr(im2col, 'ELEMENTWISE_BLOCK', 1)    # one image per block
+    monkeypatch.setattr(threads, 'PARALLEL_MIN_ELEMS', 0)
+    monkeypatch.setattr(threads, 'PARALLEL_CHUNK_ELEMS', 1)  # the most chunks
     param, shapes = 'num_output: 8 kernel_size: 3 pad: 1 group: 2', [(5, 6, 7, 9)]
     runs = []
-    for n in (1, 3):
-        monkeypatch.setitem(im2col._pool, 'n', n)
-        runs.append(_run(monkeypatch, 'winograd', param, shapes, 'TRAIN'))
+    before = threads.get_num_threads()
+    try:
+        for n in (1, 3):
+            threads.set_num_threads(n)
+            runs.append(_run(monkeypatch, 'winograd', param, shapes, 'TRAIN'))
+    finally:
+        threads.set_num_threads(before)
     for a, b in zip(*runs):
         for o, r in zip(a, b):
             assert np.array_equal(o, r)
