@@ -77,8 +77,8 @@ def main(argv=None):
                 f, b = time_layer(net, n)
                 times[e, n][0].append(f)
                 times[e, n][1].append(b)
-    print('threads: BLAS/OpenMP %s; rounds %d (alternating); machine load affects absolute numbers'
-          % (os.environ.get('OPENBLAS_NUM_THREADS'), args.rounds))
+    print('threads: minicaffe %d (BLAS 1 each); rounds %d (alternating); machine load affects'
+          ' absolute numbers' % (caffe.get_num_threads(), args.rounds))
     print('%-8s %-8s %22s %22s %8s %14s' % ('layer', 'pass', 'im2col best/med ms',
                                            'winograd best/med ms', 'speedup', 'GFLOP/s i2c/wg'))
     for n in names:

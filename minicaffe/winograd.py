@@ -61,13 +61,12 @@ FORCE = os.environ.get('MINICAFFE_CONV_ENGINE', '').strip().lower() or None
 MIN_CHANNELS = 32
 MIN_OUTPUTS = 32
 
-# Whether the DEFAULT engine also runs backward by Winograd.  Measured on the
-# shared 2-core machine (benchmarks/bench_winograd.py, 2 BLAS threads) its
-# forward won 1.3-4x on CaffeNet conv3-5 but its backward lost on conv3/conv4
-# (the 2 x 16 point GEMMs each wake the BLAS threads), so DEFAULT runs forward
-# by Winograd and backward by im2col + GEMM (the exact gradients of the same
-# convolution); MINICAFFE_CONV_ENGINE=winograd runs both passes by Winograd.
-DEFAULT_BACKWARD = False
+# Whether the DEFAULT engine also runs backward by Winograd (else by im2col +
+# GEMM, the exact gradients of the same convolution).  With minicaffe's thread
+# pool and the one-thread BLAS, benchmarks/bench_winograd.py measured both passes
+# faster on CaffeNet conv3-5 (forward 1.15-1.23x, backward 1.29-1.34x); with
+# OpenBLAS's own threads under load the backward had lost.
+DEFAULT_BACKWARD = True
 
 
 def applicable(kernel, stride, dilation, pad):
