@@ -4,6 +4,11 @@ Use it as pycaffe:  ``import minicaffe as caffe``.
 """
 import os as _os
 
+# First of all: Ctrl-C while the imports below run ends the minicaffe command
+# with "minicaffe: interrupted" and exit 130 (see interrupt.py).
+from . import interrupt as _interrupt
+_interrupt.install_early_handler()
+
 # OpenBLAS's threads spin for ~2^28 cycles after each call before they sleep.
 # minicaffe sets the BLAS to one thread (minicaffe/threads.py), so they get no
 # work; this only matters where that is impossible (threadpoolctl missing).

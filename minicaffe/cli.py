@@ -41,6 +41,7 @@ import os
 import sys
 import time
 
+from . import interrupt
 from .errors import MinicaffeError
 
 PROG = 'minicaffe'
@@ -300,13 +301,69 @@ class GlogFormatter(logging.Formatter):
 def open_log_file(path):
     """A log file as glog writes one (its header lines first), so that Caffe's
     tools/extra/parse_log.py (which reads the year from the header) accepts it."""
-    import platform
     f = open(path, 'a', buffering=1)
+    _write_log_header(f)
+    return f
+
+
+def _write_log_header(f):
+    import platform
     now = time.localtime()
     f.write('Log file created at: %s\n' % time.strftime('%Y/%m/%d %H:%M:%S', now))
     f.write('Running on machine: %s\n' % platform.node())
     f.write('Log line format: [IWEF]mmdd hh:mm:ss.uuuuuu threadid file:line] msg\n')
-    return f
+
+
+class _LogFileHandler(logging.StreamHandler):
+    """``--log-file PATH``.  A path that cannot be opened is an error at start;
+    a write that fails later (a full disk, an I/O error) gives ONE warning on
+    stderr and the file is not written again (logging's default would print a
+    ``--- Logging error ---`` block for every record and go on)."""
+
+    def __init__(self, path):
+        try:
+            stream = open(path, 'a', buffering=1)
+        except OSError as e:
+            raise MinicaffeError('--log-file %s: cannot open it for writing: %s'
+                                 % (path, e.strerror or e)) from None
+        logging.StreamHandler.__init__(self, stream)
+        self.path, self.failed = path, False
+        try:
+            _write_log_header(stream)
+        except OSError as e:
+            self._give_up(e)
+
+    def emit(self, record):
+        if not self.failed:
+            logging.StreamHandler.emit(self, record)
+
+    def flush(self):
+        if self.failed:
+            return
+        try:
+            logging.StreamHandler.flush(self)
+        except OSError as e:
+            self._give_up(e)
+
+    def handleError(self, record):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            self._give_up(exc)
+        else:
+            logging.StreamHandler.handleError(self, record)
+
+    def _give_up(self, exc):
+        if self.failed:
+            return
+        self.failed = True
+        try:
+            self.stream.close()         # drops what could not be written
+        except (OSError, ValueError):
+            pass
+        logger = logging.getLogger('minicaffe')
+        logger.removeHandler(self)
+        logger.warning('--log-file %s: writing failed (%s); the log is no longer written to it'
+                       ' (stderr still has it)', self.path, getattr(exc, 'strerror', None) or exc)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -353,7 +410,7 @@ def setup_logging(verbosity=0, stream=None, log_file=None):
     handler._minicaffe_cli = True
     logger.addHandler(handler)
     if log_file:
-        fh = logging.StreamHandler(open_log_file(log_file))
+        fh = _LogFileHandler(log_file)
         fh.setFormatter(GlogFormatter())
         fh._minicaffe_cli = True
         fh._minicaffe_owns_stream = True
@@ -482,8 +539,9 @@ def build_parser():
 
 def main(argv=None):
     """Entry point: returns the exit code (the console script passes it to sys.exit)."""
-    parser = build_parser()
     try:
+        interrupt.raise_keyboard_interrupt()      # Ctrl-C is caught below from here on
+        parser = build_parser()
         args = parser.parse_args(argv)
     except SystemExit as e:           # argparse: --help (0) / usage errors (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
@@ -502,8 +560,8 @@ def run_reporting_errors(args, verbosity, log_file, prefix=''):
         code = args._run(args)
         return 0 if code is None else int(code)
     except KeyboardInterrupt:
-        print('%s: interrupted' % PROG, file=sys.stderr)
-        return 130
+        print(interrupt.MESSAGE, file=sys.stderr)
+        return interrupt.EXIT_CODE
     except BrokenPipeError:           # `minicaffe ... | head`: stop quietly, as a killed pipe does
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)

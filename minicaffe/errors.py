@@ -31,6 +31,10 @@ class DataSourceError(MinicaffeError):
     """A data layer whose source is missing or unreadable."""
 
 
+class NonFiniteLossError(MinicaffeError):
+    """Training stopped at a NaN/inf loss (``--halt-on-nan``, Solver.halt_on_nonfinite)."""
+
+
 def layer_context(layer_param):
     """'layer "conv1" (Convolution)' for error messages."""
     return 'layer "%s" (%s)' % (layer_param.name, layer_param.type)

@@ -63,15 +63,27 @@ def write_binary_atomic(path, message):
     write_bytes_atomic(path, message.SerializeToString())
 
 
+def temp_path(path):
+    """The temporary name a file is written under before it is renamed to
+    ``path``: ``<path>.tmp-<pid>`` (the pid tells a later run whether the
+    writer is still alive; see solvers/snapshot.remove_stale_temp_files)."""
+    return '%s.tmp-%d' % (os.fspath(path), os.getpid())
+
+
+def write_bytes_synced(path, payload):
+    """Write ``payload`` to ``path`` and fsync it (no rename; OSError on failure)."""
+    with open(path, 'wb') as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_bytes_atomic(path, payload):
     """Write to a temporary file beside ``path``, fsync, then rename over it."""
     path = os.fspath(path)
-    tmp = '%s.tmp-%d' % (path, os.getpid())
+    tmp = temp_path(path)
     try:
-        with open(tmp, 'wb') as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+        write_bytes_synced(tmp, payload)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

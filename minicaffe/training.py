@@ -12,6 +12,7 @@ Under ``mpiexec -n N`` (more than one rank) train runs data-parallel
 broadcast, gradients are averaged over the ranks; only rank 0 logs, tests,
 writes metrics and snapshots; an error on any rank ends every rank.
 """
+import errno
 import json
 import logging
 import os
@@ -21,8 +22,9 @@ import time
 
 import numpy as np
 
-from .errors import DataSourceError, MinicaffeError
+from .errors import DataSourceError, MinicaffeError, NonFiniteLossError
 from .fileio import check_regular_file
+from .protoio import temp_path
 from .solvers import Solver, SolverAction
 from .solvers.snapshot import newest
 
@@ -51,6 +53,9 @@ def add_train_arguments(p):
     p.add_argument('--no-progress', action='store_true', help='plain log lines even on a terminal')
     p.add_argument('--metrics', default=None,
                    help='metrics JSONL file (default <snapshot_prefix>_metrics.jsonl; "none" to skip)')
+    p.add_argument('--halt-on-nan', '--halt_on_nan', action='store_true',
+                   help='stop at the first non-finite (NaN/inf) loss: snapshot the last finite state'
+                        ' (the weights before the update that would use that loss) and exit 1')
 
 
 def add_test_arguments(p):
@@ -136,50 +141,83 @@ class MetricsWriter(object):
     ``{"phase": "test", "iter", "test_net", <outputs>}``.  A fresh run starts the
     file anew; a resumed run keeps the lines before the iteration it resumes at
     and appends (so an interrupted and resumed run reads as one run).
+
+    Every line is strict JSON: a NaN or infinite value is written as null.  When
+    a write fails (a full disk, an I/O error) one warning is logged, the file
+    is no longer written and training goes on (the log still has the numbers).
     """
 
     def __init__(self, path, resume_iter=None):
         self.path = path
-        d = os.path.dirname(path)
-        if d:
-            os.makedirs(d, exist_ok=True)
-        kept = []
-        if resume_iter is not None and os.path.exists(path):
-            with open(path, 'r', encoding='utf-8') as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue            # a line cut short by a crash
-                    if isinstance(rec, dict) and rec.get('iter', resume_iter) < resume_iter:
-                        kept.append(json.dumps(rec) + '\n')
-        self.f = open(path, 'w', buffering=1, encoding='utf-8')
-        self.f.writelines(kept)
+        try:
+            d = os.path.dirname(path)
+            if d:
+                os.makedirs(d, exist_ok=True)
+            kept = []
+            if resume_iter is not None and os.path.exists(path):
+                with open(path, 'r', encoding='utf-8') as f:
+                    for line in f:
+                        try:
+                            rec = json.loads(line)
+                        except ValueError:
+                            continue            # a line cut short by a crash
+                        if isinstance(rec, dict) and isinstance(rec.get('iter', resume_iter), int) \
+                                and rec.get('iter', resume_iter) < resume_iter:
+                            kept.append(rec)
+            self.f = open(path, 'w', buffering=1, encoding='utf-8')
+        except (OSError, UnicodeDecodeError) as e:
+            raise MinicaffeError('metrics file %s: cannot write it: %s'
+                                 % (path, getattr(e, 'strerror', None) or e)) from None
+        for rec in kept:                    # older files may hold bare NaN: rewritten as null
+            self._write({k: _finite_or_none(v) for k, v in rec.items()})
 
     @staticmethod
     def _clean(values):
         return {k: _f32(v) for k, v in (values or {}).items()}
 
+    def _write(self, rec):
+        if self.f is None:
+            return
+        try:
+            self.f.write(json.dumps(rec, allow_nan=False) + '\n')
+        except OSError as e:
+            f, self.f = self.f, None
+            try:
+                f.close()
+            except OSError:
+                pass
+            log.warning('metrics file %s: writing failed (%s); metrics are no longer written,'
+                        ' training goes on', self.path, e.strerror or e)
+
     def train(self, it, lr, loss, smoothed, outputs):
         rec = {'phase': 'train', 'iter': int(it), 'lr': _f32(lr), 'loss': _f32(loss),
                'smoothed_loss': _f32(smoothed)}
         rec.update(self._clean(outputs))
-        self.f.write(json.dumps(rec) + '\n')
+        self._write(rec)
 
     def test(self, it, net_id, values):
         rec = {'phase': 'test', 'iter': int(it), 'test_net': int(net_id)}
         rec.update(self._clean(values))
-        self.f.write(json.dumps(rec) + '\n')
+        self._write(rec)
 
     def close(self):
-        self.f.close()
+        if self.f is not None:
+            f, self.f = self.f, None
+            try:
+                f.close()
+            except OSError as e:
+                log.warning('metrics file %s: writing failed (%s)', self.path, e.strerror or e)
 
 
 def _f32(x):
     """A float32 value as the shortest decimal that reads back to it (0.1, not
-    0.10000000149); NaN/inf as JSON's non-standard NaN/Infinity, which Python reads."""
+    0.10000000149); NaN/inf as None (JSON null: strict JSON has no NaN)."""
     v = np.float32(x)
-    return float(str(v)) if np.isfinite(v) else float(v)
+    return float(str(v)) if np.isfinite(v) else None
+
+
+def _finite_or_none(v):
+    return None if isinstance(v, float) and not np.isfinite(v) else v
 
 
 class ProgressBar(object):
@@ -324,6 +362,11 @@ def _train(args, comm):
         log.info('Use CPU.')
     root = comm is None or comm.rank == 0
     param = _read_param(args)
+    metrics_path = None
+    if (args.metrics or '').lower() != 'none':
+        metrics_path = args.metrics or param.snapshot_prefix + '_metrics.jsonl'
+    if root:                                    # only rank 0 writes files
+        _check_output_paths(param, args.solver, metrics_path)
     try:
         solver = Solver(param, source=args.solver)
     except DataSourceError as e:
@@ -347,11 +390,11 @@ def _train(args, comm):
         from .parallel.launch import start
         dp = start(solver, comm)
     metrics = None
-    if (args.metrics or '').lower() != 'none' and root:
-        path = args.metrics or solver.param.snapshot_prefix + '_metrics.jsonl'
-        metrics = MetricsWriter(path, resume_iter=solver.iter if resume else None)
-        log.info('Writing metrics to %s', path)
+    if metrics_path is not None and root:
+        metrics = MetricsWriter(metrics_path, resume_iter=solver.iter if resume else None)
+        log.info('Writing metrics to %s', metrics_path)
     solver.metrics = metrics
+    solver.halt_on_nonfinite = args.halt_on_nan
     bar = clear = None
     if not args.no_progress and _is_tty(sys.stderr) and root:
         bar = ProgressBar(solver, sys.stderr)
@@ -365,6 +408,11 @@ def _train(args, comm):
         try:
             log.info('Starting Optimization')
             solver.solve()
+        except NonFiniteLossError as e:
+            if comm is not None:
+                raise               # every rank stops (_train_ranks aborts the job)
+            print('minicaffe: error: %s' % e, file=sys.stderr)
+            return 1
         finally:
             if bar:
                 for h in handlers:
@@ -390,6 +438,34 @@ def _finish_ranks(dp):
              ' (%d iterations, %.3f MB reduced per iteration, %d bucket(s))',
              c['comm_seconds'], c['wait_seconds'], c['iterations'],
              c['bytes_per_iteration'] / 1e6, c['buckets'])
+
+
+def _check_output_paths(param, source, metrics_path):
+    """Every file training will write, checked before any net is built (as
+    Caffe checks the snapshot prefix): the snapshot prefix also when only the
+    final snapshot (snapshot_after_train) will use it, and the metrics file.
+    A clear error now instead of an OSError at the first write."""
+    from .solvers.snapshot import check_prefix_writable
+    if param.snapshot_prefix and (param.snapshot or param.snapshot_after_train):
+        check_prefix_writable(param.snapshot_prefix, source)
+    if metrics_path is None:
+        return
+    folder = os.path.dirname(metrics_path) or '.'
+    try:
+        if os.path.isdir(metrics_path):
+            raise IsADirectoryError(errno.EISDIR, 'it is a folder')
+        if os.path.exists(metrics_path):
+            with open(metrics_path, 'a'):     # append mode: the file is not changed
+                pass
+        else:
+            os.makedirs(folder, exist_ok=True)
+            probe = temp_path(metrics_path)
+            with open(probe, 'wb'):
+                pass
+            os.remove(probe)
+    except OSError as e:
+        raise MinicaffeError('%s: cannot write the metrics file %s (%s); give a writable --metrics'
+                             ' PATH, or --metrics none' % (source, metrics_path, e.strerror or e)) from None
 
 
 def _handlers():

@@ -33,7 +33,7 @@ from google.protobuf.message import DecodeError
 
 from . import fileio
 from .errors import IncompleteWeightsError, WeightsError
-from .protoio import pb
+from .protoio import pb, temp_path
 
 log = logging.getLogger('minicaffe')
 
@@ -400,19 +400,30 @@ def write_chunks_atomic(path, chunks):
     """Write ``chunks`` (bytes or C-contiguous arrays) to a temp file beside
     ``path``, fsync, then rename it over ``path``."""
     path = os.fspath(path)
-    tmp = '%s.tmp-%d' % (path, os.getpid())
+    tmp = temp_path(path)
     try:
-        with open(tmp, 'wb') as f:
-            for c in chunks:
-                f.write(c.data if isinstance(c, np.ndarray) else c)
-            f.flush()
-            os.fsync(f.fileno())
+        write_chunks_synced(tmp, chunks)
         os.replace(tmp, path)
     except OSError as e:
         raise WeightsError('cannot write weights file %s: %s' % (path, e.strerror or e)) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_chunks_synced(path, chunks):
+    """Write ``chunks`` to ``path`` and fsync it (no rename; OSError on failure)."""
+    with open(path, 'wb') as f:
+        for c in chunks:
+            f.write(c.data if isinstance(c, np.ndarray) else c)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_caffemodel_synced(net, path, write_diff=False):
+    """The .caffemodel of ``net`` written to ``path`` itself and fsynced (a
+    snapshot writes the model and the state to temporary names, then renames)."""
+    write_chunks_synced(path, _net_chunks(net, bool(write_diff)))
 
 
 def save_caffemodel(net, path, write_diff=False):
@@ -434,38 +445,43 @@ def _param_ids(net):
 
 def save_hdf5(net, path, write_diff=False):
     """Caffe's Net::ToHDF5: /data/<layer>/<i> for owned params, /diff/<layer>/<i> for all."""
-    import h5py
     path = os.fspath(path)
-    tmp = '%s.tmp-%d' % (path, os.getpid())
-    owners = net.param_owners
-    ids = _param_ids(net)
+    tmp = temp_path(path)
     try:
-        with h5py.File(tmp, 'w') as f:
-            data_g = f.create_group('data')
-            diff_g = f.create_group('diff') if write_diff else None
-            for lid, layer in enumerate(net.layers):
-                name = layer.name
-                if name in data_g:
-                    log.warning('%s: net has more than one layer named "%s"; only the first is saved'
-                                ' to HDF5', path, name)
-                    continue
-                ldata = data_g.create_group(name)
-                ldiff = diff_g.create_group(name) if write_diff else None
-                for j, b in enumerate(layer.blobs):
-                    pid = ids.get((lid, j))
-                    if pid is None or owners[pid] == -1:
-                        ldata.create_dataset(str(j), data=np.ascontiguousarray(b.data, np.float32))
-                    if write_diff:
-                        ldiff.create_dataset(str(j), data=np.ascontiguousarray(b.diff, np.float32))
-            f.flush()
-        with open(tmp, 'rb+') as fh:
-            os.fsync(fh.fileno())
+        write_hdf5_synced(net, tmp, write_diff)
         os.replace(tmp, path)
     except OSError as e:
         raise WeightsError('cannot write HDF5 weights file %s: %s' % (path, e.strerror or e)) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_hdf5_synced(net, path, write_diff=False):
+    """Net::ToHDF5 written to ``path`` itself and fsynced (OSError on failure)."""
+    import h5py
+    owners = net.param_owners
+    ids = _param_ids(net)
+    with h5py.File(path, 'w') as f:
+        data_g = f.create_group('data')
+        diff_g = f.create_group('diff') if write_diff else None
+        for lid, layer in enumerate(net.layers):
+            name = layer.name
+            if name in data_g:
+                log.warning('%s: net has more than one layer named "%s"; only the first is saved'
+                            ' to HDF5', path, name)
+                continue
+            ldata = data_g.create_group(name)
+            ldiff = diff_g.create_group(name) if write_diff else None
+            for j, b in enumerate(layer.blobs):
+                pid = ids.get((lid, j))
+                if pid is None or owners[pid] == -1:
+                    ldata.create_dataset(str(j), data=np.ascontiguousarray(b.data, np.float32))
+                if write_diff:
+                    ldiff.create_dataset(str(j), data=np.ascontiguousarray(b.diff, np.float32))
+        f.flush()
+    with open(path, 'rb+') as fh:
+        os.fsync(fh.fileno())
 
 
 def load_hdf5(net, path, strict=False):

@@ -772,22 +772,48 @@ class HDF5OutputLayer(Layer):
     """Writes bottom[0] as dataset "data" and bottom[1] as "label" to file_name.
 
     Shapes: bottoms (N, ...) with equal N; no tops.  Forward writes (the file
-    is created at setup, rewritten each forward); backward does nothing.
+    is rewritten each forward); backward does nothing.
+
+    Unlike Caffe, which creates (truncates) the file in LayerSetUp, building the
+    net writes nothing: a net is built by ``draw``, ``upgrade``, ``time`` and by
+    anyone reading an untrusted prototxt, and ``file_name`` may name any file.
+    The file is created by the first forward, and an existing file that is not
+    HDF5 (or a folder) is never overwritten: setup and forward refuse it.
     """
     exact_num_bottom = 2
     exact_num_top = 0
 
     def setup(self, bottom, top):
-        import h5py
         self.file_name = self.layer_param.hdf5_output_param.file_name
         if not self.file_name:
             raise self.error('hdf5_output_param.file_name is not set')
-        try:
-            with h5py.File(self.file_name, 'w'):
-                pass
-        except (OSError, ValueError) as e:
-            raise DataSourceError('%s: failed to create HDF5 file %s: %s'
-                                  % (layer_context(self.layer_param), self.file_name, e)) from None
+        self._check_target()
+
+    def _check_target(self):
+        """Refuse to overwrite anything but an HDF5 file (checked before each write)."""
+        import h5py
+        path = self.file_name
+        why = None
+        if not os.path.lexists(path):
+            folder = os.path.dirname(path) or '.'
+            if not os.path.isdir(folder):
+                raise DataSourceError('%s: failed to create HDF5 file %s: its folder %s does not exist'
+                                      % (layer_context(self.layer_param), path, folder))
+            return
+        if os.path.isdir(path):
+            why = 'it is a folder'
+        elif not os.path.isfile(path):
+            why = 'it is not a regular file'
+        else:
+            try:
+                if not h5py.is_hdf5(path):
+                    why = 'it exists and is not an HDF5 file'
+            except (OSError, ValueError) as e:
+                why = 'it cannot be read (%s)' % e
+        if why:
+            raise DataSourceError('%s: hdf5_output_param.file_name %s: %s, and HDF5Output would'
+                                  ' overwrite it; name a new file or an HDF5 file'
+                                  % (layer_context(self.layer_param), path, why))
 
     def reshape(self, bottom, top):
         pass
@@ -797,6 +823,7 @@ class HDF5OutputLayer(Layer):
         if bottom[0].shape[:1] != bottom[1].shape[:1]:
             raise self.error('data and label must have the same num, got %s and %s'
                              % (bottom[0].shape, bottom[1].shape))
+        self._check_target()
         try:
             with h5py.File(self.file_name, 'w') as f:
                 f.create_dataset('data', data=_legacy4d(bottom[0].data))

@@ -4,8 +4,11 @@ BINARYPROTO: ``<prefix>_iter_N.caffemodel`` (NetParameter) and
 ``<prefix>_iter_N.solverstate`` (SolverState: iter, learned_net, history,
 current_step).  HDF5: ``.caffemodel.h5`` and ``.solverstate.h5`` with
 datasets ``iter``, ``learned_net``, ``current_step`` and group ``history``
-holding ``0``, ``1``, ….  Every file goes to a temporary name first and is
-renamed into place, so a crash mid-snapshot leaves the previous one intact.
+holding ``0``, ``1``, ….  Both files go to temporary names first and are
+renamed into place (model, then state), so a crash mid-snapshot leaves the
+previous one intact, and a failure (full disk) leaves neither file of the
+new pair.  Temporary files of a killed run are removed when the next run
+starts under the same prefix.
 
 History on the device (GPU mode) is copied to the host for writing; a restore
 reads it on the host and, in GPU mode, puts it back on the device.
@@ -28,47 +31,142 @@ def filename(solver, extension):
 
 
 def snapshot(solver):
+    """Write the .caffemodel/.solverstate pair so that both exist under their
+    final names or neither does: both go to temporary files (fsynced), then the
+    model is renamed into place, then the state.  If anything fails (a full
+    disk, an I/O error) the temporary files and a model already renamed are
+    removed and a :class:`SnapshotError` says so; the previous snapshot is
+    untouched.  Returns (model path, state path)."""
     from .. import weights
     p = solver.param
     d = os.path.dirname(p.snapshot_prefix)
-    if d and not os.path.isdir(d):
-        os.makedirs(d, exist_ok=True)
-    if p.snapshot_format == pb.SolverParameter.HDF5:
-        model = filename(solver, '.caffemodel.h5')
-        solver.log('Snapshotting to HDF5 file %s' % model)
-        weights.save_hdf5(solver.net, model, p.snapshot_diff)
-        state = filename(solver, '.solverstate.h5')
-        solver.log('Snapshotting solver state to HDF5 file %s' % state)
-        _write_state_hdf5(solver, state, model)
-    else:
-        model = filename(solver, '.caffemodel')
-        solver.log('Snapshotting to binary proto file %s' % model)
-        weights.save_caffemodel(solver.net, model, p.snapshot_diff)
-        state = filename(solver, '.solverstate')
-        solver.log('Snapshotting solver state to binary proto file %s' % state)
-        msg = pb.SolverState(iter=solver.iter, learned_net=model, current_step=solver.current_step)
-        for h in solver.host_history():
-            protoio.blob_to_proto(h, msg.history.add())
-        protoio.write_binary_atomic(state, msg)
+    hdf5 = p.snapshot_format == pb.SolverParameter.HDF5
+    kind = 'HDF5' if hdf5 else 'binary proto'
+    model = filename(solver, '.caffemodel.h5' if hdf5 else '.caffemodel')
+    state = filename(solver, '.solverstate.h5' if hdf5 else '.solverstate')
+    model_tmp, state_tmp = protoio.temp_path(model), protoio.temp_path(state)
+    placed = []
+    try:
+        if d and not os.path.isdir(d):
+            os.makedirs(d, exist_ok=True)
+        solver.log('Snapshotting to %s file %s' % (kind, model))
+        if hdf5:
+            weights.write_hdf5_synced(solver.net, model_tmp, p.snapshot_diff)
+        else:
+            weights.write_caffemodel_synced(solver.net, model_tmp, p.snapshot_diff)
+        solver.log('Snapshotting solver state to %s file %s' % (kind, state))
+        if hdf5:
+            _write_state_hdf5(solver, state_tmp, model)
+        else:
+            msg = pb.SolverState(iter=solver.iter, learned_net=model, current_step=solver.current_step)
+            for h in solver.host_history():
+                protoio.blob_to_proto(h, msg.history.add())
+            protoio.write_bytes_synced(state_tmp, msg.SerializeToString())
+        os.replace(model_tmp, model)
+        placed.append(model)
+        os.replace(state_tmp, state)
+        placed.append(state)
+        _fsync_folder(d or '.')
+    except (OSError, RuntimeError) as e:      # h5py reports some write failures as RuntimeError
+        for f in [model_tmp, state_tmp] + placed:
+            _remove_quietly(f)
+        raise SnapshotError('cannot write snapshot %s + %s: %s; neither file was kept (the previous'
+                            ' snapshot, if any, is intact)'
+                            % (model, os.path.basename(state), getattr(e, 'strerror', None) or e)) from None
     return model, state
 
 
-def _write_state_hdf5(solver, path, model):
-    tmp = '%s.tmp-%d' % (path, os.getpid())
+def check_prefix_writable(prefix, source):
+    """Caffe's CheckSnapshotWritePermissions: a probe file under ``prefix``
+    (its folder is created when missing); a clear error when it cannot be written."""
+    folder = os.path.dirname(prefix) or '.'
+    probe = '%s_iter_0.tempfile' % prefix
     try:
-        with h5py.File(tmp, 'w') as f:
-            f.create_dataset('iter', data=np.array([solver.iter], np.int32))
-            _save_string(f, 'learned_net', model)
-            f.create_dataset('current_step', data=np.array([solver.current_step], np.int32))
-            g = f.create_group('history')
-            for i, h in enumerate(solver.host_history()):
-                g.create_dataset(str(i), data=h)
-        with open(tmp, 'rb+') as fh:        # on disk before it takes the final name
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, 'wb'):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise MinicaffeError("%s: cannot write to snapshot prefix '%s' (%s). Make sure that the"
+                             " folder exists and is writable." % (source, prefix, e.strerror or e)) from None
+
+
+class SnapshotError(MinicaffeError):
+    """A snapshot could not be written (full disk, I/O error); nothing half-written is left."""
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _fsync_folder(folder):
+    """Make the renames durable (POSIX: fsync the directory); best effort."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        os.close(fd)
+
+
+_TEMP = re.compile(r'\.tmp-(\d+)$')
+
+
+def remove_stale_temp_files(prefix, log=None):
+    """Remove ``<prefix>_iter_*.tmp-<pid>`` files whose writer is no longer
+    running (left by a run killed mid-snapshot, e.g. by SIGKILL).  A file of a
+    live process (another run writing under the same prefix) is kept.  Returns
+    the removed paths."""
+    removed = []
+    if not prefix:
+        return removed
+    for f in glob.glob(glob.escape(prefix) + '_iter_*.tmp-*'):
+        m = _TEMP.search(f)
+        if not m or not os.path.isfile(f) or _process_alive(int(m.group(1))):
+            continue
+        try:
+            os.remove(f)
+        except OSError:
+            continue
+        removed.append(f)
+        if log is not None:
+            log('Removed %s, a temporary file left by process %s, which is no longer running'
+                % (f, m.group(1)))
+    return removed
+
+
+def _process_alive(pid):
+    if pid == os.getpid():
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:             # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def _write_state_hdf5(solver, path, model):
+    """The HDF5 solver state written to ``path`` itself and fsynced."""
+    with h5py.File(path, 'w') as f:
+        f.create_dataset('iter', data=np.array([solver.iter], np.int32))
+        _save_string(f, 'learned_net', model)
+        f.create_dataset('current_step', data=np.array([solver.current_step], np.int32))
+        g = f.create_group('history')
+        for i, h in enumerate(solver.host_history()):
+            g.create_dataset(str(i), data=h)
+    with open(path, 'rb+') as fh:        # on disk before it takes the final name
+        os.fsync(fh.fileno())
 
 
 def _save_string(f, name, text):

@@ -25,11 +25,11 @@ import numpy as np
 
 from .. import mode as _mode
 from .. import protoio
-from ..errors import MinicaffeError
+from ..errors import MinicaffeError, NonFiniteLossError
 from ..net import Net, TRAIN, TEST
 from ..parallel import state as _parallel
 from ..protoio import pb
-from . import lr_policy, snapshot as snap
+from . import lr_policy, nonfinite, snapshot as snap
 from .updates import RULES, array_module
 
 log = logging.getLogger('minicaffe')
@@ -129,6 +129,11 @@ class Solver(object):
         self.update_rule, sets = RULES[self.type]
         self.history = _zero_history(self.net, sets)
         self.metrics = None
+        # Beyond Caffe: at the first NaN/inf loss, one warning naming where the
+        # values went bad; with halt_on_nonfinite (train --halt-on-nan) training
+        # stops there, after a snapshot of the last finite state.
+        self.halt_on_nonfinite = False
+        self._warned_nonfinite = False
 
     def log(self, msg):
         # Caffe's LOG_IF(INFO, Caffe::root_solver()): one rank speaks for all.
@@ -140,22 +145,16 @@ class Solver(object):
         ``snapshot`` set, a prefix must be given and its folder writable (we
         create a missing folder; Caffe insists that it exists)."""
         p = self.param
-        if not p.snapshot or not _parallel.root_solver():     # only rank 0 writes snapshots
+        if not _parallel.root_solver():      # only rank 0 writes snapshots
+            return
+        if p.snapshot_prefix:
+            snap.remove_stale_temp_files(p.snapshot_prefix, self.log)
+        if not p.snapshot:
             return
         if not p.snapshot_prefix:
             raise MinicaffeError('%s: snapshot is set (every %d iterations) but snapshot_prefix is not'
                                  % (self.source, p.snapshot))
-        folder = os.path.dirname(p.snapshot_prefix) or '.'
-        try:
-            os.makedirs(folder, exist_ok=True)
-            probe = snap.filename(self, '.tempfile')
-            with open(probe, 'wb'):
-                pass
-            os.remove(probe)
-        except OSError as e:
-            raise MinicaffeError("%s: cannot write to snapshot prefix '%s' (%s). Make sure that the"
-                                 " folder exists and is writable." % (self.source, p.snapshot_prefix,
-                                                                       e.strerror or e)) from None
+        snap.check_prefix_writable(p.snapshot_prefix, self.source)
 
     # ------------------------------------------------------------ nets
     def _resolve(self, path):
@@ -288,6 +287,8 @@ class Solver(object):
             for _ in range(max(1, p.iter_size)):
                 loss += self.net.forward_backward()
             loss /= max(1, p.iter_size)
+            if not np.isfinite(loss):
+                self._nonfinite_loss(loss)
             self._update_smoothed_loss(loss, start_iter, max(1, p.average_loss))
             outputs = None
             if display:
@@ -513,8 +514,40 @@ class Solver(object):
             self.metrics.test(self.iter, i, values)
         return values
 
+    # ------------------------------------------------------------ non-finite loss
+    def _nonfinite_loss(self, loss):
+        """The loss of this iteration is NaN/inf (its update has not run yet, so
+        the weights are those of the last update).  Warn once; with
+        halt_on_nonfinite snapshot these weights when they are finite and stop."""
+        if not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            log.warning('Iteration %d: loss = %g is not finite; %s.%s', self.iter, loss,
+                        nonfinite.describe(self.net),
+                        '' if self.halt_on_nonfinite else ' Training goes on (as in Caffe); '
+                        '`minicaffe train --halt-on-nan` would stop here with a snapshot')
+        if not self.halt_on_nonfinite:
+            return
+        if nonfinite.params_finite(self.net):
+            model, state = self.snapshot()
+            kept = ('the weights before this update (the last finite state) are saved in %s and %s'
+                    % (model, state))
+        else:
+            previous = snap.newest(self.param.snapshot_prefix) if self.param.snapshot_prefix else None
+            kept = ('the weights themselves are no longer finite, so no snapshot is written; %s'
+                    % ('the newest snapshot is %s' % previous if previous else 'there is no snapshot'))
+        raise NonFiniteLossError('%s: iteration %d: loss = %g is not finite; training halted'
+                                 ' (--halt-on-nan); %s' % (self.source, self.iter, loss, kept))
+
     # ------------------------------------------------------------ snapshots
     def snapshot(self):
+        if self.halt_on_nonfinite and not nonfinite.params_finite(self.net):
+            # never replace a good snapshot with non-finite weights
+            previous = snap.newest(self.param.snapshot_prefix) if self.param.snapshot_prefix else None
+            raise NonFiniteLossError('%s: iteration %d: the weights are not finite (%s); training'
+                                     ' halted (--halt-on-nan) without snapshotting them; %s'
+                                     % (self.source, self.iter, nonfinite.describe(self.net),
+                                        'the newest snapshot is %s' % previous if previous
+                                        else 'there is no snapshot'))
         return snap.snapshot(self)
 
     def restore(self, path):
