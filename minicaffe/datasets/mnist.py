@@ -59,6 +59,7 @@ class _ArraysOnly(pickle.Unpickler):
         ('numpy', 'ndarray'), ('numpy', 'dtype'),
         ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
         ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+        ('_codecs', 'encode'),      # how Python 3's protocol 2 stores bytes (a str -> bytes codec call)
     } | {('builtins', name) for name in ('tuple', 'list', 'dict', 'set', 'frozenset', 'int', 'float',
                                          'complex', 'bool', 'str', 'bytes', 'bytearray', 'slice')}
 
