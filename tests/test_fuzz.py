@@ -141,6 +141,35 @@ def test_data_prototxt(seed_index, ops):
     check('data_prototxt', seed_index, ops)
 
 
+def test_fuzz_in_subprocesses_with_a_memory_limit_and_a_timeout():
+    """The bounded CI campaign: seeded mutations of the shipped (prototxt/) and
+    conformance prototxts, Caffe's and minicaffe's weights and states and the
+    data files, run by tools/fuzz.py in worker subprocesses (many cases each)
+    under RLIMIT_AS and a per-case timeout.  A traceback (any exception but a
+    MinicaffeError naming the file, also in a thread), a hang, a crash of the
+    worker or a MemoryError under the limit fails the test; the table of
+    counts is printed (pytest -s shows it)."""
+    cases = max(1, int(600 * SCALE))
+    results, tracebacks = fuzz.run_isolated(cases, seed=11, workers=2, timeout=30, mem_mb=3072)
+    report = '\n'.join(fuzz.summarize(results))
+    print(report)
+    assert len(results) == cases, report
+    assert {r['target'] for r in results} >= {'shipped_prototxt', 'conformance_net', 'caffemodel',
+                                              'solverstate'}, report
+    assert not [r for r in results if r['outcome'] in fuzz.FAILURES], report
+    assert not tracebacks, '\n'.join(tracebacks)
+
+
+def test_isolated_runner_reports_crashes_hangs_and_blowups(monkeypatch):
+    """The runner itself: a worker killed by a signal mid-case is a crash of
+    that case, the next worker goes on with the case after it."""
+    monkeypatch.setenv('MINICAFFE_FUZZ_TEST_CRASH_AT', '3')
+    results, _ = fuzz.run_isolated(6, seed=11, workers=1, timeout=30, mem_mb=3072)
+    assert [r['i'] for r in results] == list(range(6))
+    assert [r['outcome'] for r in results][3] == 'crash'
+    assert all(r['outcome'] != 'crash' for r in results[:3] + results[4:])
+
+
 def test_huge_shapes_are_refused_before_allocating(tmp_path):
     import minicaffe as caffe
     from minicaffe.errors import NetDefinitionError

@@ -26,21 +26,35 @@ Targets (each mutates real files and feeds them to the public API):
   lmdb_datum       Datum records, corrupted, read by a Data net
   data_prototxt    ImageData / WindowData / Data layers with real sources,
                    their prototxt mutated, built and run forward twice
+  shipped_prototxt the nets and solvers this project ships (prototxt/),
+                   mutated, built (nets: TEST and TRAIN, forward when small)
+
+    python tools/fuzz.py --isolate [--cases 300] [--workers 2] [--mem-mb 3072]
+
+runs every case in a worker subprocess (many cases per worker) under an
+address-space limit (RLIMIT_AS) and a timeout: a crash (a signal), a hang
+the alarm cannot interrupt, a MemoryError (a blow-up) or a traceback
+printed by any thread counts as a failure, and the next worker goes on
+with the case after it.  tests/test_fuzz.py runs a bounded, seeded set of
+cases this way in CI.
 
 Every case must either succeed or raise a MinicaffeError whose message names
 the file; "escaped" counts any other exception, "unnamed" errors that do not
-name the file, "hang" cases over the time limit.  Exit status 1 when any
-escaped, hung or went unnamed.
+name the file, "hang" cases over the time limit ("crash": the worker died).
+Exit status 1 when any escaped, hung, crashed or went unnamed.
 """
 import argparse
 import collections
+import json
 import os
 import random
 import re
 import shutil
 import signal
 import sys
+import subprocess
 import tempfile
+import threading
 import traceback
 from pathlib import Path
 
@@ -261,6 +275,29 @@ def run_solver_prototxt(path, workdir):
     caffe.get_solver(str(path))
 
 
+SHIPPED = ROOT / 'prototxt'
+
+
+def _shipped_files():
+    """The project's own nets and solvers; net paths inside solvers made absolute
+    (a mutated solver runs in a scratch folder)."""
+    out = []
+    for p in sorted(SHIPPED.rglob('*.prototxt')) if SHIPPED.is_dir() else []:
+        text = p.read_text(encoding='utf-8', errors='surrogateescape')
+        text = re.sub(r'((?:train_|test_)?net\s*:\s*")(prototxt/)', lambda m: m.group(1) + str(ROOT) + '/'
+                      + m.group(2), text)
+        out.append((str(p.relative_to(SHIPPED)).replace(os.sep, '__'),
+                    text.encode('utf-8', errors='surrogateescape')))
+    return out
+
+
+def run_shipped_prototxt(path, workdir):
+    if _is_solver(Path(str(path).replace('.mut.', '.'))):
+        caffe.get_solver(str(path))
+    else:
+        run_net_prototxt(path, workdir)
+
+
 def _layer_available(type_name):
     from minicaffe.layers.base import layer_type_list
     return type_name in layer_type_list()
@@ -337,6 +374,10 @@ def build_targets(workdir):
         targets.append(Target('conformance_net', 'text', [(n, v[0]) for n, v in conf.items()],
                               run_conformance_net, 'build + forward + backward'))
 
+    shipped = _shipped_files()
+    if shipped:
+        targets.append(Target('shipped_prototxt', 'text', shipped, run_shipped_prototxt,
+                              'parse + build (+ forward when small)'))
     solvers = [(p.name, p.read_bytes()) for p in _solver_files()]
     if solvers:
         targets.append(Target('solver_prototxt', 'text', solvers, run_solver_prototxt, 'parse + build'))
@@ -603,6 +644,181 @@ def random_ops(rng, kind):
     return [(rng.choice(ops), rng.randrange(1 << 30)) for _ in range(rng.randint(1, 4))]
 
 
+# ================================================================ isolated (subprocess) runs
+FAILURES = ('escaped', 'unnamed', 'hang', 'crash')
+
+
+# Text edits that keep a prototxt parseable, so that a case reaches net
+# construction, forward and backward instead of stopping at a parse error.
+PARSEABLE_TEXT_OPS = ('number', 'string', 'dup_block', 'del_block', 'cycle', 'huge_dim', 'rename_bottom')
+
+
+def case_spec(targets, seed, index):
+    """Case ``index`` of run ``seed``: (target, seed file name, its bytes, ops).
+    Each case draws from its own generator, so any case can be rerun alone.
+    Half the text cases use only edits that keep the file parseable."""
+    r = random.Random('%d/%d' % (seed, index))
+    t = targets[r.randrange(len(targets))]
+    name, data = t.seeds[r.randrange(len(t.seeds))]
+    if t.kind == 'text' and r.random() < 0.5:
+        ops = [(r.choice(PARSEABLE_TEXT_OPS), r.randrange(1 << 30)) for _ in range(r.randint(1, 3))]
+    else:
+        ops = random_ops(r, t.kind)
+    return t, name, data, ops
+
+
+def _quiet():
+    import logging
+    import warnings
+    logging.getLogger('minicaffe').setLevel(logging.CRITICAL)
+    warnings.simplefilter('ignore')     # Pillow's decompression-bomb warnings on fuzzed headers
+
+
+def worker(start, end, seed, timeout, mem_mb, target_names):
+    """Cases [start, end) in this process, one JSON line each on stdout (a
+    {"start": i} line first, so that the parent knows which case a crash hit).
+    The address-space limit is set after the (trusted) seed files are built."""
+    _quiet()
+    thread_errors = []
+    threading.excepthook = lambda a: thread_errors.append('%s: %s in thread %s' % (
+        a.exc_type.__name__, a.exc_value, a.thread.name if a.thread else '?'))
+    workdir = tempfile.mkdtemp(prefix='minicaffe-fuzz-worker-')
+    try:
+        targets = build_targets(workdir)
+        if target_names:
+            targets = [t for t in targets if t.name in target_names]
+        if mem_mb:
+            import resource
+            limit = int(mem_mb) << 20
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        out = sys.stdout
+        for i in range(start, end):
+            t, name, data, ops = case_spec(targets, seed, i)
+            out.write(json.dumps({'start': i}) + '\n')
+            out.flush()
+            del thread_errors[:]
+            if os.environ.get('MINICAFFE_FUZZ_TEST_CRASH_AT') == str(i):     # the runner's own test
+                os.kill(os.getpid(), signal.SIGKILL)
+            outcome, exc, _ = run_case(t, name, data, ops, workdir, timeout)
+            detail = ''
+            if outcome in FAILURES and exc is not None:
+                detail = ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:])
+            if thread_errors and outcome not in FAILURES:
+                outcome, detail = 'escaped', '; '.join(thread_errors)
+            out.write(json.dumps({'i': i, 'target': t.name, 'seed': name, 'ops': ops,
+                                  'outcome': outcome, 'detail': detail[-2000:]}) + '\n')
+            out.flush()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _worker_env():
+    env = dict(os.environ)
+    env['PYTHONPATH'] = str(ROOT) + os.pathsep + env.get('PYTHONPATH', '')
+    for var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
+        env[var] = '1'          # small address space per worker; the workers run side by side
+    return env
+
+
+def _run_range(start, end, seed, timeout, mem_mb, target_names, results, stderr_tails):
+    """Cases [start, end) in as many worker processes as it takes: a worker
+    that dies or stops answering is recorded against its current case and a
+    new one goes on with the next case."""
+    import queue
+    i = start
+    while i < end:
+        cmd = [sys.executable, os.path.abspath(__file__), '--worker', str(i), str(end), '--seed', str(seed),
+               '--timeout', str(timeout), '--mem-mb', str(mem_mb)]
+        for name in target_names or []:
+            cmd += ['--target', name]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=_worker_env())
+        lines = queue.Queue()
+        err_chunks = []
+        threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout] + [lines.put(None)],
+                         daemon=True).start()
+        threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True).start()
+        current, startup = None, True
+        while True:
+            try:
+                # a case's own alarm fires at `timeout`; silence well past it is a hang
+                ln = lines.get(timeout=timeout * 2 + (60 if startup else 15))
+            except queue.Empty:
+                proc.kill()
+                proc.wait()
+                results.append({'i': current if current is not None else i, 'outcome': 'hang',
+                                'detail': 'worker silent past the time limit', 'target': '?'})
+                i = (current if current is not None else i) + 1
+                break
+            if ln is None:                      # the worker exited
+                proc.wait()
+                if current is not None:         # ... in the middle of a case
+                    results.append({'i': current, 'outcome': 'crash', 'target': '?',
+                                    'detail': 'worker exit status %s' % proc.returncode})
+                    i = current + 1
+                elif proc.returncode != 0:
+                    results.append({'i': i, 'outcome': 'crash', 'target': '?',
+                                    'detail': 'worker failed to start: status %s' % proc.returncode})
+                    i = end
+                else:
+                    i = end
+                break
+            rec = json.loads(ln)
+            startup = False
+            if 'start' in rec:
+                current = rec['start']
+            else:
+                results.append(rec)
+                current = None
+        for _ in range(50):
+            if err_chunks:
+                break
+            threading.Event().wait(0.1)
+        tail = ''.join(c or '' for c in err_chunks)
+        if 'Traceback' in tail:
+            stderr_tails.append(tail[-3000:])
+
+
+def run_isolated(cases, seed=1, workers=2, timeout=20, mem_mb=3072, target_names=None):
+    """Run ``cases`` seeded cases in worker subprocesses (``workers`` at a time).
+    Returns (per-case result records, stderr of workers that printed a traceback)."""
+    results, tails = [], []
+    bounds = [cases * k // workers for k in range(workers + 1)]
+    threads = [threading.Thread(target=_run_range, args=(bounds[k], bounds[k + 1], seed, timeout, mem_mb,
+                                                         target_names, results, tails))
+               for k in range(workers) if bounds[k + 1] > bounds[k]]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return sorted(results, key=lambda r: r['i']), tails
+
+
+def summarize(results):
+    """Lines of a table: cases and outcomes per target, and the failures."""
+    by_target = collections.defaultdict(collections.Counter)
+    for r in results:
+        by_target[r.get('target', '?')][r['outcome']] += 1
+    lines = ['%-17s %6s %6s %6s %8s %8s %5s %6s' % ('target', 'cases', 'ok', 'error', 'escaped', 'unnamed',
+                                                    'hang', 'crash')]
+    total = collections.Counter()
+    for name in sorted(by_target):
+        c = by_target[name]
+        total.update(c)
+        lines.append('%-17s %6d %6d %6d %8d %8d %5d %6d' % (name, sum(c.values()), c['ok'], c['error'],
+                                                            c['escaped'], c['unnamed'], c['hang'], c['crash']))
+    lines.append('%-17s %6d %6d %6d %8d %8d %5d %6d' % ('TOTAL', sum(total.values()), total['ok'], total['error'],
+                                                        total['escaped'], total['unnamed'], total['hang'],
+                                                        total['crash']))
+    for r in results:
+        if r['outcome'] in FAILURES:
+            lines.append('\n[case %s: %s %s] %s ops=%s\n%s' % (r['i'], r.get('target'), r['outcome'],
+                                                               r.get('seed', ''), r.get('ops', ''),
+                                                               r.get('detail', '')))
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--cases', type=int, default=4000, help='total cases, spread over the targets')
@@ -611,7 +827,21 @@ def main(argv=None):
     ap.add_argument('--timeout', type=int, default=20, help='seconds per case before it counts as a hang')
     ap.add_argument('--show', type=int, default=5, help='print this many failures per target')
     ap.add_argument('--keep', help='keep failing inputs in this folder')
+    ap.add_argument('--isolate', action='store_true',
+                    help='each case in a worker subprocess with a memory limit (see above)')
+    ap.add_argument('--workers', type=int, default=2, help='with --isolate: worker processes side by side')
+    ap.add_argument('--mem-mb', type=int, default=3072, help='with --isolate: RLIMIT_AS of a worker, MiB')
+    ap.add_argument('--worker', nargs=2, type=int, metavar=('START', 'END'), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args.worker[0], args.worker[1], args.seed, args.timeout, args.mem_mb, args.target)
+    if args.isolate:
+        results, tails = run_isolated(args.cases, args.seed, args.workers, args.timeout, args.mem_mb,
+                                      args.target)
+        print('\n'.join(summarize(results)))
+        for t in tails:
+            print('\nworker stderr with a traceback:\n' + t)
+        return 1 if tails or any(r['outcome'] in FAILURES for r in results) else 0
     import logging
     import warnings
     logging.getLogger('minicaffe').setLevel(logging.ERROR)

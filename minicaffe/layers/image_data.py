@@ -470,7 +470,9 @@ class _DBLoader(object):
         self.reader = LMDBReader(self.source, ctx)
         if p.rand_skip:
             skip = int(rng().integers(0, 2 ** 32)) % int(p.rand_skip)
-            for _ in range(skip):
+            # The reader cycles: skipping `entries` records comes back to the same one,
+            # so a rand_skip far beyond the database's size costs at most one pass.
+            for _ in range(skip % self.reader.entries):
                 self.reader.advance()
         key, value = self.reader.current()
         item = self._item(key, value)

@@ -175,8 +175,15 @@ class Solver(object):
             state.level = self._level
         state.stage.extend(self._extra_stages)
         net_param.state.CopyFrom(state)
-        return Net(net_param=net_param, phase=state.phase, level=state.level, source=source,
-                   stages=None)
+        try:
+            return Net(net_param=net_param, phase=state.phase, level=state.level, source=source,
+                       stages=None)
+        except MinicaffeError as e:
+            if self.source in str(e):
+                raise
+            # the net's message names the net file; name the solver that led to it too
+            raise type(e)('%s: building its %s net: %s' % (
+                self.source, 'train' if phase == TRAIN else 'test', e)) from None
 
     def _read_net_file(self, path):
         from ..net import read_net_param
