@@ -11,9 +11,11 @@
 Every subcommand is a pair ``add_arguments(parser)`` / ``run(args) -> exit
 code`` living beside the code it drives; this module only wires them.
 
-Exit codes: 0 success, 1 a check failed (gradcheck), 2 bad usage or a
+Exit codes: 0 success, 1 a check failed (gradcheck) or training halted at a
+non-finite loss (``train --halt-on-nan``), 2 bad usage or a
 :class:`~minicaffe.errors.MinicaffeError` (printed as ``minicaffe: error:
-<message>``, no traceback), 130 interrupted (Ctrl-C).
+<message>``, no traceback), 130 interrupted (Ctrl-C, at any moment: also
+while the command is still importing, see interrupt.py).
 
 Log lines (the ``minicaffe`` logger) go to stderr in glog's format, as Caffe
 writes them (``I1124 13:45:06.123456  4242 solver.py:120] Iteration 100, ...``);
@@ -414,7 +416,8 @@ def setup_logging(verbosity=0, stream=None, log_file=None):
         fh.setFormatter(GlogFormatter())
         fh._minicaffe_cli = True
         fh._minicaffe_owns_stream = True
-        logger.addHandler(fh)
+        if not fh.failed:               # (its header did not fit: warned once already)
+            logger.addHandler(fh)
     logger.setLevel(level)
     logger.propagate = False
     return handler
