@@ -309,6 +309,20 @@ def test_log_file_on_a_full_disk_warns_once_and_training_goes_on(tmp_path):
     assert os.path.exists(tmp_path / 'snap' / 's_iter_8.solverstate')
 
 
+def test_log_file_filling_a_real_disk_mid_run(tmp_path, tmpfs):
+    disk = tmpfs('size=4k')                  # the header and a few dozen lines fit
+    path = make_case(tmp_path)
+    _set(path, max_iter=40)
+    proc = subprocess.run([sys.executable, '-m', 'minicaffe', '--log-file', str(disk / 'run.log'), 'train',
+                           '--solver', path], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count('writing failed') == 1
+    assert 'Logging error' not in proc.stderr and 'Exception ignored' not in proc.stderr
+    assert 'Optimization Done.' in proc.stderr
+    assert open(disk / 'run.log').read().startswith('Log file created at:')
+
+
 class _FillsUp(object):
     """A stream that takes ``room`` writes, then fails as a full disk does."""
 
