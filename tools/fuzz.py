@@ -19,6 +19,9 @@ Targets (each mutates real files and feeds them to the public API):
   solverstate      .solverstate files (Caffe's, and minicaffe's for a small
                    Adam solver), corrupted, restored into a solver
   solverstate_h5   HDF5 solver states, corrupted, restored
+  case_solverstate Caffe's .solverstate of each conformance solver case,
+                   corrupted, restored into that case's own solver (its
+                   learned_net beside it)
   weights_h5       HDF5 weights, corrupted, loaded into a net
   hdf5_data        HDF5Data sources (.h5), corrupted, read by a net
   mean_file        mean .binaryproto files, corrupted, used by a data layer
@@ -327,6 +330,25 @@ def _try_net(prototxt, phase=caffe.TRAIN):
         os.chdir(old)
 
 
+def _case_solver(case_dir, workdir):
+    """The conformance case's solver, built from its folder (its data sources are
+    relative to it) with the snapshot prefix moved into ``workdir`` (the case
+    folder is read-only); None where it does not build here."""
+    from minicaffe.solvers import read_solver_param
+    old = os.getcwd()
+    try:
+        param = read_solver_param(str(case_dir / 'solver.prototxt'))
+        param.snapshot_prefix = str(Path(workdir) / ('%s_snap' % case_dir.name))
+        if param.net and not os.path.isabs(param.net):
+            param.net = str(case_dir / param.net)
+        os.chdir(str(case_dir))
+        return caffe.get_solver(param)
+    except Exception:
+        return None
+    finally:
+        os.chdir(old)
+
+
 TINY_NET = '''name: "tiny"
 layer { name: "w1" type: "Parameter" top: "w1" parameter_param { shape { dim: 3 dim: 4 } } }
 layer { name: "w2" type: "Parameter" top: "w2" parameter_param { shape { dim: 5 } } }
@@ -459,6 +481,36 @@ def build_targets(workdir):
                                       lambda path, wd: solver.net.copy_from(str(path)), 'copy_from'))
             except Exception:
                 pass
+
+    # ---- Caffe's solver states restored into the solver that wrote them (its
+    # type, net and learned_net), so that mutations reach the history checks
+    case_solvers = {}
+    for c in cases:
+        state = sorted(c.glob('*.solverstate'))
+        if state and have_weights:
+            sv = _case_solver(c, workdir)
+            if sv is not None:
+                case_solvers[c.name] = (sv, c, state[0])
+
+    def run_case_solverstate(path, wd):
+        case = Path(path).name.split('__')[0]
+        sv, c, state = case_solvers[case]
+        folder = Path(wd) / case                    # beside the state: its learned_net
+        folder.mkdir(exist_ok=True)
+        for f in c.glob('*.caffemodel'):
+            if not (folder / f.name).exists():
+                shutil.copy(str(f), str(folder / f.name))
+        target = folder / state.name
+        shutil.copy(str(path), str(target))
+        try:
+            sv.restore(str(target))
+        except MinicaffeError as e:
+            raise type(e)('%s (as %s)' % (e, path)) from None
+    if case_solvers:
+        targets.append(Target('case_solverstate', 'bytes',
+                              [('%s__%s' % (name, st.name), st.read_bytes())
+                               for name, (_, _, st) in sorted(case_solvers.items())],
+                              run_case_solverstate, 'restore into its own solver (+ learned_net)'))
 
     # ---- HDF5Data sources
     h5 = [c / 'data.h5' for c in cases if (c / 'data.h5').exists()][:1]
