@@ -6,6 +6,8 @@ SIGHUP as Caffe does (stop | snapshot | none; SIGINT finishes the current
 iteration, snapshots and exits 0 by default).  Log lines are Caffe's, so
 Caffe's tools/extra/parse_log.py reads them; a metrics JSONL file is written
 beside the snapshots and a progress bar is drawn when stderr is a terminal.
+Every output path is checked before any net is built; ``--halt-on-nan`` stops
+at the first non-finite loss (see Solver._nonfinite_loss) and exits 1.
 
 Under ``mpiexec -n N`` (more than one rank) train runs data-parallel
 (minicaffe.parallel): every rank builds the solver, rank 0's weights are
