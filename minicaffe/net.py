@@ -409,32 +409,38 @@ class Net(object):
     def forward_from_to(self, start, end):
         loss = 0.0
         before, after = self._hooks['before_forward'], self._hooks['after_forward']
-        for lid in range(start, end + 1):
-            for hook in before:
-                hook(lid)
-            try:
-                loss += self._forward_layer(lid)
-            except MemoryError:
-                raise self._out_of_memory(lid, 'forward') from None
-            for hook in after:
-                hook(lid)
+        try:
+            for lid in range(start, end + 1):
+                for hook in before:
+                    hook(lid)
+                try:
+                    loss += self._forward_layer(lid)
+                except MemoryError:
+                    raise self._out_of_memory(lid, 'forward') from None
+                for hook in after:
+                    hook(lid)
+        except MinicaffeError as e:     # a layer's error at run time: name the file and line too
+            raise type(e)(self._locate_named(str(e))) from None
         return loss
 
     def backward_from_to(self, start, end):
         before, after = self._hooks['before_backward'], self._hooks['after_backward']
-        for lid in range(start, end - 1, -1):
-            for hook in before:
-                hook(lid)
-            if self.layer_need_backward[lid] and not _nothing_to_compute(self._bottom(lid), self._top(lid)):
-                try:
-                    _mode.run_backward(self.layers[lid], self._top(lid), self.bottom_need_backward[lid],
-                                       self._bottom(lid))
-                except MemoryError:
-                    raise self._out_of_memory(lid, 'backward') from None
-                if self.debug_info:
-                    self._log_backward(lid)
-            for hook in after:
-                hook(lid)
+        try:
+            for lid in range(start, end - 1, -1):
+                for hook in before:
+                    hook(lid)
+                if self.layer_need_backward[lid] and not _nothing_to_compute(self._bottom(lid), self._top(lid)):
+                    try:
+                        _mode.run_backward(self.layers[lid], self._top(lid), self.bottom_need_backward[lid],
+                                           self._bottom(lid))
+                    except MemoryError:
+                        raise self._out_of_memory(lid, 'backward') from None
+                    if self.debug_info:
+                        self._log_backward(lid)
+                for hook in after:
+                    hook(lid)
+        except MinicaffeError as e:
+            raise type(e)(self._locate_named(str(e))) from None
         if self.debug_info:
             self._log_update_norms()
 

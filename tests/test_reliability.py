@@ -704,3 +704,16 @@ def test_data_rand_skip_beyond_the_database_costs_one_pass_at_most(tmp_path, mon
     net = caffe.Net(str(net_path), caffe.TRAIN)
     net.forward()
     assert net.blobs['label'].data[0] == 2
+
+
+def test_a_layer_error_at_run_time_names_the_net_file_and_line(tmp_path):
+    """Found by tools/fuzz.py: a label out of range raised in forward named the
+    layer but not the net file."""
+    net_path = tmp_path / 'net.prototxt'
+    net_path.write_text('layer { name: "in" type: "Input" top: "x" top: "y"\n'
+                        '  input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }\n'
+                        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "y" top: "l" }\n')
+    net = caffe.Net(str(net_path), caffe.TRAIN)
+    net.blobs['y'].data[...] = 7
+    with pytest.raises(MinicaffeError, match=r'net.prototxt:3: layer "loss" \(SoftmaxWithLoss\): label value 7'):
+        net.forward()
