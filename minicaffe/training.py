@@ -56,8 +56,9 @@ def add_train_arguments(p):
     p.add_argument('--metrics', default=None,
                    help='metrics JSONL file (default <snapshot_prefix>_metrics.jsonl; "none" to skip)')
     p.add_argument('--halt-on-nan', '--halt_on_nan', action='store_true',
-                   help='stop at the first non-finite (NaN/inf) loss: snapshot the last finite state'
-                        ' (the weights before the update that would use that loss) and exit 1')
+                   help='stop at the first non-finite (NaN/inf) loss or gradient (checked every'
+                        ' iteration): snapshot the last finite state (the weights before the update'
+                        ' that would use it) and exit 1')
 
 
 def add_test_arguments(p):

@@ -717,3 +717,51 @@ def test_a_layer_error_at_run_time_names_the_net_file_and_line(tmp_path):
     net.blobs['y'].data[...] = 7
     with pytest.raises(MinicaffeError, match=r'net.prototxt:3: layer "loss" \(SoftmaxWithLoss\): label value 7'):
         net.forward()
+
+
+def test_nonfinite_loss_in_gpu_mode(tmp_path, caplog):
+    """GPU mode (tests/fake_cupy.py here, the device under tools/gpu_check.sh):
+    the scan reads the device blobs, the halting snapshot holds finite weights."""
+    from gpu_support import gpu_mode
+    from minicaffe import mode
+    was_gpu = mode.is_gpu()
+    try:
+        with gpu_mode():
+            s = Solver(_nan_case(tmp_path, snapshot=1))
+            s.halt_on_nonfinite = True
+            with caplog.at_level(logging.WARNING, logger='minicaffe'):
+                with pytest.raises(NonFiniteLossError, match='iteration 2'):
+                    s.step(8)
+    finally:
+        if was_gpu:
+            mode.set_mode_gpu()
+        else:
+            mode.set_mode_cpu()
+    assert 'first layer whose output is not finite is "data" (HDF5Data)' in caplog.text
+    net = caffe.Net(os.fspath(tmp_path / 'net.prototxt'), caffe.TEST,
+                    weights=str(tmp_path / 'snap' / 's_iter_2.caffemodel'))
+    assert all(np.isfinite(b.data).all() for b in net.learnable_params)
+
+
+def test_nan_gradient_with_a_finite_loss_is_caught(tmp_path, caplog, monkeypatch):
+    """A loss that stays finite while the gradient is NaN (the GPU's softmax
+    loss clamps log(NaN)): --halt-on-nan stops before the update, the warning
+    names the param diff."""
+    path = make_case(tmp_path)
+    s = Solver(path)
+    ip = s.net.layers[list(s.net._layer_names).index('ip')]
+    real_backward = type(ip).backward
+
+    def poisoned(self, top, propagate_down, bottom):
+        real_backward(self, top, propagate_down, bottom)
+        if s.iter == 3:
+            self.blobs[1].diff[0] = np.nan
+    monkeypatch.setattr(type(ip), 'backward', poisoned)
+    s.halt_on_nonfinite = True
+    with caplog.at_level(logging.WARNING, logger='minicaffe'):
+        with pytest.raises(NonFiniteLossError, match=r'iteration 3: loss = [0-9.e+-]+ but the gradients are not'):
+            s.step(8)
+    assert 'first layer whose param diff is not finite is "ip" (InnerProduct), param 1' in caplog.text
+    assert s.iter == 3
+    assert all(np.isfinite(b.data).all() for b in s.net.learnable_params)
+    assert os.path.exists(tmp_path / 'snap' / 's_iter_3.caffemodel')

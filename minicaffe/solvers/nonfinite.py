@@ -1,11 +1,11 @@
 """Finding where a training run's numbers went bad (NaN or infinity).
 
-Checked only after the fact: when the loss of an iteration is not finite,
-:func:`describe` scans the train net once, in layer order, for the first layer
-whose top (forward) and the first layer whose param diff (backward) holds a
-non-finite value, so that the warning can say whether the data, a layer's
-output or a gradient went bad first.  Nothing is checked while the loss stays
-finite.
+Checked only after the fact: when the loss (or, see :func:`diffs_finite`,
+the gradient) of an iteration is not finite, :func:`describe` scans the train
+net once, in layer order, for the first layer whose top (forward) and the
+first layer whose param diff (backward) holds a non-finite value, so that the
+warning can say whether the data, a layer's output or a gradient went bad
+first.
 """
 import numpy as np
 
@@ -33,6 +33,19 @@ def first_nonfinite_param_diff(net):
             if not _finite(blob.diff):
                 return net._layer_names[lid], layer.type, j
     return None
+
+
+def diffs_finite(net):
+    """True when every learnable param's diff is finite: one float64 sum per
+    param (NaN and inf survive a sum; float64 cannot overflow on float32
+    values), on the device in GPU mode (gpu_diff), one number to the host."""
+    from .. import mode
+    gpu = mode.is_gpu()
+    for b in net.learnable_params:
+        d = b.gpu_diff if gpu else b.diff
+        if d.size and not np.isfinite(float(d.sum(dtype=np.float64))):
+            return False
+    return True
 
 
 def params_finite(net):

@@ -294,7 +294,12 @@ class Solver(object):
             for _ in range(max(1, p.iter_size)):
                 loss += self.net.forward_backward()
             loss /= max(1, p.iter_size)
-            if not np.isfinite(loss):
+            # A NaN gradient can come with a finite loss (on the GPU the softmax
+            # loss clamps log(NaN) as Caffe's kernel does): the gradients are
+            # checked too, every iteration with halt_on_nonfinite, else on
+            # display iterations (one reduction per param).
+            if not np.isfinite(loss) or ((self.halt_on_nonfinite or display) and not self._warned_nonfinite
+                                         and not nonfinite.diffs_finite(self.net)):
                 self._nonfinite_loss(loss)
             self._update_smoothed_loss(loss, start_iter, max(1, p.average_loss))
             outputs = None
@@ -523,13 +528,15 @@ class Solver(object):
 
     # ------------------------------------------------------------ non-finite loss
     def _nonfinite_loss(self, loss):
-        """The loss of this iteration is NaN/inf (its update has not run yet, so
-        the weights are those of the last update).  Warn once; with
-        halt_on_nonfinite snapshot these weights when they are finite and stop."""
+        """The loss or the gradients of this iteration are NaN/inf (its update
+        has not run yet, so the weights are those of the last update).  Warn
+        once; with halt_on_nonfinite snapshot these weights when they are
+        finite and stop."""
+        what = ('loss = %g is not finite' % loss if not np.isfinite(loss)
+                else 'loss = %g but the gradients are not finite' % loss)
         if not self._warned_nonfinite:
             self._warned_nonfinite = True
-            log.warning('Iteration %d: loss = %g is not finite; %s.%s', self.iter, loss,
-                        nonfinite.describe(self.net),
+            log.warning('Iteration %d: %s; %s.%s', self.iter, what, nonfinite.describe(self.net),
                         '' if self.halt_on_nonfinite else ' Training goes on (as in Caffe); '
                         '`minicaffe train --halt-on-nan` would stop here with a snapshot')
         if not self.halt_on_nonfinite:
@@ -542,8 +549,8 @@ class Solver(object):
             previous = snap.newest(self.param.snapshot_prefix) if self.param.snapshot_prefix else None
             kept = ('the weights themselves are no longer finite, so no snapshot is written; %s'
                     % ('the newest snapshot is %s' % previous if previous else 'there is no snapshot'))
-        raise NonFiniteLossError('%s: iteration %d: loss = %g is not finite; training halted'
-                                 ' (--halt-on-nan); %s' % (self.source, self.iter, loss, kept))
+        raise NonFiniteLossError('%s: iteration %d: %s; training halted (--halt-on-nan); %s'
+                                 % (self.source, self.iter, what, kept))
 
     # ------------------------------------------------------------ snapshots
     def snapshot(self):
