@@ -420,7 +420,7 @@ class Net(object):
                 for hook in after:
                     hook(lid)
         except MinicaffeError as e:     # a layer's error at run time: name the file and line too
-            raise type(e)(self._locate_named(str(e))) from None
+            self._reraise_located(e)
         return loss
 
     def backward_from_to(self, start, end):
@@ -440,9 +440,18 @@ class Net(object):
                 for hook in after:
                     hook(lid)
         except MinicaffeError as e:
-            raise type(e)(self._locate_named(str(e))) from None
+            self._reraise_located(e)
         if self.debug_info:
             self._log_update_norms()
+
+    def _reraise_located(self, e):
+        """Re-raise a layer's run-time error with the net's file:line added when
+        it names a layer but no line; anything else (a hook's error, one that
+        names its place already) unchanged, with its attributes."""
+        msg = self._locate_named(str(e))
+        if msg == str(e) or type(e).__dict__.keys() - {'__module__', '__doc__', '__qualname__', '__weakref__'}:
+            raise e
+        raise type(e)(msg) from None
 
     # Caffe's Net::Callback hooks (pycaffe's net.before_forward(f) etc.): called
     # with the layer id around every layer's Forward / Backward -- data-parallel
