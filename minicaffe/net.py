@@ -449,7 +449,8 @@ class Net(object):
         it names a layer but no line; anything else (a hook's error, one that
         names its place already) unchanged, with its attributes."""
         msg = self._locate_named(str(e))
-        if msg == str(e) or type(e).__dict__.keys() - {'__module__', '__doc__', '__qualname__', '__weakref__'}:
+        plain = not (type(e).__dict__.keys() - {'__module__', '__doc__', '__qualname__', '__weakref__'})
+        if msg == str(e) or not plain:
             raise e
         raise type(e)(msg) from None
 

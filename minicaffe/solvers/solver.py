@@ -541,7 +541,9 @@ class Solver(object):
                         '`minicaffe train --halt-on-nan` would stop here with a snapshot')
         if not self.halt_on_nonfinite:
             return
-        if nonfinite.params_finite(self.net):
+        if not _parallel.root_solver():
+            kept = 'rank 0 writes the snapshots, not this rank'
+        elif nonfinite.params_finite(self.net):
             model, state = self.snapshot()
             kept = ('the weights before this update (the last finite state) are saved in %s and %s'
                     % (model, state))
