@@ -546,6 +546,9 @@ def main(argv=None):
         interrupt.raise_keyboard_interrupt()      # Ctrl-C is caught below from here on
         parser = build_parser()
         args = parser.parse_args(argv)
+    except KeyboardInterrupt:         # while the command modules import
+        print(interrupt.MESSAGE, file=sys.stderr)
+        return interrupt.EXIT_CODE
     except SystemExit as e:           # argparse: --help (0) / usage errors (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     return run_reporting_errors(args, args.verbose - args.quiet, args.log_file)
