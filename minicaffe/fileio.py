@@ -72,10 +72,18 @@ def read_bytes(path, what='file', error=MinicaffeError, limit=None):
         check_regular_file(path, what, error, limit)     # names a directory as one
         raise error('cannot read %s %s: %s' % (what, path, e.strerror or e)) from None
     try:
-        _check_stat(os.fstat(fd), path, what, error, limit)
+        st = os.fstat(fd)
+        _check_stat(st, path, what, error, limit)
         with os.fdopen(fd, 'rb') as f:
             fd = None
-            raw = f.read(limit + 1)
+            # read(n) allocates n bytes first: ask for the file's size, not the
+            # limit (2 GB of address space per read failed under a ulimit -v)
+            raw = f.read(min(st.st_size, limit) + 1)
+            while len(raw) <= limit:            # it grew since fstat: the rest, bounded
+                more = f.read(min(1 << 24, limit + 1 - len(raw)))
+                if not more:
+                    break
+                raw += more
     except OSError as e:
         raise error('cannot read %s %s: %s' % (what, path, e.strerror or e)) from None
     finally:

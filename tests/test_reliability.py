@@ -765,3 +765,18 @@ def test_nan_gradient_with_a_finite_loss_is_caught(tmp_path, caplog, monkeypatch
     assert s.iter == 3
     assert all(np.isfinite(b.data).all() for b in s.net.learnable_params)
     assert os.path.exists(tmp_path / 'snap' / 's_iter_3.caffemodel')
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='RLIMIT_AS as on Linux')
+def test_reading_a_small_file_does_not_reserve_the_file_size_limit(tmp_path):
+    """Found by the subprocess fuzz test: the checked reader asked read() for
+    its 2 GB limit, which allocates 2 GB of address space for any file."""
+    net = tmp_path / 'n.prototxt'
+    net.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 } } }')
+    code = ('import resource, sys; import minicaffe; from minicaffe import fileio\n'
+            'resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n'
+            'print(len(fileio.read_bytes(sys.argv[1])))')
+    proc = subprocess.run([sys.executable, '-c', code, str(net)], env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(len(net.read_bytes()))
