@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import h5py
@@ -376,8 +377,16 @@ def _wait_for(proc, pattern, lines, timeout=60):
 
 
 def _finish(proc, lines, timeout=60):
-    _, rest = proc.communicate(timeout=timeout)
-    lines.append(rest)
+    """The rest of stderr, through the same text stream _wait_for read from:
+    communicate() reads the pipe's file descriptor and would drop the lines
+    readline() had already buffered (the test then missed lines under load)."""
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    try:
+        lines.append(proc.stderr.read())
+        proc.wait()
+    finally:
+        watchdog.cancel()
     return ''.join(lines)
 
 
