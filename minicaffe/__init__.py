@@ -15,6 +15,9 @@ _interrupt.install_early_handler()
 # OpenBLAS reads it when it loads (before numpy is imported); a set value wins.
 _os.environ.setdefault('OPENBLAS_THREAD_TIMEOUT', '4')
 
+from .glog import install_default_handler as _install_default_handler
+_install_default_handler()          # log lines on stderr as pycaffe's glog writes them
+
 from .blob import Blob  # noqa: F401
 from .errors import MinicaffeError  # noqa: F401
 from .layers.base import Layer, layer_type_list  # noqa: F401

@@ -149,6 +149,10 @@ class Blob(object):
     def num_axes(self):
         return self._data.ndim
 
+    def shape_string(self):
+        """Caffe's Blob::shape_string: ``64 1 28 28 (50176)``."""
+        return shape_string(self.shape)
+
     def canonical_axis(self, axis):
         """Caffe's CanonicalAxisIndex: negative axes count from the end."""
         n = self._data.ndim
@@ -219,3 +223,11 @@ class Blob(object):
 
     def __repr__(self):
         return 'Blob(%r, shape=%s)' % (self.name, self.shape)
+
+
+def shape_string(shape):
+    """``(64, 1, 28, 28)`` -> ``64 1 28 28 (50176)`` (a scalar: ``(1)``), as Caffe logs shapes."""
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return ''.join('%d ' % d for d in shape) + '(%d)' % count

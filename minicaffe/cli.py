@@ -45,6 +45,7 @@ import time
 
 from . import interrupt
 from .errors import MinicaffeError
+from .glog import GlogFormatter, StderrHandler as _StderrHandler, env_min_level
 
 PROG = 'minicaffe'
 
@@ -282,24 +283,6 @@ def fill_inputs(net, seed=1701):
 
 
 # ---------------------------------------------------------------- logging
-class GlogFormatter(logging.Formatter):
-    """``I1124 13:45:06.123456  4242 file.py:120] message`` (glog's line prefix)."""
-
-    LEVELS = {logging.DEBUG: 'I', logging.INFO: 'I', logging.WARNING: 'W',
-              logging.ERROR: 'E', logging.CRITICAL: 'F'}
-
-    def format(self, record):
-        t = time.localtime(record.created)
-        micro = int((record.created - int(record.created)) * 1e6)
-        prefix = '%s%02d%02d %02d:%02d:%02d.%06d %5d %s:%d] ' % (
-            self.LEVELS.get(record.levelno, 'I'), t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min,
-            t.tm_sec, micro, record.process or os.getpid(), record.filename, record.lineno)
-        msg = record.getMessage()
-        if record.exc_info:
-            msg += '\n' + self.formatException(record.exc_info)
-        return prefix + msg
-
-
 def open_log_file(path):
     """A log file as glog writes one (its header lines first), so that Caffe's
     tools/extra/parse_log.py (which reads the year from the header) accepts it."""
@@ -368,35 +351,13 @@ class _LogFileHandler(logging.StreamHandler):
                        ' (stderr still has it)', self.path, getattr(exc, 'strerror', None) or exc)
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time of each record (callers such
-    as test harnesses and progress bars may swap sys.stderr after setup)."""
-
-    def __init__(self):
-        logging.Handler.__init__(self)
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
 def setup_logging(verbosity=0, stream=None, log_file=None):
     """Route the ``minicaffe`` logger to stderr in glog format.
 
     Level: INFO by default; ``GLOG_minloglevel`` (0 INFO, 1 WARNING, 2 ERROR,
     3 FATAL) as in Caffe; ``verbosity`` < 0 (-q) forces WARNING, > 0 (-v) DEBUG.
     """
-    level = logging.INFO
-    env = os.environ.get('GLOG_minloglevel')
-    if env is not None:
-        try:
-            level = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR}.get(int(env), logging.CRITICAL)
-        except ValueError:
-            pass
+    level = env_min_level()
     if verbosity < 0:
         level = max(level, logging.WARNING)
     elif verbosity > 0:

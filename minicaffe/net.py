@@ -91,6 +91,7 @@ class Net(object):
                                            netbuild.excluded_producers(in_param, filtered))
         except MinicaffeError as e:
             raise type(e)(self._locate_named(str(e))) from None
+        log.info('Initializing net from parameters: \n%s', protoio.DebugString(filtered))
         self.net_param = param
         self.name = param.name
         self.phase = param.state.phase
@@ -122,6 +123,7 @@ class Net(object):
         self.param_display_names = []
         self._workspace_bytes = []            # per layer: its scratch arrays (memory.estimate)
         available = collections.OrderedDict()
+        self._memory_used = 0                 # top counts so far (Caffe's memory_used_)
 
         for lid, lp_net in enumerate(param.layer):
             try:
@@ -140,9 +142,12 @@ class Net(object):
                     self._blob_need_backward[blob_id] = self._blob_need_backward[blob_id] or nb
                 layer.param_propagate_down = [True] * len(layer.blobs)
         self._output_ids = [self._blob_index[n] for n in sorted(available)]
+        for name in sorted(available):
+            log.info('This network produces output %s', name)
         self._share_weights()
         self._layer_index = {n: i for i, n in enumerate(self._layer_names)}
         memory.check_net(self, NetDefinitionError)
+        log.info('Network initialization done.')
 
     def _add_layer(self, lid, lp_net, available):
         src = self.source
@@ -158,6 +163,7 @@ class Net(object):
         layer = cls(lp, lp.phase)
         self.layers.append(layer)
         self._layer_names.append(lp.name)
+        log.info('Creating Layer %s', lp.name)
         self.bottom_ids.append([])
         self.top_ids.append([])
         self.bottom_need_backward.append([])
@@ -168,6 +174,7 @@ class Net(object):
                     '%s: %s: unknown bottom blob "%s" (bottom %d); it is not produced by an'
                     ' earlier layer or was already consumed' % (src, layer_context(lp), name, bid))
             blob_id = self._blob_index[name]
+            log.info('%s <- %s', lp.name, name)
             self.bottom_ids[lid].append(blob_id)
             del available[name]
             nb = self._blob_need_backward[blob_id]
@@ -185,9 +192,16 @@ class Net(object):
         bottom = [self._blob_list[i] for i in self.bottom_ids[lid]]
         top = [self._blob_list[i] for i in self.top_ids[lid]]
         self._setup_layer(layer, lp, bottom, top)
+        log.info('Setting up %s', lp.name)
         for tid, blob_id in enumerate(self.top_ids[lid]):
             w = dict(self._loss_tops[lid]).get(tid, 0.0)
             self._blob_loss_weight[blob_id] = w
+            log.info('Top shape: %s', top[tid].shape_string())
+            if w:
+                log.info('    with loss weight %g', w)
+            # Caffe counts every top, in-place ones again, as float32 (its "data" memory)
+            self._memory_used += top[tid].count
+        log.info('Memory required for data: %d', self._memory_used * 4)
         n_param = len(layer.blobs)
         if len(lp_net.param) > n_param:
             raise NetDefinitionError('%s: %s: %d param specs given but the layer has %d'
@@ -235,6 +249,7 @@ class Net(object):
                     ' is its bottom %d); give the top another name'
                     % (self.source, layer_context(lp), tid, name, tid))
             blob_id = self._blob_index[name]          # in place
+            log.info('%s -> %s (in-place)', lp.name, name)
         elif name is not None and name in self._blob_index:
             raise NetDefinitionError('%s: %s: top blob "%s" is produced by more than one layer'
                                      ' (only in-place use, top i == bottom i, may repeat a name)'
@@ -242,6 +257,7 @@ class Net(object):
         else:
             blob_id = len(self._blob_list)
             blob_name = name if name is not None else '(automatic)'
+            log.info('%s -> %s', lp.name, blob_name)
             self._blob_list.append(Blob(name=blob_name))
             self._blob_names.append(blob_name)
             self._blob_need_backward.append(False)
@@ -309,6 +325,8 @@ class Net(object):
         owner_pid = self._param_names[name]
         self._param_owner.append(owner_pid)
         olid, opid = self._param_layer[owner_pid]
+        log.info("Sharing parameters '%s' owned by layer '%s', param index %d",
+                 name, self._layer_names[olid], opid)
         this_blob, owner_blob = layer.blobs[pid], self.layers[olid].blobs[opid]
         if spec.share_mode == pb.ParamSpec.PERMISSIVE:
             if this_blob.count != owner_blob.count:
@@ -357,6 +375,8 @@ class Net(object):
                 self.bottom_need_backward[lid] = [False] * len(self.bottom_ids[lid])
             if not contributes:
                 self.layer_need_backward[lid] = False
+            log.info('%s %s backward computation.', self._layer_names[lid],
+                     'needs' if self.layer_need_backward[lid] else 'does not need')
             for bid, blob_id in enumerate(self.bottom_ids[lid]):
                 name = self._blob_names[blob_id]
                 if contributes:

@@ -91,7 +91,41 @@ def write_bytes_atomic(path, payload):
 
 
 def write_text(path, message):
-    write_bytes_atomic(path, text_format.MessageToString(message).encode('utf-8'))
+    write_bytes_atomic(path, caffe_text(message).encode('utf-8'))
+
+
+# An unquoted number with a point or an exponent ends a text-format line: a float field.
+_FLOAT_LINE = re.compile(r'^(\s*\w+: )(-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)$', re.M)
+
+
+def _caffe_float(match):
+    text = match.group(2)
+    if '.' not in text and 'e' not in text.lower():
+        return match.group(0)                   # an integer field
+    value = float(text)
+    # protobuf C++'s SimpleFtoa: 6 significant digits when they read back as the same
+    # float32, else 9 (1 not 1.0, 0.01, 1e-05)
+    short = '%.6g' % value
+    if np.float32(float(short)) != np.float32(value):
+        short = '%.9g' % value
+    return match.group(1) + short
+
+
+def caffe_text(message):
+    """``message`` in text format as Caffe (protobuf C++) writes it: floats in their
+    shortest form (``lr_mult: 1``, ``base_lr: 0.01``), where Python's protobuf writes ``1.0``."""
+    return _FLOAT_LINE.sub(_caffe_float, text_format.MessageToString(message))
+
+
+class DebugString(object):
+    """A message in text format, as protobuf's DebugString, built only when printed
+    (a log line's argument: nothing is formatted for a line nobody writes)."""
+
+    def __init__(self, message):
+        self.message = message
+
+    def __str__(self):
+        return caffe_text(self.message)
 
 
 # ---------------------------------------------------------------- BlobProto

@@ -12,11 +12,9 @@ the ``solver_type`` enum).
 import logging
 import os
 
-from google.protobuf import text_format
-
 from . import fileio
 from .errors import MinicaffeError, PrototxtError
-from .protoio import parse_text, pb, read_binary, write_binary_atomic, write_bytes_atomic
+from .protoio import caffe_text, parse_text, pb, read_binary, write_binary_atomic, write_bytes_atomic
 
 log = logging.getLogger('minicaffe')
 
@@ -47,14 +45,20 @@ def upgrade_solver_param(param, source='<solver>'):
 
 
 def upgrade_file(in_path, out_path):
-    """Upgrade ``in_path`` into ``out_path``; returns 'net', 'solver' or 'binary net'."""
+    """Upgrade ``in_path`` into ``out_path``; returns (kind, changed): kind 'net',
+    'solver' or 'binary net'; changed False when the file was already in the latest
+    format (as Caffe's tools, OUT is still written then -- an unchanged copy -- unless
+    OUT is IN itself, which is left as it is)."""
     in_path, out_path = os.fspath(in_path), os.fspath(out_path)
     raw = fileio.read_bytes(in_path, 'input file', MinicaffeError)
     if not _is_text(raw):
         param = read_binary(in_path, pb.NetParameter, 'binary net (caffemodel)')
+        before = param.SerializeToString()
         upgrade_net_param(param, in_path)
-        write_binary_atomic(out_path, param)
-        return 'binary net'
+        changed = param.SerializeToString() != before
+        if changed or not _same_file(in_path, out_path):
+            write_binary_atomic(out_path, param)
+        return 'binary net', changed
     text = raw.decode('utf-8')
     try:
         param = parse_text(text, pb.NetParameter(), in_path)
@@ -65,6 +69,7 @@ def upgrade_file(in_path, out_path):
             kind = 'solver'
         except PrototxtError:
             raise net_error from None
+    before = param.SerializeToString()
     if kind == 'net':
         upgrade_net_param(param, in_path)
     else:
@@ -76,8 +81,17 @@ def upgrade_file(in_path, out_path):
                 upgrade_net_param(getattr(param, field), '%s (%s)' % (in_path, field))
         for i, tp in enumerate(param.test_net_param):
             upgrade_net_param(tp, '%s (test_net_param %d)' % (in_path, i))
-    write_bytes_atomic(out_path, text_format.MessageToString(param).encode('utf-8'))
-    return kind
+    changed = param.SerializeToString() != before
+    if changed or not _same_file(in_path, out_path):
+        write_bytes_atomic(out_path, caffe_text(param).encode('utf-8'))
+    return kind, changed
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def add_arguments(p):
@@ -86,8 +100,13 @@ def add_arguments(p):
 
 
 def run(args):
-    kind = upgrade_file(args.input, args.output)
-    print('Wrote upgraded %s to %s' % (kind, args.output))
+    kind, changed = upgrade_file(args.input, args.output)
+    if changed:
+        print('Wrote upgraded %s to %s' % (kind, args.output))
+    elif _same_file(args.input, args.output):
+        print('File already in latest proto format: %s (left unchanged)' % args.input)
+    else:
+        print('File already in latest proto format: %s; wrote it unchanged to %s' % (args.input, args.output))
     return 0
 
 

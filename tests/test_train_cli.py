@@ -40,11 +40,12 @@ def _fresh_cli_logging():
     closes, a stream pytest has finished with, and caplog still sees records."""
     import logging
     logger = logging.getLogger('minicaffe')
+    level = logger.level                # what `import minicaffe` set
     _detach_cli_handlers()
     yield
     _detach_cli_handlers()
-    logger.propagate = True             # a fresh logger's settings
-    logger.setLevel(logging.NOTSET)
+    logger.propagate = True             # the imported package's settings
+    logger.setLevel(level)
 
 
 def _env():

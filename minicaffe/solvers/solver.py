@@ -88,6 +88,7 @@ class Solver(object):
         else:
             self.source = os.fspath(param_or_path)
             self.param = read_solver_param(self.source)
+        log.info('Initializing solver from parameters: \n%s', protoio.DebugString(self.param))
         self.type = self.param.type or 'SGD'
         if self.type not in RULES:
             raise MinicaffeError('%s: unknown solver type "%s" (known: %s)'
@@ -108,7 +109,7 @@ class Solver(object):
                                  % (self.source, self.param.regularization_type))
         self._extra_stages = list(stages or [])
         self._level = level
-        self._log = logger if logger is not None else log.info
+        self._log = logger          # None: the 'minicaffe' logger
         self.iter = 0
         self.current_step = 0
         self.callbacks = []
@@ -125,6 +126,7 @@ class Solver(object):
         self._check_snapshot_prefix()
         self._init_train_net()
         self._init_test_nets()
+        log.info('Solver scaffolding done.')
         self.n_params = len(self.net.learnable_params)
         self.update_rule, sets = RULES[self.type]
         self.history = _zero_history(self.net, sets)
@@ -137,7 +139,11 @@ class Solver(object):
 
     def log(self, msg):
         # Caffe's LOG_IF(INFO, Caffe::root_solver()): one rank speaks for all.
-        if _parallel.root_solver():
+        if not _parallel.root_solver():
+            return
+        if self._log is None:
+            log.info(msg, stacklevel=2)     # tagged with the caller's file:line, as glog would
+        else:
             self._log(msg)
 
     def _check_snapshot_prefix(self):
@@ -203,6 +209,9 @@ class Solver(object):
             raise MinicaffeError('%s: give exactly one of net, net_param, train_net, train_net_param'
                                  ' (found %s)' % (self.source, ', '.join(given) or 'none'))
         field = given[0]
+        # Caffe's words, e.g. "Creating training net from net file: lenet.prototxt"
+        log.info('Creating training net specified in %s.' % field if field.endswith('_param') else
+                 'Creating training net from %s file: %s' % (field, getattr(p, field)))
         if field.endswith('_param'):
             net_param, src = pb.NetParameter(), '%s (%s)' % (self.source, field)
             net_param.CopyFrom(getattr(p, field))
@@ -227,13 +236,15 @@ class Solver(object):
         if not _parallel.root_solver():
             self.test_nets = []         # as Caffe: only the root solver tests
             return
-        sources = []
+        sources, specified_by = [], []      # specified_by: Caffe's words for each source
         for tp in p.test_net_param:
             q = pb.NetParameter()
             q.CopyFrom(tp)
             sources.append((q, '%s (test_net_param)' % self.source))
+            specified_by.append('test_net_param')
         for f in p.test_net:
             sources.append(self._read_net_file(f))
+            specified_by.append('test_net file: %s' % f)
         generic = len(p.test_iter) - len(sources)
         if (p.HasField('net') or p.HasField('net_param')) and generic > 0:
             for _ in range(generic):
@@ -241,8 +252,10 @@ class Solver(object):
                     q = pb.NetParameter()
                     q.CopyFrom(p.net_param)
                     sources.append((q, '%s (net_param)' % self.source))
+                    specified_by.append('net_param')
                 else:
                     sources.append(self._read_net_file(p.net))
+                    specified_by.append('net file: %s' % p.net)
         if len(p.test_iter) != len(sources):
             raise MinicaffeError('%s: test_iter must be given once per test net (%d test nets,'
                                  ' %d test_iter values)' % (self.source, len(sources), len(p.test_iter)))
@@ -254,6 +267,7 @@ class Solver(object):
         self.test_nets = []
         for i, (q, src) in enumerate(sources):
             st = p.test_state[i] if len(p.test_state) else None
+            log.info('Creating test net (#%d) specified by %s', i, specified_by[i])
             net = self._net_from(q, TEST, st, src)
             self._load_weights(net)
             self.test_nets.append(net)
@@ -609,3 +623,4 @@ AdamSolver = _typed('Adam')
 def get_solver(path_or_param, **kw):
     """The solver its type field names (pycaffe's caffe.get_solver)."""
     return Solver(path_or_param, **kw)
+
