@@ -223,13 +223,18 @@ def run_gradcheck(args):
               ' pooling test), or --kink/--kink-range.'
               % (', '.join('"%s"' % n for n in kinky), 'is' if len(kinky) == 1 else 'are'))
     if failed:
-        print('FAILED: %d of %d checked blobs in %d layers (%s)'
-              % (len(failed), len(results), layers,
+        print('FAILED: %d of %s in %s (%s)'
+              % (len(failed), counted(len(results), 'checked blob'), counted(layers, 'layer'),
                  ', '.join(sorted(set('"%s"' % r.layer for r in failed)))))
         return 1
-    print('PASSED: %d blobs in %d layers (threshold %g, stepsize %g)'
-          % (len(results), layers, args.threshold, args.stepsize))
+    print('PASSED: %s in %s (threshold %g, stepsize %g)'
+          % (counted(len(results), 'blob'), counted(layers, 'layer'), args.threshold, args.stepsize))
     return 0
+
+
+def counted(n, noun):
+    """'1 layer', '3 layers' (nouns that take an s)."""
+    return '%d %s%s' % (n, noun, '' if n == 1 else 's')
 
 
 class _NetUpTo(object):

@@ -1,15 +1,20 @@
 """`minicaffe time`: Caffe's ``caffe time`` benchmark (tools/caffe.cpp, time()).
 
 As Caffe does: build the net (TRAIN phase unless told otherwise), run one
-forward and one backward pass as a warm-up, then for each iteration run every
+forward and one backward pass as a warm-up, then (unlike Caffe, whose first
+timed iterations pay for allocations and threads starting up: with 50
+iterations they pulled the mean up) ``warmup`` untimed iterations of the timed
+loop, 1 by default, then for each iteration run every
 layer's forward in net order and every layer's backward in reverse order,
 timing each layer and each pass.  Layer forward is Caffe's Layer::Forward
 (reshape, forward, loss of loss-weighted tops); layer backward is called with
 the net's bottom_need_backward for every layer, as Caffe calls Backward on all
 of them (layers that need no backward do no work there).
 
-Report (stdout), Caffe's lines without the glog prefix::
+Report (stdout), Caffe's lines without the glog prefix, after a header line
+that says how many iterations were timed and how many warm-up ones were not::
 
+    Timed 50 iterations after 1 untimed warm-up iteration.
     Average time per layer:
          conv1	forward: 1.234 ms.
          conv1	backward: 2.345 ms.
@@ -46,7 +51,7 @@ log = logging.getLogger('minicaffe')
 # One timing run: per-layer average ms and the pass averages, all in ms.
 TimingResult = collections.namedtuple(
     'TimingResult', 'layer_names layer_types forward_ms backward_ms '
-                    'forward_pass_ms backward_pass_ms forward_backward_ms total_ms iterations')
+                    'forward_pass_ms backward_pass_ms forward_backward_ms total_ms iterations warmup')
 
 
 def layer_flops(layer, bottom):
@@ -82,14 +87,18 @@ def _num(x):
     return '%g' % x
 
 
-def time_net(net, iterations=50, log_iteration=None):
-    """Time ``net`` as ``caffe time`` does; returns a :class:`TimingResult`.
+def time_net(net, iterations=50, log_iteration=None, warmup=1):
+    """Time ``net`` as ``caffe time`` does, after ``warmup`` untimed iterations of the
+    same loop; returns a :class:`TimingResult`.
 
-    ``log_iteration(j, ms)`` is called after each iteration (1-based j).
+    ``log_iteration(j, ms)`` is called after each timed iteration (1-based j).
     """
     iterations = int(iterations)
     if iterations < 1:
         raise MinicaffeError('--iterations must be at least 1, got %d' % iterations)
+    warmup = int(warmup)
+    if warmup < 0:
+        raise MinicaffeError('--warmup must be 0 or more, got %d' % warmup)
     layers = net.layers
     n = len(layers)
     bottoms = [net._bottom(i) for i in range(n)]
@@ -128,6 +137,17 @@ def time_net(net, iterations=50, log_iteration=None):
         sync()
         return time.perf_counter()
 
+    def one_iteration():
+        for i in range(n):
+            net._forward_layer(i)
+        for i in range(n - 1, -1, -1):
+            if callable_backward[i]:
+                _mode.run_backward(layers[i], tops[i], need[i], bottoms[i])
+
+    if warmup:
+        log.info('Warming up for %d untimed iteration%s.', warmup, '' if warmup == 1 else 's')
+        for _ in range(warmup):
+            one_iteration()
     log.info('*** Benchmark begins ***')
     log.info('Testing for %d iterations.', iterations)
     total_start = clock()
@@ -162,7 +182,8 @@ def time_net(net, iterations=50, log_iteration=None):
         backward_pass_ms=backward_time * scale,
         forward_backward_ms=total_ms / iterations,
         total_ms=total_ms,
-        iterations=iterations)
+        iterations=iterations,
+        warmup=warmup)
 
 
 class Timer(object):
@@ -205,8 +226,12 @@ class Timer(object):
 
 
 def format_report(result):
-    """Caffe's report lines (per layer, then the four summary lines)."""
-    lines = ['Average time per layer: ']
+    """A header (iterations timed, warm-up ones not), then Caffe's report lines (per
+    layer, then the four summary lines)."""
+    lines = ['Timed %d iteration%s after %d untimed warm-up iteration%s.'
+             % (result.iterations, '' if result.iterations == 1 else 's',
+                result.warmup, '' if result.warmup == 1 else 's'),
+             'Average time per layer: ']
     for name, f, b in zip(result.layer_names, result.forward_ms, result.backward_ms):
         lines.append('%10s\tforward: %s ms.' % (name, _num(f)))
         lines.append('%10s\tbackward: %s ms.' % (name, _num(b)))
@@ -249,6 +274,9 @@ def build_net(model, phase='TRAIN', level=0, stages=(), weights=None):
 def add_arguments(p):
     p.add_argument('model', help='net .prototxt to time')
     p.add_argument('--iterations', type=int, default=50, help='timed iterations (default 50)')
+    p.add_argument('--warmup', type=int, default=1,
+                   help='untimed iterations of the same loop before the timed ones (default 1;'
+                        ' 0 times from the first, as Caffe)')
     p.add_argument('--phase', type=str.upper, choices=['TRAIN', 'TEST'], default='TRAIN',
                    help='net phase (default TRAIN, as caffe time)')
     p.add_argument('--level', type=int, default=0, help='net state level')
@@ -278,7 +306,7 @@ def run(args, out=print):
         from .blas import describe
         from .im2col import num_threads
         log.info('BLAS: %s; minicaffe worker threads: %d', describe(), num_threads())
-    result = time_net(net, args.iterations)
+    result = time_net(net, args.iterations, warmup=args.warmup)
     for line in format_report(result):
         out(line)
     if getattr(args, 'layers', False):

@@ -80,6 +80,7 @@ def small_net(tmp_path):
 def test_time_prints_per_layer_and_caffe_summary_lines(small_net, capsys):
     assert cli.main(['-q', 'time', str(small_net), '--iterations', '3']) == 0
     out = capsys.readouterr().out.splitlines()
+    assert out.pop(0) == 'Timed 3 iterations after 1 untimed warm-up iteration.'
     assert out[0].strip() == 'Average time per layer:'
     # TRAIN phase (caffe time's default): Accuracy (TEST only) is not in the net.
     names = ['input', 'conv', 'relu', 'pool', 'ip', 'loss']
@@ -128,6 +129,24 @@ def test_time_logs_caffe_progress_lines_on_stderr(small_net):
     assert first[0] == 'I' and '] Performing Forward' in first and 'timing.py:' in first
 
 
+def test_time_warms_up_with_untimed_iterations_of_the_timed_loop(small_net, monkeypatch, capsys):
+    net = timing.build_net(str(small_net))
+    calls = []
+    real = net._forward_layer
+    monkeypatch.setattr(net, '_forward_layer', lambda i: calls.append(i) or real(i))
+    res = timing.time_net(net, iterations=2, warmup=3)
+    n = len(net.layers)
+    assert len(calls) == n * (1 + 3 + 2)       # Caffe's warm-up forward, 3 untimed, 2 timed
+    assert res.warmup == 3 and res.iterations == 2
+    assert timing.format_report(res)[0] == 'Timed 2 iterations after 3 untimed warm-up iterations.'
+    calls.clear()
+    res = timing.time_net(net, iterations=1, warmup=0)
+    assert len(calls) == 2 * n
+    assert timing.format_report(res)[0] == 'Timed 1 iteration after 0 untimed warm-up iterations.'
+    assert cli.main(['time', str(small_net), '--warmup', '-1']) == 2
+    assert '--warmup' in capsys.readouterr().err
+
+
 def test_time_rejects_zero_iterations(small_net, capsys):
     assert cli.main(['time', str(small_net), '--iterations', '0']) == 2
     assert 'iterations' in capsys.readouterr().err
@@ -152,6 +171,12 @@ def test_gradcheck_one_layer(small_net, capsys):
     out = capsys.readouterr().out
     rows = [l.split()[0] for l in out.splitlines()[1:-1]]
     assert rows == ['ip', 'ip', 'ip']
+    assert out.splitlines()[-1].startswith('PASSED: 3 blobs in 1 layer (')
+
+
+def test_counted_nouns_are_plural_except_one():
+    assert [cli.counted(n, 'layer') for n in (0, 1, 2)] == ['0 layers', '1 layer', '2 layers']
+    assert cli.counted(1, 'checked blob') == '1 checked blob'
 
 
 def test_gradcheck_unknown_layer_is_an_error(small_net, capsys):
