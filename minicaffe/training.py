@@ -225,29 +225,40 @@ def _finite_or_none(v):
 
 class ProgressBar(object):
     """A one-line bar on a terminal: iterations, loss, it/s, ETA.  Log lines
-    clear the bar first (see :class:`_ClearBar`) and it is redrawn after."""
+    clear the bar first (see :class:`_ClearBar`) and it is redrawn after.
 
-    def __init__(self, solver, stream=None):
+    it/s and the ETA come from training iterations only, smoothed
+    (:class:`~minicaffe.progress.SmoothedRate`): the time of a test pass is not
+    an iteration's, and the first ETA is the first iteration's forward+backward,
+    not the iteration-0 test pass before it."""
+
+    def __init__(self, solver, stream=None, clock=time.monotonic):
+        from .progress import SmoothedRate
         self.solver, self.stream = solver, stream or sys.stderr
-        self.start_iter, self.t0 = solver.iter, time.time()
+        self.start_iter = solver.iter
+        self.rate = SmoothedRate(clock=clock)
         self.shown = False
 
     def on_start(self):
-        pass
+        s, p = self.solver, self.solver.param
+        # Solver.step has just run the test nets when this holds (its own condition)
+        tested = bool(p.test_interval and s.test_nets and s.iter % p.test_interval == 0
+                      and (s.iter > 0 or p.test_initialization))
+        self.rate.iteration_started(interrupted=tested)
 
     def line(self):
         s = self.solver
         done = s.iter + 1 - self.start_iter
         total = max(1, s.param.max_iter - self.start_iter)
-        rate = done / max(1e-9, time.time() - self.t0)
-        eta = (s.param.max_iter - s.iter - 1) / rate if rate else 0
+        eta = self.rate.eta(s.param.max_iter - s.iter - 1)
         width = 30
         filled = int(width * min(1.0, done / total))
         return '[%s%s] %d/%d loss %.4g %.2f it/s ETA %s' % (
             '#' * filled, '.' * (width - filled), s.iter + 1, s.param.max_iter,
-            s.smoothed_loss, rate, _hms(eta))
+            s.smoothed_loss, self.rate.per_second(), '?' if eta is None else _hms(eta))
 
     def on_gradients_ready(self):
+        self.rate.progress()
         self.stream.write('\r\x1b[K' + self.line())
         self.stream.flush()
         self.shown = True
@@ -515,10 +526,16 @@ def run_test(args):
                 log.info('Batch %d, %s = %g', i, name, v)
                 idx += 1
     total_loss = total_loss / np.float32(max(1, args.iterations))
-    log.info('Loss: %g', total_loss)
+    # The final scores are the command's report: Caffe's log lines, and the same
+    # text on stdout (shown with -q too, and what a script reads).
+    report = ['Loss: %g' % total_loss]
     for name, s in scores:
         mean = s / np.float32(args.iterations)
         w = np.float32(weights.get(name, 0.0))
         extra = ' (* %g = %g loss)' % (w, w * mean) if w else ''
-        log.info('%s = %g%s', name, mean, extra)
+        report.append('%s = %g%s' % (name, mean, extra))
+    for line in report:
+        log.info('%s', line)
+    for line in report:
+        print(line)
     return 0

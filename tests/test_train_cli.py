@@ -476,6 +476,14 @@ def test_test_command_scores_a_model(tmp_path, capsys):
     mean = float(re.search(r'\] acc = ([\d.]+)\n', err).group(1))
     assert mean == pytest.approx(np.mean(acc), abs=1e-6)
     assert re.search(r'\] loss = [\d.]+ \(\* 1 = [\d.]+ loss\)', err) and 'Loss: ' in err
+    # the final scores are the report: on stdout too, also with -q (no log lines then)
+    code = cli.main(['-q', 'test', '--model', os.fspath(tmp_path / 'net.prototxt'), '--weights',
+                     os.fspath(tmp_path / 'snap' / 's_iter_8.caffemodel'), '--iterations', '4'])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ''
+    lines = out.splitlines()
+    assert lines[0].startswith('Loss: ') and 'acc = %g' % mean in lines
+    assert [l for l in lines if re.match(r'loss = [\d.]+ \(\* 1 = [\d.]+ loss\)$', l)]
     assert cli.main(['test', '--model', os.fspath(tmp_path / 'net.prototxt'), '--weights',
                      os.fspath(tmp_path / 'snap' / 's_iter_8.caffemodel'), '--iterations', '0']) == 2
     assert '--iterations must be at least 1' in capsys.readouterr().err
