@@ -111,12 +111,13 @@ def test_time_command_with_gpu_flag_synchronizes_the_device(small_net, capsys, c
         assert cli.main(['-q', 'time', str(small_net), '--gpu', '0',
                          '--iterations', str(iterations)]) == 0
     out = capsys.readouterr().out.splitlines()
+    assert out.pop(0) == 'Timed 3 iterations after 1 untimed warm-up iteration.'
     assert out[0].strip() == 'Average time per layer:'
     names = ['input', 'conv', 'relu', 'pool', 'ip', 'loss']
     assert [l.split('\t')[0].strip() for l in out[1:1 + 2 * len(names):2]] == names
     assert out[-1].startswith('Total Time: ')
-    # device code ran in the timed passes (plus the warm-up pass)
-    assert counted['forward_gpu'] == iterations + 1 and counted['backward_gpu'] >= iterations + 1
+    # device code ran in the timed passes (plus Caffe's warm-up pass and one untimed iteration)
+    assert counted['forward_gpu'] == iterations + 2 and counted['backward_gpu'] >= iterations + 2
     # every timed section starts and ends synchronized: per iteration one clock reading per
     # layer boundary (2 per layer and direction) and the pass/iteration marks, all in GPU mode
     per_iteration = 4 * len(names) + 5

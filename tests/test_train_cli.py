@@ -319,7 +319,11 @@ def test_log_parses_with_caffes_parse_log(tmp_path, capsys):
     assert code == 0
     lines = [ln for ln in err.splitlines() if ln.strip()]
     glog = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [\w.]+:\d+\] ')
-    assert all(glog.match(ln) for ln in lines), [ln for ln in lines if not glog.match(ln)][:3]
+    # as in Caffe's logs, the solver's and nets' parameters follow their "Initializing ... from
+    # parameters:" line in text format, without a prefix
+    dump = re.compile(r'^ *(\w+: \S.*|\w+ \{|\})$')
+    assert all(glog.match(ln) or dump.match(ln) for ln in lines), \
+        [ln for ln in lines if not glog.match(ln) and not dump.match(ln)][:3]
     tables = _parse_log(lines, datetime.datetime.now().year)
     train_rows, test_rows = tables['train'], tables['test']
     assert [r['NumIters'] for r in train_rows] == [0, 2, 4, 6]
