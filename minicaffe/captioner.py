@@ -38,7 +38,13 @@ import numpy as np
 from .errors import MinicaffeError
 from .fileio import check_regular_file
 
-DEFAULT_DIR = 'prototxt/lrcn/caption'
+# The shipped deploy nets: in the checkout the package sits in (found from this file,
+# whatever the current folder), else relative to the current folder.
+_CHECKOUT_NETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              'prototxt', 'lrcn', 'caption')
+DEFAULT_DIR = _CHECKOUT_NETS if os.path.isdir(_CHECKOUT_NETS) else os.path.join('prototxt', 'lrcn',
+                                                                                 'caption')
+DEFAULT_VOCAB = os.path.join('data', 'captions', 'scenes', 'vocabulary.txt')
 
 
 def softmax(logits, temperature=1.0):
@@ -238,19 +244,18 @@ class Captioner(object):
 def caption_grid(images, captions, path, columns=5, scale=4, titles=None):
     """A PNG grid: each (C, H, W) 0..255 image enlarged ``scale`` times with its caption."""
     from PIL import Image, ImageDraw, ImageFont
-    import textwrap
     font = ImageFont.load_default()
     imgs = [np.clip(np.asarray(im), 0, 255).astype(np.uint8).transpose(1, 2, 0) for im in images]
     h, w = imgs[0].shape[:2]
     cw, ch = w * scale, h * scale
-    chars = max(8, cw // 6)
     lines = []
     for k, c in enumerate(captions):
-        text = textwrap.wrap(c, chars) or ['']
+        text = layout_words(c, font, cw)
         if titles:
-            text = textwrap.wrap(titles[k], chars) + text
+            text = layout_words(titles[k], font, cw) + text
         lines.append(text)
-    text_h = 12 * max(len(t) for t in lines) + 6
+    line_h = 12
+    text_h = line_h * max(len(t) for t in lines) + 6
     cols = min(columns, len(imgs))
     rows = (len(imgs) + cols - 1) // cols
     pad = 6
@@ -261,12 +266,34 @@ def caption_grid(images, captions, path, columns=5, scale=4, titles=None):
         x, y = pad + c * (cw + pad), pad + r * (ch + text_h + pad)
         grid.paste(Image.fromarray(im).resize((cw, ch), Image.NEAREST), (x, y))
         for j, line in enumerate(text):
-            draw.text((x, y + ch + 3 + 12 * j), line, fill='black', font=font)
+            for word, dx in line:
+                draw.text((x + dx, y + ch + 3 + line_h * j), word, fill='black', font=font)
     d = os.path.dirname(path)
     if d:
         os.makedirs(d, exist_ok=True)
     grid.save(path)
     return path
+
+
+def layout_words(text, font, width):
+    """Lines of (word, x offset) filling ``width`` pixels.  Words are placed one by one
+    with a visible gap: the space of Pillow's default font is 2 px wide, which made
+    "A small" read "Asmall" when whole lines were drawn.  A word wider than ``width``
+    gets a line of its own."""
+    gap = max(font.getlength(' '), 0.75 * font.getlength('n'))
+    lines, line, x = [], [], 0.0
+    for word in text.split():
+        w = font.getlength(word)
+        if line and x + gap + w > width:
+            lines.append(line)
+            line, x = [], 0.0
+        if line:
+            x += gap
+        line.append((word, int(round(x))))
+        x += w
+    if line or not lines:
+        lines.append(line)
+    return lines
 
 
 def _load_inputs(captioner, inputs, limit=None):
@@ -302,28 +329,67 @@ def add_arguments(p):
     p.add_argument('images', nargs='+', help='image files, or .h5 files with a "data" dataset '
                    '(C x H x W, 0..255), e.g. data/captions/scenes/test_images.h5')
     p.add_argument('--weights', required=True, help='trained LRCN .caffemodel')
-    p.add_argument('--vocab', default='data/captions/scenes/vocabulary.txt')
-    p.add_argument('--image-net', default=os.path.join(DEFAULT_DIR, 'image_to_feature.deploy.prototxt'))
-    p.add_argument('--word-net', default=os.path.join(DEFAULT_DIR, 'lrcn_word_to_preds.deploy.prototxt'))
+    p.add_argument('--vocab', default=DEFAULT_VOCAB,
+                   help='vocabulary file of `minicaffe data captions`; a relative path is looked'
+                        ' up in the current folder, then beside --word-net and in the folders'
+                        ' above it (the checkout holding prototxt/ and data/)')
+    p.add_argument('--image-net', default=os.path.join(DEFAULT_DIR, 'image_to_feature.deploy.prototxt'),
+                   help='deploy net: image -> feature')
+    p.add_argument('--word-net', default=os.path.join(DEFAULT_DIR, 'lrcn_word_to_preds.deploy.prototxt'),
+                   help='deploy net: one word step (previous word, image feature) -> next word')
     p.add_argument('--stage', action='append', default=None,
                    help="variant stages (repeatable); default: factored, 2-layer")
     p.add_argument('--beam-size', type=int, default=1, help='beam search width k (default 1 = greedy)')
     p.add_argument('--temperature', type=float, default=None,
                    help='sample with this temperature instead of beam search (0 = argmax)')
     p.add_argument('--samples', type=int, default=1, help='captions sampled per image')
-    p.add_argument('--max-length', type=int, default=20)
+    p.add_argument('--max-length', type=int, default=20, help='words per caption at most')
     p.add_argument('--limit', type=int, default=None, help='caption at most this many images')
-    p.add_argument('--seed', type=int, default=1701)
-    p.add_argument('--out', default='captions.txt', help='captions, one line per image (+ .json beside)')
-    p.add_argument('--grid', default='captions.png', help='PNG grid of images with captions')
-    p.add_argument('--columns', type=int, default=5)
+    p.add_argument('--seed', type=int, default=1701, help='random seed of --temperature sampling')
+    p.add_argument('--out', default=None,
+                   help='captions, one line per image (+ .json beside); default'
+                        ' <weights without extension>_captions.txt, beside --weights')
+    p.add_argument('--grid', default=None,
+                   help='PNG grid of images with captions; default --out with .png; "none" or "": no grid')
+    p.add_argument('--columns', type=int, default=5, help='images per row of --grid')
+
+
+def find_default(path, near):
+    """A relative ``path`` as given when it exists (the current folder), else the first
+    that exists of ``near``'s folder and the folders above it joined with ``path``;
+    ``path`` itself when none does (the caller's error then names it)."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    folder = os.path.dirname(os.path.abspath(near))
+    while True:
+        candidate = os.path.join(folder, path)
+        if os.path.exists(candidate):
+            return candidate
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return path
+        folder = parent
+
+
+def output_paths(args):
+    """(captions .txt, grid .png or None) from --out/--grid and --weights."""
+    out = args.out or os.path.splitext(args.weights)[0] + '_captions.txt'
+    if args.grid is not None and args.grid.lower() in ('', 'none'):
+        return out, None
+    return out, args.grid or os.path.splitext(out)[0] + '.png'
 
 
 def run(args):
     stages = args.stage if args.stage is not None else ['factored', '2-layer']
-    for path in (args.weights, args.vocab, args.image_net, args.word_net):
+    args.vocab = find_default(args.vocab, args.word_net)
+    for path in (args.weights, args.image_net, args.word_net):
         if not os.path.exists(path):
             raise MinicaffeError('%s does not exist' % path)
+    if not os.path.exists(args.vocab):
+        raise MinicaffeError('vocabulary %s does not exist (looked in the current folder and beside'
+                             ' %s and above; run `minicaffe data captions` or give --vocab)'
+                             % (args.vocab, args.word_net))
+    out_path, grid_path = output_paths(args)
     cap = Captioner(args.weights, args.word_net, args.vocab, args.image_net, stages)
     images, names = _load_inputs(cap, args.images, args.limit)
     feats = cap.compute_features(images)
@@ -342,18 +408,21 @@ def run(args):
             results.append({'image': name, 'captions': [cap.sentence(b) for b, _ in beams],
                             'log_probs': [lp for _, lp in beams],
                             'strategy': 'beam k=%d' % args.beam_size})
-    if os.path.dirname(args.out):
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, 'w', encoding='utf-8') as f:
+    if os.path.dirname(out_path):
+        os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    json_path = os.path.splitext(out_path)[0] + '.json'
+    with open(out_path, 'w', encoding='utf-8') as f:
         for r in results:
             f.write('%s\t%s\n' % (r['image'], r['captions'][0]))
-    with open(os.path.splitext(args.out)[0] + '.json', 'w', encoding='utf-8') as f:
+    with open(json_path, 'w', encoding='utf-8') as f:
         json.dump(results, f, indent=1)
     for r in results:
         print('%s: %s' % (r['image'], r['captions'][0]))
-    if args.grid:
-        caption_grid(images, [r['captions'][0] for r in results], args.grid, args.columns)
-        print('wrote %s and %s' % (args.out, args.grid))
+    written = [out_path, json_path]
+    if grid_path:
+        caption_grid(images, [r['captions'][0] for r in results], grid_path, args.columns)
+        written.append(grid_path)
+    print('Wrote %s' % ', '.join(written))
     return 0
 
 

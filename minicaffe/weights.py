@@ -252,6 +252,16 @@ def warn_foreign_fields(param, path='<weights>', names=None):
     return found
 
 
+def log_ignored(names, path, net):
+    """Caffe's "Ignoring source layer X", one line per weights file rather than per layer
+    (a deploy net loading training weights skips dozens)."""
+    if len(names) == 1:
+        log.info('Ignoring source layer %s', names[0], stacklevel=2)
+    elif names:
+        log.info('Ignoring source layers %s (%d layers of %s that net %s does not have)',
+                 ', '.join(names), len(names), path, net.source, stacklevel=2)
+
+
 def copy_from_net_param(net, param, path='<weights>', strict=False):
     """Caffe's Net::CopyTrainedLayersFrom(NetParameter).  Fields a fork's
     renumbered schema put elsewhere are ignored with a warning.  Returns the
@@ -261,10 +271,11 @@ def copy_from_net_param(net, param, path='<weights>', strict=False):
     plan = []
     used = 0
     filled = []
+    ignored = []
     for name, blobs in source_layers(param, path):
         lid = first.get(name)
         if lid is None:
-            log.info('Ignoring source layer %s', name)
+            ignored.append(name)
             continue
         target = net.layers[lid].blobs
         if len(target) != len(blobs):
@@ -292,6 +303,7 @@ def copy_from_net_param(net, param, path='<weights>', strict=False):
             plan.append((tb, bp))
         used += 1
         filled.append(lid)
+    log_ignored(ignored, path, net)
     missing = unfilled_layers(net, filled)
     check_unfilled(net, path, missing, strict)
     if used == 0:
@@ -502,6 +514,7 @@ def load_hdf5(net, path, strict=False):
     ids = _param_ids(net)
     plan = []
     filled = []
+    ignored = []
     try:
         with f:
             data_g = f.get('data')
@@ -511,7 +524,7 @@ def load_hdf5(net, path, strict=False):
             for name in data_g.keys():
                 lid = net._layer_index.get(name)
                 if lid is None:
-                    log.info('Ignoring source layer %s', name)
+                    ignored.append(name)
                     continue
                 target = net.layers[lid].blobs
                 lg = data_g[name]
@@ -550,6 +563,7 @@ def load_hdf5(net, path, strict=False):
                 values.append(v)
         for (tb, _), v in zip(plan, values):     # all read: now copy (a bad file changes nothing)
             tb.data[...] = v
+        log_ignored(ignored, path, net)
         return missing
     except (OSError, KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
         # (WeightsError raised above is none of these.)  h5py reports a damaged file's internals with any of these

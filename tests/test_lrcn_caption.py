@@ -308,3 +308,84 @@ def test_caption_command_writes_text_and_grid(tiny, trained, tmp_path):
     bad.write_text('a\nb\n')
     assert C.main([png, '--weights', trained[2], '--vocab', str(bad), '--out', out,
                    '--grid', '']) == 2     # minicaffe: error: ..., exit 2
+
+
+def test_caption_defaults_work_from_any_folder(tiny, trained, tmp_path, monkeypatch, capsys):
+    """Run elsewhere: the shipped nets are found from the package, the vocabulary beside
+    (or above) the word net, and the outputs go beside the weights, not into the folder
+    the command runs in.  Skipped source layers make one log line per weights file."""
+    import shutil
+    from minicaffe import cli
+    checkout = tmp_path / 'checkout'
+    nets = checkout / 'prototxt' / 'lrcn' / 'caption'
+    nets.mkdir(parents=True)
+    shutil.copy(os.path.join(CAP, 'lrcn_word_to_preds.deploy.prototxt'), str(nets))
+    vocab = checkout / 'data' / 'captions' / 'scenes' / 'vocabulary.txt'
+    vocab.parent.mkdir(parents=True)
+    shutil.copy(os.path.join(tiny, 'vocabulary.txt'), str(vocab))
+    run = tmp_path / 'run'
+    run.mkdir()
+    weights = str(run / 'lrcn_iter_30.caffemodel')
+    shutil.copy(trained[2], weights)
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(str(elsewhere))
+    rc = cli.main(['caption', os.path.join(tiny, 'test_images.h5'), '--limit', '3',
+                   '--weights', weights, '--word-net', str(nets / 'lrcn_word_to_preds.deploy.prototxt')])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert os.listdir(str(elsewhere)) == []
+    for name in ('lrcn_iter_30_captions.txt', 'lrcn_iter_30_captions.json',
+                 'lrcn_iter_30_captions.png'):
+        assert (run / name).exists(), name
+    assert len((run / 'lrcn_iter_30_captions.txt').read_text().splitlines()) == 3
+    assert out.splitlines()[-1] == 'Wrote %s' % ', '.join(
+        str(run / n) for n in ('lrcn_iter_30_captions.txt', 'lrcn_iter_30_captions.json',
+                               'lrcn_iter_30_captions.png'))
+    # two nets read the weights file: one "Ignoring source layer" line each, not one per layer
+    ignoring = [l for l in err.splitlines() if '] Ignoring source layer' in l]
+    assert len(ignoring) == 2 and all('layers of %s' % weights in l for l in ignoring)
+    # an explicit --out, no grid; a missing vocabulary is a clear error
+    assert cli.main(['-q', 'caption', os.path.join(tiny, 'test_images.h5'), '--limit', '2',
+                     '--weights', weights, '--word-net', str(nets / 'lrcn_word_to_preds.deploy.prototxt'),
+                     '--out', 'mine.txt', '--grid', 'none']) == 0
+    assert sorted(os.listdir(str(elsewhere))) == ['mine.json', 'mine.txt']
+    capsys.readouterr()
+    assert cli.main(['caption', os.path.join(tiny, 'test_images.h5'), '--weights', weights]) == 2
+    err = capsys.readouterr().err
+    assert 'vocabulary' in err and '--vocab' in err and 'minicaffe data captions' in err
+
+
+def test_find_default_looks_beside_and_above_the_net(tmp_path, monkeypatch):
+    from minicaffe.captioner import find_default
+    net = tmp_path / 'root' / 'prototxt' / 'x' / 'net.prototxt'
+    net.parent.mkdir(parents=True)
+    net.write_text('')
+    (tmp_path / 'root' / 'data').mkdir()
+    (tmp_path / 'root' / 'data' / 'v.txt').write_text('a\n')
+    (tmp_path / 'cwd').mkdir()
+    monkeypatch.chdir(str(tmp_path / 'cwd'))
+    assert find_default(os.path.join('data', 'v.txt'), str(net)) == str(tmp_path / 'root' / 'data' / 'v.txt')
+    assert find_default('missing.txt', str(net)) == 'missing.txt'
+    (tmp_path / 'cwd' / 'data').mkdir()
+    (tmp_path / 'cwd' / 'data' / 'v.txt').write_text('b\n')
+    assert find_default(os.path.join('data', 'v.txt'), str(net)) == os.path.join('data', 'v.txt')
+
+
+def test_grid_text_keeps_the_spaces_between_words():
+    from PIL import ImageFont
+    from minicaffe.captioner import layout_words
+    font = ImageFont.load_default()
+    lines = layout_words('A small white cross and a red circle on the left.', font, 128)
+    assert len(lines) > 1
+    words = [w for line in lines for w, _ in line]
+    assert ' '.join(words) == 'A small white cross and a red circle on the left.'
+    gap = 0.75 * font.getlength('n')
+    for line in lines:
+        assert line[0][1] == 0
+        for (w0, x0), (w1, x1) in zip(line, line[1:]):
+            assert x1 - (x0 + font.getlength(w0)) >= gap - 1      # a visible space
+        last_word, last_x = line[-1]
+        assert last_x + font.getlength(last_word) <= 128
+    assert layout_words('', font, 100) == [[]]
+    assert layout_words('extraordinarily', font, 10) == [[('extraordinarily', 0)]]
