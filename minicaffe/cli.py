@@ -118,9 +118,11 @@ def add_gradcheck_arguments(p):
     p.add_argument('--kink', type=float, default=0.0, help='skip elements with |x| near this value')
     p.add_argument('--kink-range', '--kink_range', type=float, default=-1.0,
                    help='half-width of the skipped region around --kink (default -1: none)')
-    p.add_argument('--seed', type=int, default=1701, help='random seed before every forward, and for the inputs')
-    p.add_argument('--phase', type=str.upper, choices=['TRAIN', 'TEST'], default='TRAIN')
-    p.add_argument('--level', type=int, default=0)
+    p.add_argument('--seed', type=int, default=1701,
+                   help='random seed before every forward, and for the inputs (default 1701)')
+    p.add_argument('--phase', type=str.upper, choices=['TRAIN', 'TEST'], default='TRAIN',
+                   help='net phase')
+    p.add_argument('--level', type=int, default=0, help='net level')
     p.add_argument('--stage', action='append', default=[], help='net stage (repeatable)')
     p.add_argument('--weights', default=None, help='weights to load first (default: the fillers)')
     p.add_argument('--exhaustive', action='store_true',
@@ -133,7 +135,7 @@ def add_gradcheck_arguments(p):
     p.add_argument('--no-retry', dest='retry', action='store_false',
                    help='do not re-check a failing blob at stepsize/10 (by default a blob that'
                         ' passes there is reported as passing: the step crossed a kink)')
-    p.add_argument('--gpu', default=None)
+    p.add_argument('--gpu', default=None, help='GPU id; CPU when omitted')
 
 
 # Layer types whose output is not differentiable everywhere (max, kinks at 0).
@@ -426,13 +428,34 @@ def add_threads_argument(p):
                         ' core this process may use, at most 8); the results do not depend on N')
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, with each option's default shown after its help text unless the
+    text already names it (``--iterations N  batches to score (default: 50)``).  Defaults
+    that say nothing are not shown: None, flags (True/False), empty strings and lists."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if shows_default(action) and 'default' not in text:
+            text += ' (default: %(default)s)'
+        return text
+
+
+def shows_default(action):
+    """Whether ``action`` has a default worth showing in its help line."""
+    d = action.default
+    if d is None or d is argparse.SUPPRESS or isinstance(d, bool) or d in ('', []):
+        return False
+    return bool(action.option_strings) or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+
+
 def _add(sub, name, help, target_or_pair, aliases=(), description=None):
     """Add subcommand ``name`` driven by add_arguments/run (a module path or a pair)."""
     if isinstance(target_or_pair, str):
         add, run = _command_pair(target_or_pair)
     else:
         add, run = target_or_pair
-    p = sub.add_parser(name, help=help, aliases=list(aliases), description=description or help)
+    p = sub.add_parser(name, help=help, aliases=list(aliases), description=description or help,
+                       formatter_class=HelpFormatter)
     add(p)
     if name in COMPUTING:
         add_threads_argument(p)
@@ -457,7 +480,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog=PROG, description='minicaffe: Caffe-faithful deep learning in Python. '
                                'Commands mirror Caffe\'s `caffe` tool.',
-        epilog='Run "minicaffe COMMAND --help" for the options of a command.')
+        epilog='Run "minicaffe COMMAND --help" for the options of a command.',
+        formatter_class=HelpFormatter)
     parser.add_argument('--version', action='version', version='minicaffe ' + __version__)
     parser.add_argument('-q', '--quiet', action='count', default=0,
                         help='only warnings and errors in the log (GLOG_minloglevel also works)')
@@ -478,13 +502,14 @@ def build_parser():
          (add_gradcheck_arguments, run_gradcheck))
 
     data = sub.add_parser('data', help='download-free data preparation: ' + ', '.join(sorted(DATASETS)),
-                          description='Prepare a data set for the shipped nets.')
+                          description='Prepare a data set for the shipped nets.',
+                          formatter_class=HelpFormatter)
     dsub = data.add_subparsers(dest='dataset', metavar='DATASET')
     dsub.required = True
     for name in sorted(DATASETS):
         target, help_text = DATASETS[name]
         obj = _command(target)
-        p = dsub.add_parser(name, help=help_text, description=help_text)
+        p = dsub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         obj.add_arguments(p)
         p.set_defaults(_run=obj.run)
 

@@ -410,7 +410,7 @@ def add_arguments(p):
     p.add_argument('--rankdir', default='LR', choices=['LR', 'RL', 'TB', 'BT'],
                    help='direction of the graph (default LR: left to right)')
     p.add_argument('--phase', default='ALL', choices=['TRAIN', 'TEST', 'ALL'],
-                   help='draw the layers of one phase, or all of them (default)')
+                   help='draw the layers of one phase, or all of them (default ALL)')
     p.add_argument('--stage', action='append', default=[], help='net stage (repeatable; with --phase)')
     p.add_argument('--level', type=int, default=0, help='net level (with --phase)')
     p.add_argument('--display-lrm', '--display_lrm', action='store_true',

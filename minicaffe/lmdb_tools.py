@@ -192,8 +192,10 @@ def add_convert_imageset_arguments(p):
     p.add_argument('root', help='root folder prefixed to every path in the list')
     p.add_argument('list', help='text file of "path label" lines')
     p.add_argument('db', help='output LMDB (a new folder)')
-    p.add_argument('--resize_height', '--resize-height', type=int, default=0)
-    p.add_argument('--resize_width', '--resize-width', type=int, default=0)
+    p.add_argument('--resize_height', '--resize-height', type=int, default=0,
+                   help='resize images to this height (0: keep)')
+    p.add_argument('--resize_width', '--resize-width', type=int, default=0,
+                   help='resize images to this width (0: keep)')
     p.add_argument('--gray', action='store_true', help='store images as 1-channel gray')
     p.add_argument('--shuffle', action='store_true', help='shuffle the lines first')
     p.add_argument('--encoded', action='store_true', help='store encoded image files, not pixels')

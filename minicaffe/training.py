@@ -64,11 +64,11 @@ def add_train_arguments(p):
 def add_test_arguments(p):
     p.add_argument('--model', required=True, help='net .prototxt')
     p.add_argument('--weights', required=True, help='.caffemodel or .h5 weights')
-    p.add_argument('--iterations', type=int, default=50)
-    p.add_argument('--phase', choices=['TRAIN', 'TEST'], default='TEST')
-    p.add_argument('--stage', action='append', default=[])
-    p.add_argument('--level', type=int, default=0)
-    p.add_argument('--gpu', default=None)
+    p.add_argument('--iterations', type=int, default=50, help='batches to score')
+    p.add_argument('--phase', choices=['TRAIN', 'TEST'], default='TEST', help='net phase')
+    p.add_argument('--stage', action='append', default=[], help='net stage (repeatable)')
+    p.add_argument('--level', type=int, default=0, help='net level')
+    p.add_argument('--gpu', default=None, help='GPU id; CPU when omitted')
 
 
 def parse_gpu_ids(flag):

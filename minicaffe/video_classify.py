@@ -233,7 +233,7 @@ def add_arguments(p):
     p.add_argument('--input-kind', choices=['rgb', 'flow'], default='rgb',
                    help='what --model reads: RGB frames or flow frames (default rgb)')
     p.add_argument('--flow-model', default=None, help='a second (flow) deploy net for late fusion')
-    p.add_argument('--flow-weights', default=None)
+    p.add_argument('--flow-weights', default=None, help='trained .caffemodel of --flow-model')
     p.add_argument('--flow-weight', type=float, default=0.5,
                    help='fusion weight w of the flow net: (1 - w) rgb + w flow (default 0.5)')
     p.add_argument('--clip-length', type=int, default=None, help='T (default: the net\'s, else 16)')

@@ -1,4 +1,5 @@
 """The `minicaffe` command: time, gradcheck, error reporting, data registry, tools/*.py."""
+import argparse
 import os
 import subprocess
 import sys
@@ -436,3 +437,60 @@ def test_time_layers_table_and_blas_header(tmp_path):
     assert rows['loss'][-2:] == ['-', '-']
     header = [l for l in r.stderr.splitlines() if 'BLAS:' in l]
     assert header and 'thread' in header[0] and 'minicaffe worker threads:' in header[0]
+
+
+# ------------------------------------------------------------------ help
+def _every_parser(parser, path=()):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            seen = set()
+            for name, sub in action.choices.items():
+                if id(sub) not in seen:          # aliases (solve) share the parser
+                    seen.add(id(sub))
+                    yield from _every_parser(sub, path + (name,))
+
+
+def _names_default(text, default):
+    """The help text names the default after the word "default" (1e-2 names 0.01)."""
+    after = text[text.find('default'):] if 'default' in text else ''
+    if str(default) in after:
+        return True
+    if isinstance(default, (int, float)):
+        import re
+        return any(float(x) == default for x in re.findall(r'-?\d+(?:\.\d*)?(?:e-?\d+)?', after))
+    return False
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default():
+    parsers = list(_every_parser(cli.build_parser()))
+    names = {' '.join(path) for path, _ in parsers}
+    for command in ('train', 'test', 'time', 'gradcheck', 'data captions', 'data moving_mnist',
+                    'data video_description', 'data mnist', 'caption', 'classify-video', 'upgrade'):
+        assert command in names
+    checked = 0
+    for path, parser in parsers:
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction,
+                                   argparse._SubParsersAction)) or action.help == argparse.SUPPRESS:
+                continue
+            where = '%s %s' % (' '.join(path), '/'.join(action.option_strings) or action.dest)
+            assert action.help and action.help.strip(), 'no help text: ' + where
+            if cli.shows_default(action):
+                shown = formatter._get_help_string(action) % {'default': action.default}
+                assert _names_default(shown, action.default), \
+                    'default not shown: %s: %s' % (where, shown)
+            checked += 1
+        parser.format_help()                    # every help text formats
+    assert checked > 100
+
+
+def test_help_shows_defaults_once(capsys):
+    assert cli.main(['test', '--help']) == 0
+    out = ' '.join(capsys.readouterr().out.split())
+    assert '--iterations ITERATIONS batches to score (default: 50)' in out
+    assert '--phase {TRAIN,TEST} net phase (default: TEST)' in out
+    assert cli.main(['time', '--help']) == 0
+    out = ' '.join(capsys.readouterr().out.split())
+    assert out.count('(default 50)') == 1 and '(default: 50)' not in out

@@ -420,10 +420,10 @@ def add_arguments(parser):
     parser.add_argument('--out', default='data/captions', help='output folder (default data/captions)')
     parser.add_argument('--tuxpaint-dir', default=None,
                         help='tuxpaint stamps folder (default %s)' % TUXPAINT_DIR)
-    parser.add_argument('--seed', type=int, default=1701)
+    parser.add_argument('--seed', type=int, default=1701, help='random seed of the generated scenes')
     parser.add_argument('--train', type=int, default=5000, help='generated training scenes')
-    parser.add_argument('--val', type=int, default=300)
-    parser.add_argument('--test', type=int, default=500)
+    parser.add_argument('--val', type=int, default=300, help='generated validation scenes')
+    parser.add_argument('--test', type=int, default=500, help='generated test scenes')
     parser.add_argument('--size', type=int, default=32, help='image side in pixels')
     parser.add_argument('--timesteps', type=int, default=16, help='T: words per stream incl. EOS')
     parser.add_argument('--streams', type=int, default=50, help='N: streams (images) per batch')

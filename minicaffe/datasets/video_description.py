@@ -220,13 +220,13 @@ def prepare(out_dir='data/video_description', n_train=3000, n_val=300, n_test=50
 
 
 def add_arguments(parser):
-    parser.add_argument('--out', default='data/video_description')
-    parser.add_argument('--seed', type=int, default=1701)
-    parser.add_argument('--train', type=int, default=3000)
-    parser.add_argument('--val', type=int, default=300)
-    parser.add_argument('--test', type=int, default=500)
+    parser.add_argument('--out', default='data/video_description', help='output folder')
+    parser.add_argument('--seed', type=int, default=1701, help='random seed of the clips')
+    parser.add_argument('--train', type=int, default=3000, help='training clips')
+    parser.add_argument('--val', type=int, default=300, help='validation clips')
+    parser.add_argument('--test', type=int, default=500, help='test clips')
     parser.add_argument('--size', type=int, default=24, help='frame side in pixels')
-    parser.add_argument('--frames', type=int, default=8)
+    parser.add_argument('--frames', type=int, default=8, help='frames per clip')
     parser.add_argument('--timesteps', type=int, default=10, help='T: words per stream incl. EOS')
     parser.add_argument('--streams', type=int, default=50, help='N: streams per batch')
 
