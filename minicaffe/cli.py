@@ -6,7 +6,7 @@
     minicaffe gradcheck NET.prototxt [--layer L] [--stepsize S] [--threshold T]
     minicaffe data mnist | captions ...
     minicaffe convert-imageset ROOT LIST DB | compute-mean DB [OUT]
-    minicaffe draw NET OUT | upgrade IN OUT
+    minicaffe draw NET OUT | upgrade IN OUT | summary NET
 
 Every subcommand is a pair ``add_arguments(parser)`` / ``run(args) -> exit
 code`` living beside the code it drives; this module only wires them.
@@ -523,6 +523,8 @@ def build_parser():
          'minicaffe.lmdb_tools:add_compute_mean_arguments,run_compute_mean')
     _add(sub, 'export-onnx', 'a net\'s forward (TEST phase by default) as an ONNX model (needs onnx)',
          'minicaffe.export_onnx')
+    _add(sub, 'summary', 'a table of a net: layers, top shapes, params, FLOPs and memory, with totals',
+         'minicaffe.summary')
     _add(sub, 'draw', 'draw a net as a graph (pycaffe\'s draw_net.py)', 'minicaffe.draw')
     _add(sub, 'plot', 'loss/accuracy curves from a metrics .jsonl or a training log (needs matplotlib)',
          'minicaffe.plot')
