@@ -7,10 +7,14 @@
 * ``insert_splits`` -- a top read by several bottoms (a nonzero explicit
                        loss_weight counts as one read) gets a Split layer.
 """
+import logging
+
 from google.protobuf import text_format
 
 from .errors import NetDefinitionError
 from .protoio import pb
+
+log = logging.getLogger('minicaffe')
 
 
 def upgrade_net(param, source='<net>'):
@@ -58,18 +62,28 @@ def _upgrade_input_fields(param, source):
     del param.input_dim[:]
 
 
-def state_meets_rule(state, rule):
+def state_meets_rule(state, rule, layer_name=None):
+    """Caffe's StateMeetsRule; with ``layer_name``, the reason a rule is not met is
+    logged in Caffe's words (its text, "is above the min_level" included)."""
+    def log_broken(fmt, *args):
+        if layer_name is not None:
+            log.info(fmt + ' specified by a rule in layer %s', *(args + (layer_name,)), stacklevel=2)
+        return False
     if rule.HasField('phase') and rule.phase != state.phase:
-        return False
+        return log_broken('The NetState phase (%d) differed from the phase (%d)', state.phase, rule.phase)
     if rule.HasField('min_level') and state.level < rule.min_level:
-        return False
+        return log_broken('The NetState level (%d) is above the min_level (%d)', state.level,
+                      rule.min_level)
     if rule.HasField('max_level') and state.level > rule.max_level:
-        return False
+        return log_broken('The NetState level (%d) is above the max_level (%d)', state.level,
+                      rule.max_level)
     stages = set(state.stage)
-    if any(s not in stages for s in rule.stage):
-        return False
-    if any(s in stages for s in rule.not_stage):
-        return False
+    for s in rule.stage:
+        if s not in stages:
+            return log_broken("The NetState did not contain stage '%s'", s)
+    for s in rule.not_stage:
+        if s in stages:
+            return log_broken("The NetState contained a not_stage '%s'", s)
     return True
 
 
@@ -82,11 +96,18 @@ def filter_net(param, source='<net>'):
         if len(lp.include) and len(lp.exclude):
             raise NetDefinitionError('%s: layer "%s" specifies both include and exclude rules;'
                                      ' use one or the other' % (source, lp.name))
+        # Caffe's loops (each stops once decided): the rules it checks are the ones it logs
         keep = len(lp.include) == 0
-        if any(state_meets_rule(param.state, r) for r in lp.exclude):
-            keep = False
-        if any(state_meets_rule(param.state, r) for r in lp.include):
-            keep = True
+        for r in lp.exclude:
+            if not keep:
+                break
+            if state_meets_rule(param.state, r, lp.name):
+                keep = False
+        for r in lp.include:
+            if keep:
+                break
+            if state_meets_rule(param.state, r, lp.name):
+                keep = True
         if keep:
             out.layer.add().CopyFrom(lp)
     return out

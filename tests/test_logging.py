@@ -81,7 +81,8 @@ def test_solver_setup_lines_and_their_file_and_line(caplog, tmp_path):
              'Solver scaffolding done.']
     where = [msgs.index(m) for m in order]
     assert where == sorted(where)
-    assert msgs[where[0] + 1].startswith('Initializing net from parameters:')
+    after = [m for m in msgs[where[0] + 1:] if not m.startswith('The NetState')]
+    assert after[0].startswith('Initializing net from parameters:')
     assert msgs[where[2] - 1] == 'Network initialization done.'
     # every record names the line that made it (not a wrapper's): Solver.log passes stacklevel
     for r in caplog.records:
@@ -158,3 +159,29 @@ def test_cli_writes_each_line_once(tmp_path):
                 'sys.exit(cli.main(["-q", "time", %r, "--iterations", "1"]))\n' % str(net))
     assert r.returncode == 0 and r.stderr == ''
 
+
+
+def test_filtered_layers_are_logged_in_caffes_words(caplog, tmp_path):
+    net = tmp_path / 'n.prototxt'
+    net.write_text(textwrap.dedent('''\
+        layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 } } }
+        layer { name: "tr" type: "ReLU" bottom: "x" top: "a" include { phase: TRAIN } }
+        layer { name: "deep" type: "ReLU" bottom: "x" top: "b" include { min_level: 2 } }
+        layer { name: "shallow" type: "ReLU" bottom: "x" top: "c" include { max_level: -1 } }
+        layer { name: "st" type: "ReLU" bottom: "x" top: "d" include { stage: "s1" } }
+        layer { name: "nst" type: "ReLU" bottom: "x" top: "e" include { not_stage: "s0" } }
+        layer { name: "ex" type: "ReLU" bottom: "x" top: "g" exclude { stage: "s0" } }
+        layer { name: "kept" type: "ReLU" bottom: "x" top: "f" include { stage: "s0" } }
+        '''))
+    with caplog.at_level(logging.INFO, logger='minicaffe'):
+        n = caffe.Net(str(net), caffe.TEST, stages=['s0'])
+    msgs = _messages(caplog)
+    assert msgs[:6] == [
+        'The NetState phase (1) differed from the phase (0) specified by a rule in layer tr',
+        'The NetState level (0) is above the min_level (2) specified by a rule in layer deep',
+        'The NetState level (0) is above the max_level (-1) specified by a rule in layer shallow',
+        "The NetState did not contain stage 's1' specified by a rule in layer st",
+        "The NetState contained a not_stage 's0' specified by a rule in layer nst",
+        'Initializing net from parameters: \n' + msgs[5].split('\n', 1)[-1]]
+    assert n.layer_names() == ['in', 'kept']
+    assert all(r.filename == 'netbuild.py' for r in caplog.records[:5])
