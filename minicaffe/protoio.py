@@ -119,13 +119,22 @@ def caffe_text(message):
 
 class DebugString(object):
     """A message in text format, as protobuf's DebugString, built only when printed
-    (a log line's argument: nothing is formatted for a line nobody writes)."""
+    (a log line's argument: nothing is formatted for a line nobody writes).  A
+    NetParameter's layer blobs (weights a net was built with) are left out: millions
+    of numbers in a log line help nobody."""
 
     def __init__(self, message):
         self.message = message
 
     def __str__(self):
-        return caffe_text(self.message)
+        message = self.message
+        layers = getattr(message, 'layer', None)
+        if layers is not None and any(len(lp.blobs) for lp in layers):
+            message = type(message)()
+            message.CopyFrom(self.message)
+            for lp in message.layer:
+                del lp.blobs[:]
+        return caffe_text(message)
 
 
 # ---------------------------------------------------------------- BlobProto

@@ -623,4 +623,3 @@ AdamSolver = _typed('Adam')
 def get_solver(path_or_param, **kw):
     """The solver its type field names (pycaffe's caffe.get_solver)."""
     return Solver(path_or_param, **kw)
-
