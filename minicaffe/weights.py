@@ -259,7 +259,7 @@ def log_ignored(names, path, net):
         log.info('Ignoring source layer %s', names[0], stacklevel=2)
     elif names:
         log.info('Ignoring source layers %s (%d layers of %s that net %s does not have)',
-                 ', '.join(names), len(names), path, net.source, stacklevel=2)
+                 ', '.join('%s' % n for n in names), len(names), path, net.source, stacklevel=2)
 
 
 def copy_from_net_param(net, param, path='<weights>', strict=False):

@@ -414,3 +414,29 @@ def test_a_clean_caffemodel_loads_without_the_fork_warning(tmp_path, caplog):
     with caplog.at_level('WARNING', logger='minicaffe'):
         net.copy_from(str(tmp_path / 'w.caffemodel'))
     assert not [r for r in caplog.records if 'does not know' in r.getMessage()]
+
+
+
+def test_skipped_source_layers_make_one_log_line(tmp_path, caplog):
+    """Caffe logs "Ignoring source layer X" per layer; once per weights file is enough (a
+    deploy net loading training weights skips dozens).  Names that are not text still log."""
+    import logging
+    src = param_net({'extra1': (2,), 'extra2': (3,), 'b': (4,)})
+    src.save(str(tmp_path / 'w.caffemodel'))
+    src.save_hdf5(str(tmp_path / 'w.h5'))
+    for f in ('w.caffemodel', 'w.h5'):
+        dst = param_net({'b': (4,)})
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger='minicaffe'):
+            dst.copy_from(str(tmp_path / f))
+        lines = [r.getMessage() for r in caplog.records if 'Ignoring source layer' in r.getMessage()]
+        assert lines == ['Ignoring source layers extra1, extra2 (2 layers of %s that net %s does'
+                         ' not have)' % (tmp_path / f, dst.source)]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='minicaffe'):
+        weights.log_ignored(['only'], 'w', dst)
+        weights.log_ignored([b'\xff', 'x'], 'w', dst)
+        weights.log_ignored([], 'w', dst)
+    assert [r.getMessage() for r in caplog.records] == [
+        'Ignoring source layer only',
+        "Ignoring source layers b'\\xff', x (2 layers of w that net %s does not have)" % dst.source]
