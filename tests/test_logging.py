@@ -12,7 +12,6 @@ import textwrap
 import pytest
 
 import minicaffe as caffe
-from minicaffe import cli
 
 from test_solve import make_case
 

@@ -351,7 +351,11 @@ def test_caption_defaults_work_from_any_folder(tiny, trained, tmp_path, monkeypa
                      '--out', 'mine.txt', '--grid', 'none']) == 0
     assert sorted(os.listdir(str(elsewhere))) == ['mine.json', 'mine.txt']
     capsys.readouterr()
-    assert cli.main(['caption', os.path.join(tiny, 'test_images.h5'), '--weights', weights]) == 2
+    bare = tmp_path / 'bare'                 # a word net with no data beside or above it
+    bare.mkdir()
+    shutil.copy(os.path.join(CAP, 'lrcn_word_to_preds.deploy.prototxt'), str(bare))
+    assert cli.main(['caption', os.path.join(tiny, 'test_images.h5'), '--weights', weights,
+                     '--word-net', str(bare / 'lrcn_word_to_preds.deploy.prototxt')]) == 2
     err = capsys.readouterr().err
     assert 'vocabulary' in err and '--vocab' in err and 'minicaffe data captions' in err
 

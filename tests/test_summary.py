@@ -3,8 +3,6 @@ LeNet with numbers computed by hand, and one case for each FLOP rule."""
 import os
 import textwrap
 
-import pytest
-
 import minicaffe as caffe
 from minicaffe import cli, summary
 
