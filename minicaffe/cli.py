@@ -404,7 +404,7 @@ def init_log(level=None, stderr=True):
 
 def log(message):
     """pycaffe's ``caffe.log(msg)``: one INFO line on the ``minicaffe`` logger."""
-    logging.getLogger('minicaffe').info('%s', message)
+    logging.getLogger('minicaffe').info('%s', message, stacklevel=2)   # the caller's file:line
 
 
 # ---------------------------------------------------------------- parser

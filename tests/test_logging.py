@@ -184,3 +184,11 @@ def test_filtered_layers_are_logged_in_caffes_words(caplog, tmp_path):
         'Initializing net from parameters: \n' + msgs[5].split('\n', 1)[-1]]
     assert n.layer_names() == ['in', 'kept']
     assert all(r.filename == 'netbuild.py' for r in caplog.records[:5])
+
+
+def test_pycaffe_log_is_tagged_with_the_callers_line():
+    code = 'import minicaffe as caffe\ncaffe.init_log()\ncaffe.log("hello")\n'
+    r = _python(code)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.endswith('] hello')]
+    assert len(lines) == 1 and lines[0].endswith(' <string>:3] hello')    # not cli.py's line
