@@ -129,4 +129,5 @@ def test_cli_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(memory.ENV, str(1 << 30))
     assert cli.main(['time', str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith('minicaffe: error: %s: the net needs about 33.53 GiB' % path)
+    error = err[err.index('minicaffe: error: '):]          # after the net's set-up log lines
+    assert error.startswith('minicaffe: error: %s: the net needs about 33.53 GiB' % path)
