@@ -43,7 +43,7 @@ import collections
 import logging
 import time
 
-from . import mode as _mode
+from . import mode as _mode, summary
 from .errors import MinicaffeError
 
 log = logging.getLogger('minicaffe')
@@ -54,21 +54,18 @@ TimingResult = collections.namedtuple(
                     'forward_pass_ms backward_pass_ms forward_backward_ms total_ms iterations warmup')
 
 
-def layer_flops(layer, bottom):
-    """(forward, backward) floating-point operations of a GEMM layer from its
-    shapes (a multiply-add counts 2), or None for other layer types.
+GEMM_LAYER_TYPES = ('Convolution', 'Deconvolution', 'InnerProduct')
 
-    Convolution / Deconvolution: 2 N * conv_out_channels * kernel_dim * conv_out_dim
-    per bottom (the direct convolution's count, whatever algorithm runs);
-    InnerProduct: 2 M * K * N (bottom rows M, weights N x K).  Backward does
-    two such products (data and weight gradients)."""
-    if layer.type in ('Convolution', 'Deconvolution'):
-        f = 2.0 * layer.num * layer.conv_out_channels * layer.kernel_dim * layer.conv_out_dim
-        f *= len(bottom)
-    elif layer.type == 'InnerProduct':
-        f = 2.0 * (bottom[0].count // layer.K) * layer.K * layer.num_output
-    else:
+
+def layer_flops(layer, bottom, top):
+    """(forward, backward) floating-point operations of a GEMM layer from its
+    shapes, or None for other layer types: forward is ``minicaffe summary``'s
+    count (summary.FLOP_RULES: the direct convolution's multiply-adds x 2,
+    whatever algorithm runs, plus the bias adds); backward does two such
+    products (data and weight gradients)."""
+    if layer.type not in GEMM_LAYER_TYPES:
         return None
+    f = float(summary.layer_flops(layer, bottom, top))
     return f, 2 * f
 
 
@@ -249,7 +246,7 @@ def format_layer_table(net, result):
     for i, (name, f_ms, b_ms) in enumerate(zip(result.layer_names, result.forward_ms,
                                                result.backward_ms)):
         layer = net.layers[i]
-        flops = layer_flops(layer, net._bottom(i))
+        flops = layer_flops(layer, net._bottom(i), net._top(i))
         rate = ['-', '-']
         if flops is not None:
             rate = ['%9.1f' % (fl / ms / 1e6) if ms > 0 else '-' for fl, ms in zip(flops, (f_ms, b_ms))]

@@ -414,13 +414,15 @@ def test_layer_flops_from_shapes(tmp_path):
     net = timing.build_net(str(path))
     names = list(net._layer_names)
     conv, ip = names.index('conv'), names.index('ip')
-    # conv: 2 images x 4 outputs x (3 channels x 9) x 64 positions, a multiply-add = 2
-    assert timing.layer_flops(net.layers[conv], net._bottom(conv)) == (2.0 * 2 * 4 * 27 * 64,
-                                                                         4.0 * 2 * 4 * 27 * 64)
-    assert timing.layer_flops(net.layers[ip], net._bottom(ip)) == (2.0 * 2 * 256 * 5,
-                                                                     4.0 * 2 * 256 * 5)
+    # conv: 2 images x 4 outputs x (3 channels x 9) x 64 positions, a multiply-add = 2,
+    # plus one bias add per output value
+    conv_f = 2.0 * 2 * 4 * 27 * 64 + 2 * 4 * 64
+    assert timing.layer_flops(net.layers[conv], net._bottom(conv), net._top(conv)) == (conv_f,
+                                                                                       2 * conv_f)
+    ip_f = 2.0 * 2 * 256 * 5 + 2 * 5
+    assert timing.layer_flops(net.layers[ip], net._bottom(ip), net._top(ip)) == (ip_f, 2 * ip_f)
     loss = names.index('loss')
-    assert timing.layer_flops(net.layers[loss], net._bottom(loss)) is None
+    assert timing.layer_flops(net.layers[loss], net._bottom(loss), net._top(loss)) is None
 
 
 def test_time_layers_table_and_blas_header(tmp_path):
