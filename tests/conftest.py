@@ -5,8 +5,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 import logging
+import os
+import tempfile
 
 import pytest
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _session_temp_folder(tmp_path_factory):
+    """Temporary files of the tests and of every process they start (the fake NCCL's
+    rendezvous folders, fake_cupy's kernel builds, mpiexec's ranks) go under pytest's
+    own base folder, which pytest prunes to its last few runs, instead of piling up
+    in /tmp run after run."""
+    folder = str(tmp_path_factory.mktemp('tmp'))
+    saved = os.environ.get('TMPDIR'), tempfile.tempdir
+    os.environ['TMPDIR'] = tempfile.tempdir = folder
+    yield
+    if saved[0] is None:
+        os.environ.pop('TMPDIR', None)
+    else:
+        os.environ['TMPDIR'] = saved[0]
+    tempfile.tempdir = saved[1]
 
 
 @pytest.fixture(autouse=True)
