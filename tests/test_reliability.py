@@ -31,6 +31,7 @@ from minicaffe.protoio import pb
 from minicaffe.solvers import Solver, snapshot as snap
 
 from test_solve import make_case
+from test_train_cli import _set, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,20 +58,6 @@ def _env(*extra_path):
     env['PYTHONPATH'] = os.pathsep.join(list(extra_path) + [ROOT, env.get('PYTHONPATH', '')])
     env.setdefault('OMP_NUM_THREADS', '1')
     return env
-
-
-def train(capsys, *argv):
-    code = cli.main(['train'] + [os.fspath(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _set(path, **fields):
-    lines = [ln for ln in open(path).read().splitlines()
-             if not any(ln.startswith(k + ':') for k in fields)]
-    lines += ['%s: %s' % (k, v) for k, v in fields.items()]
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
 
 
 # ================================================================ §3 Ctrl-C while importing
