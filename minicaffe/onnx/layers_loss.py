@@ -48,26 +48,41 @@ def _normalize(ctx, total, mode, outer, inner, valid, hint):
     return g.node('Div', [total, g.const(max(1.0, float(np.float32(n))))], hint)
 
 
-@converter('SoftmaxWithLoss')
-def softmax_with_loss(ctx):
-    """loss = -sum log(max(p[label], FLT_MIN)) / norm, p = softmax along axis;
-    second top: p."""
+def _softmax_log_probs(ctx, floor):
+    """The part both softmax losses share before their sums: p = softmax along
+    the layer's axis as (outer, C, inner) rows, log(max(p, floor)), and the
+    labels.  Returns (outer, C, inner, log p, labels, valid mask or None)."""
     g, layer = ctx.g, ctx.layer
     ctx.fixed_batch('the loss reads the labels with the batch size')
     outer, c, inner = _outer_c_inner(ctx, layer.axis)
     x = g.reshape(ctx.bottoms[0], [outer, c, inner], ctx.hint('rows'))
     p = g.node('Softmax', [x], ctx.hint('p'), axis=1)
-    logp = g.node('Log', [g.node('Max', [p, g.const(FLT_MIN)], ctx.hint('p_min'))], ctx.hint('logp'))
+    logp = g.node('Log', [g.node('Max', [p, g.const(floor)], ctx.hint('p_min'))], ctx.hint('logp'))
     lab, valid = _labels(ctx, outer, inner, layer.ignore_label)
-    picked = g.node('GatherElements', [logp, lab], ctx.hint('picked'), axis=1)
+    return outer, c, inner, logp, lab, valid
+
+
+def _softmax_loss_tops(ctx, per, outer, inner, valid, name):
+    """-sum of the per-element terms ``per`` over the valid labels, normalized;
+    and the second top, the softmax itself, when the layer has one."""
+    g, layer = ctx.g, ctx.layer
     if valid is not None:
-        picked = g.node('Mul', [picked, valid], ctx.hint('picked_valid'))
-    total = g.node('Neg', [g.reduce('ReduceSum', picked, [0, 1, 2], keepdims=False,
+        per = g.node('Mul', [per, valid], ctx.hint(name + '_valid'))
+    total = g.node('Neg', [g.reduce('ReduceSum', per, [0, 1, 2], keepdims=False,
                                     hint=ctx.hint('sum'))], ctx.hint('total'))
     outs = [_normalize(ctx, total, layer.normalization, outer, inner, valid, ctx.hint())]
     if len(ctx.top_shapes) > 1:
         outs.append(g.node('Softmax', [ctx.bottoms[0]], ctx.hint('prob'), axis=layer.axis))
     return outs
+
+
+@converter('SoftmaxWithLoss')
+def softmax_with_loss(ctx):
+    """loss = -sum log(max(p[label], FLT_MIN)) / norm, p = softmax along axis;
+    second top: p."""
+    outer, _, inner, logp, lab, valid = _softmax_log_probs(ctx, FLT_MIN)
+    picked = ctx.g.node('GatherElements', [logp, lab], ctx.hint('picked'), axis=1)
+    return _softmax_loss_tops(ctx, picked, outer, inner, valid, 'picked')
 
 
 @converter('InfogainLoss')
@@ -76,12 +91,7 @@ def infogain_loss(ctx):
     p = softmax along axis; H from the third bottom or the layer's source file;
     second top: p."""
     g, layer = ctx.g, ctx.layer
-    ctx.fixed_batch('the loss reads the labels with the batch size')
-    outer, c, inner = _outer_c_inner(ctx, layer.axis)
-    x = g.reshape(ctx.bottoms[0], [outer, c, inner], ctx.hint('rows'))
-    p = g.node('Softmax', [x], ctx.hint('p'), axis=1)
-    logp = g.node('Log', [g.node('Max', [p, g.const(1e-20)], ctx.hint('p_min'))], ctx.hint('logp'))
-    lab, valid = _labels(ctx, outer, inner, layer.ignore_label)
+    outer, c, inner, logp, lab, valid = _softmax_log_probs(ctx, 1e-20)
     if len(ctx.bottoms) >= 3:
         H = g.reshape(ctx.bottoms[2], [c, c], ctx.hint('H'))
     else:
@@ -90,14 +100,7 @@ def infogain_loss(ctx):
                   axis=0)                                                  # (outer, inner, C)
     rows = g.node('Transpose', [rows], ctx.hint('H_rows_t'), perm=[0, 2, 1])
     per = g.node('Mul', [rows, logp], ctx.hint('weighted'))
-    if valid is not None:
-        per = g.node('Mul', [per, valid], ctx.hint('weighted_valid'))
-    total = g.node('Neg', [g.reduce('ReduceSum', per, [0, 1, 2], keepdims=False,
-                                    hint=ctx.hint('sum'))], ctx.hint('total'))
-    outs = [_normalize(ctx, total, layer.normalization, outer, inner, valid, ctx.hint())]
-    if len(ctx.top_shapes) > 1:
-        outs.append(g.node('Softmax', [ctx.bottoms[0]], ctx.hint('prob'), axis=layer.axis))
-    return outs
+    return _softmax_loss_tops(ctx, per, outer, inner, valid, 'weighted')
 
 
 @converter('EuclideanLoss')
