@@ -19,5 +19,5 @@ setup(
         'cuda12': ['cupy-cuda12x>=13', 'nvidia-nccl-cu12'],
         'cuda13': ['cupy-cuda13x>=13', 'nvidia-nccl-cu13'],
     },
-    entry_points={'console_scripts': ['minicaffe=minicaffe.cli:main']},
+    entry_points={'console_scripts': ['minicaffe=minicaffe.commands.cli:main']},
 )

@@ -6,7 +6,7 @@
                                    [--caffe PATH [--mkl LIBDIR] [--rounds 3]]
 
 For each net in ../shared/bench (data layers replaced by Input), run Caffe's
-`caffe time` procedure (minicaffe/timing.py: TRAIN phase, one warm-up pass,
+`caffe time` procedure (minicaffe/commands/timing.py: TRAIN phase, one warm-up pass,
 then per-layer timed forward and backward passes) and print a table: our
 forward+backward ms per iteration, real Caffe's (CPU, OpenBLAS, one run on a
 2-core machine, from ../shared/conformance/README.md) and the ratio.
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from minicaffe import timing  # noqa: E402
+from minicaffe.commands import timing  # noqa: E402
 from minicaffe.errors import MinicaffeError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -17,7 +17,7 @@ The table gives ms per iteration, throughput (items per second: images,
 sentences or frames, see NETS), the throughput ratio minicaffe / PyTorch and,
 for reference, real Caffe's CPU time (../shared/conformance/README.md) and
 minicaffe GPU's speed-up over it.  ``--layers N`` adds minicaffe's N slowest
-layers per net (minicaffe/timing.py's per-layer `caffe time` procedure).
+layers per net (minicaffe/commands/timing.py's per-layer `caffe time` procedure).
 
 The PyTorch models follow the prototxts: CaffeNet with grouped conv2/4/5,
 ceil-mode max pooling and cross-channel LRN (k=1, alpha=1e-4, beta=0.75, size 5)
@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from minicaffe import mode, timing  # noqa: E402
+from minicaffe import mode  # noqa: E402
+from minicaffe.commands import timing
 from minicaffe.errors import MinicaffeError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -272,7 +273,7 @@ def main(argv=None):
             p.error('unknown net(s) %s; choose from %s' % (sorted(unknown), [n[0] for n in nets]))
         nets = [n for n in nets if n[0] in args.net]
 
-    from minicaffe.training import use_gpu
+    from minicaffe.commands.training import use_gpu
     try:
         dev = use_gpu(args.gpu)
     except MinicaffeError as e:

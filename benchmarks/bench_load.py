@@ -5,7 +5,7 @@
                                     [--load spin|matmul] [--threads N] [--json out.json]
 
 For each net of ../shared/bench (data layers replaced by Input; Caffe's `caffe
-time` procedure, minicaffe/timing.py: TRAIN phase, forward+backward), alternate
+time` procedure, minicaffe/commands/timing.py: TRAIN phase, forward+backward), alternate
 runs alone and runs while one other process keeps a core busy (``spin``: a
 Python busy loop; ``matmul``: a single-threaded numpy float32 matrix product
 loop, which also competes for cache and memory bandwidth).  minicaffe runs with
@@ -45,7 +45,7 @@ def _checkout(argv):
 sys.path.insert(0, os.path.abspath(_checkout(sys.argv[1:])))
 
 import minicaffe  # noqa: E402
-from minicaffe import timing  # noqa: E402
+from minicaffe.commands import timing  # noqa: E402
 from minicaffe.errors import MinicaffeError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -73,9 +73,9 @@ _LAZY = {
     'solver_count': 'minicaffe.parallel.state',
     'solver_rank': 'minicaffe.parallel.state',
     'set_multiprocess': 'minicaffe.parallel.state',
-    'Timer': 'minicaffe.timing',
-    'init_log': 'minicaffe.cli',
-    'log': 'minicaffe.cli',
+    'Timer': 'minicaffe.timer',
+    'init_log': 'minicaffe.glog',
+    'log': 'minicaffe.glog',
 }
 
 

@@ -1,7 +1,7 @@
-"""``python -m minicaffe ...``: the ``minicaffe`` command (see minicaffe/cli.py)."""
+"""``python -m minicaffe ...``: the ``minicaffe`` command (see minicaffe/commands/cli.py)."""
 import sys
 
-from .cli import main
+from .commands.cli import main
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -26,7 +26,7 @@ import shutil
 import subprocess
 
 from .errors import MinicaffeError
-from .protoio import pb, read_text
+from .protoio import pb
 
 DOT_MISSING = ("graphviz's 'dot' program was not found on PATH; install graphviz (Debian/Ubuntu:"
                " apt-get install graphviz, macOS: brew install graphviz) or write a .dot file")
@@ -401,41 +401,3 @@ def get_pydot_graph(caffe_net, rankdir, label_edges=True, phase=None, display_lr
     src = get_dot_source(caffe_net, rankdir, phase, display_lrm=display_lrm,
                          label_edges=label_edges)
     return pydot.graph_from_dot_data(src)[0]
-
-
-# ---------------------------------------------------------------- command line
-def add_arguments(p):
-    p.add_argument('net', help='net .prototxt')
-    p.add_argument('out', help='output picture: .png, .svg, .pdf (graphviz) or .dot')
-    p.add_argument('--rankdir', default='LR', choices=['LR', 'RL', 'TB', 'BT'],
-                   help='direction of the graph (default LR: left to right)')
-    p.add_argument('--phase', default='ALL', choices=['TRAIN', 'TEST', 'ALL'],
-                   help='draw the layers of one phase, or all of them (default ALL)')
-    p.add_argument('--stage', action='append', default=[], help='net stage (repeatable; with --phase)')
-    p.add_argument('--level', type=int, default=0, help='net level (with --phase)')
-    p.add_argument('--display-lrm', '--display_lrm', action='store_true',
-                   help='show the lr_mult of Convolution/Deconvolution/InnerProduct layers')
-
-
-def run(args):
-    net = read_text(args.net, pb.NetParameter)
-    phase = None if args.phase == 'ALL' else args.phase
-    ext = os.path.splitext(args.out)[1].lstrip('.').lower() or 'png'
-    src = get_dot_source(net, args.rankdir, phase, args.stage, args.level, source=args.net,
-                         display_lrm=args.display_lrm)
-    data = render(src, ext)
-    with open(args.out, 'wb') as f:
-        f.write(data)
-    print('Drawing net to %s' % args.out)
-    return 0
-
-
-def main(argv=None):
-    """``python -m minicaffe.draw`` -- the same as ``minicaffe draw``."""
-    import sys
-    from . import cli
-    return cli.main(['draw'] + list(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())

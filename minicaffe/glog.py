@@ -7,7 +7,7 @@ them (wrappers that log on behalf of their caller pass ``stacklevel``), and
 
 Two ways the lines reach stderr:
 
-* ``minicaffe COMMAND`` calls :func:`minicaffe.cli.setup_logging`, which gives the
+* ``minicaffe COMMAND`` calls :func:`setup_logging`, which gives the
   logger its own handler (levels from ``-q``/``-v`` and ``GLOG_minloglevel``).
 * ``import minicaffe`` in a script behaves as pycaffe, whose glog writes INFO lines to
   stderr (``solver.step(100)`` prints the iteration lines): :func:`install_default_handler`
@@ -20,6 +20,8 @@ import logging
 import os
 import sys
 import time
+
+from .errors import MinicaffeError
 
 LOGGER_NAME = 'minicaffe'
 
@@ -100,3 +102,121 @@ def install_default_handler():
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
     return logger
+
+
+# ---------------------------------------------------------------- the command's handlers
+def open_log_file(path):
+    """A log file as glog writes one (its header lines first), so that Caffe's
+    tools/extra/parse_log.py (which reads the year from the header) accepts it."""
+    f = open(path, 'a', buffering=1)
+    _write_log_header(f)
+    return f
+
+
+def _write_log_header(f):
+    import platform
+    now = time.localtime()
+    f.write('Log file created at: %s\n' % time.strftime('%Y/%m/%d %H:%M:%S', now))
+    f.write('Running on machine: %s\n' % platform.node())
+    f.write('Log line format: [IWEF]mmdd hh:mm:ss.uuuuuu threadid file:line] msg\n')
+
+
+class _LogFileHandler(logging.StreamHandler):
+    """``--log-file PATH``.  A path that cannot be opened is an error at start;
+    a write that fails later (a full disk, an I/O error) gives ONE warning on
+    stderr and the file is not written again (logging's default would print a
+    ``--- Logging error ---`` block for every record and go on)."""
+
+    def __init__(self, path):
+        try:
+            stream = open(path, 'a', buffering=1)
+        except OSError as e:
+            raise MinicaffeError('--log-file %s: cannot open it for writing: %s'
+                                 % (path, e.strerror or e)) from None
+        logging.StreamHandler.__init__(self, stream)
+        self.path, self.failed = path, False
+        try:
+            _write_log_header(stream)
+        except OSError as e:
+            self._give_up(e)
+
+    def emit(self, record):
+        if not self.failed:
+            logging.StreamHandler.emit(self, record)
+
+    def flush(self):
+        if self.failed:
+            return
+        try:
+            logging.StreamHandler.flush(self)
+        except OSError as e:
+            self._give_up(e)
+
+    def handleError(self, record):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            self._give_up(exc)
+        else:
+            logging.StreamHandler.handleError(self, record)
+
+    def _give_up(self, exc):
+        if self.failed:
+            return
+        self.failed = True
+        try:
+            self.stream.close()         # drops what could not be written
+        except (OSError, ValueError):
+            pass
+        logger = logging.getLogger('minicaffe')
+        logger.removeHandler(self)
+        logger.warning('--log-file %s: writing failed (%s); the log is no longer written to it'
+                       ' (stderr still has it)', self.path, getattr(exc, 'strerror', None) or exc)
+
+
+def setup_logging(verbosity=0, stream=None, log_file=None):
+    """Route the ``minicaffe`` logger to stderr in glog format.
+
+    Level: INFO by default; ``GLOG_minloglevel`` (0 INFO, 1 WARNING, 2 ERROR,
+    3 FATAL) as in Caffe; ``verbosity`` < 0 (-q) forces WARNING, > 0 (-v) DEBUG.
+    """
+    level = env_min_level()
+    if verbosity < 0:
+        level = max(level, logging.WARNING)
+    elif verbosity > 0:
+        level = logging.DEBUG
+    logger = logging.getLogger('minicaffe')
+    for h in list(logger.handlers):
+        if getattr(h, '_minicaffe_cli', False):
+            logger.removeHandler(h)
+            if getattr(h, '_minicaffe_owns_stream', False):
+                h.stream.close()
+    handler = logging.StreamHandler(stream) if stream is not None else StderrHandler()
+    handler.setFormatter(GlogFormatter())
+    handler._minicaffe_cli = True
+    logger.addHandler(handler)
+    if log_file:
+        fh = _LogFileHandler(log_file)
+        fh.setFormatter(GlogFormatter())
+        fh._minicaffe_cli = True
+        fh._minicaffe_owns_stream = True
+        if not fh.failed:               # (its header did not fit: warned once already)
+            logger.addHandler(fh)
+    logger.setLevel(level)
+    logger.propagate = False
+    return handler
+
+
+def init_log(level=None, stderr=True):
+    """pycaffe's ``caffe.init_log([level[, stderr]])``: log lines in glog's
+    format on stderr; ``level`` is glog's minloglevel (0 INFO .. 3 FATAL).
+    ``stderr=False`` silences them (glog would write its own log files then;
+    ``minicaffe --log-file`` is the way to a file here)."""
+    setup_logging(0, stream=None if stderr else open(os.devnull, 'w'))
+    if level is not None:
+        logging.getLogger('minicaffe').setLevel(
+            {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR}.get(int(level), logging.CRITICAL))
+
+
+def log(message):
+    """pycaffe's ``caffe.log(msg)``: one INFO line on the ``minicaffe`` logger."""
+    logging.getLogger('minicaffe').info('%s', message, stacklevel=2)   # the caller's file:line

@@ -1,6 +1,6 @@
 """Ctrl-C at any moment of a ``minicaffe`` command: ``minicaffe: interrupted``, exit 130.
 
-Python turns SIGINT into ``KeyboardInterrupt``; :func:`minicaffe.cli.main`
+Python turns SIGINT into ``KeyboardInterrupt``; :func:`minicaffe.commands.cli.main`
 catches it, but only once main() runs.  Before that the interpreter is still
 importing numpy, h5py, protobuf and the layers (a good fraction of a
 second), and a Ctrl-C there printed an import traceback and exited -2.

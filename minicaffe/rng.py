@@ -20,11 +20,16 @@ def rng():
     return _state['rng']
 
 
+def _forget_gpu_rng():
+    _state.pop('gpu_rng', None)
+
+
 def gpu_rng():
     """The device generator (cupy.random.RandomState), created on first use."""
     g = _state.get('gpu_rng')
     if g is None:
-        from .gpu.backend import cupy_module
+        from .gpu.backend import cupy_module, on_reset
+        on_reset(_forget_gpu_rng)
         seed = _state['seed']
         if seed is None:           # unseeded: draw the device seed from the host stream
             seed = int(_state['rng'].integers(0, 2 ** 31 - 1))

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import minicaffe as caffe
-from minicaffe import cli, fileio
+from minicaffe.commands import cli
+from minicaffe import fileio
 from minicaffe.errors import DataSourceError, MinicaffeError, WeightsError
 from minicaffe.protoio import pb
 from minicaffe.solvers import Solver

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 import bench_cpu  # noqa: E402
-from minicaffe import timing  # noqa: E402
+from minicaffe.commands import timing  # noqa: E402
 
 TINY_NET = '''name: "tiny"
 layer { name: "data" type: "Input" top: "data" top: "label"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from minicaffe import cli, timing
+from minicaffe.commands import cli, timing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -291,8 +291,8 @@ def test_data_registry_is_extensible(monkeypatch, tmp_path, capsys):
             calls.append(args.out)
             return 0
     monkeypatch.setattr(cli, 'Fake', Fake, raising=False)
-    monkeypatch.setitem(cli.DATASETS, 'fake', ('minicaffe.cli:Fake', 'a fake data set'))
-    monkeypatch.setitem(cli.DATASETS, 'broken', ('minicaffe.datasets.no_such_module', 'broken'))
+    monkeypatch.setitem(cli.DATASETS, 'fake', ('minicaffe.commands.cli:Fake', 'a fake data set'))
+    monkeypatch.setitem(cli.DATASETS, 'broken', ('minicaffe.lrcn.datasets.no_such_module', 'broken'))
     assert cli.main(['data', 'fake', '--out', str(tmp_path)]) == 0
     assert calls == [str(tmp_path)]
     # a module that does not import breaks only its own subcommand

@@ -4,6 +4,7 @@ import shutil
 import pytest
 
 from minicaffe import draw
+from minicaffe.commands import draw_net
 from minicaffe.errors import MinicaffeError
 from minicaffe.protoio import pb, parse_text
 
@@ -60,7 +61,7 @@ def test_render(tmp_path, ext, magic):
     p = tmp_path / 'toy.prototxt'
     p.write_text(NET)
     out = tmp_path / ('toy.' + ext)
-    assert draw.main([str(p), str(out), '--rankdir', 'LR', '--phase', 'TRAIN']) == 0
+    assert draw_net.main([str(p), str(out), '--rankdir', 'LR', '--phase', 'TRAIN']) == 0
     assert out.read_bytes().startswith(magic)
 
 
@@ -70,22 +71,22 @@ def test_missing_dot_is_a_clear_error(tmp_path, monkeypatch):
         draw.draw_net(net(), ext='png')
     p = tmp_path / 'toy.prototxt'
     p.write_text(NET)
-    assert draw.main([str(p), str(tmp_path / 'toy.dot')]) == 0     # .dot needs no graphviz
+    assert draw_net.main([str(p), str(tmp_path / 'toy.dot')]) == 0     # .dot needs no graphviz
     assert (tmp_path / 'toy.dot').read_text().startswith('digraph')
-    assert draw.main([str(p), str(tmp_path / 'toy.png')]) == 2
+    assert draw_net.main([str(p), str(tmp_path / 'toy.png')]) == 2
 
 
 def test_unreadable_prototxt_names_the_file(tmp_path, capsys):
     p = tmp_path / 'broken.prototxt'
     p.write_text('layer { name: "x" type: }')
-    assert draw.main([str(p), str(tmp_path / 'x.dot')]) == 2
+    assert draw_net.main([str(p), str(tmp_path / 'x.dot')]) == 2
     assert 'broken.prototxt:1' in capsys.readouterr().err
 
 
 def test_display_lrm_on_the_command_line(tmp_path):
     p = tmp_path / 'toy.prototxt'
     p.write_text(NET)
-    assert draw.main([str(p), str(tmp_path / 'a.dot')]) == 0
+    assert draw_net.main([str(p), str(tmp_path / 'a.dot')]) == 0
     assert 'lr mult' not in (tmp_path / 'a.dot').read_text()
-    assert draw.main([str(p), str(tmp_path / 'b.dot'), '--display-lrm']) == 0
+    assert draw_net.main([str(p), str(tmp_path / 'b.dot'), '--display-lrm']) == 0
     assert 'lr mult: 0.0, 0.0' in (tmp_path / 'b.dot').read_text()      # conv1's frozen specs

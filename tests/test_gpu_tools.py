@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minicaffe import cli, mode
+from minicaffe.commands import cli
+from minicaffe import mode
 from minicaffe.errors import MinicaffeError
 from minicaffe.gradcheck import GradientCheckError, GradientChecker, make_layer
 from minicaffe.layers.vision import ConvolutionLayer
-from minicaffe.training import use_gpu
+from minicaffe.commands.training import use_gpu
 
 from gpu_support import REAL_GPU, gpu_mode
 from test_cli import SMALL_NET
@@ -126,7 +127,8 @@ def test_time_command_with_gpu_flag_synchronizes_the_device(small_net, capsys, c
 
 
 def test_time_net_in_gpu_mode_matches_the_cpu_loss(small_net):
-    from minicaffe import rng, timing
+    from minicaffe import rng
+    from minicaffe.commands import timing
     rng.set_random_seed(3)
     cpu = timing.build_net(str(small_net))
     cpu.blobs['data'].data[...] = np.random.default_rng(0).standard_normal(cpu.blobs['data'].shape)

@@ -10,7 +10,7 @@ from minicaffe.errors import DataSourceError, MinicaffeError, NetDefinitionError
 from minicaffe.protoio import pb
 
 lmdb = pytest.importorskip('lmdb')
-from minicaffe import lmdb_tools  # noqa: E402
+from minicaffe.commands import lmdb_tools  # noqa: E402
 
 
 def rgb_image(h, w, seed):

@@ -148,13 +148,13 @@ def test_python_api_stands_aside_for_the_applications_logging():
 def test_cli_writes_each_line_once(tmp_path):
     net = tmp_path / 'lenet.prototxt'
     net.write_text(open(LENET).read())
-    r = _python('import sys\nfrom minicaffe import cli\n'
+    r = _python('import sys\nfrom minicaffe.commands import cli\n'
                 'sys.exit(cli.main(["time", %r, "--iterations", "1", "--warmup", "0"]))\n'
                 % str(net))
     assert r.returncode == 0, r.stderr
     assert r.stderr.count('] Network initialization done.') == 1
     assert r.stderr.count('] Performing Forward') == 1
-    r = _python('import sys\nfrom minicaffe import cli\n'
+    r = _python('import sys\nfrom minicaffe.commands import cli\n'
                 'sys.exit(cli.main(["-q", "time", %r, "--iterations", "1"]))\n' % str(net))
     assert r.returncode == 0 and r.stderr == ''
 

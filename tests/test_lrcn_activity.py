@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import minicaffe as caffe
-from minicaffe import cli
-from minicaffe.datasets import flow as flowlib
-from minicaffe.datasets import moving_mnist as mm
-from minicaffe.video_classify import VideoClassifier, clip_starts, fuse
+from minicaffe.commands import cli
+from minicaffe.lrcn.datasets import flow as flowlib
+from minicaffe.lrcn.datasets import moving_mnist as mm
+from minicaffe.lrcn.video_classify import VideoClassifier, clip_starts, fuse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACT = os.path.join(ROOT, 'prototxt', 'lrcn', 'activity')

@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from minicaffe.bleu import bleu_scores, corpus_bleu, sentence_bleu
-from minicaffe.datasets import captions
+from minicaffe.lrcn.bleu import bleu_scores, corpus_bleu, sentence_bleu
+from minicaffe.lrcn.datasets import captions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAP = os.path.join(ROOT, 'prototxt', 'lrcn', 'caption')
@@ -224,7 +224,7 @@ def test_training_lowers_the_loss(trained):
 
 @pytest.fixture(scope='module')
 def captioner(tiny, trained):
-    from minicaffe.captioner import Captioner
+    from minicaffe.lrcn.captioner import Captioner
     return Captioner(trained[2], os.path.join(CAP, 'lrcn_word_to_preds.deploy.prototxt'),
                      os.path.join(tiny, 'vocabulary.txt'),
                      os.path.join(CAP, 'image_to_feature.deploy.prototxt'), ['factored', '2-layer'])
@@ -286,7 +286,7 @@ def test_beam_size_one_is_greedy_and_beam_scores_are_log_probs(tiny, captioner):
 
 def test_caption_command_writes_text_and_grid(tiny, trained, tmp_path):
     from PIL import Image
-    from minicaffe import captioner as C
+    from minicaffe.lrcn import captioner as C
     out = str(tmp_path / 'caps.txt')
     grid = str(tmp_path / 'grid.png')
     png = str(tmp_path / 'one.png')
@@ -315,7 +315,7 @@ def test_caption_defaults_work_from_any_folder(tiny, trained, tmp_path, monkeypa
     (or above) the word net, and the outputs go beside the weights, not into the folder
     the command runs in.  Skipped source layers make one log line per weights file."""
     import shutil
-    from minicaffe import cli
+    from minicaffe.commands import cli
     checkout = tmp_path / 'checkout'
     nets = checkout / 'prototxt' / 'lrcn' / 'caption'
     nets.mkdir(parents=True)
@@ -361,7 +361,7 @@ def test_caption_defaults_work_from_any_folder(tiny, trained, tmp_path, monkeypa
 
 
 def test_find_default_looks_beside_and_above_the_net(tmp_path, monkeypatch):
-    from minicaffe.captioner import find_default
+    from minicaffe.lrcn.captioner import find_default
     net = tmp_path / 'root' / 'prototxt' / 'x' / 'net.prototxt'
     net.parent.mkdir(parents=True)
     net.write_text('')
@@ -378,7 +378,7 @@ def test_find_default_looks_beside_and_above_the_net(tmp_path, monkeypatch):
 
 def test_grid_text_keeps_the_spaces_between_words():
     from PIL import ImageFont
-    from minicaffe.captioner import layout_words
+    from minicaffe.lrcn.captioner import layout_words
     font = ImageFont.load_default()
     lines = layout_words('A small white cross and a red circle on the left.', font, 128)
     assert len(lines) > 1

@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from minicaffe.datasets import captions
-from minicaffe.datasets import video_description as vd
+from minicaffe.lrcn.datasets import captions
+from minicaffe.lrcn.datasets import video_description as vd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VDP = os.path.join(ROOT, 'prototxt', 'lrcn', 'video_description')
@@ -107,7 +107,7 @@ def test_shipped_classifier_builds_and_learns(tiny):
 
 @pytest.mark.parametrize('stages', [[], ['factored']])
 def test_decoder_training_lowers_loss_and_generates_valid_sentences(tiny, stages, tmp_path):
-    from minicaffe.captioner import Captioner
+    from minicaffe.lrcn.captioner import Captioner
     from minicaffe.solvers.solver import Solver, read_solver_param
     sp = read_solver_param(os.path.join(VDP, 'svo_decoder_solver.prototxt'))
     sp.ClearField('net')

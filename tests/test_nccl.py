@@ -139,7 +139,7 @@ def _small_net(tmp_path):
 
 # ---------------------------------------------------------------- --gpu values
 def test_gpu_ids(fake_gpu, monkeypatch):
-    from minicaffe.training import parse_gpu_ids
+    from minicaffe.commands.training import parse_gpu_ids
     monkeypatch.setenv('FAKE_CUPY_DEVICES', '3')
     assert parse_gpu_ids('all') == [0, 1, 2]
     assert parse_gpu_ids('2,0') == [2, 0]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import minicaffe as caffe
-from minicaffe import cli, memory, protoio
+from minicaffe.commands import cli
+from minicaffe import memory, protoio
 from minicaffe.errors import MinicaffeError, NetDefinitionError
 from minicaffe.protoio import pb
 

@@ -189,7 +189,7 @@ def test_plain_training_does_not_import_mpi4py(tmp_path, net_file):
     (tmp_path / 'h.prototxt').write_text(net)
     (tmp_path / 's.prototxt').write_text('net: "%s"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 2\n'
                                          'snapshot_after_train: false\n' % (tmp_path / 'h.prototxt'))
-    code = ('import sys; from minicaffe.cli import main; rc = main(["-q", "train", "--solver", %r,'
+    code = ('import sys; from minicaffe.commands.cli import main; rc = main(["-q", "train", "--solver", %r,'
             ' "--metrics", "none"]); print("mpi4py" in sys.modules, rc)' % str(tmp_path / 's.prototxt'))
     env = {k: v for k, v in os.environ.items() if not k.startswith(('PMI_', 'OMPI_', 'PMIX_'))}
     env['PYTHONPATH'] = str(ROOT)

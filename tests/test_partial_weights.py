@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import minicaffe as caffe
-from minicaffe import cli, protoio
+from minicaffe.commands import cli
+from minicaffe import protoio
 from minicaffe.errors import IncompleteWeightsError, WeightsError
 from minicaffe.protoio import pb
 from minicaffe.solvers import Solver

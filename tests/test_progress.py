@@ -1,13 +1,13 @@
-"""The training progress bar's rate and ETA (minicaffe.progress.SmoothedRate and
+"""The training progress bar's rate and ETA (minicaffe.commands.progress.SmoothedRate and
 training.ProgressBar), driven by a fake clock: only training iterations count,
 smoothed; the test passes (the one at iteration 0 included) do not."""
 import io
 
 import pytest
 
-from minicaffe.progress import SmoothedRate
+from minicaffe.commands.progress import SmoothedRate
 from minicaffe.protoio import pb
-from minicaffe.training import ProgressBar
+from minicaffe.commands.training import ProgressBar
 
 
 class FakeClock(object):

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 import minicaffe as caffe
-from minicaffe import cli, interrupt, protoio
+from minicaffe.commands import cli
+from minicaffe import glog, interrupt, protoio
 from minicaffe.errors import DataSourceError, MinicaffeError, NonFiniteLossError
 from minicaffe.protoio import pb
 from minicaffe.solvers import Solver, snapshot as snap
@@ -78,7 +79,7 @@ if _at:
 # What pip writes as the `minicaffe` console script.
 CONSOLE_SCRIPT = '''import re
 import sys
-from minicaffe.cli import main
+from minicaffe.commands.cli import main
 if __name__ == '__main__':
     sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
     sys.exit(main())
@@ -99,7 +100,7 @@ def sigint_hook(tmp_path):
 @pytest.mark.skipif(not hasattr(signal, 'SIGINT') or os.name != 'posix', reason='POSIX signals')
 @pytest.mark.parametrize('how', ['python -m', 'console script'])
 @pytest.mark.parametrize('module', ['numpy', 'google.protobuf', 'h5py', 'minicaffe.layers',
-                                    'minicaffe.cli', 'minicaffe.training'])
+                                    'minicaffe.commands.cli', 'minicaffe.commands.training'])
 def test_sigint_at_any_import_prints_interrupted_and_exits_130(sigint_hook, tmp_path, how, module):
     hook, script = sigint_hook
     net = tmp_path / 'n.prototxt'
@@ -332,9 +333,9 @@ class _FillsUp(object):
 
 def test_log_file_filling_up_mid_run_warns_once(tmp_path, capsys):
     log_path = tmp_path / 'run.log'
-    cli.setup_logging(0, log_file=str(log_path))
+    glog.setup_logging(0, log_file=str(log_path))
     logger = logging.getLogger('minicaffe')
-    fh = [h for h in logger.handlers if isinstance(h, cli._LogFileHandler)][0]
+    fh = [h for h in logger.handlers if isinstance(h, glog._LogFileHandler)][0]
     fh.stream.close()
     fh.stream = stream = _FillsUp(room=3)
     for i in range(200):
@@ -468,13 +469,14 @@ def test_mnist_is_read_from_the_installed_distribution_not_the_current_folder(tm
                           stderr=subprocess.PIPE, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (work / 'pwned').exists()
-    (xt, yt), _ = caffe.datasets.mnist.load(str(site / 'mnist' / 'data' / 'mnist.pkl.gz'))
+    from minicaffe.lrcn.datasets import mnist
+    (xt, yt), _ = mnist.load(str(site / 'mnist' / 'data' / 'mnist.pkl.gz'))
     with h5py.File(str(work / 'out' / 'train.h5'), 'r') as f:
         np.testing.assert_array_equal(f['label'][()], yt.astype(np.float32))
 
 
 def test_mnist_in_the_current_folder_alone_is_not_used(tmp_path, monkeypatch):
-    from minicaffe.datasets import mnist
+    from minicaffe.lrcn.datasets import mnist
     work = tmp_path / 'work'
     work.mkdir()
     _plant(work)
@@ -607,7 +609,7 @@ def test_metrics_are_strict_json_with_null_for_nan(tmp_path, capsys):
 
 
 def test_resumed_metrics_with_bare_nan_are_rewritten_as_null(tmp_path):
-    from minicaffe.training import MetricsWriter
+    from minicaffe.commands.training import MetricsWriter
     m = tmp_path / 'm.jsonl'
     m.write_text('{"phase": "train", "iter": 0, "loss": NaN}\n{"phase": "train", "iter": 1, "loss": 1.5}\n'
                  '{"phase": "train", "iter": 5, "loss": 2.0}\n')

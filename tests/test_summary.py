@@ -4,7 +4,7 @@ import os
 import textwrap
 
 import minicaffe as caffe
-from minicaffe import cli, summary
+from minicaffe.commands import cli, summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENET = os.path.join(ROOT, 'prototxt', 'mnist', 'lenet.prototxt')

@@ -13,7 +13,8 @@ import pytest
 import threadpoolctl
 
 import minicaffe
-from minicaffe import blas, cli, threads
+from minicaffe import blas, threads
+from minicaffe.commands import cli
 from minicaffe.errors import MinicaffeError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from minicaffe import cli
+from minicaffe.commands import cli
 from minicaffe.protoio import pb
 
 from test_solve import make_case
@@ -210,7 +210,7 @@ def test_weights_comma_list_fine_tunes_train_and_test_nets(tmp_path, capsys):
     _set(path, max_iter=0)
     a = _caffemodel_with(tmp_path, 'a.caffemodel', 'ip', [(3, 6), (3,)], 0.25)
     b = _caffemodel_with(tmp_path, 'b.caffemodel', 'side', [(2, 6), (2,)], -0.5)
-    from minicaffe import training
+    from minicaffe.commands import training
     seen = {}
     real = training.Solver
 
@@ -495,7 +495,7 @@ def test_test_command_scores_a_model(tmp_path, capsys):
 
 # ---------------------------------------------------------------- plot
 def _plot_main(capsys, *argv):
-    from minicaffe import plot
+    from minicaffe.commands import plot
     import argparse
     p = argparse.ArgumentParser()
     plot.add_arguments(p)
@@ -507,7 +507,7 @@ def _plot_main(capsys, *argv):
 
 def test_plot_from_metrics_and_from_a_log(tmp_path, capsys):
     pytest.importorskip('matplotlib')
-    from minicaffe import plot
+    from minicaffe.commands import plot
     path = make_case(tmp_path, solver_extra='test_iter: 2\ntest_interval: 2\ndisplay: 2')
     code, _, err = train(capsys, '--solver', path)
     assert code == 0
@@ -529,7 +529,7 @@ def test_plot_from_metrics_and_from_a_log(tmp_path, capsys):
 
 
 def test_plot_errors(tmp_path, capsys, monkeypatch):
-    from minicaffe import plot
+    from minicaffe.commands import plot
     from minicaffe.errors import MinicaffeError
     junk = tmp_path / 'junk.log'
     junk.write_text('hello\nworld\n')

@@ -1,9 +1,9 @@
-"""`minicaffe upgrade IN OUT` (minicaffe.upgrade_tool): legacy nets and solvers rewritten."""
+"""`minicaffe upgrade IN OUT` (minicaffe.commands.upgrade_tool): legacy nets and solvers rewritten."""
 import pytest
 
 pytest.importorskip('minicaffe.upgrade')
 
-from minicaffe import upgrade_tool  # noqa: E402
+from minicaffe.commands import upgrade_tool  # noqa: E402
 from minicaffe.protoio import pb, parse_text  # noqa: E402
 
 V1_NET = '''name: "old"

@@ -579,7 +579,7 @@ def build_targets(workdir):
     (workdir / 'windows.txt').write_text('# 0\n%s\n3\n4\n5\n2\n1 0.9 0 0 3 2\n0 0.1 1 1 4 3\n'
                                          % (img_dir / 'ok.png'))
     try:
-        from minicaffe.lmdb_tools import convert_imageset
+        from minicaffe.commands.lmdb_tools import convert_imageset
         convert_imageset(str(img_dir) + '/', str(workdir / 'img_list.txt'), str(workdir / 'seed_lmdb'),
                          show_progress=False)
         have_db = True

@@ -11,7 +11,7 @@ Steps: prepare data/captions (if missing), train the LSTM language model and the
 three LRCN variants of prototxt/lrcn/caption/lrcn.prototxt with their shipped solvers
 (factored 2-layer, unfactored 1-layer, unfactored 2-layer), caption the test scenes
 with the deploy nets (beam 1 = greedy and beam 3), score corpus BLEU-1..4
-(minicaffe.bleu) against the three references of each image, and compare with
+(minicaffe.lrcn.bleu) against the three references of each image, and compare with
 nearest-neighbour baselines (the first reference caption of the training image
 nearest in pixels, or in the trained CNN's fc8 feature).  Then the same on the
 tuxpaint stamps (factored 2-layer) when that set was prepared.
@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minicaffe.bleu import bleu_scores  # noqa: E402
-from minicaffe.captioner import Captioner, caption_grid  # noqa: E402
-from minicaffe.datasets import captions as capdata  # noqa: E402
+from minicaffe.lrcn.bleu import bleu_scores  # noqa: E402
+from minicaffe.lrcn.captioner import Captioner, caption_grid  # noqa: E402
+from minicaffe.lrcn.datasets import captions as capdata  # noqa: E402
 
 CAP = 'prototxt/lrcn/caption'
 VARIANTS = [  # (key, label, solver, stages)
@@ -234,7 +234,7 @@ def main(argv=None):
                 'root; data from `minicaffe data captions`). Total wall time of this run: %.1f min on '
                 '%s; when the machine is shared with other jobs, wall seconds overstate the cost, so '
                 'the table gives CPU seconds (process time, all threads) beside them.' % (total / 60, _machine()))
-    body.append('**Data.** Generated scenes (`minicaffe/datasets/captions.py`, seed %d): %d training, '
+    body.append('**Data.** Generated scenes (`minicaffe/lrcn/datasets/captions.py`, seed %d): %d training, '
                 '%d validation and %d test images of %dx%d pixels, one or two objects (4 shapes, 6 '
                 'colours, 2 sizes) in a relation (above, below, left of, right of), three reference '
                 'sentences per image (15000 training image-sentence pairs), vocabulary of %d words + '
@@ -251,7 +251,7 @@ def main(argv=None):
                 '(carried LSTM state, one word per forward call). Upstream\'s `factored` stage '
                 'exists only with 2 layers (with 1 layer the LSTM would never see the image), so '
                 'the factored/unfactored x 1/2-layer grid has three cells, as in upstream\'s solvers.')
-    body.append('**BLEU**: our own corpus-level BLEU-1..4 (`minicaffe/bleu.py`: Papineni et al., '
+    body.append('**BLEU**: our own corpus-level BLEU-1..4 (`minicaffe/lrcn/bleu.py`: Papineni et al., '
                 'clipped n-gram precision pooled over the corpus, brevity penalty with the closest '
                 'reference length, uniform weights, no smoothing), in percent. '
                 '"exact" = generated sentence equal to one of the references.')

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Caffe's `caffe time`: per-layer forward/backward timings of a net -- the same as `minicaffe time` (see minicaffe/cli.py).
+"""Caffe's `caffe time`: per-layer forward/backward timings of a net -- the same as `minicaffe time` (see minicaffe/commands/cli.py).
 
 Runs from a checkout without installation: `python tools/time.py --help`.
 """
@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from minicaffe import cli  # noqa: E402
+from minicaffe.commands import cli  # noqa: E402
 
 if __name__ == '__main__':
     sys.exit(cli.main(['time'] + sys.argv[1:]))

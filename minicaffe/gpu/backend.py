@@ -25,6 +25,14 @@ def available():
 
 
 _cache = {}
+_reset_hooks = []      # callables that drop state built on the cached module
+
+
+def on_reset(hook):
+    """Call ``hook()`` on :func:`reset` (kernels and rng register their caches here,
+    so that this module imports neither: they import it)."""
+    if hook not in _reset_hooks:
+        _reset_hooks.append(hook)
 
 
 def cupy_module():
@@ -38,10 +46,8 @@ def cupy_module():
 def reset():
     """Forget the cached module and compiled kernels (tests swap CuPy stand-ins)."""
     _cache.clear()
-    from . import kernels
-    kernels._modules.clear()
-    from .. import rng
-    rng._state.pop('gpu_rng', None)
+    for hook in _reset_hooks:
+        hook()
 
 
 def require_cupy():

@@ -7,13 +7,14 @@ blocks to cover n, capped because every kernel is a grid-stride loop.
 """
 import os
 
-from .backend import cupy_module
+from .backend import cupy_module, on_reset
 
 KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'kernels')
 THREADS_PER_BLOCK = 512
 MAX_BLOCKS = 65535
 
 _modules = {}
+on_reset(_modules.clear)          # compiled for the module backend.reset() forgets
 
 
 def kernel_files():

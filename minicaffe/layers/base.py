@@ -42,12 +42,10 @@ def register_layer(type_name):
 
 
 def layer_type_list():
-    _load_all()
     return sorted(_REGISTRY)
 
 
 def layer_class(type_name, layer_param=None):
-    _load_all()
     try:
         return _REGISTRY[type_name]
     except KeyError:
@@ -60,11 +58,6 @@ def layer_class(type_name, layer_param=None):
         where = (' in ' + layer_context(layer_param)) if layer_param is not None else ''
         raise NetDefinitionError('unknown layer type "%s"%s%s; known types: %s'
                                  % (type_name, where, hint, ', '.join(sorted(_REGISTRY))))
-
-
-def _load_all():
-    # Importing the package registers every built-in layer type.
-    from . import all_layers  # noqa: F401
 
 
 class Layer(object):

@@ -101,9 +101,12 @@ def _broadcast_uid(mpi):
     return buf.tobytes()
 
 
-def spawn_gpu_ranks(args, gpus):
+def spawn_gpu_ranks(args, gpus, run_command):
     """Run ``minicaffe train`` (``args``) as ``len(gpus)`` ranks; returns the
-    job's exit status."""
+    job's exit status.  ``run_command(args, verbosity, log_file, prefix=)`` is
+    the command line's runner (minicaffe.commands.runner.run_reporting_errors),
+    passed in because the engine never imports the commands; it must be a
+    module-level function (spawned processes receive it pickled)."""
     from .nccl_comm import new_uid
     uid = new_uid()
     log.info('Using GPUs %s: %d ranks, NCCL (one process per GPU)', ', '.join(map(str, gpus)), len(gpus))
@@ -111,7 +114,7 @@ def spawn_gpu_ranks(args, gpus):
     procs = []
     with _ForwardSignals(procs):
         for rank in range(len(gpus)):
-            p = ctx.Process(target=rank_main, args=(args, list(gpus), rank, uid),
+            p = ctx.Process(target=rank_main, args=(args, list(gpus), rank, uid, run_command),
                             name='minicaffe-rank%d' % rank, daemon=True)
             p.start()
             procs.append(p)
@@ -185,16 +188,16 @@ def _watch_parent(parent_pid):
     threading.Thread(target=watch, name='parent-watch', daemon=True).start()
 
 
-def rank_main(args, gpus, rank, uid):
-    """One rank (a spawned process): ``minicaffe train`` on GPU ``gpus[rank]``."""
+def rank_main(args, gpus, rank, uid, run_command):
+    """One rank (a spawned process): ``minicaffe train`` on GPU ``gpus[rank]``,
+    run by ``run_command`` (see :func:`spawn_gpu_ranks`)."""
     try:
         os.setpgid(0, 0)        # a terminal's Ctrl-C reaches us through the parent only
     except OSError:
         pass
     _watch_parent(os.getppid())
-    from ..cli import run_reporting_errors
     args.gpu_rank = (list(gpus), rank, uid)
     # Rank 0 logs as the command would; the others only warnings and errors.
-    sys.exit(run_reporting_errors(args, args.verbose - args.quiet if rank == 0 else -1,
-                                  args.log_file if rank == 0 else None,
-                                  prefix='rank %d (GPU %d): ' % (rank, gpus[rank])))
+    sys.exit(run_command(args, args.verbose - args.quiet if rank == 0 else -1,
+                         args.log_file if rank == 0 else None,
+                         prefix='rank %d (GPU %d): ' % (rank, gpus[rank])))

@@ -24,11 +24,11 @@ import time
 
 import numpy as np
 
-from .errors import DataSourceError, MinicaffeError, NonFiniteLossError
-from .fileio import check_regular_file
-from .protoio import temp_path
-from .solvers import Solver, SolverAction
-from .solvers.snapshot import newest
+from ..errors import DataSourceError, MinicaffeError, NonFiniteLossError
+from ..fileio import check_regular_file
+from ..protoio import temp_path
+from ..solvers import Solver, SolverAction
+from ..solvers.snapshot import newest
 
 log = logging.getLogger('minicaffe')
 
@@ -76,7 +76,7 @@ def parse_gpu_ids(flag):
     ``all`` (every visible device, as Caffe's ``-gpu all``)."""
     text = str(flag).strip()
     if text.lower() == 'all':
-        from .gpu.backend import require_cupy
+        from ..gpu.backend import require_cupy
         count = require_cupy().cuda.runtime.getDeviceCount()
         return list(range(count))
     try:
@@ -97,7 +97,7 @@ def use_gpu(flag):
     ids = parse_gpu_ids(flag)
     if len(ids) > 1:
         log.warning('--gpu %s: this command runs on one device; using GPU %d', flag, ids[0])
-    from . import mode
+    from .. import mode
     mode.set_device(ids[0])
     mode.set_mode_gpu()
     log.info('Use GPU with device ID %d', ids[0])
@@ -228,7 +228,7 @@ class ProgressBar(object):
     clear the bar first (see :class:`_ClearBar`) and it is redrawn after.
 
     it/s and the ETA come from training iterations only, smoothed
-    (:class:`~minicaffe.progress.SmoothedRate`): the time of a test pass is not
+    (:class:`~minicaffe.commands.progress.SmoothedRate`): the time of a test pass is not
     an iteration's, and the first ETA is the first iteration's forward+backward,
     not the iteration-0 test pass before it."""
 
@@ -298,7 +298,7 @@ class _ClearBar(logging.Filter):
 def _read_param(args):
     """The solver file with Caffe's `caffe train` edits: --stage/--level into
     train_state, --weights replacing the file's `weights`, --snapshot clearing them."""
-    from .solvers import read_solver_param
+    from ..solvers import read_solver_param
     if not os.path.exists(args.solver):
         raise MinicaffeError('solver file %s does not exist' % args.solver)
     check_regular_file(args.solver, 'solver file')
@@ -326,15 +326,16 @@ def run_train(args):
     if args.snapshot and args.snapshot != 'auto' and not os.path.exists(args.snapshot):
         raise MinicaffeError('--snapshot: solver state %s does not exist' % args.snapshot)
     if args.gpu is not None:
-        from .parallel import gpu_ranks
+        from ..parallel import gpu_ranks
         gpus = parse_gpu_ids(args.gpu)
         if gpu_ranks.should_spawn(args, gpus):
             _read_param(args)       # a missing solver or weights file: one error, before any rank
-            return gpu_ranks.spawn_gpu_ranks(args, gpus)
+            from .runner import run_reporting_errors
+            return gpu_ranks.spawn_gpu_ranks(args, gpus, run_reporting_errors)
         comm = gpu_ranks.join_gpu_ranks(args, gpus)     # NCCL in a rank of a multi-GPU job
         if comm is not None:
             return _train_ranks(args, comm)
-    from .parallel.launch import communicator_from_environment
+    from ..parallel.launch import communicator_from_environment
     comm = communicator_from_environment()      # under mpiexec with several ranks
     if comm is None:
         return _train(args, None)
@@ -345,7 +346,7 @@ def _train_ranks(args, comm):
     """One rank of a data-parallel job: an error on one rank ends every rank
     (MPI's abort), naming the rank; ranks that all see the same disagreement
     exit 2 together."""
-    from .parallel.data_parallel import RanksDisagree
+    from ..parallel.data_parallel import RanksDisagree
     try:
         return _train(args, comm)
     except RanksDisagree as e:
@@ -366,7 +367,7 @@ def _train_ranks(args, comm):
 def _train(args, comm):
     t0 = time.time()
     if comm is not None:
-        from .parallel.launch import join
+        from ..parallel.launch import join
         join(comm)
     if comm is not None and comm.device_buffers:
         pass                        # a GPU rank: gpu_ranks.join_gpu_ranks took its device
@@ -401,7 +402,7 @@ def _train(args, comm):
         solver.restore(resume)
     dp = None
     if comm is not None:
-        from .parallel.launch import start
+        from ..parallel.launch import start
         dp = start(solver, comm)
     metrics = None
     if metrics_path is not None and root:
@@ -444,7 +445,7 @@ def _train(args, comm):
 def _finish_ranks(dp):
     """All ranks end together (rank 0 may still be testing or snapshotting);
     rank 0 logs the communication counters."""
-    from .parallel.data_parallel import untimed
+    from ..parallel.data_parallel import untimed
     with untimed(dp.comm):
         dp.comm.barrier()
     c = dp.summary()
@@ -459,7 +460,7 @@ def _check_output_paths(param, source, metrics_path):
     Caffe checks the snapshot prefix): the snapshot prefix also when only the
     final snapshot (snapshot_after_train) will use it, and the metrics file.
     A clear error now instead of an OSError at the first write."""
-    from .solvers.snapshot import check_prefix_writable
+    from ..solvers.snapshot import check_prefix_writable
     if param.snapshot_prefix and (param.snapshot or param.snapshot_after_train):
         check_prefix_writable(param.snapshot_prefix, source)
     if metrics_path is None:
@@ -501,7 +502,7 @@ def _is_tty(stream):
 
 
 def run_test(args):
-    from .net import Net, TRAIN, TEST
+    from ..net import Net, TRAIN, TEST
     if args.gpu is not None:
         use_gpu(args.gpu)
     if args.iterations < 1:

@@ -30,18 +30,17 @@ Writes the captions (text, one line per image, and JSON) and a PNG grid of the
 images with their captions (Pillow).
 """
 import json
-import math
 import os
 
 import numpy as np
 
-from .errors import MinicaffeError
-from .fileio import check_regular_file
+from ..errors import MinicaffeError
+from ..fileio import check_regular_file
 
 # The shipped deploy nets: in the checkout the package sits in (found from this file,
 # whatever the current folder), else relative to the current folder.
-_CHECKOUT_NETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              'prototxt', 'lrcn', 'caption')
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))    # minicaffe/
+_CHECKOUT_NETS = os.path.join(os.path.dirname(_PACKAGE_DIR), 'prototxt', 'lrcn', 'caption')
 DEFAULT_DIR = _CHECKOUT_NETS if os.path.isdir(_CHECKOUT_NETS) else os.path.join('prototxt', 'lrcn',
                                                                                  'caption')
 DEFAULT_VOCAB = os.path.join('data', 'captions', 'scenes', 'vocabulary.txt')
@@ -59,7 +58,7 @@ class Captioner(object):
     model (a word net without ``image_features``)."""
 
     def __init__(self, weights, word_net_proto, vocab_path, image_net_proto=None, stages=None):
-        from .net import Net, TEST
+        from ..net import Net, TEST
         self.word_net = Net(word_net_proto, TEST, stages=list(stages or []), weights=weights)
         self.image_net = Net(image_net_proto, TEST, weights=weights) if image_net_proto else None
         with open(vocab_path, encoding='utf-8') as f:
@@ -427,9 +426,9 @@ def run(args):
 
 
 def main(argv=None):
-    """``python -m minicaffe.captioner`` -- the same as ``minicaffe caption``."""
+    """``python -m minicaffe.lrcn.captioner`` -- the same as ``minicaffe caption``."""
     import sys
-    from . import cli
+    from ..commands import cli
     return cli.main(['caption'] + list(sys.argv[1:] if argv is None else argv))
 
 

@@ -26,8 +26,8 @@ FLOP per top value (an element-wise layer's cost):
 """
 import collections
 
-from .blob import shape_string
-from .errors import MinicaffeError
+from ..blob import shape_string
+from ..errors import MinicaffeError
 
 Row = collections.namedtuple('Row', 'name type top_shapes params flops memory')
 
@@ -216,7 +216,7 @@ def add_arguments(p):
 
 
 def run(args, out=print):
-    from .timing import build_net, split_stages
+    from .nets import build_net, split_stages
     net = build_net(args.model, args.phase, args.level, split_stages(args.stage))
     if not net.layers:
         raise MinicaffeError('%s: the net has no layers in phase %s' % (args.model, args.phase))

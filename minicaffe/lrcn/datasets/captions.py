@@ -53,8 +53,8 @@ import re
 import h5py
 import numpy as np
 
-from ..errors import DataSourceError
-from ..progress import progress
+from ...errors import DataSourceError
+from ...commands.progress import progress
 
 UNK = '<unk>'
 TUXPAINT_DIR = '/usr/share/tuxpaint/stamps'

@@ -2,8 +2,8 @@
 forward (TEST phase by default) as an ONNX model (minicaffe.onnx).  Kept apart
 from minicaffe.onnx so that the command and its --help work without the onnx
 package; running it without onnx is a clear error."""
-from .errors import MinicaffeError
-from .timing import build_net, split_stages
+from ..errors import MinicaffeError
+from .nets import build_net, split_stages
 
 DEFAULT_OPSET = 17      # minicaffe.onnx.DEFAULT_OPSET (not imported: onnx may be absent)
 

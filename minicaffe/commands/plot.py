@@ -16,7 +16,7 @@ import json
 import os
 import re
 
-from .errors import MinicaffeError
+from ..errors import MinicaffeError
 
 INSTALL_HINT = ("minicaffe plot needs matplotlib, an optional extra: pip install 'minicaffe[plot]'"
                 " (or pip install matplotlib)")

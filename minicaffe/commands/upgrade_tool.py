@@ -12,9 +12,9 @@ the ``solver_type`` enum).
 import logging
 import os
 
-from . import fileio
-from .errors import MinicaffeError, PrototxtError
-from .protoio import caffe_text, parse_text, pb, read_binary, write_binary_atomic, write_bytes_atomic
+from .. import fileio
+from ..errors import MinicaffeError, PrototxtError
+from ..protoio import caffe_text, parse_text, pb, read_binary, write_binary_atomic, write_bytes_atomic
 
 log = logging.getLogger('minicaffe')
 
@@ -31,7 +31,7 @@ def _is_text(raw):
 
 def upgrade_net_param(param, source='<net>'):
     """Every net upgrade Caffe's UpgradeNetAsNeeded applies, in place."""
-    from . import netbuild, upgrade
+    from .. import netbuild, upgrade
     netbuild.upgrade_net(param, source)          # V0/V1 layers (minicaffe.upgrade) and input fields
     if hasattr(upgrade, 'upgrade_batchnorm'):
         upgrade.upgrade_batchnorm(param)
@@ -39,7 +39,7 @@ def upgrade_net_param(param, source='<net>'):
 
 
 def upgrade_solver_param(param, source='<solver>'):
-    from . import upgrade
+    from .. import upgrade
     upgrade.upgrade_solver(param, source)
     return param
 
@@ -111,7 +111,7 @@ def run(args):
 
 
 def main(argv=None):
-    """``python -m minicaffe.upgrade_tool`` -- the same as ``minicaffe upgrade``."""
+    """``python -m minicaffe.commands.upgrade_tool`` -- the same as ``minicaffe upgrade``."""
     import sys
     from . import cli
     return cli.main(['upgrade'] + list(sys.argv[1:] if argv is None else argv))

@@ -19,11 +19,11 @@ import os
 
 import numpy as np
 
-from . import fileio
-from .errors import DataSourceError, MinicaffeError
+from .. import fileio
+from ..errors import DataSourceError, MinicaffeError
 from .progress import progress
-from .protoio import pb, write_binary_atomic
-from .transform import datum_to_item, encode_image, read_image
+from ..protoio import pb, write_binary_atomic
+from ..transform import datum_to_item, encode_image, read_image
 
 log = logging.getLogger('minicaffe')
 
@@ -41,7 +41,7 @@ def _lmdb():
 
 
 def read_list(list_file):
-    from .layers.image_data import parse_image_list
+    from ..layers.image_data import parse_image_list
     return parse_image_list(list_file)
 
 
@@ -129,7 +129,7 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
 
 def iterate_db(db_path):
     """(key, Datum) for every record of an LMDB."""
-    from .layers.image_data import parse_datum
+    from ..layers.image_data import parse_datum
     lmdb = _lmdb()
     if not os.path.exists(db_path):
         raise DataSourceError('database %s does not exist' % db_path)

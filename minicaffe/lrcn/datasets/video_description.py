@@ -26,7 +26,7 @@ Written under ``out_dir`` (default ``data/video_description``) per split
   [subject 6 | verb 5 | object 6]; ``{split}_clips.txt`` (HDF5Data list).
   ``{split}_svo_pairs.h5`` (``svo`` per stream) and ``{split}_sentences.h5``
   (cont_sentence, input_sentence, target_sentence) in LRCN's layout
-  (see minicaffe/datasets/captions.py: (batches x T, N), EOS 0, -1 padding),
+  (see minicaffe/lrcn/datasets/captions.py: (batches x T, N), EOS 0, -1 padding),
   with their ``.txt`` lists; ``{split}_captions.json`` (references per clip).
   ``vocabulary.txt`` (fixed word list + <unk>: 26 words, nets use 27 outputs)
   and ``meta.json``.
@@ -35,10 +35,9 @@ import json
 import math
 import os
 
-import h5py
 import numpy as np
 
-from ..progress import progress
+from ...commands.progress import progress
 from .captions import UNK, _draw_object, _h5, batch_major, encode, lrcn_streams, save_vocabulary
 
 ENTITIES = [('red', 'circle'), ('blue', 'square'), ('green', 'triangle'), ('yellow', 'cross'),
