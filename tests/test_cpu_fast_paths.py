@@ -1,7 +1,8 @@
 """The CPU fast paths compute the numbers of the straightforward code: batched and
 per-image convolution GEMMs, the batch-innermost column layout, LRN's precomputed
 saxpy terms, the LSTM's skipped sequence-start GEMM and its gate functions, and
-max pooling's scatter for windows that do not overlap."""
+max pooling's scatter for windows that do not overlap and its view-only forward
+for windows that tile the input."""
 import numpy as np
 import pytest
 
@@ -9,7 +10,8 @@ from minicaffe.gradcheck import make_layer
 from minicaffe.layers import lrn as lrn_mod
 from minicaffe.layers import recurrent as rec
 from minicaffe.layers import vision
-from minicaffe.layers.pooling import PoolGeometry, max_pool_backward, pooled_shape
+from minicaffe.layers.pooling import (PoolGeometry, max_pool_backward, max_pool_forward,
+                                      pooled_shape)
 from minicaffe.im2col import im2col
 
 
@@ -231,6 +233,26 @@ def test_max_pool_scatter_equals_the_bincount_route(shape, kernel, stride, pad, 
     monkeypatch.setattr(pooling, '_overlapping', lambda g: True)    # force bincount
     slow = max_pool_backward(dy, idx, g)
     assert np.array_equal(fast.view(np.uint32), slow.view(np.uint32))
+
+
+@pytest.mark.parametrize('hw,kernel,stride', [
+    ((24, 24), (2, 2), (2, 2)), ((8, 9), (2, 3), (3, 3)), ((6, 7), (3, 1), (3, 2)),
+    ((5, 5), (1, 1), (1, 1)), ((9, 9), (3, 3), (4, 4))])
+def test_max_pool_disjoint_windows_equal_the_separable_route(hw, kernel, stride):
+    out = pooled_shape(hw, kernel, stride, (0, 0), ceil_mode=False)
+    g = PoolGeometry(hw, kernel, stride, (0, 0), out)
+    assert g.disjoint
+    x = np.random.default_rng(8).integers(-3, 3, (3, 4) + hw).astype(np.float32)   # ties
+    x[0, 0, :2, :2] = np.nan
+    x[0, 1] = -np.inf
+    x[1, 0, ::2] = np.float32(-3.4028235e38)         # -FLT_MAX: no winner where alone
+    x[1, 0, 1::2] = np.nan
+    x[2, 3, 0, :3] = [-0.0, 0.0, -0.0]
+    m, idx = max_pool_forward(x, g)
+    g.disjoint = False
+    m2, idx2 = max_pool_forward(x, g)
+    assert np.array_equal(m.view(np.uint32), m2.view(np.uint32))
+    assert np.array_equal(idx, idx2) and (idx == -1).any()
 
 
 @pytest.mark.parametrize('transpose', [False, True])

@@ -347,6 +347,10 @@ POOL_CASES = [
     ('MAX', (3, 3), (2, 2), (0, 1), True, (1, 2, 6, 6)),
     ('AVE', (3, 2), (2, 2), (0, 1), True, (1, 2, 7, 6)),
     ('AVE', (3, 3), (2, 2), (1, 0), False, (1, 2, 7, 8)),
+    # disjoint windows (no overlap, pad or overhang): max pooling's view-only path
+    ('MAX', (2, 2), (2, 2), (0, 0), True, (2, 3, 8, 8)),
+    ('MAX', (2, 3), (3, 3), (0, 0), True, (1, 2, 8, 9)),
+    ('MAX', (1, 1), (1, 1), (0, 0), True, (1, 2, 3, 3)),
 ]
 
 

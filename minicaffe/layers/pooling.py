@@ -69,6 +69,10 @@ class PoolGeometry(object):
                              in zip(in_hw, kernel, stride, pad, out))
         self.global_window = (self.out == (1, 1) and self.pad == (0, 0)
                               and self.kernel == (self.H, self.W))
+        # windows that cover disjoint parts of the unpadded input (no overhang)
+        self.disjoint = (not self.global_window and self.pad == (0, 0)
+                         and all(s >= k and (o - 1) * s + k <= n for n, k, s, o
+                                 in zip(in_hw, kernel, stride, out)))
 
     def offsets(self):
         return itertools.product(range(self.kernel[0]), range(self.kernel[1]))
@@ -133,6 +137,8 @@ def max_pool_forward(x, g):
         idx = np.where(ok, np.argmax(xv == m[..., None], axis=-1), -1).astype(np.int32)
         y = np.where(ok, m, _f(-FLT_MAX)).astype(_f)
         return y.reshape(lead + (1, 1)), idx.reshape(lead + (1, 1))
+    if g.disjoint:
+        return _max_pool_disjoint(x, g)
     (kh, kw), (sh, sw), (oh, ow) = g.kernel, g.stride, g.out
     small = np.int8 if max(kh, kw) < 128 else np.int32
     xp = pad_spatial(x, 2, g.padding, value=-np.inf)
@@ -163,6 +169,36 @@ def max_pool_forward(x, g):
         none = ~(m > -FLT_MAX)
         if none.any():
             idx[none] = -1
+    return m, idx
+
+
+def _max_pool_disjoint(x, g):
+    """max_pool_forward where the windows tile the input without overlap,
+    padding or overhang (LeNet's 2x2 stride 2): each kernel offset is a strided
+    view of x itself, so no padded copy and no separable passes -- one running
+    fmax over the views, then the first view equal to the maximum."""
+    (kh, kw), (sh, sw), (oh, ow) = g.kernel, g.stride, g.out
+    views = [x[g.window(i, j)] for i, j in g.offsets()]
+    with np.errstate(invalid='ignore'):
+        m = np.fmax(views[0], views[1]) if len(views) > 1 else views[0].copy()
+        for v in views[2:]:
+            np.fmax(m, v, out=m)              # fmax: NaN never wins, as in Caffe
+        np.fmax(m, _f(-FLT_MAX), out=m)       # Caffe's running max starts at -FLT_MAX
+        # loc = the number of leading views that differ from m: the first match
+        notyet = np.not_equal(views[0], m)
+        loc = notyet.astype(np.int32) if len(views) > 1 else np.zeros(m.shape, np.int32)
+        ne = np.empty_like(notyet)
+        for v in views[1:-1]:
+            np.not_equal(v, m, out=ne)
+            notyet &= ne
+            loc += notyet
+    offset = np.array([i * g.W + j for i, j in g.offsets()], np.int32)
+    idx = np.take(offset, loc)
+    idx += ((np.arange(oh, dtype=np.int32) * sh)[:, None] * g.W
+            + (np.arange(ow, dtype=np.int32) * sw)[None, :])
+    none = ~(m > -FLT_MAX)
+    if none.any():
+        idx[none] = -1
     return m, idx
 
 
