@@ -146,6 +146,7 @@ class Net(object):
             log.info('This network produces output %s', name)
         self._share_weights()
         self._layer_index = {n: i for i, n in enumerate(self._layer_names)}
+        self._plan = [_Step(self, lid) for lid in range(len(self.layers))]
         memory.check_net(self, NetDefinitionError)
         log.info('Network initialization done.')
 
@@ -394,11 +395,11 @@ class Net(object):
         return [self._blob_list[i] for i in self.top_ids[lid]]
 
     def _forward_layer(self, lid):
-        layer = self.layers[lid]
-        bottom, top = self._bottom(lid), self._top(lid)
-        layer.reshape(bottom, top)
+        step = self._plan[lid]
+        layer, bottom, top = step.layer, step.bottom, step.top
+        step.reshape()
         loss = 0.0
-        if _nothing_to_compute(bottom, top):
+        if step.empty:
             # Zero-size blobs (a dim of 0; Caffe's Blob allows count 0): the layer has
             # no values to read or write, so it is not run (its code need not handle
             # empty arrays); loss tops are never empty (a loss is one value).
@@ -449,10 +450,11 @@ class Net(object):
             for lid in range(start, end - 1, -1):
                 for hook in before:
                     hook(lid)
-                if self.layer_need_backward[lid] and not _nothing_to_compute(self._bottom(lid), self._top(lid)):
+                step = self._plan[lid]
+                if self.layer_need_backward[lid] and not _nothing_to_compute(step.bottom, step.top):
                     try:
-                        _mode.run_backward(self.layers[lid], self._top(lid), self.bottom_need_backward[lid],
-                                           self._bottom(lid))
+                        _mode.run_backward(step.layer, step.top, self.bottom_need_backward[lid],
+                                           step.bottom)
                     except MemoryError:
                         raise self._out_of_memory(lid, 'backward') from None
                     if self.debug_info:
@@ -594,8 +596,9 @@ class Net(object):
         return outs, grads
 
     def reshape(self):
-        for lid, layer in enumerate(self.layers):
-            layer.reshape(self._bottom(lid), self._top(lid))
+        """Reshape every layer (Caffe's Net::Reshape), whatever changed."""
+        for step in self._plan:
+            step.reshape(always=True)
 
     def clear_param_diffs(self):
         on_gpu = _mode.is_gpu()
@@ -787,6 +790,54 @@ class Net(object):
         asum = sum(float(np.abs(b.data).sum()) for b in self.learnable_params)
         dsum = sum(float(np.abs(b.diff).sum()) for b in self.learnable_params)
         log.info('    [Backward] All net params (data, diff): L1 norm = (%g, %g)', asum, dsum)
+
+
+class _Step(object):
+    """One layer of the net's execution plan: the layer with its bottom and top
+    Blob lists bound once (the Blob objects of a net never change; their arrays
+    do, on reshape and sharing), and what its last reshape saw.
+
+    Caffe reshapes every layer before every forward.  A layer whose reshape
+    depends only on its blobs' shapes (``Layer.static_reshape``) is reshaped
+    again only when the arrays of its bottoms or tops are not the ones its last
+    reshape left: a Blob replaces its array whenever its shape changes
+    (Blob.reshape) or it takes another blob's memory (share_data/share_diff,
+    view_of), so an identity check of those arrays sees every such change --
+    an input given a new shape, a top reshaped from outside, a Flatten bottom
+    that now shares another blob's memory.  Other layers (data layers, Python
+    layers, recurrent nets) are reshaped before every forward, as in Caffe."""
+    __slots__ = ('layer', 'bottom', 'top', 'blobs', 'arrays', 'empty')
+
+    def __init__(self, net, lid):
+        self.layer = net.layers[lid]
+        self.bottom = net._bottom(lid)
+        self.top = net._top(lid)
+        self.blobs = self.bottom + self.top
+        self.arrays = None          # the blobs' arrays after the last reshape
+        self.empty = False          # _nothing_to_compute at the last reshape
+
+    def _arrays(self):
+        # the private arrays themselves (no host/device sync): identity is what counts
+        return [a for b in self.blobs for a in (b._data, b._diff)]
+
+    def current(self):
+        """Whether the blobs hold the arrays the last reshape left."""
+        arrays = self.arrays
+        if arrays is None:
+            return False
+        i = 0
+        for b in self.blobs:
+            if b._data is not arrays[i] or b._diff is not arrays[i + 1]:
+                return False
+            i += 2
+        return True
+
+    def reshape(self, always=False):
+        """The layer's reshape, unless it is static and nothing changed since."""
+        if always or not self.layer.static_reshape or not self.current():
+            self.layer.reshape(self.bottom, self.top)
+            self.arrays = self._arrays()
+            self.empty = _nothing_to_compute(self.bottom, self.top)
 
 
 def _hook_call(hook):

@@ -76,6 +76,11 @@ class Layer(object):
     # True only where forward and backward give the same numbers in place
     # (tests/test_layer_sweeps.py checks every type).
     supports_in_place = False
+    # Whether reshape depends on nothing but the blobs' shapes and the layer's
+    # fixed parameters: the Net then skips it while the bottoms and tops keep
+    # their arrays (net._Step).  False (reshape before every forward, as Caffe)
+    # for layers whose reshape reads data, files or user code.
+    static_reshape = False
 
     @classmethod
     def allows_in_place(cls, layer_param):

@@ -47,6 +47,7 @@ class InnerProductLayer(Layer):
               dW += dY^T X         (transpose: dW += X^T dY)
               db += sum over rows of dY
     """
+    static_reshape = True
     exact_num_bottom = 1
     exact_num_top = 1
 
@@ -263,6 +264,7 @@ class SoftmaxLayer(Layer):
     backward: dx = (dy - sum_c(dy * y)) * y
     """
     supports_in_place = True
+    static_reshape = True
     exact_num_bottom = 1
     exact_num_top = 1
 

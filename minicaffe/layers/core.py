@@ -13,6 +13,7 @@ from .base import Layer, register_layer
 
 @register_layer('Input')
 class InputLayer(Layer):
+    static_reshape = True
     exact_num_bottom = 0
     min_num_top = 1
 
@@ -36,6 +37,7 @@ class InputLayer(Layer):
 @register_layer('Split')
 class SplitLayer(Layer):
     supports_in_place = True
+    static_reshape = True
     exact_num_bottom = 1
     min_num_top = 1
 

@@ -93,6 +93,7 @@ class _LossBase(Layer):
     exact_num_top = 1
     is_loss = True
     auto_top_blobs = True
+    static_reshape = True
 
     def allow_force_backward(self, bottom_index):
         return bottom_index != 1

@@ -50,6 +50,7 @@ class LRNLayer(Layer):
     shapes:   x (N, C, H, W) -> y (N, C, H, W)
     """
     supports_in_place = True
+    static_reshape = True
     exact_num_bottom = 1
     exact_num_top = 1
 

@@ -38,6 +38,7 @@ class NeuronLayer(Layer):
     exact_num_bottom = 1
     exact_num_top = 1
     supports_in_place = True      # as in Caffe (the Net refuses in-place use where False)
+    static_reshape = True
 
     def setup(self, bottom, top):
         self.neuron_setup(bottom, top)

@@ -285,6 +285,7 @@ class PoolingLayer(Layer):
     exact_num_bottom = 1
     min_num_top = 1
     max_num_top = 2
+    static_reshape = True
 
     def setup(self, bottom, top):
         pp = self.layer_param.pooling_param

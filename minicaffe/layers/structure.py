@@ -55,6 +55,7 @@ class FlattenLayer(Layer):
     backward: dx = dy (shared memory)
     shapes:   (d0, ..., dn) -> (d0, ..., d_{axis-1}, d_axis*...*d_end, d_{end+1}, ...)
     """
+    static_reshape = True
     exact_num_bottom = 1
     exact_num_top = 1
 
@@ -146,6 +147,7 @@ class ConcatLayer(Layer):
     backward: dx_i = the matching slice of dy
     shapes:   x_i (..., c_i, ...) -> y (..., sum c_i, ...); other axes must agree
     """
+    static_reshape = True
     min_num_bottom = 1
     exact_num_top = 1
 

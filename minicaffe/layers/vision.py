@@ -166,6 +166,9 @@ class BaseConvolutionLayer(Layer):
     min_num_top = 1
     equal_num_bottom_top = True
     reverse = False            # Deconvolution: the conv maps top -> bottom
+    # (the engine's choice in reshape also reads winograd.FORCE: set it before the
+    # net's first forward)
+    static_reshape = True
 
     def setup(self, bottom, top):
         cp = self.layer_param.convolution_param
