@@ -1,15 +1,17 @@
 #!/usr/bin/env python
-"""Per-layer speed of Winograd F(2x2,3x3) against im2col + GEMM (engine CAFFE).
+"""Per-layer speed of Winograd F(2x2,3x3) and F(4x4,3x3) against im2col + GEMM
+(engine CAFFE).
 
     python benchmarks/bench_winograd.py [--net ../shared/bench/caffenet_b10.prototxt]
                                         [--layers conv3,conv4,conv5] [--rounds 7]
 
 Builds the net (TRAIN phase, as `caffe time`) once per algorithm and times each
-chosen layer's forward and backward passes, alternating the two algorithms
-round by round so that both see the same machine load.  Prints, per layer and
-pass, the best and median milliseconds of each, the speed-up (im2col / Winograd,
-on the medians) and the GFLOP/s of the direct convolution's multiply-adds
-(2 * N * K * C/G * 9 * Ho * Wo per product; backward does two products).
+chosen layer's forward and backward passes, alternating the algorithms round by
+round so that all see the same machine load.  Prints, per layer and pass, the
+best and median milliseconds of each, the speed-ups (im2col / Winograd, on the
+medians) and the GFLOP/s of the direct convolution's multiply-adds
+(2 * N * K * C/G * 9 * Ho * Wo per product; backward does two products), and
+which tile the DEFAULT engine picks (winograd.choose_tiling).
 """
 import os
 
@@ -64,9 +66,12 @@ def main(argv=None):
     p.add_argument('--rounds', type=int, default=7)
     args = p.parse_args(argv)
     names = [n for n in args.layers.split(',') if n]
-    nets = {e: build(args.net, e) for e in ('caffe', 'winograd')}
+    engines = ('caffe', 'winograd2', 'winograd4')
+    nets = {e: build(args.net, e) for e in engines}
+    winograd.FORCE = None
+    default = build(args.net, None)
     for name in names:
-        layer = nets['winograd'].layers[list(nets['winograd']._layer_names).index(name)]
+        layer = nets['winograd2'].layers[list(nets['winograd2']._layer_names).index(name)]
         if not layer.winograd:
             raise SystemExit('bench_winograd: layer %s has no Winograd form (3x3, stride 1, '
                              'dilation 1, pad <= 2)' % name)
@@ -79,16 +84,21 @@ def main(argv=None):
                 times[e, n][1].append(b)
     print('threads: minicaffe %d (BLAS 1 each); rounds %d (alternating); machine load affects'
           ' absolute numbers' % (caffe.get_num_threads(), args.rounds))
-    print('%-8s %-8s %22s %22s %8s %14s' % ('layer', 'pass', 'im2col best/med ms',
-                                           'winograd best/med ms', 'speedup', 'GFLOP/s i2c/wg'))
+    print('%-8s %-8s %18s %18s %18s %7s %7s %18s %s'
+          % ('layer', 'pass', 'im2col best/med', 'F(2x2) best/med', 'F(4x4) best/med',
+             'i2c/F2', 'i2c/F4', 'GFLOP/s i2c/F2/F4', 'DEFAULT'))
     for n in names:
         layer = nets['caffe'].layers[list(nets['caffe']._layer_names).index(n)]
+        picked = default.layers[list(default._layer_names).index(n)]
+        pick = repr(picked.tiling) if picked.winograd else 'im2col'
         for k, label, mult in ((0, 'forward', 1), (1, 'backward', 2)):
-            c, w = times['caffe', n][k], times['winograd', n][k]
-            cm, wm = statistics.median(c), statistics.median(w)
+            runs = [times[e, n][k] for e in engines]
+            meds = [statistics.median(r) for r in runs]
             fl = conv_flops(layer) * mult
-            print('%-8s %-8s %10.2f / %9.2f %10.2f / %9.2f %7.2fx %6.1f / %5.1f'
-                  % (n, label, min(c), cm, min(w), wm, cm / wm, fl / cm / 1e6, fl / wm / 1e6))
+            print('%-8s %-8s %s %6.2fx %6.2fx %s %s'
+                  % (n, label, ' '.join('%8.2f / %7.2f' % (min(r), m) for r, m in zip(runs, meds)),
+                     meds[0] / meds[1], meds[0] / meds[2],
+                     ' / '.join('%5.1f' % (fl / m / 1e6) for m in meds), pick))
     return 0
 
 

@@ -1,5 +1,11 @@
-"""Winograd F(2x2, 3x3) convolution (Lavin & Gray, 2015) for 3x3, stride-1,
-dilation-1 2-D convolutions with groups: forward, data gradient, weight gradient.
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) convolution (Lavin & Gray, 2015) for 3x3,
+stride-1, dilation-1 2-D convolutions with groups: forward, data gradient,
+weight gradient.  Written below for F(2x2); F(4x4) (the Tiling F4) is the same
+with 4x4 output tiles, 6x6 patches at (4i, 4j), 36 points and the 6x6 / 6x3 /
+4x6 matrices of Lavin & Gray (points 0, +-1, +-2): 36 multiplies per 16 outputs,
+4x fewer than im2col's, but less accurate (G has 1/6 and 1/24, A^T and B^T
+entries up to 8 and 5, so the rounding errors of the transforms grow about 10x;
+see tests/test_winograd.py for the measured errors).
 
 The output is cut into 2x2 tiles; tile (i, j) reads the 4x4 input patch at
 (2i, 2j) of the zero-padded input.  With
@@ -24,8 +30,9 @@ weight gradient:  dU[t] = D[t] @ V[t]^T (summed over tiles by the GEMM),
                   dg = G^T dU G.
 
 Shapes: x (N, C, H, W), g (K, C/G, 3, 3), y (N, K, Ho, Wo) with
-Ho = H + 2 pad_h - 2 (likewise W); tiles th = ceil(Ho/2), tw = ceil(Wo/2);
-V and D are laid out (16, G, N*th*tw, channels/G), channels innermost: the
+Ho = H + 2 pad_h - 2 (likewise W); tiles th = ceil(Ho/m), tw = ceil(Wo/m);
+V and D are laid out (alpha^2, G, N*th*tw, channels/G), alpha = m + 2,
+channels innermost: the
 transforms then run over long contiguous rows (CaffeNet's 13x13 maps would
 give numpy 7-element inner loops otherwise) and each point's GEMM reads
 contiguous matrices.  Rounding differs from Caffe's im2col sums (a different
@@ -45,15 +52,73 @@ from .im2col import ELEMENTWISE_BLOCK, in_blocks, parallel_for
 from .threads import run_chunks
 
 _f = np.float32
-_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], _f)
-# G g G^T for every filter at once: (filters, 9) @ kron(G, G)^T -> (filters, 16)
-# (one GEMM; a stack of 3x3 matmuls costs numpy ~50x more)
-_GG = np.ascontiguousarray(np.kron(_G, _G).T)
 
-# MINICAFFE_CONV_ENGINE: 'winograd' uses it wherever applicable, 'caffe' never;
-# unset, the DEFAULT engine picks by shape (prefer_winograd).  The tests set
-# FORCE to run the conformance cases under both algorithms.
+
+class Tiling(object):
+    """Winograd F(m x m, 3x3): output tiles of m x m from input patches of
+    alpha x alpha (alpha = m + 2), with the transform matrices B^T (alpha x
+    alpha), G (alpha x 3) and A^T (m x alpha).  Each 2-D transform X M X^T is
+    two small GEMMs over a block of tiles (_transform2d): one pass over memory
+    each, whatever the number of non-zero coefficients."""
+
+    def __init__(self, m, BT, G, AT):
+        self.m, self.alpha = m, m + 2
+        self.points = self.alpha ** 2
+        self.BT = np.array(BT, np.float64)
+        self.G = np.array(G, np.float64)
+        self.AT = np.array(AT, np.float64)
+        for name in ('BT', 'AT'):       # small integers: exact in float32
+            setattr(self, name + '32', getattr(self, name).astype(_f))
+        self.B32 = np.ascontiguousarray(self.BT32.T)
+        self.A32 = np.ascontiguousarray(self.AT32.T)
+        # G = diag(g_scale) G_int with small integers in G_int: F(4x4)'s 1/6 and
+        # 1/24 are not exact in float32, so G g G^T is formed with G_int and then
+        # scaled once per point by g_scale[u] g_scale[v] (computed in float64).
+        scale = np.array([row[np.flatnonzero(row)[np.argmin(np.abs(row[row != 0]))]]
+                          for row in self.G])
+        self.G_int32 = (self.G / scale[:, None]).round().astype(_f)
+        assert np.allclose(self.G_int32 * scale[:, None], self.G)
+        self.GT_int32 = np.ascontiguousarray(self.G_int32.T)
+        self.point_scale = np.outer(scale, scale).astype(_f)
+
+    def __repr__(self):
+        return 'F(%dx%d,3x3)' % (self.m, self.m)
+
+    def tiles(self, out_sp):
+        m = self.m
+        return (out_sp[0] + m - 1) // m, (out_sp[1] + m - 1) // m
+
+
+def _transform2d(M, src):
+    """M src M^T over the two leading axes of src (any strides, trailing axes
+    kept): two GEMMs, M @ src along axis 0, then along axis 1.  Returns a new
+    contiguous array (M.shape[0], M.shape[0]) + src.shape[2:]."""
+    a_in, a_out = src.shape[0], M.shape[0]
+    s = np.ascontiguousarray(src).reshape(a_in, -1)
+    t = np.dot(M, s).reshape(a_out, a_in, -1)
+    return np.matmul(M, t).reshape((a_out, a_out) + src.shape[2:])
+
+
+# Lavin & Gray's matrices (points 0, +-1 and, for F(4x4), +-2, infinity).
+F2 = Tiling(2,
+            BT=[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+            G=[[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]],
+            AT=[[1, 1, 1, 0], [0, 1, -1, -1]])
+F4 = Tiling(4,
+            BT=[[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+            G=[[1 / 4., 0, 0], [-1 / 6., -1 / 6., -1 / 6.], [-1 / 6., 1 / 6., -1 / 6.],
+               [1 / 24., 1 / 12., 1 / 6.], [1 / 24., -1 / 12., 1 / 6.], [0, 0, 1]],
+            AT=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                [0, 1, -1, 8, -8, 1]])
+TILINGS = {2: F2, 4: F4}
+
+# MINICAFFE_CONV_ENGINE: 'winograd' uses Winograd wherever applicable (the tile
+# chosen by shape, choose_tiling), 'winograd2' / 'winograd4' with that tile,
+# 'caffe' never; unset, the DEFAULT engine picks by shape (prefer_winograd,
+# choose_tiling).  The tests set FORCE to run the conformance cases under each.
 FORCE = os.environ.get('MINICAFFE_CONV_ENGINE', '').strip().lower() or None
+FORCE_VALUES = ('winograd', 'winograd2', 'winograd4', 'caffe')
 
 # Below these channel counts per group the GEMMs are too thin for the saved
 # multiplies to pay for the transforms' memory passes (measured on CaffeNet
@@ -70,7 +135,7 @@ DEFAULT_BACKWARD = True
 
 
 def applicable(kernel, stride, dilation, pad):
-    """Whether a convolution's geometry has a Winograd F(2x2,3x3) form here."""
+    """Whether a convolution's geometry has a Winograd F(m x m,3x3) form here."""
     return (len(kernel) == 2 and tuple(kernel) == (3, 3) and tuple(stride) == (1, 1)
             and tuple(dilation) == (1, 1) and all(0 <= p <= 2 for p in pad))
 
@@ -82,46 +147,68 @@ def prefer_winograd(channels_per_group, outputs_per_group, out_sp):
             and min(out_sp) >= 4)
 
 
-def tiles(out_sp):
-    return (out_sp[0] + 1) // 2, (out_sp[1] + 1) // 2
+def tile_points(tiling, out_sp):
+    """Multiplies per (input, output) channel pair and image: tiles x alpha^2."""
+    th, tw = tiling.tiles(out_sp)
+    return th * tw * tiling.points
 
 
-def transform_weights(w, group):
-    """U = G g G^T: w (K, C/G, 3, 3) -> (16, G, C/G, K/G) float32 (transposed
+# F(4x4) is taken where its GEMMs do at most this fraction of F(2x2)'s multiplies
+# (tiles that overhang the map waste some of its 2.25x fewer multiplies per output:
+# CaffeNet's 13x13 maps give 576 vs 784, 0.73); its transforms make about 1.5x
+# more memory passes per output.
+F4_MAX_POINTS_RATIO = 0.8
+
+
+def choose_tiling(out_sp):
+    """F(4x4) where its GEMMs save enough multiplies over F(2x2) (see
+    F4_MAX_POINTS_RATIO), else F(2x2); a forced 'winograd2'/'winograd4' wins."""
+    if FORCE == 'winograd2':
+        return F2
+    if FORCE == 'winograd4':
+        return F4
+    if tile_points(F4, out_sp) <= F4_MAX_POINTS_RATIO * tile_points(F2, out_sp):
+        return F4
+    return F2
+
+
+def tiles(out_sp, tiling=F2):
+    return tiling.tiles(out_sp)
+
+
+def transform_weights(w, group, tiling=F2):
+    """U = G g G^T: w (K, C/G, 3, 3) -> (alpha^2, G, C/G, K/G) float32 (transposed
     per point: the GEMMs run tiles x channels, channels innermost)."""
     K, Cg = w.shape[:2]
-    u = np.dot(w.reshape(K * Cg, 9).astype(_f, copy=False), _GG)       # (K Cg, 16)
-    u = u.reshape(group, K // group, Cg, 16).transpose(3, 0, 2, 1)     # (16, G, Cg, Kg)
-    return np.ascontiguousarray(u)
+    wt = w.reshape(group, K // group, Cg, 3, 3).transpose(3, 4, 0, 2, 1)
+    u = _transform2d(tiling.G_int32, wt.astype(_f, copy=False))
+    u *= tiling.point_scale.reshape(tiling.alpha, tiling.alpha, 1, 1, 1)
+    return u.reshape((tiling.points,) + u.shape[2:])
 
 
-def weight_gradient_from(du):
-    """dg = G^T dU G: du (16, G, C/G, K/G) -> (K, C/G, 3, 3)."""
+def weight_gradient_from(du, tiling=F2):
+    """dg = G^T dU G: du (alpha^2, G, C/G, K/G) -> (K, C/G, 3, 3)."""
+    a = tiling.alpha
     _, G, Cg, Kg = du.shape
-    d = np.ascontiguousarray(du.transpose(1, 3, 2, 0)).reshape(G * Kg * Cg, 16)
-    return np.dot(d, _GG.T).reshape(G * Kg, Cg, 3, 3)
+    d = du.reshape(a, a, G, Cg, Kg) * tiling.point_scale.reshape(a, a, 1, 1, 1)
+    dg = _transform2d(tiling.GT_int32, d)                       # (3, 3, G, Cg, Kg)
+    out = np.empty((G, Kg, Cg, 3, 3), _f)
+    out[...] = dg.transpose(2, 4, 3, 0, 1)
+    return out.reshape(G * Kg, Cg, 3, 3)
 
 
 def _over_images(n, per_image, part):
     parallel_for(n, in_blocks(part, per_image, ELEMENTWISE_BLOCK), n * per_image)
 
 
-def _tile_view(a, group, count, step=2):
+def _tile_view(a, group, count, size, step):
     """a (N, H', W', C) channels-last -> writable view [u, v, g, n, i, j, c]
-    = a[n, step i + u, step j + v, g C/G + c], u, v < 4 (or 2), i, j < count."""
+    = a[n, step i + u, step j + v, g C/G + c], u, v < size, i, j < count."""
     N, _, _, C = a.shape
     sN, sH, sW, sC = a.strides
     return np.lib.stride_tricks.as_strided(
-        a, (4, 4, group, N) + count + (C // group,),
+        a, (size, size, group, N) + count + (C // group,),
         (sH, sW, sC * (C // group), sN, step * sH, step * sW, sC))
-
-
-def _btd(d, out):
-    """out[a] = (B^T d)[a] along the first axis (d: 4 arrays of equal shape)."""
-    np.subtract(d[0], d[2], out=out[0])
-    np.add(d[1], d[2], out=out[1])
-    np.subtract(d[2], d[1], out=out[2])
-    np.subtract(d[1], d[3], out=out[3])
 
 
 def _channels_last(x, shape, offset=(0, 0)):
@@ -136,138 +223,116 @@ def _channels_last(x, shape, offset=(0, 0)):
     return out
 
 
-def input_transform(x, pad, out_sp, group, out=None):
-    """V = B^T d B for every 4x4 patch: x (N, C, H, W) -> (16, G, N*th*tw, C/G)."""
+def input_transform(x, pad, out_sp, group, out=None, tiling=F2):
+    """V = B^T d B for every alpha x alpha patch: x (N, C, H, W) ->
+    (alpha^2, G, N*th*tw, C/G)."""
     N, C, H, W = x.shape
-    th, tw = tiles(out_sp)
-    # (2 th + 2 >= H + 2 pad: the padded patch grid covers the whole image)
-    xp = _channels_last(x, (2 * th + 2, 2 * tw + 2), pad)
-    d = _tile_view(xp, group, (th, tw))
+    m, a = tiling.m, tiling.alpha
+    th, tw = tiling.tiles(out_sp)
+    # (m th + 2 >= H + 2 pad: the padded patch grid covers the whole image)
+    xp = _channels_last(x, (m * th + 2, m * tw + 2), pad)
+    d = _tile_view(xp, group, (th, tw), a, m)
     Cg = C // group
-    shape = (4, 4, group, N, th, tw, Cg)
+    shape = (a, a, group, N, th, tw, Cg)
     V = np.empty(shape, _f) if out is None else out.reshape(shape)
 
     def part(lo, hi):
-        t = np.empty((4, 4, group, hi - lo, th, tw, Cg), _f)
-        _btd(d[:, :, :, lo:hi], t)
-        _btd([t[:, v] for v in range(4)], [V[:, a, :, lo:hi] for a in range(4)])
-    _over_images(N, 16 * th * tw * C, part)
-    return V.reshape(16, group, N * th * tw, Cg)
+        V[:, :, :, lo:hi] = _transform2d(tiling.BT32, d[:, :, :, lo:hi])
+    _over_images(N, tiling.points * th * tw * C, part)
+    return V.reshape(tiling.points, group, N * th * tw, Cg)
 
 
-def output_transform(M, y, bias=None):
-    """y = A^T M A (+ bias): M (16, G, N*th*tw, K/G) -> written into y (N, K, Ho, Wo)."""
+def output_transform(M, y, bias=None, tiling=F2):
+    """y = A^T M A (+ bias): M (alpha^2, G, N*th*tw, K/G) -> written into y (N, K, Ho, Wo)."""
     N, K, Ho, Wo = y.shape
     _, G, _, Kg = M.shape
-    th, tw = tiles((Ho, Wo))
-    M = M.reshape(4, 4, G, N, th, tw, Kg)
-    yl = np.empty((N, 2 * th, 2 * tw, K), _f)
-    yv = _tile_view(yl, G, (th, tw))[:2, :2]
+    m, a = tiling.m, tiling.alpha
+    th, tw = tiling.tiles((Ho, Wo))
+    M = M.reshape(a, a, G, N, th, tw, Kg)
+    yl = np.empty((N, m * th, m * tw, K), _f)
+    yv = _tile_view(yl, G, (th, tw), m, m)
     b = None if bias is None else bias.reshape(G, 1, 1, 1, Kg)
 
-    def at(m, o):
-        np.add(m[0], m[1], out=o[0])
-        o[0] += m[2]
-        np.subtract(m[1], m[2], out=o[1])
-        o[1] -= m[3]
-
     def part(lo, hi):
-        s = np.empty((2, 4, G, hi - lo, th, tw, Kg), _f)
-        at(M[:, :, :, lo:hi], s)
-        o = [yv[:, r, :, lo:hi] for r in range(2)]
-        at([s[:, c] for c in range(4)], o)
+        yv[:, :, :, lo:hi] = _transform2d(tiling.AT32, M[:, :, :, lo:hi])
         if b is not None:
             yv[:, :, :, lo:hi] += b
         y[lo:hi] = yl[lo:hi, :Ho, :Wo].transpose(0, 3, 1, 2)
-    _over_images(N, 16 * th * tw * K, part)
+    _over_images(N, tiling.points * th * tw * K, part)
     return y
 
 
-def grad_output_transform(dy, group):
-    """D = A dy_tile A^T: dy (N, K, Ho, Wo) -> (16, G, N*th*tw, K/G) (zeros past the edge)."""
+def grad_output_transform(dy, group, tiling=F2):
+    """D = A dy_tile A^T: dy (N, K, Ho, Wo) -> (alpha^2, G, N*th*tw, K/G) (zeros
+    past the edge)."""
     N, K, Ho, Wo = dy.shape
-    th, tw = tiles((Ho, Wo))
-    g = _tile_view(_channels_last(dy, (2 * th, 2 * tw)), group, (th, tw))[:2, :2]
+    m, a = tiling.m, tiling.alpha
+    th, tw = tiling.tiles((Ho, Wo))
+    g = _tile_view(_channels_last(dy, (m * th, m * tw)), group, (th, tw), m, m)
     Kg = K // group
-    D = np.empty((4, 4, group, N, th, tw, Kg), _f)
-
-    def a(m, o):       # o = A m along the first axis (A: 4x2)
-        np.copyto(o[0], m[0])
-        np.add(m[0], m[1], out=o[1])
-        np.subtract(m[0], m[1], out=o[2])
-        np.negative(m[1], out=o[3])
+    D = np.empty((a, a, group, N, th, tw, Kg), _f)
 
     def part(lo, hi):
-        t = np.empty((4, 2, group, hi - lo, th, tw, Kg), _f)
-        a(g[:, :, :, lo:hi], t)
-        a([t[:, s] for s in range(2)], [D[:, c, :, lo:hi] for c in range(4)])
-    _over_images(N, 16 * th * tw * K, part)
-    return D.reshape(16, group, N * th * tw, Kg)
+        D[:, :, :, lo:hi] = _transform2d(tiling.A32, g[:, :, :, lo:hi])
+    _over_images(N, tiling.points * th * tw * K, part)
+    return D.reshape(tiling.points, group, N * th * tw, Kg)
 
 
-def input_transform_adjoint(dV, pad, out_sp, dx):
-    """dx = the adjoint of input_transform applied to dV (16, G, N*th*tw, C/G):
+def input_transform_adjoint(dV, pad, out_sp, dx, tiling=F2):
+    """dx = the adjoint of input_transform applied to dV (alpha^2, G, N*th*tw, C/G):
     dd = B dV B^T per patch, overlapping patches summed, padding cropped."""
     N, C, H, W = dx.shape
     _, G, _, Cg = dV.shape
-    th, tw = tiles(out_sp)
+    m, a = tiling.m, tiling.alpha
+    th, tw = tiling.tiles(out_sp)
     ph, pw = pad
-    dV = dV.reshape(4, 4, G, N, th, tw, Cg)
-    xp = np.zeros((N, 2 * th + 2, 2 * tw + 2, C), _f)
-    # blocks[r, s, g, n, i, j, c] = xp[n, 2i + r, 2j + s, g C/G + c], i < th + 1
-    blocks = _tile_view(xp, G, (th + 1, tw + 1))[:2, :2]
-
-    def b(m, o):       # o = B m along the first axis (adjoint of _btd)
-        np.copyto(o[0], m[0])
-        np.subtract(m[1], m[2], out=o[1])
-        o[1] += m[3]
-        np.add(m[1], m[2], out=o[2])
-        o[2] -= m[0]
-        np.negative(m[3], out=o[3])
+    dV = dV.reshape(a, a, G, N, th, tw, Cg)
+    xp = np.zeros((N, m * (th + 1), m * (tw + 1), C), _f)
+    # blocks[r, s, g, n, i, j, c] = xp[n, m i + r, m j + s, g C/G + c], i < th + 1
+    blocks = _tile_view(xp, G, (th + 1, tw + 1), m, m)
+    # patch row u = m q + r lands in block row i + q, r < m (likewise columns)
+    spans = [(q, min(m, a - m * q)) for q in range((a + m - 1) // m)]
 
     def part(lo, hi):
-        t = np.empty((4, 4, G, hi - lo, th, tw, Cg), _f)
-        b(dV[:, :, :, lo:hi], t)
-        dd = np.empty_like(t)
-        b([t[:, v] for v in range(4)], [dd[:, u] for u in range(4)])
-        # patch row u = 2 qa + r lands in block row i + qa (likewise columns)
-        for qa in (0, 1):
-            for qb in (0, 1):
-                blocks[:, :, :, lo:hi, qa:qa + th, qb:qb + tw] += \
-                    dd[2 * qa:2 * qa + 2, 2 * qb:2 * qb + 2]
+        dd = _transform2d(tiling.B32, dV[:, :, :, lo:hi])
+        for qa, ra in spans:
+            for qb, rb in spans:
+                blocks[:ra, :rb, :, lo:hi, qa:qa + th, qb:qb + tw] += \
+                    dd[m * qa:m * qa + ra, m * qb:m * qb + rb]
         dx[lo:hi] = xp[lo:hi, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2)
-    _over_images(N, 16 * th * tw * C, part)
+    _over_images(N, tiling.points * th * tw * C, part)
     return dx
 
 
-def forward(x, U, pad, out_sp, y, bias=None, V=None):
-    """y = conv(x, g) (+ bias) with U = transform_weights(g); returns V (kept
-    for the weight gradient).  x (N, C, H, W), y (N, K, Ho, Wo)."""
+def forward(x, U, pad, out_sp, y, bias=None, V=None, tiling=F2):
+    """y = conv(x, g) (+ bias) with U = transform_weights(g, G, tiling); returns V
+    (kept for the weight gradient).  x (N, C, H, W), y (N, K, Ho, Wo)."""
     _, G, Cg, Kg = U.shape
-    V = input_transform(x, pad, out_sp, G, out=V)
-    M = np.empty(V.shape[:3] + (Kg,), _f)            # (16, G, tiles, Kg)
-    _point_gemms(G, lambda t, g: np.dot(V[t, g], U[t, g], out=M[t, g]))
-    output_transform(M, y, bias)
+    V = input_transform(x, pad, out_sp, G, out=V, tiling=tiling)
+    M = np.empty(V.shape[:3] + (Kg,), _f)            # (alpha^2, G, tiles, Kg)
+    _point_gemms(tiling, G, lambda t, g: np.dot(V[t, g], U[t, g], out=M[t, g]))
+    output_transform(M, y, bias, tiling=tiling)
     return V
 
 
-def _point_gemms(G, fn):
-    """fn(t, g) for the 16 points and G groups, spread over minicaffe's threads
-    (each product whole on one thread with the one-thread BLAS: the same
+def _point_gemms(tiling, G, fn):
+    """fn(t, g) for the alpha^2 points and G groups, spread over minicaffe's
+    threads (each product whole on one thread with the one-thread BLAS: the same
     numbers whatever the thread count)."""
-    run_chunks(16 * G, lambda i: fn(i // G, i % G))
+    run_chunks(tiling.points * G, lambda i: fn(i // G, i % G))
 
 
-def backward(dy, U, V, pad, dx=None, du=None):
+def backward(dy, U, V, pad, dx=None, du=None, tiling=F2):
     """Gradients of forward: dx (written into dx, if given) and du += dU (the
-    16-point weight gradient, if du is given; turn it into dg with
+    per-point weight gradient, if du is given; turn it into dg with
     weight_gradient_from).  V is forward's input transform of x."""
     _, G, Cg, Kg = U.shape
-    D = grad_output_transform(dy, G)
+    D = grad_output_transform(dy, G, tiling=tiling)
     if du is not None:
-        _point_gemms(G, lambda t, g: gemm_accumulate(V[t, g], D[t, g], du[t, g], trans_a=True))
+        _point_gemms(tiling, G, lambda t, g: gemm_accumulate(V[t, g], D[t, g], du[t, g],
+                                                             trans_a=True))
     if dx is not None:
         dV = np.empty(D.shape[:3] + (Cg,), _f)
-        _point_gemms(G, lambda t, g: np.dot(D[t, g], U[t, g].T, out=dV[t, g]))
-        input_transform_adjoint(dV, pad, dy.shape[2:], dx)
+        _point_gemms(tiling, G, lambda t, g: np.dot(D[t, g], U[t, g].T, out=dV[t, g]))
+        input_transform_adjoint(dV, pad, dy.shape[2:], dx, tiling=tiling)
     return dx

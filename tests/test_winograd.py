@@ -1,4 +1,5 @@
-"""Winograd F(2x2,3x3) (minicaffe/winograd.py) and the Convolution engine switch.
+"""Winograd F(2x2,3x3) and F(4x4,3x3) (minicaffe/winograd.py) and the Convolution
+engine switch.
 
 The module is checked against a float64 direct convolution and its exact
 gradients over a sweep of geometries (odd and even maps, pad 0-2 per axis,
@@ -63,31 +64,86 @@ def _close(ours, want, rtol=1e-5):
     assert err <= rtol * 10 * scale, err
 
 
+TILINGS = pytest.mark.parametrize('tiling', [winograd.F2, winograd.F4], ids=repr)
+
+
+@TILINGS
 @pytest.mark.parametrize('geom', GEOMETRIES, ids=[str(g) for g in GEOMETRIES])
-def test_module_matches_direct_convolution_and_its_gradients(geom):
+def test_module_matches_direct_convolution_and_its_gradients(geom, tiling):
     N, C, H, W, K, G, pad = geom
     x, w = _rand((N, C, H, W), 1), _rand((K, C // G, 3, 3), 2)
     bias = _rand((K,), 3)
     out_sp = (H + 2 * pad[0] - 2, W + 2 * pad[1] - 2)
-    U = winograd.transform_weights(w, G)
+    U = winograd.transform_weights(w, G, tiling)
     y = np.empty((N, K) + out_sp, np.float32)
-    V = winograd.forward(x, U, pad, out_sp, y, bias)
+    V = winograd.forward(x, U, pad, out_sp, y, bias, tiling=tiling)
     _close(y, _direct(x, w, pad, G) + bias[None, :, None, None])
     dy = _rand(y.shape, 4)
     dx = np.full(x.shape, np.nan, np.float32)     # overwritten everywhere
     du = np.zeros_like(U)
-    winograd.backward(dy, U, V, pad, dx=dx, du=du)
+    winograd.backward(dy, U, V, pad, dx=dx, du=du, tiling=tiling)
     want_dx, want_dw = _direct_grads(x, w, pad, G, dy)
     _close(dx, want_dx)
-    _close(winograd.weight_gradient_from(du), want_dw)
+    _close(winograd.weight_gradient_from(du, tiling), want_dw)
 
 
-def test_weight_transform_round_trip_is_the_adjoint():
+# CaffeNet's conv3 and conv5 (batch 2) and a wide 27x27 map: F(4x4)'s rounding
+# errors grow with the channels summed; measured (max |err| / max |y|, forward /
+# data gradient / weight gradient): F(2x2) ~6e-7 / 3e-7 / 4e-7, F(4x4) ~1.5e-5 /
+# 3e-6 / 3e-6 on conv3 -- both far inside the conformance tolerance, 1e-4 of the
+# largest value (tests/conformance.py).
+@TILINGS
+@pytest.mark.parametrize('geom', [(2, 256, 13, 13, 48, 1, (1, 1)),
+                                  (2, 384, 13, 13, 32, 2, (1, 1)),
+                                  (1, 96, 27, 27, 32, 1, (1, 1))], ids=str)
+def test_error_on_caffenet_shapes_is_inside_the_conformance_tolerance(geom, tiling):
+    N, C, H, W, K, G, pad = geom
+    r = np.random.default_rng(7)      # CaffeNet-like scales: ReLU inputs, small weights
+    x = np.maximum(r.standard_normal((N, C, H, W)), 0).astype(np.float32)
+    w = (0.01 * r.standard_normal((K, C // G, 3, 3))).astype(np.float32)
+    out_sp = (H + 2 * pad[0] - 2, W + 2 * pad[1] - 2)
+    U = winograd.transform_weights(w, G, tiling)
+    y = np.empty((N, K) + out_sp, np.float32)
+    V = winograd.forward(x, U, pad, out_sp, y, tiling=tiling)
+    dy = _rand(y.shape, 4)
+    dx, du = np.empty_like(x), np.zeros_like(U)
+    winograd.backward(dy, U, V, pad, dx=dx, du=du, tiling=tiling)
+    want_dx, want_dw = _direct_grads(x, w, pad, G, dy)
+    bound = 5e-6 if tiling is winograd.F2 else 5e-5      # vs the tolerance's 1e-4
+    for ours, want in ((y, _direct(x, w, pad, G)), (dx, want_dx),
+                       (winograd.weight_gradient_from(du, tiling), want_dw)):
+        assert float(np.abs(ours - want).max()) <= bound * float(np.abs(want).max())
+
+
+@TILINGS
+def test_weight_transform_round_trip_is_the_adjoint(tiling):
     """<G g G^T, d> = <g, G^T d G>: weight_gradient_from is transform_weights' adjoint."""
-    w, d = _rand((6, 4, 3, 3), 5), _rand((16, 2, 4, 3), 6)
-    lhs = float((winograd.transform_weights(w, 2).astype(np.float64) * d).sum())
-    rhs = float((w.astype(np.float64) * winograd.weight_gradient_from(d)).sum())
+    w, d = _rand((6, 4, 3, 3), 5), _rand((tiling.points, 2, 4, 3), 6)
+    lhs = float((winograd.transform_weights(w, 2, tiling).astype(np.float64) * d).sum())
+    rhs = float((w.astype(np.float64) * winograd.weight_gradient_from(d, tiling)).sum())
     assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(lhs))
+
+
+def test_tiling_matrices_are_winograds_algorithm():
+    """A^T [(G g) * (B^T d)] = the valid correlation of d (alpha) with g (3), in
+    one dimension, exactly (float64): the matrices are a minimal filtering
+    algorithm F(m, 3)."""
+    r = np.random.default_rng(3)
+    for tiling in (winograd.F2, winograd.F4):
+        d, g = r.standard_normal(tiling.alpha), r.standard_normal(3)
+        want = np.correlate(d, g, mode='valid')
+        got = tiling.AT @ ((tiling.G @ g) * (tiling.BT @ d))
+        assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('out_sp,m', [((13, 13), 4), ((27, 27), 4), ((6, 6), 2), ((2, 2), 2),
+                                      ((4, 5), 4), ((3, 3), 4), ((5, 5), 2)])
+def test_default_tiling_by_the_multiplies_saved(monkeypatch, out_sp, m):
+    monkeypatch.setattr(winograd, 'FORCE', None)
+    assert winograd.choose_tiling(out_sp).m == m
+    for force, want in (('winograd2', 2), ('winograd4', 4)):
+        monkeypatch.setattr(winograd, 'FORCE', force)
+        assert winograd.choose_tiling(out_sp).m == want
 
 
 @pytest.mark.parametrize('kernel,stride,dilation,pad,ok', [
@@ -130,6 +186,9 @@ def test_default_engine_picks_winograd_by_shape(monkeypatch):
 
 @pytest.mark.parametrize('force,param,expect', [
     ('winograd', 'num_output: 4 kernel_size: 3 pad: 1', True),
+    ('winograd2', 'num_output: 4 kernel_size: 3 pad: 1', True),
+    ('winograd4', 'num_output: 4 kernel_size: 3 pad: 1', True),
+    ('winograd4', 'num_output: 4 kernel_size: 3 pad: 1 engine: CAFFE', False),
     ('winograd', 'num_output: 4 kernel_size: 3 pad: 1 engine: CAFFE', False),
     ('winograd', 'num_output: 4 kernel_size: 3 stride: 2', False),
     ('caffe', CAFFENET_CONV3, False),
@@ -143,7 +202,9 @@ def test_forced_engine(monkeypatch, force, param, expect):
 def _run(monkeypatch, force, param, shapes, phase, propagate=True, dy_seed=20):
     monkeypatch.setattr(winograd, 'FORCE', force)
     layer, bottom, top = _conv(param, shapes, phase)
-    assert layer.winograd == (force == 'winograd')
+    assert layer.winograd == force.startswith('winograd')
+    if force[-1] in '24':
+        assert layer.tiling.m == int(force[-1])
     for i, p in enumerate(layer.blobs):
         p.data[...] = _rand(p.shape, 30 + i)
     layer.forward(bottom, top)
@@ -156,43 +217,51 @@ def _run(monkeypatch, force, param, shapes, phase, propagate=True, dy_seed=20):
             [p.diff.copy() for p in layer.blobs])
 
 
+@pytest.mark.parametrize('force', ['winograd2', 'winograd4'])
 @pytest.mark.parametrize('phase', ['TRAIN', 'TEST'])
 @pytest.mark.parametrize('param,shapes', [
     ('num_output: 6 kernel_size: 3 pad: 1 group: 2', [(3, 4, 9, 8), (3, 4, 9, 8)]),
     ('num_output: 5 kernel_h: 3 kernel_w: 3 pad_h: 2 pad_w: 0', [(2, 3, 5, 7)]),
     ('num_output: 4 kernel_size: 3 bias_term: false', [(2, 2, 6, 5)]),
 ])
-def test_layer_matches_im2col_engine(monkeypatch, phase, param, shapes):
+def test_layer_matches_im2col_engine(monkeypatch, phase, param, shapes, force):
     ref = _run(monkeypatch, 'caffe', param, shapes, phase)
-    ours = _run(monkeypatch, 'winograd', param, shapes, phase)
+    ours = _run(monkeypatch, force, param, shapes, phase)
     for a, b in zip(ours, ref):
         for o, r in zip(a, b):
             _close(o, r)
 
 
-def test_layer_weights_only_backward(monkeypatch):
+@pytest.mark.parametrize('force', ['winograd2', 'winograd4'])
+def test_layer_weights_only_backward(monkeypatch, force):
     """propagate_down false: the weight gradient alone (input transforms recomputed
     in TEST phase, where forward keeps none)."""
     param, shapes = 'num_output: 4 kernel_size: 3 pad: 1', [(2, 3, 6, 6)]
     ref = _run(monkeypatch, 'caffe', param, shapes, 'TEST', propagate=False)
-    ours = _run(monkeypatch, 'winograd', param, shapes, 'TEST', propagate=False)
+    ours = _run(monkeypatch, force, param, shapes, 'TEST', propagate=False)
     for o, r in zip(ours[2], ref[2]):
         _close(o, r)
 
 
+# F(4x4)'s forward rounds ~5x more coarsely (see above), too much for float32
+# central differences with Caffe's step 1e-2; the convolution is linear in each
+# input and weight, so a 10x larger step estimates the same derivative with 10x
+# less rounding noise.
+@pytest.mark.parametrize('force,stepsize', [('winograd2', 1e-2), ('winograd4', 1e-1)])
 @pytest.mark.parametrize('param,shape', [
     ('kernel_size: 3 pad: 1 num_output: 2', (2, 3, 5, 4)),
     ('kernel_size: 3 pad: 1 pad: 2 group: 2 num_output: 4', (1, 4, 4, 5)),
 ])
-def test_gradient_check_under_winograd(monkeypatch, param, shape):
-    monkeypatch.setattr(winograd, 'FORCE', 'winograd')
+def test_gradient_check_under_winograd(monkeypatch, param, shape, force, stepsize):
+    monkeypatch.setattr(winograd, 'FORCE', force)
     layer, bottom, top = _conv(param, [shape])
-    assert layer.winograd
-    gradcheck.GradientChecker(stepsize=1e-2, threshold=1e-3).check_gradient_exhaustive(
+    assert layer.winograd and layer.tiling.m == int(force[-1])
+    gradcheck.GradientChecker(stepsize=stepsize, threshold=1e-3).check_gradient_exhaustive(
         layer, bottom, top)
 
 
-def test_results_do_not_depend_on_the_thread_count(monkeypatch):
+@pytest.mark.parametrize('force', ['winograd2', 'winograd4'])
+def test_results_do_not_depend_on_the_thread_count(monkeypatch, force):
     monkeypatch.setattr(threads, 'PARALLEL_MIN_ELEMS', 0)
     monkeypatch.setattr(threads, 'PARALLEL_CHUNK_ELEMS', 1)  # the most chunks
     param, shapes = 'num_output: 8 kernel_size: 3 pad: 1 group: 2', [(5, 6, 7, 9)]
@@ -201,7 +270,7 @@ def test_results_do_not_depend_on_the_thread_count(monkeypatch):
     try:
         for n in (1, 3):
             threads.set_num_threads(n)
-            runs.append(_run(monkeypatch, 'winograd', param, shapes, 'TRAIN'))
+            runs.append(_run(monkeypatch, force, param, shapes, 'TRAIN'))
     finally:
         threads.set_num_threads(before)
     for a, b in zip(*runs):

@@ -273,24 +273,26 @@ class BaseConvolutionLayer(Layer):
         budget = COL_CACHE_CHUNK_BYTES if self.per_image else COL_CHUNK_BYTES
         self.chunk = max(1, budget // max(self.col_bytes, 1))
         self.winograd = not self.reverse and self._use_winograd()
-        self.winograd_backward = self.winograd and (winograd.FORCE == 'winograd'
+        self.winograd_backward = self.winograd and (winograd.FORCE in ('winograd', 'winograd2', 'winograd4')
                                                     or winograd.DEFAULT_BACKWARD)
+        self.tiling = winograd.choose_tiling(self.conv_out_sp) if self.winograd else None
         if self.winograd:
-            th, tw = winograd.tiles(self.conv_out_sp)
-            self.chunk = max(1, COL_CHUNK_BYTES // (16 * self.channels * th * tw * 4))
+            self.chunk = max(1, COL_CHUNK_BYTES // (
+                winograd.tile_points(self.tiling, self.conv_out_sp) * self.channels * 4))
 
     def _use_winograd(self):
         """The algorithm, from ConvolutionParameter.engine: CAFFE is im2col + GEMM
         (Caffe's own sums); DEFAULT (and CUDNN, which has no CPU meaning) takes
-        Winograd F(2x2,3x3) where the geometry allows and the shape favours it.
-        winograd.FORCE ('winograd' / 'caffe', MINICAFFE_CONV_ENGINE) overrides
+        Winograd where the geometry allows and the shape favours it, F(4x4,3x3)
+        or F(2x2,3x3) (winograd.choose_tiling).  winograd.FORCE ('winograd',
+        'winograd2', 'winograd4' / 'caffe', MINICAFFE_CONV_ENGINE) overrides
         DEFAULT's choice by shape."""
         cp = self.layer_param.convolution_param
         if cp.engine == pb.ConvolutionParameter.CAFFE or not winograd.applicable(
                 self.kernel, self.stride, self.dilation, self.pad):
             return False
-        if winograd.FORCE in ('winograd', 'caffe'):
-            return winograd.FORCE == 'winograd'
+        if winograd.FORCE in winograd.FORCE_VALUES:
+            return winograd.FORCE != 'caffe'
         return winograd.prefer_winograd(self.channels // self.group,
                                         self.num_output // self.group, self.conv_out_sp)
 
@@ -552,7 +554,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
               W (num_output, C/group, *k), b (num_output,)
     Several bottoms give as many tops, all with the same weights.
     Algorithm (``engine``, see _use_winograd): im2col + GEMM as above, or for 3x3
-    stride-1 kernels Winograd F(2x2,3x3) (minicaffe/winograd.py, same products).
+    stride-1 kernels Winograd F(2x2,3x3) or F(4x4,3x3) (minicaffe/winograd.py,
+    same products).
     """
 
     def compute_output_shape(self, in_sp):
@@ -652,12 +655,12 @@ class ConvolutionLayer(BaseConvolutionLayer):
         return self._im2col_images(x[b0:b1]) if self.per_image else self._im2col(x[b0:b1])
 
     def _forward_winograd(self, bottom, top):
-        """Forward by Winograd F(2x2,3x3) (minicaffe/winograd.py), a chunk of
+        """Forward by Winograd (minicaffe/winograd.py, self.tiling), a chunk of
         images at a time; in TRAIN phase the input transforms are kept for the
         weight gradient when one chunk covers the batch and backward runs by
         Winograd too (winograd_backward; else backward is im2col + GEMM, which
         rebuilds its columns: self._cols stays empty)."""
-        U = winograd.transform_weights(self.blobs[0].data, self.group)
+        U = winograd.transform_weights(self.blobs[0].data, self.group, self.tiling)
         bias = self.blobs[1].data if self.bias_term else None
         keep = self.phase == pb.TRAIN and self.chunk >= self.num and self.winograd_backward
         self._cols = {}
@@ -665,11 +668,11 @@ class ConvolutionLayer(BaseConvolutionLayer):
             x, y = self._batched(b.data), self._batched(t.data)
             for b0, b1 in self._chunks():
                 store = self._col_store.get(('winograd', i)) if keep else None
-                if store is not None and store.size != 16 * self.channels * _prod(
-                        winograd.tiles(self.conv_out_sp)) * self.num:
+                if store is not None and store.size != self.channels * self.num * \
+                        winograd.tile_points(self.tiling, self.conv_out_sp):
                     store = None
                 V = winograd.forward(x[b0:b1], U, self.pad, self.conv_out_sp,
-                                     y[b0:b1], bias, V=store)
+                                     y[b0:b1], bias, V=store, tiling=self.tiling)
                 if keep:
                     self._col_store[('winograd', i)] = V
                     self._cols[i] = (b.data, V)
@@ -678,7 +681,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         """The exact adjoints of _forward_winograd: data and weight gradients."""
         self._bias_backward(top)
         need_w = self.param_propagate_down[0]
-        U = winograd.transform_weights(self.blobs[0].data, self.group)
+        U = winograd.transform_weights(self.blobs[0].data, self.group, self.tiling)
         du = np.zeros_like(U) if need_w else None
         for i, (b, t) in enumerate(zip(bottom, top)):
             if not (need_w or propagate_down[i]):
@@ -691,13 +694,14 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     V = cached[1]
                 elif need_w:
                     V = winograd.input_transform(x[b0:b1], self.pad, self.conv_out_sp,
-                                                 self.group)
+                                                 self.group, tiling=self.tiling)
                 else:
                     V = None
                 winograd.backward(dy[b0:b1], U, V, self.pad,
-                                  dx=None if dx is None else dx[b0:b1], du=du)
+                                  dx=None if dx is None else dx[b0:b1], du=du,
+                                  tiling=self.tiling)
         if need_w:
-            self.blobs[0].diff += winograd.weight_gradient_from(du)
+            self.blobs[0].diff += winograd.weight_gradient_from(du, self.tiling)
         self._cols = {}
 
     def backward(self, top, propagate_down, bottom):
