@@ -30,9 +30,10 @@ def _has_convolution(case):
 
 
 # Cases with a Convolution run under each algorithm: DEFAULT's choice by shape,
-# Caffe's im2col + GEMM forced, and Winograd F(2x2,3x3) forced wherever the
-# geometry allows (minicaffe/winograd.py; winograd.FORCE as MINICAFFE_CONV_ENGINE).
-ENGINES = (None, 'caffe', 'winograd')
+# Caffe's im2col + GEMM forced, and Winograd F(2x2,3x3) and F(4x4,3x3) forced
+# wherever the geometry allows (minicaffe/winograd.py; winograd.FORCE as
+# MINICAFFE_CONV_ENGINE).
+ENGINES = (None, 'caffe', 'winograd2', 'winograd4')
 
 
 def _engine_cases(cases):
@@ -50,7 +51,7 @@ def conv_engine(monkeypatch):
 def _check(case, engine, conv_engine):
     conv_engine(engine)
     problems = run_case(case)
-    if engine == 'winograd' and case.name in ILL_CONDITIONED:
+    if engine and engine.startswith('winograd') and case.name in ILL_CONDITIONED:
         # Winograd's rounding differs from Caffe's im2col sums in the last bits;
         # through the saturated LSTM gate (see ILL_CONDITIONED) that grows past
         # the tolerance in some gradients only: every forward value must match.
@@ -68,10 +69,11 @@ def test_net_case(case, engine, conv_engine):
     _check(case, engine, conv_engine)
 
 
-def test_forced_winograd_reaches_the_conformance_cases(conv_engine):
-    """The forced-Winograd runs above do run Winograd: a plain and the LRCN
-    nets' grouped 3x3 convolutions take it."""
-    conv_engine('winograd')
+@pytest.mark.parametrize('engine,m', [('winograd2', 2), ('winograd4', 4)])
+def test_forced_winograd_reaches_the_conformance_cases(conv_engine, engine, m):
+    """The forced-Winograd runs above do run Winograd, with the forced tile: a
+    plain and the LRCN nets' grouped 3x3 convolutions take it."""
+    conv_engine(engine)
     seen = {}
     for name in ('layers/conv_basic', 'nets/net_lrcn_activity_lstm'):
         case = CONFORMANCE / name
@@ -79,7 +81,7 @@ def test_forced_winograd_reaches_the_conformance_cases(conv_engine):
         net = caffe.Net(str(case / 'net.prototxt'), caffe.TRAIN if ref.attrs['phase'] == 'TRAIN'
                         else caffe.TEST, stages=json.loads(ref.attrs.get('stages', '[]')))
         seen[name] = [(layer.name, layer.group) for layer in net.layers
-                      if getattr(layer, 'winograd', False)]
+                      if getattr(layer, 'winograd', False) and layer.tiling.m == m]
     assert seen['layers/conv_basic'] == [('conv', 1)]
     assert ('conv4', 2) in seen['nets/net_lrcn_activity_lstm']
 
