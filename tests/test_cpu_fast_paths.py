@@ -90,6 +90,31 @@ def test_convolution_paths_match_a_direct_convolution(spec, shape, per_image, in
         assert np.sum(diff * d) == pytest.approx(numeric, rel=1e-3, abs=1e-3)
 
 
+@pytest.mark.parametrize('spec,shape', [
+    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12)),                  # LeNet's conv2
+    ('num_output: 6 kernel_size: 3 pad: 1 group: 2 stride: 2', (3, 8, 9, 7)),
+    ('num_output: 4 kernel_h: 2 kernel_w: 3 dilation: 2', (5, 3, 9, 10))])
+@pytest.mark.parametrize('threads_', [1, 3])
+def test_blocked_data_gradient_equals_the_whole_column_matrix_route(spec, shape, threads_,
+                                                                     set_threads, monkeypatch):
+    """_data_gradient_inner (columns a few channels at a time, summed while in
+    cache) gives the bits of col2im over the whole product W^T dY, for blocks
+    of one channel up to all of them and any thread count."""
+    layer, bottom, top = _conv(spec, shape)
+    layer.reshape(bottom, top)
+    assert layer.batch_inner
+    set_threads(threads_, split_small=True)
+    W = layer.blobs[0].data.reshape(layer.group, -1, layer.kernel_dim)
+    dy = layer._to_gmp(np.random.default_rng(5).standard_normal(top[0].shape)
+                       .astype(np.float32), layer.num_output).copy()
+    B = shape[0]
+    want = layer._col2im(vision._group_gemm(W, dy, trans_a=True, blocks=B), B).copy()
+    for block_bytes in (1, 1 << 16, 1 << 30):
+        monkeypatch.setattr(vision, 'COL2IM_BLOCK_BYTES', block_bytes)
+        got = layer._data_gradient_inner(W, dy, B)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def test_per_image_forward_is_caffes_gemm_call_bit_for_bit():
     # Caffe: per image n and group g, row-major gemm W_g (M/G x K) @ col_n,g (K x P),
     # then the bias added in place.  Same call, same sums, same bits.

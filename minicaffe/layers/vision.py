@@ -34,6 +34,7 @@ from ..blob import DTYPE
 from ..protoio import pb
 from ..im2col import (_padding, col2im, conv_out_size, copy_split, deconv_out_size,
                       parallel_for, windows, workspace)
+from ..threads import run_chunks
 from .base import Layer, register_layer
 
 _f = DTYPE
@@ -46,6 +47,10 @@ COL_CACHE_CHUNK_BYTES = 16 << 20
 # (rebuilding them costs a pass as long as forward's im2col; the LRCN activity
 # net's conv1 columns, 32 frames of 227x227, are 232 MB).
 COL_CACHE_BYTES = 256 << 20
+# The data gradient of a batch_inner layer forms its columns in blocks of input
+# channels of about this many bytes, each summed into the image while in the
+# core's cache (its L2: 2 MB on the project's machine).
+COL2IM_BLOCK_BYTES = 1 << 20
 # On the GPU the columns of this many bytes of images are built at once.
 COL_GPU_BYTES = 1 << 30
 
@@ -727,13 +732,49 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 if need_w:
                     col = self._col_for(i, b, b0, b1, x)
                     _accumulate_outer(self._weight_diff(), dy, col)
-                if dx is not None:
+                if dx is not None and self.batch_inner:
+                    dx[b0:b1] = self._data_gradient_inner(W, dy, b1 - b0)
+                elif dx is not None:
                     # (the column workspace is free again: col was consumed above)
                     dcol = _group_gemm(W, dy, trans_a=True,
                                        out=workspace('col', (self.group, self.kernel_dim,
                                                              dy.shape[2])), blocks=b1 - b0)
                     dx[b0:b1] = self._col2im(dcol, b1 - b0)
         self._cols = {}
+
+    def _data_gradient_inner(self, W, dy, B):
+        """col2im(W_g^T @ dY_g) in the batch_inner layout, a few input channels at
+        a time: each block's columns (rows (c, kernel offset) of W_g^T @ dY_g) are
+        summed into the image while still in the core's cache, instead of writing
+        the whole column matrix (LeNet's conv2: 8 MB) and reading it back.  The
+        blocks depend only on the shapes and each product row is the one the
+        whole GEMM forms, so the numbers are those of _col2im_inner on the whole
+        product, on any number of threads.  Returns a view (B, C, *sp)."""
+        C, nsp, out = self.conv_in_channels, self.nsp, self.conv_out_sp
+        Cg, kk = C // self.group, _prod(self.kernel)
+        padding = self._inner_padding()
+        psize = tuple(n + l + r for n, (l, r) in zip(self.conv_in_sp, padding))
+        img = workspace('col2im', (C,) + psize + (B,))
+        pairs = [(tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n
+                        in zip(offs, self.dilation, self.stride, out)), offs)
+                 for offs in itertools.product(*[range(k) for k in self.kernel])]
+        step = max(1, COL2IM_BLOCK_BYTES // (kk * dy.shape[2] * 4))
+        blocks = [(g, c0, min(Cg, c0 + step)) for g in range(self.group)
+                  for c0 in range(0, Cg, step)]
+
+        def block(i):
+            g, c0, c1 = blocks[i]
+            dcol = workspace('dcol_block', ((c1 - c0) * kk, dy.shape[2]))
+            gemm(W[g][:, c0 * kk:c1 * kk], dy[g], dcol, trans_a=True)
+            c = dcol.reshape((c1 - c0,) + self.kernel + out + (B,))
+            im = img[g * Cg + c0:g * Cg + c1]
+            im.fill(0)
+            for dst, offs in pairs:
+                im[(slice(None),) + dst] += c[(slice(None),) + offs]
+        run_chunks(len(blocks), block)
+        inside = ((slice(None),) + tuple(slice(l, l + n) for n, (l, r)
+                                         in zip(self.conv_in_sp, padding)) + (slice(None),))
+        return img[inside].transpose((1 + nsp,) + tuple(range(1 + nsp)))
 
     def _backward_per_image(self, i, b, x, dy_all, dx, b0, b1, need_w, need_b, W):
         """Images b0:b1 of backward, one GEMM per image and group as Caffe does:
