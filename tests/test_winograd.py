@@ -9,7 +9,8 @@ and results independent of the worker-thread count."""
 import numpy as np
 import pytest
 
-from minicaffe import gradcheck, threads, winograd
+from minicaffe import gradcheck, threads, timing, winograd
+from minicaffe.errors import MinicaffeError
 from minicaffe.protoio import pb
 
 GEOMETRIES = [  # N, C, H, W, K, group, pad
@@ -309,3 +310,20 @@ def _run_default(monkeypatch, param, shapes):
     layer.backward(top, [True] * len(bottom), bottom)
     return ([t.data.copy() for t in top], [b.diff.copy() for b in bottom],
             [p.diff.copy() for p in layer.blobs])
+
+
+@pytest.mark.parametrize('force,backward,name', [
+    ('caffe', True, 'im2col'), ('winograd2', True, 'winoF2'), ('winograd4', True, 'winoF4'),
+    (None, False, 'winoF4-fwd')])
+def test_time_layers_names_the_algorithm_and_tile(monkeypatch, force, backward, name):
+    monkeypatch.setattr(winograd, 'FORCE', force)
+    monkeypatch.setattr(winograd, 'DEFAULT_BACKWARD', backward)
+    layer = _conv(CAFFENET_CONV3, [(1, 256, 13, 13)])[0]
+    assert timing.conv_algorithm(layer) == name
+
+
+def test_an_unknown_engine_override_is_refused(monkeypatch):
+    monkeypatch.setattr(winograd, 'FORCE', 'winograd3')
+    with pytest.raises(MinicaffeError, match='MINICAFFE_CONV_ENGINE must be one of winograd,'
+                       ' winograd2, winograd4, caffe'):
+        _conv(CAFFENET_CONV3, [(1, 256, 13, 13)])

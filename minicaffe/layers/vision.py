@@ -293,6 +293,9 @@ class BaseConvolutionLayer(Layer):
         'winograd2', 'winograd4' / 'caffe', MINICAFFE_CONV_ENGINE) overrides
         DEFAULT's choice by shape."""
         cp = self.layer_param.convolution_param
+        self.check(winograd.FORCE in (None,) + winograd.FORCE_VALUES,
+                   'MINICAFFE_CONV_ENGINE must be one of %s, got %r'
+                   % (', '.join(winograd.FORCE_VALUES), winograd.FORCE))
         if cp.engine == pb.ConvolutionParameter.CAFFE or not winograd.applicable(
                 self.kernel, self.stride, self.dilation, self.pad):
             return False
