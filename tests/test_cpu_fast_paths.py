@@ -115,6 +115,25 @@ def test_blocked_data_gradient_equals_the_whole_column_matrix_route(spec, shape,
         assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+@pytest.mark.parametrize('spec,shape', [
+    ('num_output: 20 kernel_size: 5', (64, 1, 28, 28)),                   # LeNet's conv1
+    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12)),                  # conv2 (batch_inner)
+    ('num_output: 6 kernel_size: 3 pad: 1 group: 2', (3, 4, 7, 7))])
+def test_batched_forward_adds_the_bias_in_the_transposing_copy_bit_for_bit(spec, shape):
+    """The bias is added while the product is copied into the top: the same
+    float32 sum as the product copied, then the bias added."""
+    layer, bottom, top = _conv(spec, shape)
+    layer.reshape(bottom, top)
+    assert not layer.per_image
+    layer.forward(bottom, top)
+    W = layer.blobs[0].data.reshape(layer.group, -1, layer.kernel_dim)
+    col = layer._im2col(bottom[0].data)
+    want = np.empty(top[0].shape, np.float32)
+    layer._from_gmp(vision._group_gemm(W, col, blocks=shape[0]), want)
+    want += layer.blobs[1].data[None, :, None, None]
+    assert np.array_equal(top[0].data.view(np.uint32), want.view(np.uint32))
+
+
 def test_per_image_forward_is_caffes_gemm_call_bit_for_bit():
     # Caffe: per image n and group g, row-major gemm W_g (M/G x K) @ col_n,g (K x P),
     # then the bias added in place.  Same call, same sums, same bits.

@@ -445,13 +445,25 @@ class BaseConvolutionLayer(Layer):
         t = copy_split(src, out=workspace(scratch, src.shape))
         return t.reshape(self.group, channels // self.group, -1)
 
-    def _from_gmp(self, m, dst):
-        """m: (G, M/G, B*P) -> written into dst viewed (B, M, P)."""
+    def _from_gmp(self, m, dst, bias=None):
+        """m: (G, M/G, B*P) -> written into dst viewed (B, M, P), plus bias (M,)
+        if given (added during the transposing copy: one pass over the top
+        instead of two, the same float32 sums), split over images across the
+        worker threads."""
         B, M = dst.shape[0], dst.shape[1]
         if self.batch_inner:
-            dst.reshape(B, M, -1)[...] = m.reshape(M, -1, B).transpose(2, 0, 1)
+            src = m.reshape(M, -1, B).transpose(2, 0, 1)
         else:
-            dst.reshape(B, M, -1)[...] = m.reshape(M, B, -1).transpose(1, 0, 2)
+            src = m.reshape(M, B, -1).transpose(1, 0, 2)
+        out = dst.reshape(B, M, -1)
+        b = None if bias is None else bias[None, :, None]
+
+        def part(lo, hi):
+            if b is None:
+                out[lo:hi] = src[lo:hi]
+            else:
+                np.add(src[lo:hi], b, out=out[lo:hi])
+        parallel_for(B, part, out.size)
 
     def _weights(self):
         return self.blobs[0].data.reshape(self.group, -1, self.kernel_dim)
@@ -595,11 +607,10 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     col = self._im2col(x[b0:b1], out=store)
                     y_g = _group_gemm(W, col, out=workspace('gemm', (G, Mg, col.shape[2])),
                                       blocks=b1 - b0)
-                    self._from_gmp(y_g, y[b0:b1])
+                    self._from_gmp(y_g, y[b0:b1],
+                                   self.blobs[1].data if self.bias_term else None)
             if store is not None:       # (G, K, B*P), or (B, G, K, P) per image
                 self._cols[i] = (b.data, store if self.per_image else col)
-            if not self.per_image:
-                self._add_bias(t.data)
 
     def _col_store_for(self, i):
         """In TRAIN phase, the array that keeps bottom i's columns for backward
