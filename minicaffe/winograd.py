@@ -4,8 +4,8 @@ weight gradient.  Written below for F(2x2); F(4x4) (the Tiling F4) is the same
 with 4x4 output tiles, 6x6 patches at (4i, 4j), 36 points and the 6x6 / 6x3 /
 4x6 matrices of Lavin & Gray (points 0, +-1, +-2): 36 multiplies per 16 outputs,
 4x fewer than im2col's, but less accurate (G has 1/6 and 1/24, A^T and B^T
-entries up to 8 and 5, so the rounding errors of the transforms grow about 10x;
-see tests/test_winograd.py for the measured errors).
+entries up to 8 and 5: the rounding errors grow 10-25x; see
+tests/test_winograd.py for the measured errors).
 
 The output is cut into 2x2 tiles; tile (i, j) reads the 4x4 input patch at
 (2i, 2j) of the zero-padded input.  With
@@ -111,8 +111,6 @@ F4 = Tiling(4,
                [1 / 24., 1 / 12., 1 / 6.], [1 / 24., -1 / 12., 1 / 6.], [0, 0, 1]],
             AT=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
                 [0, 1, -1, 8, -8, 1]])
-TILINGS = {2: F2, 4: F4}
-
 # MINICAFFE_CONV_ENGINE: 'winograd' uses Winograd wherever applicable (the tile
 # chosen by shape, choose_tiling), 'winograd2' / 'winograd4' with that tile,
 # 'caffe' never; unset, the DEFAULT engine picks by shape (prefer_winograd,
@@ -155,8 +153,10 @@ def tile_points(tiling, out_sp):
 
 # F(4x4) is taken where its GEMMs do at most this fraction of F(2x2)'s multiplies
 # (tiles that overhang the map waste some of its 2.25x fewer multiplies per output:
-# CaffeNet's 13x13 maps give 576 vs 784, 0.73); its transforms make about 1.5x
-# more memory passes per output.
+# CaffeNet's 13x13 maps give 576 vs 784, 0.73).  Its transforms (two small GEMMs
+# each, _transform2d) took about as long as F(2x2)'s on CaffeNet's conv3, and
+# benchmarks/bench_winograd.py had F(4x4) ahead on conv3-5 in most of three runs
+# on the loaded 2-core machine (README, CPU speed).
 F4_MAX_POINTS_RATIO = 0.8
 
 
@@ -170,10 +170,6 @@ def choose_tiling(out_sp):
     if tile_points(F4, out_sp) <= F4_MAX_POINTS_RATIO * tile_points(F2, out_sp):
         return F4
     return F2
-
-
-def tiles(out_sp, tiling=F2):
-    return tiling.tiles(out_sp)
 
 
 def transform_weights(w, group, tiling=F2):
