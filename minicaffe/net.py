@@ -805,7 +805,7 @@ class _Step(object):
     view_of), so an identity check of those arrays sees every such change --
     an input given a new shape, a top reshaped from outside, a Flatten bottom
     that now shares another blob's memory.  Other layers (data layers, Python
-    layers, recurrent nets) are reshaped before every forward, as in Caffe."""
+    layers, recurrent layers...) are reshaped before every forward, as in Caffe."""
     __slots__ = ('layer', 'bottom', 'top', 'blobs', 'arrays', 'empty')
 
     def __init__(self, net, lid):
