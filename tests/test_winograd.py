@@ -9,7 +9,8 @@ and results independent of the worker-thread count."""
 import numpy as np
 import pytest
 
-from minicaffe import gradcheck, threads, timing, winograd
+from minicaffe import gradcheck, threads, winograd
+from minicaffe.commands import timing
 from minicaffe.errors import MinicaffeError
 from minicaffe.protoio import pb
 
