@@ -103,6 +103,10 @@ def ref_pool_backward(dy, x_shape, method, mask, k, s, p, sizes):
             if mask[n, c, i, j] >= 0:
                 h, w = divmod(mask[n, c, i, j], W)
                 dx[n, c, h, w] += dy[n, c, i, j]
+            elif n * C + c > 0:
+                # Caffe's CPU loop adds at index -1 of the channel plane: the
+                # previous plane's last element (before the blob for plane 0).
+                dx.reshape(-1)[(n * C + c) * H * W - 1] += dy[n, c, i, j]
         else:
             hs, ws = i * sh - ph, j * sw - pw
             he, we = min(hs + kh, H + ph), min(ws + kw, W + pw)
@@ -391,6 +395,22 @@ def test_pooling_max_ignores_nan_and_minus_inf():
     np.testing.assert_array_equal(net.blobs['y'].data.ravel(), [1, -FLT_MAX, -FLT_MAX])
     np.testing.assert_array_equal(net.blobs['mask'].data.ravel(), [1, -1, -1])
     assert net.blobs['x'].diff.sum() == 1 and net.blobs['x'].diff[0, 0, 0, 1] == 1
+
+
+def test_pooling_max_window_without_winner_sends_its_gradient_where_caffe_cpu_does():
+    # stride 2 > kernel 1 on an even size: the last window starts past the input
+    # (Caffe keeps it without padding), gets -FLT_MAX and mask -1, and Caffe's CPU
+    # backward adds its gradient to the last element of the previous channel plane.
+    net = make_net(layer('Pooling', ['x'], ['y', 'mask'], 'pooling_param { pool: MAX'
+                         ' kernel_size: 1 stride: 2 }'), {'x': (1, 2, 1, 2)})
+    x = np.array([[[[5, 6]], [[7, 8]]]], np.float32)
+    dy = np.array([[[[1, 10]], [[100, 1000]]]], np.float32).reshape(1, 2, 1, 2)
+    run(net, {'x': x}, {'y': dy})
+    np.testing.assert_array_equal(net.blobs['y'].data.ravel(), [5, -FLT_MAX, 7, -FLT_MAX])
+    np.testing.assert_array_equal(net.blobs['mask'].data.ravel(), [0, -1, 0, -1])
+    # plane 0: 1 at (0, 0), its empty window's 10 is lost (Caffe writes before the
+    # blob); plane 1: 100 at (1, 0), its empty window's 1000 lands on plane 0's last.
+    np.testing.assert_array_equal(net.blobs['x'].diff.ravel(), [1, 1000, 100, 0])
 
 
 def test_pooling_global_max_and_ave():

@@ -209,22 +209,25 @@ def max_pool_backward(dy, idx, g):
     hw = g.H * g.W
     flat = idx.reshape(nch, -1).astype(np.intp)
     w = dy.reshape(nch, -1)
-    if not _overlapping(g):
+    bad = flat < 0
+    flat += (np.arange(nch, dtype=np.intp) * hw)[:, None]
+    if not _overlapping(g) and not bad.any():
         # Windows that do not overlap send at most one gradient to each input:
         # a scatter (0 + dy, as Caffe adds it: -0 becomes +0).
-        ok = flat >= 0
-        flat += (np.arange(nch, dtype=np.intp) * hw)[:, None]
         dx = np.zeros(nch * hw, _f)
-        if ok.all():
-            dx[flat.ravel()] = w.ravel() + _f(0)
-        else:
-            dx[flat[ok]] = w[ok] + _f(0)
+        dx[flat.ravel()] = w.ravel() + _f(0)
         return dx.reshape(lead + (g.H, g.W))
-    bad = flat < 0
-    if bad.any():                      # no winner: Caffe's index -1 -- nothing to route
-        flat = np.where(bad, 0, flat)
-        w = np.where(bad, 0, w)
-    flat += (np.arange(nch, dtype=np.intp) * hw)[:, None]
+    if bad.any():
+        # An empty window (one lying wholly in the padding, or past the input when
+        # a stride exceeds the kernel) has no winner: Caffe's mask is -1 and its CPU
+        # backward adds dy at index -1 of the channel plane, i.e. to the last input
+        # of the plane before it (an out-of-bounds write, dropped here for the very
+        # first plane; Caffe's GPU kernel drops them all: see backward_gpu).  The
+        # flat index computed above is already plane * hw - 1.
+        lost = flat < 0
+        if lost.any():
+            flat = np.where(lost, 0, flat)
+            w = np.where(lost, 0, w)
     dx = np.bincount(flat.ravel(), weights=w.ravel(), minlength=nch * hw)
     return dx.astype(_f).reshape(lead + (g.H, g.W))
 

@@ -1,0 +1,411 @@
+#!/usr/bin/env python
+"""Random nets, run by real Caffe and by minicaffe, compared number for number.
+
+    python tools/caffe_diff.py --caffe /path/to/caffe/build/tools/caffe --cases 50 --seed 1
+
+Each case is a random chain of layers (convolution, pooling, neurons, LRN,
+BatchNorm, Scale, MVN, two-branch Eltwise/Concat, InnerProduct, ...) with random
+parameters, fed by an HDF5Data layer and ending in a loss.  minicaffe fills the
+weights and writes them as a .caffemodel; then
+
+* **forward**: ``caffe test`` prints every element of the net's outputs (the loss
+  and the last feature blob); minicaffe's forward must match them;
+* **backward**: one SGD step with base_lr 1 and no momentum or decay, so that the
+  snapshot Caffe writes holds ``w - dL/dw`` for every parameter: minicaffe's
+  ``solver.step(1)`` must give the same weights.
+
+A case that differs is kept under ``--keep`` (net, solver, data, weights, both
+outputs) with a line naming the blob or parameter and the largest error.  Real
+Caffe is a reference tool, never a dependency: this script and its tests run only
+when a ``caffe`` binary is given (tests/test_caffe_diff.py reads
+``MINICAFFE_CAFFE_BIN``).  Exit status: 0 all cases agree, 1 some differ.
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Caffe prints scores with C++'s default 6 significant digits; our float32 results
+# are compared at that precision, plus an absolute floor for values near 0.
+PRINT_RTOL, PRINT_ATOL = 2e-5, 2e-5
+# Parameters after one step: float32 results of the same sums in other orders.
+STEP_RTOL, STEP_ATOL = 1e-4, 1e-5
+
+
+# ---------------------------------------------------------------- random nets
+class NetBuilder(object):
+    """Grows a random layer chain; shapes are checked by building it in minicaffe."""
+
+    def __init__(self, rs, batch, channels, height, width, classes):
+        self.rs = rs
+        self.classes = classes
+        self.data_shape = self.shape = (batch, channels, height, width)
+        self.layers = []            # prototxt text of each layer
+        self.top = 'data'
+        self.count = 0
+
+    def _name(self, kind):
+        self.count += 1
+        return '%s%d' % (kind.lower(), self.count)
+
+    def shapes(self, layers):
+        """Blob shapes of the net data -> layers (TEST phase), or None if it is invalid."""
+        import minicaffe as caffe
+        text = ('layer { name: "data" type: "Input" top: "data" input_param { shape { %s } } }\n'
+                % ' '.join('dim: %d' % d for d in self.data_shape)) + '\n'.join(layers)
+        with tempfile.NamedTemporaryFile('w', suffix='.prototxt', delete=False) as f:
+            f.write(text)
+        try:
+            net = caffe.Net(f.name, caffe.TEST)
+            return {k: tuple(b.data.shape) for k, b in net.blobs.items()}
+        except Exception:
+            return None
+        finally:
+            os.unlink(f.name)
+
+    def try_add(self, texts, top):
+        shapes = self.shapes(self.layers + texts)
+        if shapes is None or any(0 in s for s in shapes.values()) or np.prod(shapes[top]) > 20000:
+            return False
+        self.layers += texts
+        self.top = top
+        self.shape = shapes[top]
+        return True
+
+    # -- layer makers: each returns (texts, top) for the current top
+    def conv(self, kind='Convolution'):
+        rs, c = self.rs, self.shape[1]
+        group = int(rs.choice([g for g in (1, 2, 3) if c % g == 0]))
+        num_output = group * int(rs.randint(1, 5))
+        k = int(rs.randint(1, 5))
+        dilation = int(rs.choice([1, 1, 2]))
+        params = ['num_output: %d' % num_output, 'kernel_size: %d' % k,
+                  'stride: %d' % rs.randint(1, 3), 'pad: %d' % rs.randint(0, 3),
+                  'dilation: %d' % dilation, 'group: %d' % group,
+                  'weight_filler { type: "gaussian" std: 0.3 }',
+                  'bias_filler { type: "uniform" min: -0.5 max: 0.5 }']
+        if rs.rand() < 0.2:
+            params.append('bias_term: false')
+        if kind == 'Convolution' and rs.rand() < 0.3:
+            params.append('engine: CAFFE')
+        name = self._name(kind)
+        return (['layer { name: "%s" type: "%s" bottom: "%s" top: "%s" convolution_param { %s } }'
+                 % (name, kind, self.top, name, ' '.join(params))], name)
+
+    def pool(self):
+        rs = self.rs
+        k = int(rs.randint(1, 4))
+        params = ['pool: %s' % rs.choice(['MAX', 'AVE']), 'kernel_size: %d' % k,
+                  'stride: %d' % rs.randint(1, 3), 'pad: %d' % rs.randint(0, k)]
+        if rs.rand() < 0.15:
+            params = ['pool: %s' % rs.choice(['MAX', 'AVE']), 'global_pooling: true']
+        name = self._name('pool')
+        return (['layer { name: "%s" type: "Pooling" bottom: "%s" top: "%s" pooling_param { %s } }'
+                 % (name, self.top, name, ' '.join(params))], name)
+
+    def neuron(self):
+        rs = self.rs
+        kind = rs.choice(['ReLU', 'ReLU', 'PReLU', 'ELU', 'Sigmoid', 'TanH', 'AbsVal', 'BNLL',
+                          'Power', 'Swish', 'Clip', 'Exp'])
+        extra = ''
+        if kind == 'ReLU' and rs.rand() < 0.5:
+            extra = 'relu_param { negative_slope: %g }' % round(rs.uniform(0.01, 0.5), 3)
+        elif kind == 'PReLU':
+            extra = 'prelu_param { channel_shared: %s filler { type: "uniform" min: 0 max: 0.5 } }' % (
+                'true' if rs.rand() < 0.3 else 'false')
+        elif kind == 'ELU':
+            extra = 'elu_param { alpha: %g }' % round(rs.uniform(0.5, 2), 3)
+        elif kind == 'Power':
+            extra = 'power_param { power: %g scale: %g shift: %g }' % (
+                rs.choice([1, 2]), round(rs.uniform(0.5, 1.5), 3), round(rs.uniform(-0.5, 0.5), 3))
+        elif kind == 'Swish':
+            extra = 'swish_param { beta: %g }' % round(rs.uniform(0.5, 2), 3)
+        elif kind == 'Clip':
+            extra = 'clip_param { min: %g max: %g }' % (round(rs.uniform(-1, 0), 3),
+                                                         round(rs.uniform(0.1, 1), 3))
+        elif kind == 'Exp':
+            extra = 'exp_param { scale: 0.5 }'
+        name = self._name(kind)
+        in_place = kind in ('ReLU', 'Sigmoid', 'TanH', 'Clip') and rs.rand() < 0.5
+        top = self.top if in_place else name
+        return (['layer { name: "%s" type: "%s" bottom: "%s" top: "%s" %s }'
+                 % (name, kind, self.top, top, extra)], top)
+
+    def lrn(self):
+        rs = self.rs
+        region = rs.choice(['ACROSS_CHANNELS', 'WITHIN_CHANNEL'])
+        name = self._name('lrn')
+        return (['layer { name: "%s" type: "LRN" bottom: "%s" top: "%s" lrn_param { local_size: %d'
+                 ' alpha: %g beta: %g k: %g norm_region: %s } }'
+                 % (name, self.top, name, rs.choice([1, 3, 5]), round(rs.uniform(0.1, 2), 3),
+                    round(rs.uniform(0.5, 1), 3), round(rs.uniform(1, 2), 3), region)], name)
+
+    def batchnorm(self):
+        # Caffe's TEST phase uses the stored statistics (filled in by _fill_weights).
+        name = self._name('bn')
+        eps = round(float(self.rs.uniform(1e-5, 1e-2)), 6)
+        return (['layer { name: "%s" type: "BatchNorm" bottom: "%s" top: "%s"'
+                 ' batch_norm_param { use_global_stats: true eps: %g } }' % (name, self.top, name, eps)],
+                name)
+
+    def scale(self):
+        rs = self.rs
+        name = self._name('scale')
+        kind = rs.choice(['Scale', 'Bias'])
+        param = ('scale_param { bias_term: %s filler { type: "uniform" min: 0.5 max: 1.5 }'
+                 ' bias_filler { type: "uniform" min: -0.5 max: 0.5 } }' % rs.choice(['true', 'false'])
+                 if kind == 'Scale' else 'bias_param { filler { type: "uniform" min: -0.5 max: 0.5 } }')
+        return (['layer { name: "%s" type: "%s" bottom: "%s" top: "%s" %s }'
+                 % (name, kind, self.top, name, param)], name)
+
+    def mvn(self):
+        rs = self.rs
+        name = self._name('mvn')
+        return (['layer { name: "%s" type: "MVN" bottom: "%s" top: "%s" mvn_param {'
+                 ' normalize_variance: %s across_channels: %s } }'
+                 % (name, self.top, name, rs.choice(['true', 'false']), rs.choice(['true', 'false']))],
+                name)
+
+    def branches(self):
+        """Two parallel branches (convolution / neuron / pooling 1x1) joined by Eltwise or Concat."""
+        rs = self.rs
+        a, b = self._name('a'), self._name('b')
+        k = 'kernel_size: 3 pad: 1' if rs.rand() < 0.5 else 'kernel_size: 1'
+        c = self.shape[1]
+        num = c if rs.rand() < 0.5 else int(rs.randint(1, 6))
+        conv = ('layer { name: "%s" type: "Convolution" bottom: "%s" top: "%s" convolution_param {'
+                ' num_output: %d %s weight_filler { type: "gaussian" std: 0.3 } } }' % (a, self.top, a, num, k))
+        other = ('layer { name: "%s" type: "Convolution" bottom: "%s" top: "%s" convolution_param {'
+                 ' num_output: %d kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 }'
+                 ' bias_filler { type: "constant" value: 0.1 } } }' % (b, self.top, b, num))
+        name = self._name('join')
+        if rs.rand() < 0.5:
+            op = rs.choice(['SUM', 'PROD', 'MAX'])
+            coeff = ' coeff: %g coeff: %g' % (round(rs.uniform(-1, 2), 3), round(rs.uniform(-1, 2), 3)) \
+                if op == 'SUM' and rs.rand() < 0.5 else ''
+            join = ('layer { name: "%s" type: "Eltwise" bottom: "%s" bottom: "%s" top: "%s"'
+                    ' eltwise_param { operation: %s%s } }' % (name, a, b, name, op, coeff))
+        else:
+            join = ('layer { name: "%s" type: "Concat" bottom: "%s" bottom: "%s" top: "%s" }'
+                    % (name, a, b, name))
+        return [conv, other, join], name
+
+    def inner_product(self):
+        rs = self.rs
+        name = self._name('ip')
+        return (['layer { name: "%s" type: "InnerProduct" bottom: "%s" top: "%s" inner_product_param {'
+                 ' num_output: %d weight_filler { type: "gaussian" std: 0.1 }'
+                 ' bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }'
+                 % (name, self.top, name, rs.randint(2, 12))], name)
+
+    def build(self, depth):
+        four_d = [self.conv, self.conv, self.pool, self.neuron, self.neuron, self.lrn, self.batchnorm,
+                  self.scale, self.mvn, self.branches, lambda: self.conv('Deconvolution')]
+        tries = 0
+        while not self.try_add(*self.conv()):      # a parametric layer first: its step sees every gradient
+            tries += 1
+            if tries > 20:
+                return None
+        tries = 0
+        while len(self.layers) < depth and tries < 60:
+            tries += 1
+            maker = four_d[self.rs.randint(len(four_d))] if len(self.shape) == 4 else self.neuron
+            self.try_add(*maker())
+        ip = self.inner_product()
+        if not self.try_add(*ip):
+            return None
+        if self.rs.rand() < 0.5:
+            self.try_add(*self.neuron())
+        classes = self.inner_product_named('logits', self.classes)
+        if not self.try_add(*classes):
+            return None
+        return self
+
+    def inner_product_named(self, name, num):
+        return (['layer { name: "%s" type: "InnerProduct" bottom: "%s" top: "%s" inner_product_param {'
+                 ' num_output: %d weight_filler { type: "gaussian" std: 0.1 } } }'
+                 % (name, self.top, name, num)], name)
+
+
+def net_text(builder, source, batch):
+    head = ('name: "random"\n'
+            'layer { name: "data" type: "HDF5Data" top: "data" top: "label"'
+            ' hdf5_data_param { source: "%s" batch_size: %d } }\n' % (source, batch))
+    tail = ('\nlayer { name: "loss" type: "SoftmaxWithLoss" bottom: "%s" bottom: "label" top: "loss" }\n'
+            'layer { name: "features" type: "Power" bottom: "%s" top: "features" }\n'
+            % (builder.top, builder.top))
+    return head + '\n'.join(builder.layers) + tail
+
+
+# ---------------------------------------------------------------- running one case
+def _fill_weights(net, rs):
+    """BatchNorm's statistics (mean, variance > 0, scale factor) are not learned by a
+    filler: give them values so that TEST-phase normalisation is exercised."""
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type == 'BatchNorm':
+            mean, var, factor = (b.data for b in layer.blobs)
+            mean[...] = rs.uniform(-1, 1, mean.shape)
+            var[...] = rs.uniform(0.2, 2, var.shape)
+            factor[...] = rs.uniform(0.5, 2)
+
+
+def _caffe_env():
+    env = dict(os.environ, GLOG_logtostderr='1', OPENBLAS_NUM_THREADS='1', OMP_NUM_THREADS='1')
+    return env
+
+
+SCORE = re.compile(r'Batch 0, (\S+) = (\S+)$')
+
+
+def caffe_forward(caffe_bin, folder):
+    proc = subprocess.run([caffe_bin, 'test', '-model', 'net.prototxt', '-weights', 'init.caffemodel',
+                           '-iterations', '1'], cwd=folder, env=_caffe_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    if proc.returncode != 0:
+        return None, proc.stdout[-3000:]
+    scores = {}
+    for line in proc.stdout.splitlines():
+        m = SCORE.search(line)
+        if m:
+            scores.setdefault(m.group(1), []).append(float(m.group(2)))
+    return scores, proc.stdout
+
+
+def caffe_step(caffe_bin, folder):
+    proc = subprocess.run([caffe_bin, 'train', '-solver', 'solver.prototxt', '-weights', 'init.caffemodel'],
+                          cwd=folder, env=_caffe_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=600)
+    path = os.path.join(folder, 'caffe_iter_1.caffemodel')
+    if proc.returncode != 0 or not os.path.exists(path):
+        return None, proc.stdout[-3000:]
+    return path, proc.stdout
+
+
+def _worst(ours, theirs, rtol, atol):
+    ours = np.asarray(ours, np.float64).ravel()
+    theirs = np.asarray(theirs, np.float64).ravel()
+    if ours.shape != theirs.shape:
+        return 'shape %s vs Caffe %s' % (ours.shape, theirs.shape)
+    bad = ~(np.abs(ours - theirs) <= atol + rtol * np.abs(theirs))
+    bad &= ~(np.isnan(ours) & np.isnan(theirs))
+    if bad.any():
+        i = int(np.argmax(np.where(bad, np.abs(ours - theirs), -1)))
+        return '%d of %d differ; worst at %d: minicaffe %r, Caffe %r' % (
+            bad.sum(), bad.size, i, float(ours[i]), float(theirs[i]))
+    return None
+
+
+def run_case(caffe_bin, seed, folder, depth=6):
+    """Build, run and compare one random net in ``folder``; returns a list of differences
+    (empty: they agree) or raises RuntimeError when the case could not be run."""
+    here = os.getcwd()
+    os.chdir(folder)             # Caffe and minicaffe resolve the files' relative paths alike
+    try:
+        return _run_case(caffe_bin, seed, folder, depth)
+    finally:
+        os.chdir(here)
+
+
+def _run_case(caffe_bin, seed, folder, depth):
+    import h5py
+    import minicaffe as caffe
+    rs = np.random.RandomState(seed)
+    batch = int(rs.randint(1, 4))
+    shape = (batch, int(rs.randint(1, 5)), int(rs.randint(5, 14)), int(rs.randint(5, 14)))
+    classes = int(rs.randint(2, 6))
+    builder = NetBuilder(rs, *shape, classes=classes).build(depth)
+    if builder is None:
+        raise RuntimeError('no valid net drawn')
+    with h5py.File(os.path.join(folder, 'data.h5'), 'w') as f:
+        f['data'] = rs.standard_normal(shape).astype(np.float32)
+        f['label'] = rs.randint(0, classes, batch).astype(np.float32)
+    with open(os.path.join(folder, 'list.txt'), 'w') as f:
+        f.write('data.h5\n')           # paths relative to the case folder, where both run
+    text = net_text(builder, 'list.txt', batch)
+    with open(os.path.join(folder, 'net.prototxt'), 'w') as f:
+        f.write(text)
+    with open(os.path.join(folder, 'solver.prototxt'), 'w') as f:
+        f.write('net: "net.prototxt"\nbase_lr: 1\nlr_policy: "fixed"\nmomentum: 0\nweight_decay: 0\n'
+                'max_iter: 1\ndisplay: 0\nsnapshot_after_train: true\nsnapshot_prefix: "caffe"\n'
+                'solver_mode: CPU\nrandom_seed: 1\n')
+
+    caffe.set_random_seed(seed)
+    net = caffe.Net(os.path.join(folder, 'net.prototxt'), caffe.TEST)
+    _fill_weights(net, rs)
+    net.save(os.path.join(folder, 'init.caffemodel'))
+    net.forward()
+    differences = []
+
+    scores, log = caffe_forward(caffe_bin, folder)
+    if scores is None:
+        raise RuntimeError('caffe test failed:\n' + log)
+    for blob in ('loss', 'features'):
+        bad = _worst(net.blobs[blob].data, scores.get(blob, []), PRINT_RTOL, PRINT_ATOL)
+        if bad:
+            differences.append('forward %s: %s' % (blob, bad))
+
+    snap, log = caffe_step(caffe_bin, folder)
+    if snap is None:
+        raise RuntimeError('caffe train failed:\n' + log)
+    solver = caffe.get_solver(os.path.join(folder, 'solver.prototxt'))
+    solver.net.copy_from(os.path.join(folder, 'init.caffemodel'))
+    solver.step(1)
+    theirs = caffe.Net(os.path.join(folder, 'net.prototxt'), caffe.TRAIN, weights=snap)
+    for name, blobs in solver.net.params.items():
+        for i, b in enumerate(blobs):
+            ref = theirs.params[name][i].data
+            bad = _worst(b.data, ref, STEP_RTOL, STEP_ATOL * max(1.0, float(np.abs(ref).max())))
+            if bad:
+                differences.append('after one step, %s[%d] %s: %s' % (name, i, b.data.shape, bad))
+    return differences
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--caffe', required=True, help="real Caffe's caffe binary")
+    p.add_argument('--cases', type=int, default=20, help='random nets to compare')
+    p.add_argument('--seed', type=int, default=1, help='seed of the first case (then +1 each)')
+    p.add_argument('--depth', type=int, default=6, help='layers drawn per net (at most)')
+    p.add_argument('--keep', default='caffe_diff_cases', help='folder for the cases that differ')
+    args = p.parse_args(argv)
+    if not os.access(args.caffe, os.X_OK):
+        print('caffe_diff: %s is not an executable caffe binary' % args.caffe, file=sys.stderr)
+        return 2
+    import logging
+    logging.getLogger('minicaffe').setLevel(logging.WARNING)
+    differ = skipped = 0
+    for seed in range(args.seed, args.seed + args.cases):
+        folder = tempfile.mkdtemp(prefix='caffe_diff_%d_' % seed)
+        try:
+            result = run_case(args.caffe, seed, folder, args.depth)
+        except RuntimeError as e:
+            skipped += 1
+            print('case %d: not run: %s' % (seed, str(e).splitlines()[0]))
+            result = None
+        if result:
+            differ += 1
+            keep = os.path.join(args.keep, 'case_%d' % seed)
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(folder, keep)
+            print('case %d: DIFFERS (kept in %s)' % (seed, keep))
+            for line in result:
+                print('    ' + line)
+        elif result is not None:
+            print('case %d: agrees' % seed)
+        shutil.rmtree(folder, ignore_errors=True)
+    print('%d cases: %d agree, %d differ, %d not run' % (args.cases, args.cases - differ - skipped,
+                                                          differ, skipped))
+    return 1 if differ else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
