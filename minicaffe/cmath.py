@@ -57,6 +57,14 @@ def tanhf(x, out=None):
 def powf(x, y, out=None):
     """glibc's powf(x, y) for a scalar exponent y, elementwise."""
     y = np.float64(np.float32(y))
+    if y == 0.5:
+        # numpy computes x^0.5 as sqrt(x): sqrt(-inf) = NaN and sqrt(-0) = -0, where
+        # C's pow gives +inf and +0 (checked against libm in tests/test_cmath.py)
+        def fn(w):
+            w[w == -np.inf] = np.inf
+            np.power(w, y, out=w)
+            w += 0.0
+        return _via_double(fn, x, out)
     return _via_double(lambda w: np.power(w, y, out=w), x, out)
 
 

@@ -294,7 +294,8 @@ def _worst(ours, theirs, rtol, atol):
     theirs = np.asarray(theirs, np.float64).ravel()
     if ours.shape != theirs.shape:
         return 'shape %s vs Caffe %s' % (ours.shape, theirs.shape)
-    bad = ~(np.abs(ours - theirs) <= atol + rtol * np.abs(theirs))
+    with np.errstate(invalid='ignore'):
+        bad = ~((ours == theirs) | (np.abs(ours - theirs) <= atol + rtol * np.abs(theirs)))
     bad &= ~(np.isnan(ours) & np.isnan(theirs))
     if bad.any():
         i = int(np.argmax(np.where(bad, np.abs(ours - theirs), -1)))
@@ -368,6 +369,108 @@ def _run_case(caffe_bin, seed, folder, depth):
     return differences
 
 
+# ---------------------------------------------------------------- special values
+# Element-wise layers fed NaN, infinities, signed zeros and huge values: Caffe's
+# C++ expressions decide what comes out (NaN * 0 is NaN, std::max(NaN, 0) is NaN),
+# and minicaffe must give the same.
+SPECIAL_LAYERS = [
+    ('ReLU', ''), ('ReLU', 'relu_param { negative_slope: 0.1 }'),
+    ('PReLU', 'prelu_param { filler { type: "constant" value: 0.25 } }'),
+    ('ELU', 'elu_param { alpha: 0.7 }'), ('Sigmoid', ''), ('TanH', ''), ('AbsVal', ''),
+    ('BNLL', ''), ('Swish', 'swish_param { beta: 1.5 }'), ('Clip', 'clip_param { min: -1 max: 2 }'),
+    ('Power', 'power_param { power: 2 scale: 0.5 shift: 1 }'),
+    ('Power', 'power_param { power: 1 scale: -2 shift: 0.5 }'),
+    ('Power', 'power_param { power: 0.5 scale: 1 shift: 0 }'),
+    ('Power', 'power_param { power: 3 scale: 1 shift: 0 }'),
+    ('Exp', ''), ('Exp', 'exp_param { base: 2 scale: 0.5 shift: 1 }'),
+    ('Log', ''), ('Log', 'log_param { base: 10 scale: 2 shift: 1 }'),
+    ('Threshold', 'threshold_param { threshold: 0.5 }'),
+    ('Softmax', ''), ('LRN', 'lrn_param { local_size: 3 alpha: 1 beta: 0.75 }'),
+    ('LRN', 'lrn_param { local_size: 3 alpha: 1 beta: 0.75 norm_region: WITHIN_CHANNEL }'),
+    ('Pooling', 'pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 1 }'),
+    ('Pooling', 'pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 }'),
+    ('MVN', ''), ('Dropout', ''),
+]
+SPECIAL_VALUES = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 88.8, -88.8, 1e-30,
+                           -1e-30, 0.5, -0.5, 2.0, -3.0, 1.0], np.float32)
+
+
+def special_text(kind, param, shape):
+    return ('name: "special"\n'
+            'layer { name: "data" type: "HDF5Data" top: "data" top: "factor"'
+            ' hdf5_data_param { source: "list.txt" batch_size: %d } }\n'
+            # a bias over the whole blob, starting at 0: after one step with base_lr 1 it
+            # holds minus the layer's bottom gradient, element for element
+            'layer { name: "grad" type: "Bias" bottom: "data" top: "x" bias_param { axis: 0 num_axes: -1'
+            ' filler { type: "constant" value: 0 } } }\n'
+            'layer { name: "layer" type: "%s" bottom: "x" top: "y" %s }\n'
+            'layer { name: "seen" type: "Power" bottom: "y" top: "y_out" }\n'
+            # the top gradient: the factors (special values too), through Scale's second bottom
+            'layer { name: "weigh" type: "Scale" bottom: "y" bottom: "factor" top: "weighted"'
+            ' scale_param { axis: 0 } loss_weight: 1 }\n' % (shape[0], kind, param))
+
+
+def run_special_case(caffe_bin, index, folder):
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        return _run_special_case(caffe_bin, index, folder)
+    finally:
+        os.chdir(here)
+
+
+def _run_special_case(caffe_bin, index, folder):
+    import h5py
+    import minicaffe as caffe
+    kind, param = SPECIAL_LAYERS[index % len(SPECIAL_LAYERS)]
+    rs = np.random.RandomState(index)
+    shape = (2, 3, 3, 4)
+    data = rs.choice(SPECIAL_VALUES, shape).astype(np.float32)
+    # Top gradients: finite only.  Caffe's Scale backward multiplies through BLAS
+    # scal, and OpenBLAS's scal with a NaN or infinite factor does not give what
+    # IEEE multiplication gives: the harness would be testing the BLAS.
+    factor = rs.choice(SPECIAL_VALUES[np.isfinite(SPECIAL_VALUES)], shape).astype(np.float32)
+    factor[rs.rand(*shape) < 0.5] = 1.0        # mostly plain gradients
+    with h5py.File('data.h5', 'w') as f:
+        f['data'] = data
+        f['factor'] = factor
+    with open('list.txt', 'w') as f:
+        f.write('data.h5\n')
+    with open('net.prototxt', 'w') as f:
+        f.write(special_text(kind, param, shape))
+    with open('solver.prototxt', 'w') as f:
+        f.write('net: "net.prototxt"\nbase_lr: 1\nlr_policy: "fixed"\nmomentum: 0\nweight_decay: 0\n'
+                'max_iter: 1\ndisplay: 0\nsnapshot_after_train: true\nsnapshot_prefix: "caffe"\n'
+                'solver_mode: CPU\nrandom_seed: 1\n')
+    label = '%s %s' % (kind, param) if param else kind
+    net = caffe.Net('net.prototxt', caffe.TEST)
+    net.save('init.caffemodel')
+    net.forward()
+    differences = []
+    scores, log = caffe_forward(caffe_bin, folder)
+    if scores is None:
+        raise RuntimeError('caffe test failed (%s):\n%s' % (label, log))
+    bad = _worst(net.blobs['y_out'].data, scores.get('y_out', []), PRINT_RTOL, PRINT_ATOL)
+    if bad:
+        differences.append('%s forward: %s' % (label, bad))
+    if kind in ('Dropout', 'Threshold'):
+        return differences            # Dropout's TRAIN mask is random; Threshold has no backward
+    snap, log = caffe_step(caffe_bin, folder)
+    if snap is None:
+        raise RuntimeError('caffe train failed (%s):\n%s' % (label, log))
+    solver = caffe.get_solver('solver.prototxt')
+    solver.net.copy_from('init.caffemodel')
+    solver.step(1)
+    theirs = caffe.Net('net.prototxt', caffe.TRAIN, weights=snap)
+    for name, blobs in solver.net.params.items():
+        for i, b in enumerate(blobs):
+            bad = _worst(b.data, theirs.params[name][i].data, STEP_RTOL, STEP_ATOL)
+            if bad:
+                what = 'bottom gradient' if name == 'grad' else '%s[%d] after one step' % (name, i)
+                differences.append('%s %s: %s' % (label, what, bad))
+    return differences
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -376,6 +479,10 @@ def main(argv=None):
     p.add_argument('--seed', type=int, default=1, help='seed of the first case (then +1 each)')
     p.add_argument('--depth', type=int, default=6, help='layers drawn per net (at most)')
     p.add_argument('--keep', default='caffe_diff_cases', help='folder for the cases that differ')
+    p.add_argument('--special', action='store_true',
+                   help='instead of random nets: each element-wise layer fed NaN, infinities,'
+                        ' signed zeros and huge values (one case per layer setting; --cases'
+                        ' rounds up to all %d)' % len(SPECIAL_LAYERS))
     args = p.parse_args(argv)
     if not os.access(args.caffe, os.X_OK):
         print('caffe_diff: %s is not an executable caffe binary' % args.caffe, file=sys.stderr)
@@ -383,10 +490,14 @@ def main(argv=None):
     import logging
     logging.getLogger('minicaffe').setLevel(logging.WARNING)
     differ = skipped = 0
-    for seed in range(args.seed, args.seed + args.cases):
+    cases = max(args.cases, len(SPECIAL_LAYERS)) if args.special else args.cases
+    for seed in range(args.seed, args.seed + cases):
         folder = tempfile.mkdtemp(prefix='caffe_diff_%d_' % seed)
         try:
-            result = run_case(args.caffe, seed, folder, args.depth)
+            if args.special:
+                result = run_special_case(args.caffe, seed - args.seed, folder)
+            else:
+                result = run_case(args.caffe, seed, folder, args.depth)
         except RuntimeError as e:
             skipped += 1
             print('case %d: not run: %s' % (seed, str(e).splitlines()[0]))
@@ -402,7 +513,7 @@ def main(argv=None):
         elif result is not None:
             print('case %d: agrees' % seed)
         shutil.rmtree(folder, ignore_errors=True)
-    print('%d cases: %d agree, %d differ, %d not run' % (args.cases, args.cases - differ - skipped,
+    print('%d cases: %d agree, %d differ, %d not run' % (cases, cases - differ - skipped,
                                                           differ, skipped))
     return 1 if differ else 0
 

@@ -126,26 +126,37 @@ class LRNLayer(Layer):
         np.multiply(x, powed, out=y)
 
     def _across_backward(self, x, y, dy, scale, powed, dx):
-        # ratio = dy y / s in zero-padded channels, summed over each channel's window
+        # Caffe's order: ratio = dy y / s (caffe_mul, caffe_div) in zero-padded
+        # channels; a running window sum over channels that adds the ratio entering
+        # the window and subtracts the one leaving it (saxpy with +-1: exact float
+        # adds); dx = dy s^-beta, then dx -= 2 alpha beta / n * x * window sum
+        # through saxpy (fused on blocks of 32, see _saxpy).  A direct window sum
+        # rounds differently, and with huge or infinite ratios the running sum's
+        # cancellations (inf - inf = NaN in later channels) are what Caffe computes.
         N, C = x.shape[:2]
+        hw = int(np.prod(x.shape[2:], dtype=np.int64))
         size, pre = self.size, self.pre_pad
-        padded = workspace('lrn_ratio', (N, C + size - 1) + x.shape[2:])
+        padded = workspace('lrn_ratio', (N, C + size - 1, hw))
         padded[:, :pre] = 0
         padded[:, pre + C:] = 0
         ratio = padded[:, pre:pre + C]
-        np.multiply(dy, y, out=ratio)
-        ratio /= scale
-        accum = workspace('lrn_accum', x.shape)
-        if size > 1:
-            np.add(padded[:, 0:C], padded[:, 1:1 + C], out=accum)
-        else:
-            np.copyto(accum, padded[:, 0:C])
-        for j in range(2, size):
-            accum += padded[:, j:j + C]
-        accum *= x
-        accum *= _f(2.0 * self.alpha * self.beta / self.size)
-        np.multiply(dy, powed, out=dx)     # dy s^-beta (s^-beta kept from forward)
-        dx -= accum
+        np.multiply(dy.reshape(N, C, hw), y.reshape(N, C, hw), out=ratio)
+        ratio /= scale.reshape(N, C, hw)
+        accum = workspace('lrn_accum', (N, hw))
+        accum[...] = 0
+        for c in range(size - 1):
+            accum += padded[:, c]
+        xs = x.reshape(N, C, hw)
+        d = dx.reshape(N, C, hw)
+        np.multiply(dy.reshape(N, C, hw), powed.reshape(N, C, hw), out=d)   # dy s^-beta
+        a = _f(-2.0 * self.alpha * self.beta / self.size)
+        times_x = workspace('lrn_times_x', (N, hw))
+        with np.errstate(invalid='ignore', over='ignore'):
+            for c in range(C):
+                accum += padded[:, c + size - 1]
+                np.multiply(xs[:, c], accum, out=times_x)
+                _saxpy(a, times_x, d[:, c])
+                accum -= padded[:, c]
 
     # ---------------------------------------------------------------- within
     def _within_forward(self, x, y, base, p):

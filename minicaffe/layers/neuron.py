@@ -59,6 +59,8 @@ class ReLULayer(NeuronLayer):
     backward: dx = dy * (1[x > 0] + negative_slope * 1[x <= 0])
               (x is the bottom data, i.e. y when in place, as in Caffe)
     shapes:   x (any) -> y (same)
+    Non-finite inputs as Caffe's CPU expressions give them: y(NaN) = NaN,
+    y(-inf) = NaN when negative_slope is 0 (0 * -inf), dx(NaN) = dy * 0.
     """
 
     def neuron_setup(self, bottom, top):
@@ -70,7 +72,13 @@ class ReLULayer(NeuronLayer):
 
         def part(lo, hi):
             if slope == 0:
-                np.maximum(x[lo:hi], 0, out=y[lo:hi])
+                xs = x[lo:hi]
+                # (found before the maximum: in place it overwrites x)
+                low = xs.min() if xs.size else 0          # NaN when a NaN is present
+                neg_inf = (xs == -np.inf) if not low > -np.inf else None
+                np.maximum(xs, 0, out=y[lo:hi])
+                if neg_inf is not None:
+                    y[lo:hi][neg_inf] = np.nan                 # Caffe: 0 + 0 * -inf
             else:
                 y[lo:hi] = np.where(x[lo:hi] > 0, x[lo:hi], x[lo:hi] * slope)
         elementwise(part, x.size)
@@ -84,8 +92,10 @@ class ReLULayer(NeuronLayer):
         def part(lo, hi):
             if slope == 0:
                 np.multiply(dy[lo:hi], x[lo:hi] > 0, out=dx[lo:hi])
-            else:
-                dx[lo:hi] = np.where(x[lo:hi] > 0, dy[lo:hi], dy[lo:hi] * slope)
+            else:       # NaN is neither > 0 nor <= 0: its factor is 0, as in Caffe
+                factor = (x[lo:hi] > 0).astype(_f)
+                factor += slope * (x[lo:hi] <= 0)
+                np.multiply(dy[lo:hi], factor, out=dx[lo:hi])
         elementwise(part, x.size)
 
     # -- GPU: the same expressions on the device arrays -------------------------
@@ -93,10 +103,8 @@ class ReLULayer(NeuronLayer):
         """As forward on gpu_data; in place (top is bottom) the max writes over x."""
         cp = _cupy()
         x, y = bottom[0].gpu_data, top[0].gpu_data
-        if self.slope == 0:
-            cp.maximum(x, _f(0), out=y)
-        else:
-            y[...] = cp.where(x > 0, x, x * _f(self.slope))
+        # Caffe's kernel: x > 0 ? x : x * slope (so -inf * 0 is NaN here too)
+        y[...] = cp.where(x > 0, x, x * _f(self.slope))
 
     def backward_gpu(self, top, propagate_down, bottom):
         """dx from the bottom data (y when in place: the same sign test, as Caffe)."""
@@ -107,7 +115,7 @@ class ReLULayer(NeuronLayer):
         if self.slope == 0:
             cp.multiply(dy, x > 0, out=dx)
         else:
-            dx[...] = cp.where(x > 0, dy, dy * _f(self.slope))
+            dx[...] = dy * ((x > 0) + _f(self.slope) * (x <= 0))
 
 
 @register_layer('PReLU')
@@ -162,21 +170,26 @@ class PReLULayer(NeuronLayer):
         if top[0] is bottom[0]:
             self._saved = x.copy()
             x = self._saved
-        top[0].data[...] = np.where(x > 0, x, x * self._slope(x))
+        a = self._slope(x)
+        # Caffe: max(x, 0) + a * min(x, 0), with std::max/min (NaN in, NaN out)
+        with np.errstate(invalid='ignore'):
+            top[0].data[...] = np.where(x < 0, _f(0), x) + a * np.where(_f(0) < x, _f(0), x)
 
     def backward(self, top, propagate_down, bottom):
         x = self._saved if top[0] is bottom[0] else bottom[0].data
         dy = top[0].diff
         # parameter gradient first: in place, writing dx overwrites dy
         if self.param_propagate_down and self.param_propagate_down[0]:
-            g = np.where(x <= 0, dy * x, _f(0))
+            with np.errstate(invalid='ignore'):
+                g = dy * x * (x <= 0)          # as Caffe: NaN or inf inputs give NaN
             if self.channel_shared:
                 self.blobs[0].diff[...] += g.sum(dtype=np.float64).astype(_f)
             else:
                 axes = (0,) + tuple(range(2, x.ndim))
                 self.blobs[0].diff[...] += g.sum(axis=axes, dtype=np.float64).astype(_f)
         if propagate_down[0]:
-            bottom[0].diff[...] = np.where(x > 0, dy, dy * self._slope(x))
+            with np.errstate(invalid='ignore'):
+                bottom[0].diff[...] = dy * ((x > 0) + self._slope(x) * (x <= 0))
 
     # -- GPU -------------------------------------------------------------------
     def _gpu_slope(self, x):
@@ -199,7 +212,7 @@ class PReLULayer(NeuronLayer):
         x = self._gpu_saved if top[0] is bottom[0] else bottom[0].gpu_data
         dy = top[0].gpu_diff
         if self.param_propagate_down and self.param_propagate_down[0]:
-            g = cp.where(x <= 0, dy * x, _f(0))
+            g = dy * x * (x <= 0)
             da = self.blobs[0].gpu_diff
             if self.channel_shared:
                 da += g.sum(dtype=cp.float64).astype(_f)
@@ -207,7 +220,7 @@ class PReLULayer(NeuronLayer):
                 axes = (0,) + tuple(range(2, x.ndim))
                 da += g.sum(axis=axes, dtype=cp.float64).astype(_f)
         if propagate_down[0]:
-            bottom[0].gpu_diff[...] = cp.where(x > 0, dy, dy * self._gpu_slope(x))
+            bottom[0].gpu_diff[...] = dy * ((x > 0) + self._gpu_slope(x) * (x <= 0))
 
 
 @register_layer('ELU')
@@ -232,7 +245,10 @@ class ELULayer(NeuronLayer):
             return
         x = bottom[0].data
         dy = top[0].diff
-        bottom[0].diff[...] = np.where(x > 0, dy, dy * (top[0].data + self.alpha))
+        # Caffe's CPU expression: dy * (1[x > 0] + (alpha + y) * 1[x <= 0]), so that
+        # x = +inf gives NaN ((alpha + inf) * 0) and x = NaN gives NaN
+        with np.errstate(invalid='ignore'):
+            bottom[0].diff[...] = dy * ((x > 0) + (top[0].data + self.alpha) * (x <= 0))
 
     def forward_gpu(self, bottom, top):
         cp = _cupy()
@@ -321,7 +337,10 @@ class AbsValLayer(NeuronLayer):
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            np.multiply(np.sign(bottom[0].data), top[0].diff, out=bottom[0].diff)
+            x = bottom[0].data
+            sign = (x > 0).astype(_f)          # Caffe's caffe_cpu_sign: (0 < x) - (x < 0),
+            sign -= x < 0                      # so sign(NaN) = 0 (np.sign gives NaN)
+            np.multiply(sign, top[0].diff, out=bottom[0].diff)
 
     def forward_gpu(self, bottom, top):
         _cupy().abs(bottom[0].gpu_data, out=top[0].gpu_data)
@@ -329,7 +348,9 @@ class AbsValLayer(NeuronLayer):
     def backward_gpu(self, top, propagate_down, bottom):
         if propagate_down[0]:
             cp = _cupy()
-            cp.multiply(cp.sign(bottom[0].gpu_data), top[0].gpu_diff, out=bottom[0].gpu_diff)
+            x = bottom[0].gpu_data
+            sign = (x > 0).astype(_f) - (x < 0)      # caffe_gpu_sign: sign(NaN) = 0
+            cp.multiply(sign, top[0].gpu_diff, out=bottom[0].gpu_diff)
 
 
 _BNLL_THRESHOLD = 50.0
@@ -629,7 +650,11 @@ class ClipLayer(NeuronLayer):
         self.hi = _f(p.max)
 
     def forward(self, bottom, top):
-        top[0].data[...] = np.maximum(self.lo, np.minimum(bottom[0].data, self.hi))
+        # std::max(min, std::min(x, max)): std::min(NaN, max) is NaN, and
+        # std::max(min, NaN) is min -- Caffe's CPU clips NaN to min
+        x = bottom[0].data
+        m = np.where(self.hi < x, self.hi, x)
+        top[0].data[...] = np.where(self.lo < m, m, self.lo)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
@@ -638,7 +663,8 @@ class ClipLayer(NeuronLayer):
 
     def forward_gpu(self, bottom, top):
         cp = _cupy()
-        top[0].gpu_data[...] = cp.maximum(self.lo, cp.minimum(bottom[0].gpu_data, self.hi))
+        # Caffe's kernel: fmaxf(min, fminf(x, max)) -- NaN becomes max on the GPU
+        top[0].gpu_data[...] = cp.fmax(self.lo, cp.fmin(bottom[0].gpu_data, self.hi))
 
     def backward_gpu(self, top, propagate_down, bottom):
         if propagate_down[0]:

@@ -1,0 +1,54 @@
+"""tools/caffe_diff.py: its random nets are valid, and -- where real Caffe is at hand
+(MINICAFFE_CAFFE_BIN=/path/to/caffe) -- minicaffe agrees with it on them."""
+import logging
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools'))
+import caffe_diff  # noqa: E402
+
+import minicaffe as caffe  # noqa: E402
+
+CAFFE = os.environ.get('MINICAFFE_CAFFE_BIN')
+needs_caffe = pytest.mark.skipif(not (CAFFE and os.access(CAFFE, os.X_OK)),
+                                 reason='set MINICAFFE_CAFFE_BIN to a real Caffe binary')
+
+
+@pytest.mark.parametrize('seed', range(1, 9))
+def test_random_nets_build_and_train_in_minicaffe(seed, tmp_path):
+    rs = np.random.RandomState(seed)
+    builder = caffe_diff.NetBuilder(rs, 2, 3, 9, 9, classes=3).build(6)
+    assert builder is not None and len(builder.layers) >= 3
+    text = caffe_diff.net_text(builder, 'list.txt', 2)
+    text = text.replace('type: "HDF5Data" top: "data" top: "label" hdf5_data_param { source: "list.txt"'
+                        ' batch_size: 2 }', 'type: "Input" top: "data" top: "label" input_param {'
+                        ' shape { dim: 2 dim: 3 dim: 9 dim: 9 } shape { dim: 2 } }')
+    path = tmp_path / 'net.prototxt'
+    path.write_text(text)
+    logging.getLogger('minicaffe').setLevel(logging.WARNING)
+    net = caffe.Net(str(path), caffe.TRAIN)
+    net.blobs['data'].data[...] = rs.standard_normal((2, 3, 9, 9))
+    net.blobs['label'].data[...] = [0, 2]
+    net.forward()
+    net.backward()
+    assert np.isfinite(net.blobs['loss'].data).all()
+
+
+def test_special_nets_cover_every_listed_layer():
+    kinds = {k for k, _ in caffe_diff.SPECIAL_LAYERS}
+    assert {'ReLU', 'PReLU', 'ELU', 'AbsVal', 'Clip', 'Power', 'LRN', 'Pooling'} <= kinds
+
+
+@needs_caffe
+@pytest.mark.parametrize('seed', range(1, 6))
+def test_minicaffe_agrees_with_real_caffe_on_random_nets(seed, tmp_path):
+    assert caffe_diff.run_case(CAFFE, seed, str(tmp_path)) == []
+
+
+@needs_caffe
+@pytest.mark.parametrize('index', range(len(caffe_diff.SPECIAL_LAYERS)))
+def test_minicaffe_agrees_with_real_caffe_on_special_values(index, tmp_path):
+    assert caffe_diff.run_special_case(CAFFE, index, str(tmp_path)) == []
