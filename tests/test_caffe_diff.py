@@ -52,3 +52,18 @@ def test_minicaffe_agrees_with_real_caffe_on_random_nets(seed, tmp_path):
 @pytest.mark.parametrize('index', range(len(caffe_diff.SPECIAL_LAYERS)))
 def test_minicaffe_agrees_with_real_caffe_on_special_values(index, tmp_path):
     assert caffe_diff.run_special_case(CAFFE, index, str(tmp_path)) == []
+
+
+@pytest.mark.parametrize('seed', range(1, 6))
+def test_random_recurrent_nets_build_in_minicaffe(seed):
+    text, static = caffe_diff.recurrent_text(np.random.RandomState(seed), 3, 2, 4, 3)
+    assert ('"LSTM"' in text) or ('"RNN"' in text)
+    from minicaffe.protoio import parse_text, pb
+    param = parse_text(text, pb.NetParameter())
+    assert [lp.type for lp in param.layer][-2:] == ['SoftmaxWithLoss', 'Power']
+
+
+@needs_caffe
+@pytest.mark.parametrize('seed', range(1, 6))
+def test_minicaffe_agrees_with_real_caffe_on_random_recurrent_nets(seed, tmp_path):
+    assert caffe_diff.run_recurrent_case(CAFFE, seed, str(tmp_path)) == []

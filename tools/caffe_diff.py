@@ -343,9 +343,12 @@ def run_case(caffe_bin, seed, folder, depth=6):
         os.chdir(here)
 
 
+SOLVER = ('net: "net.prototxt"\nbase_lr: 1\nlr_policy: "fixed"\nmomentum: 0\nweight_decay: 0\n'
+          'max_iter: 1\ndisplay: 0\nsnapshot_after_train: true\nsnapshot_prefix: "caffe"\n'
+          'solver_mode: CPU\nrandom_seed: 1\n')
+
+
 def _run_case(caffe_bin, seed, folder, depth):
-    import h5py
-    import minicaffe as caffe
     rs = np.random.RandomState(seed)
     batch = int(rs.randint(1, 4))
     shape = (batch, int(rs.randint(1, 5)), int(rs.randint(5, 14)), int(rs.randint(5, 14)))
@@ -353,23 +356,32 @@ def _run_case(caffe_bin, seed, folder, depth):
     builder = NetBuilder(rs, *shape, classes=classes).build(depth)
     if builder is None:
         raise RuntimeError('no valid net drawn')
-    with h5py.File(os.path.join(folder, 'data.h5'), 'w') as f:
-        f['data'] = rs.standard_normal(shape).astype(np.float32)
-        f['label'] = rs.randint(0, classes, batch).astype(np.float32)
-    with open(os.path.join(folder, 'list.txt'), 'w') as f:
+    arrays = {'data': rs.standard_normal(shape).astype(np.float32),
+              'label': rs.randint(0, classes, batch).astype(np.float32)}
+    return compare_net(caffe_bin, folder, net_text(builder, 'list.txt', batch), arrays, rs, seed,
+                       outputs=('loss', 'features'))
+
+
+def compare_net(caffe_bin, folder, text, arrays, rs, seed, outputs):
+    """Write the case (data.h5, net, solver, minicaffe's initial weights) into
+    ``folder`` (the current folder), then compare the ``outputs`` of a TEST forward
+    and every parameter after one SGD step with Caffe's."""
+    import h5py
+    import minicaffe as caffe
+    with h5py.File('data.h5', 'w') as f:
+        for k, v in arrays.items():
+            f[k] = v
+    with open('list.txt', 'w') as f:
         f.write('data.h5\n')           # paths relative to the case folder, where both run
-    text = net_text(builder, 'list.txt', batch)
-    with open(os.path.join(folder, 'net.prototxt'), 'w') as f:
+    with open('net.prototxt', 'w') as f:
         f.write(text)
-    with open(os.path.join(folder, 'solver.prototxt'), 'w') as f:
-        f.write('net: "net.prototxt"\nbase_lr: 1\nlr_policy: "fixed"\nmomentum: 0\nweight_decay: 0\n'
-                'max_iter: 1\ndisplay: 0\nsnapshot_after_train: true\nsnapshot_prefix: "caffe"\n'
-                'solver_mode: CPU\nrandom_seed: 1\n')
+    with open('solver.prototxt', 'w') as f:
+        f.write(SOLVER)
 
     caffe.set_random_seed(seed)
-    net = caffe.Net(os.path.join(folder, 'net.prototxt'), caffe.TEST)
+    net = caffe.Net('net.prototxt', caffe.TEST)
     _fill_weights(net, rs)
-    net.save(os.path.join(folder, 'init.caffemodel'))
+    net.save('init.caffemodel')
     net.forward()
     differences = []
     reason = ill_conditioned(net)
@@ -377,7 +389,7 @@ def _run_case(caffe_bin, seed, folder, depth):
     scores, log = caffe_forward(caffe_bin, folder)
     if scores is None:
         raise RuntimeError('caffe test failed:\n' + log)
-    for blob in ('loss', 'features'):
+    for blob in outputs:
         bad = _worst(net.blobs[blob].data, scores.get(blob, []), PRINT_RTOL, PRINT_ATOL)
         if bad:
             differences.append('forward %s: %s' % (blob, bad))
@@ -385,10 +397,10 @@ def _run_case(caffe_bin, seed, folder, depth):
     snap, log = caffe_step(caffe_bin, folder)
     if snap is None:
         raise RuntimeError('caffe train failed:\n' + log)
-    solver = caffe.get_solver(os.path.join(folder, 'solver.prototxt'))
-    solver.net.copy_from(os.path.join(folder, 'init.caffemodel'))
+    solver = caffe.get_solver('solver.prototxt')
+    solver.net.copy_from('init.caffemodel')
     solver.step(1)
-    theirs = caffe.Net(os.path.join(folder, 'net.prototxt'), caffe.TRAIN, weights=snap)
+    theirs = caffe.Net('net.prototxt', caffe.TRAIN, weights=snap)
     for name, blobs in solver.net.params.items():
         for i, b in enumerate(blobs):
             ref = theirs.params[name][i].data
@@ -398,6 +410,63 @@ def _run_case(caffe_bin, seed, folder, depth):
     if differences and reason:
         differences.insert(0, ILL + reason)
     return differences
+
+
+# ---------------------------------------------------------------- recurrent nets
+def recurrent_text(rs, T, N, D, classes):
+    """data (T, N, D), cont (T, N) -> [InnerProduct] -> LSTM or RNN [-> a second one]
+    -> InnerProduct over axis 2 -> SoftmaxWithLoss over axis 2 with label (T, N)."""
+    layers = ['layer { name: "data" type: "HDF5Data" top: "data" top: "cont" top: "label"'
+              ' hdf5_data_param { source: "list.txt" batch_size: %d } }' % T]
+    bottom = 'data'
+    if rs.rand() < 0.4:
+        layers.append('layer { name: "embed" type: "InnerProduct" bottom: "data" top: "embed"'
+                      ' inner_product_param { num_output: %d axis: 2 weight_filler { type: "gaussian"'
+                      ' std: 0.5 } bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }' % rs.randint(2, 7))
+        bottom = 'embed'
+    static = rs.rand() < 0.3
+    if static:          # its own data layer: HDF5Data cuts batches of T rows, static has N
+        layers.append('layer { name: "static_data" type: "HDF5Data" top: "static"'
+                      ' hdf5_data_param { source: "static_list.txt" batch_size: %d } }' % N)
+    for k in range(1 + (rs.rand() < 0.3)):
+        kind = rs.choice(['LSTM', 'RNN'])
+        name = 'rec%d' % k
+        extra = ' bottom: "static"' if static and k == 0 else ''
+        layers.append('layer { name: "%s" type: "%s" bottom: "%s" bottom: "cont"%s top: "%s"'
+                      ' recurrent_param { num_output: %d weight_filler { type: "uniform" min: -0.5'
+                      ' max: 0.5 } bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }'
+                      % (name, kind, bottom, extra, name, rs.randint(1, 8)))
+        bottom = name
+    layers.append('layer { name: "logits" type: "InnerProduct" bottom: "%s" top: "logits"'
+                  ' inner_product_param { num_output: %d axis: 2 weight_filler { type: "gaussian"'
+                  ' std: 0.5 } } }' % (bottom, classes))
+    layers.append('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "logits" bottom: "label"'
+                  ' top: "loss" softmax_param { axis: 2 } }')
+    layers.append('layer { name: "features" type: "Power" bottom: "logits" top: "features" }')
+    return 'name: "recurrent"\n' + '\n'.join(layers) + '\n', static
+
+
+def run_recurrent_case(caffe_bin, seed, folder):
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        rs = np.random.RandomState(seed)
+        T, N, D, classes = int(rs.randint(1, 6)), int(rs.randint(1, 4)), int(rs.randint(1, 6)), \
+            int(rs.randint(2, 5))
+        text, static = recurrent_text(rs, T, N, D, classes)
+        cont = (rs.rand(T, N) < 0.7).astype(np.float32)
+        cont[0] = 0                      # every stream starts at t = 0
+        arrays = {'data': rs.standard_normal((T, N, D)).astype(np.float32), 'cont': cont,
+                  'label': rs.randint(0, classes, (T, N)).astype(np.float32)}
+        if static:
+            import h5py
+            with h5py.File('static.h5', 'w') as f:
+                f['static'] = rs.standard_normal((N, 2)).astype(np.float32)
+            with open('static_list.txt', 'w') as f:
+                f.write('static.h5\n')
+        return compare_net(caffe_bin, folder, text, arrays, rs, seed, outputs=('loss', 'features'))
+    finally:
+        os.chdir(here)
 
 
 ILL = 'ill-conditioned: '
@@ -560,6 +629,8 @@ def main(argv=None):
                    help='instead of random nets: each element-wise layer fed NaN, infinities,'
                         ' signed zeros and huge values (one case per layer setting; --cases'
                         ' rounds up to all %d)' % len(SPECIAL_LAYERS))
+    p.add_argument('--recurrent', action='store_true',
+                   help='random LSTM/RNN nets (sequences with cont, static input) instead')
     p.add_argument('--bisect', metavar='CASE_DIR',
                    help='compare every blob of a kept case (forward) and stop')
     args = p.parse_args(argv)
@@ -579,6 +650,8 @@ def main(argv=None):
         try:
             if args.special:
                 result = run_special_case(args.caffe, seed - args.seed, folder)
+            elif args.recurrent:
+                result = run_recurrent_case(args.caffe, seed, folder)
             else:
                 result = run_case(args.caffe, seed, folder, args.depth)
         except RuntimeError as e:
