@@ -130,9 +130,12 @@ class LRNLayer(Layer):
         # channels; a running window sum over channels that adds the ratio entering
         # the window and subtracts the one leaving it (saxpy with +-1: exact float
         # adds); dx = dy s^-beta, then dx -= 2 alpha beta / n * x * window sum
-        # through saxpy (fused on blocks of 32, see _saxpy).  A direct window sum
-        # rounds differently, and with huge or infinite ratios the running sum's
-        # cancellations (inf - inf = NaN in later channels) are what Caffe computes.
+        # (Caffe: saxpy, whose fused multiply-add on blocks of 32 rounds the product
+        # once less than this float multiply-add: emulating it as the forward does
+        # would double the time for a last-bit difference that nothing amplifies
+        # here).  A direct window sum rounds differently, and with huge or infinite
+        # ratios the running sum's cancellations (inf - inf = NaN in later channels)
+        # are what Caffe computes.
         N, C = x.shape[:2]
         hw = int(np.prod(x.shape[2:], dtype=np.int64))
         size, pre = self.size, self.pre_pad
@@ -155,7 +158,8 @@ class LRNLayer(Layer):
             for c in range(C):
                 accum += padded[:, c + size - 1]
                 np.multiply(xs[:, c], accum, out=times_x)
-                _saxpy(a, times_x, d[:, c])
+                times_x *= a
+                d[:, c] += times_x
                 accum -= padded[:, c]
 
     # ---------------------------------------------------------------- within
