@@ -22,16 +22,21 @@ def test_random_nets_build_and_train_in_minicaffe(seed, tmp_path):
     rs = np.random.RandomState(seed)
     builder = caffe_diff.NetBuilder(rs, 2, 3, 9, 9, classes=3).build(6)
     assert builder is not None and len(builder.layers) >= 3
-    text = caffe_diff.net_text(builder, 'list.txt', 2)
-    text = text.replace('type: "HDF5Data" top: "data" top: "label" hdf5_data_param { source: "list.txt"'
-                        ' batch_size: 2 }', 'type: "Input" top: "data" top: "label" input_param {'
-                        ' shape { dim: 2 dim: 3 dim: 9 dim: 9 } shape { dim: 2 } }')
+    text = caffe_diff.net_text(builder, 'list.txt', 2, loss=seed % len(caffe_diff.LOSSES), rs=rs)
+    text = text.replace('type: "HDF5Data" top: "data" top: "label" top: "target" top: "target01"'
+                        ' hdf5_data_param { source: "list.txt" batch_size: 2 }',
+                        'type: "Input" top: "data" top: "label" top: "target" top: "target01"'
+                        ' input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } shape { dim: 2 }'
+                        ' shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } }')
+    assert 'HDF5Data' not in text
     path = tmp_path / 'net.prototxt'
     path.write_text(text)
     logging.getLogger('minicaffe').setLevel(logging.WARNING)
     net = caffe.Net(str(path), caffe.TRAIN)
     net.blobs['data'].data[...] = rs.standard_normal((2, 3, 9, 9))
     net.blobs['label'].data[...] = [0, 2]
+    net.blobs['target'].data[...] = rs.standard_normal((2, 3))
+    net.blobs['target01'].data[...] = [[0, 1, 1], [1, 0, 0]]
     net.forward()
     net.backward()
     assert np.isfinite(net.blobs['loss'].data).all()

@@ -72,6 +72,8 @@ class NetBuilder(object):
             os.unlink(f.name)
 
     def try_add(self, texts, top):
+        if not texts:
+            return False
         shapes = self.shapes(self.layers + texts)
         if shapes is None or any(0 in s for s in shapes.values()) or np.prod(shapes[top]) > 20000:
             return False
@@ -87,8 +89,14 @@ class NetBuilder(object):
         num_output = group * int(rs.randint(1, 5))
         k = int(rs.randint(1, 5))
         dilation = int(rs.choice([1, 1, 2]))
-        params = ['num_output: %d' % num_output, 'kernel_size: %d' % k,
-                  'stride: %d' % rs.randint(1, 3), 'pad: %d' % rs.randint(0, 3),
+        if rs.rand() < 0.25:           # rectangular kernel, stride and padding
+            geometry = ['kernel_h: %d' % k, 'kernel_w: %d' % rs.randint(1, 5),
+                        'stride_h: %d' % rs.randint(1, 3), 'stride_w: %d' % rs.randint(1, 3),
+                        'pad_h: %d' % rs.randint(0, 3), 'pad_w: %d' % rs.randint(0, 3)]
+        else:
+            geometry = ['kernel_size: %d' % k, 'stride: %d' % rs.randint(1, 3),
+                        'pad: %d' % rs.randint(0, 3)]
+        params = ['num_output: %d' % num_output] + geometry + [
                   'dilation: %d' % dilation, 'group: %d' % group,
                   'weight_filler { type: "gaussian" std: 0.3 }',
                   'bias_filler { type: "uniform" min: -0.5 max: 0.5 }']
@@ -149,12 +157,68 @@ class NetBuilder(object):
                     round(rs.uniform(0.5, 1), 3), round(rs.uniform(1, 2), 3), region)], name)
 
     def batchnorm(self):
-        # Caffe's TEST phase uses the stored statistics (filled in by _fill_weights).
+        # With use_global_stats the stored statistics (filled in by _fill_weights)
+        # normalise in both phases; without it TRAIN normalises with the batch's and
+        # updates the stored moving averages (compared after the step).
         name = self._name('bn')
         eps = round(float(self.rs.uniform(1e-5, 1e-2)), 6)
+        if self.rs.rand() < 0.5:
+            extra = 'use_global_stats: true eps: %g' % eps
+        else:
+            extra = 'moving_average_fraction: %g eps: %g' % (round(float(self.rs.uniform(0.5, 1)), 3), eps)
         return (['layer { name: "%s" type: "BatchNorm" bottom: "%s" top: "%s"'
-                 ' batch_norm_param { use_global_stats: true eps: %g } }' % (name, self.top, name, eps)],
-                name)
+                 ' batch_norm_param { %s } }' % (name, self.top, name, extra)], name)
+
+    def reshape_like(self):
+        """Flatten, Reshape (to C*H, W) or Softmax over a random axis: shape plumbing."""
+        rs = self.rs
+        name = self._name('shape')
+        which = rs.randint(3)
+        if which == 0:
+            return (['layer { name: "%s" type: "Flatten" bottom: "%s" top: "%s" }'
+                     % (name, self.top, name)], name)
+        if which == 1:
+            return (['layer { name: "%s" type: "Reshape" bottom: "%s" top: "%s" reshape_param {'
+                     ' shape { dim: 0 dim: 1 dim: -1 dim: %d } } }' % (name, self.top, name, self.shape[3])],
+                    name)
+        return (['layer { name: "%s" type: "Softmax" bottom: "%s" top: "%s" softmax_param { axis: %d } }'
+                 % (name, self.top, name, rs.randint(1, 4))], name)
+
+    def slice_concat(self):
+        """Slice the channels (or rows) in two, treat one part, concatenate again."""
+        rs = self.rs
+        axis = int(rs.choice([1, 2]))
+        if self.shape[axis] < 2:
+            return [], self.top
+        point = int(rs.randint(1, self.shape[axis]))
+        a, b, t, name = self._name('sa'), self._name('sb'), self._name('st'), self._name('cat')
+        return (['layer { name: "%s" type: "Slice" bottom: "%s" top: "%s" top: "%s" slice_param {'
+                 ' axis: %d slice_point: %d } }' % (a, self.top, a, b, axis, point),
+                 'layer { name: "%s" type: "TanH" bottom: "%s" top: "%s" }' % (t, b, t),
+                 'layer { name: "%s" type: "Concat" bottom: "%s" bottom: "%s" top: "%s" concat_param {'
+                 ' axis: %d } }' % (name, t, a, name, axis)], name)
+
+    def spp_or_tile(self):
+        rs = self.rs
+        name = self._name('st')
+        if rs.rand() < 0.5:
+            return (['layer { name: "%s" type: "SPP" bottom: "%s" top: "%s" spp_param { pyramid_height: %d'
+                     ' pool: %s } }' % (name, self.top, name, rs.randint(1, 3), rs.choice(['MAX', 'AVE']))],
+                    name)
+        return (['layer { name: "%s" type: "Tile" bottom: "%s" top: "%s" tile_param { axis: %d tiles: %d } }'
+                 % (name, self.top, name, rs.randint(1, 4), rs.randint(1, 3))], name)
+
+    def crop(self):
+        """Crop a 1x1 convolution of the blob to a pooled copy of it (two bottoms)."""
+        rs = self.rs
+        small, big, name = self._name('small'), self._name('big'), self._name('crop')
+        return (['layer { name: "%s" type: "Pooling" bottom: "%s" top: "%s" pooling_param { pool: MAX'
+                 ' kernel_size: 2 stride: 2 } }' % (small, self.top, small),
+                 'layer { name: "%s" type: "Convolution" bottom: "%s" top: "%s" convolution_param {'
+                 ' num_output: %d kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }'
+                 % (big, self.top, big, self.shape[1]),
+                 'layer { name: "%s" type: "Crop" bottom: "%s" bottom: "%s" top: "%s" crop_param {'
+                 ' axis: 2 offset: %d } }' % (name, big, small, name, rs.randint(0, 2))], name)
 
     def scale(self):
         rs = self.rs
@@ -208,7 +272,8 @@ class NetBuilder(object):
 
     def build(self, depth):
         four_d = [self.conv, self.conv, self.pool, self.neuron, self.neuron, self.lrn, self.batchnorm,
-                  self.scale, self.mvn, self.branches, lambda: self.conv('Deconvolution')]
+                  self.scale, self.mvn, self.branches, lambda: self.conv('Deconvolution'),
+                  self.reshape_like, self.slice_concat, self.spp_or_tile, self.crop]
         tries = 0
         while not self.try_add(*self.conv()):      # a parametric layer first: its step sees every gradient
             tries += 1
@@ -235,13 +300,29 @@ class NetBuilder(object):
                  % (name, self.top, name, num)], name)
 
 
-def net_text(builder, source, batch):
+LOSSES = [
+    'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "%(top)s" bottom: "label" top: "loss" }',
+    'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "%(top)s" bottom: "label" top: "loss"'
+    ' loss_param { ignore_label: 1 normalization: %(norm)s } }',
+    'layer { name: "loss" type: "EuclideanLoss" bottom: "%(top)s" bottom: "target" top: "loss" }',
+    'layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "%(top)s" bottom: "target01"'
+    ' top: "loss" }',
+    'layer { name: "loss" type: "HingeLoss" bottom: "%(top)s" bottom: "label" top: "loss"'
+    ' hinge_loss_param { norm: %(hinge)s } }',
+]
+
+
+def net_text(builder, source, batch, loss=0, rs=None):
+    """The whole net: HDF5Data (data, label, target, target01), the builder's layers,
+    loss ``loss`` (an index into LOSSES) and an identity ``features`` output."""
     head = ('name: "random"\n'
-            'layer { name: "data" type: "HDF5Data" top: "data" top: "label"'
-            ' hdf5_data_param { source: "%s" batch_size: %d } }\n' % (source, batch))
-    tail = ('\nlayer { name: "loss" type: "SoftmaxWithLoss" bottom: "%s" bottom: "label" top: "loss" }\n'
-            'layer { name: "features" type: "Power" bottom: "%s" top: "features" }\n'
-            % (builder.top, builder.top))
+            'layer { name: "data" type: "HDF5Data" top: "data" top: "label" top: "target"'
+            ' top: "target01" hdf5_data_param { source: "%s" batch_size: %d } }\n' % (source, batch))
+    rs = rs or np.random.RandomState(0)
+    loss_text = LOSSES[loss] % {'top': builder.top, 'norm': rs.choice(['VALID', 'BATCH_SIZE', 'NONE', 'FULL']),
+                                'hinge': rs.choice(['L1', 'L2'])}
+    tail = ('\n%s\nlayer { name: "features" type: "Power" bottom: "%s" top: "features" }\n'
+            % (loss_text, builder.top))
     return head + '\n'.join(builder.layers) + tail
 
 
@@ -357,9 +438,12 @@ def _run_case(caffe_bin, seed, folder, depth):
     if builder is None:
         raise RuntimeError('no valid net drawn')
     arrays = {'data': rs.standard_normal(shape).astype(np.float32),
-              'label': rs.randint(0, classes, batch).astype(np.float32)}
-    return compare_net(caffe_bin, folder, net_text(builder, 'list.txt', batch), arrays, rs, seed,
-                       outputs=('loss', 'features'))
+              'label': rs.randint(0, classes, batch).astype(np.float32),
+              'target': rs.standard_normal((batch, classes)).astype(np.float32),
+              'target01': rs.randint(0, 2, (batch, classes)).astype(np.float32)}
+    loss = int(rs.randint(len(LOSSES)))
+    return compare_net(caffe_bin, folder, net_text(builder, 'list.txt', batch, loss, rs), arrays, rs,
+                       seed, outputs=('loss', 'features'))
 
 
 def compare_net(caffe_bin, folder, text, arrays, rs, seed, outputs):
