@@ -214,6 +214,14 @@ class Blob(object):
         self._diff = other._diff.reshape(self.shape)
         self._gmem = other._gmem
 
+    def alias_data(self, other, shape, diff_owner):
+        """Alias other's data under ``shape`` (Caffe's ShareData), with the diff
+        memory of ``diff_owner`` (a blob of that shape kept by the caller) as ours."""
+        self._data = other._data.reshape(shape)
+        self._dmem = other._dmem
+        self._diff = diff_owner._diff
+        self._gmem = diff_owner._gmem
+
     def view_of(self, other, shape):
         """Become a reshaped alias of other (data and diff), as Flatten/Reshape tops are."""
         self._data = other._data.reshape(shape)

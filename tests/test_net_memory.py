@@ -96,8 +96,9 @@ def test_estimate_counts_shared_buffers_once_and_the_scratch(monkeypatch):
     est = memory.estimate(net)
     x, y = 2 * 3 * 7 * 8, 2 * 4 * 7 * 8
     # x once (ReLU runs in place on it), the two copies the split of x makes for its two
-    # consumers (Flatten's top views the first), and y: each data and diff
-    assert est['blobs'] == (3 * x + y) * 8
+    # consumers, and y: each data and diff; Flatten's top views the first copy's data and
+    # has a diff of its own (Caffe's Flatten hands it to its bottom in backward)
+    assert est['blobs'] == (3 * x + y) * 8 + x * 4
     assert est['params'] == (4 * 3 * 3 * 3 + 4) * 8
     assert est['workspace'] == (27 * 56 + 3 * 9 * 10) * 4     # columns + padded image
     limit = est['blobs'] + est['params'] + 1

@@ -376,3 +376,41 @@ def test_parameter_layer_exposes_its_blob():
     net.blobs['y'].diff[...] = 1
     net.backward()
     np.testing.assert_allclose(w.diff, x, rtol=1e-6)
+
+
+def test_flatten_hands_its_diff_to_the_bottom_as_caffe_does():
+    """Caffe's Flatten::Backward is bottom->ShareDiff(top): an ordinary bottom then reads
+    the gradient; a bottom that was itself a Reshape view of another blob is cut loose
+    from it, so that blob's diff never receives the gradient (real Caffe, found by
+    tools/caffe_diff.py: no gradient reaches the layers below Reshape -> Flatten)."""
+    from minicaffe.protoio import parse_text, pb
+    import minicaffe as caffe
+
+    def net(middle):
+        text = ('force_backward: true\n'
+                'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 2'
+                ' dim: 2 } } }\n'
+                'layer { name: "s" type: "Scale" bottom: "x" top: "a" scale_param { filler {'
+                ' type: "constant" value: 2 } } }\n%s\n'
+                'layer { name: "f" type: "Flatten" bottom: "%s" top: "f" }\n'
+                'layer { name: "p" type: "Power" bottom: "f" top: "p" power_param { scale: 3 } }'
+                % middle)
+        return caffe.Net(net_param=parse_text(text, pb.NetParameter()), phase=caffe.TRAIN)
+
+    plain = net(('', 'a'))
+    plain.blobs['x'].data[...] = 1
+    plain.forward()
+    plain.blobs['p'].diff[...] = 1
+    plain.backward()
+    assert (plain.blobs['a'].diff == 3).all() and (plain.blobs['x'].diff == 6).all()
+
+    cut = net(('layer { name: "r" type: "Reshape" bottom: "a" top: "r" reshape_param {'
+               ' shape { dim: 0 dim: -1 } } }', 'r'))
+    cut.blobs['x'].data[...] = 1
+    for _ in range(2):                          # every pass, not only the first
+        cut.forward()
+        cut.blobs['p'].diff[...] = 1
+        cut.backward()
+        assert (cut.blobs['r'].diff == 3).all()
+        assert (cut.blobs['a'].diff == 0).all() and (cut.blobs['x'].diff == 0).all()
+        assert (cut.params['s'][0].diff == 0).all()

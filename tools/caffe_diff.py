@@ -693,12 +693,62 @@ def bisect_forward(caffe_bin, case_dir):
             for t in tops:
                 bad = _worst(net.blobs['seen_' + t].data, scores.get('seen_' + t, []), PRINT_RTOL,
                              PRINT_ATOL)
-                lines.append('%-24s %s' % (t, bad or 'agrees'))
+                lines.append('forward  %-24s %s' % (t, bad or 'agrees'))
+            lines += _bisect_backward(caffe_bin, work, case_dir, tops)
             return lines
         finally:
             os.chdir(here)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _bisect_backward(caffe_bin, work, case_dir, tops):
+    """The gradient of every blob, through probes: a Bias layer over the whole blob,
+    in place right after the layer that wrote it, starting at 0; one SGD step with
+    base_lr 1 leaves minus the blob's gradient in it."""
+    import minicaffe as caffe
+    from minicaffe.protoio import pb, read_text
+    for f in os.listdir(case_dir):
+        shutil.copy(os.path.join(case_dir, f), work)
+    param = read_text('net.prototxt', pb.NetParameter)
+    probed = pb.NetParameter()
+    probed.CopyFrom(param)
+    del probed.layer[:]
+    names = []
+    for lp in param.layer:
+        probed.layer.add().CopyFrom(lp)
+        if lp.type in ('HDF5Data', 'Input') or 'Loss' in lp.type or lp.name == 'features':
+            continue
+        for t in lp.top:
+            probe = probed.layer.add(name='probe_%s_%s' % (lp.name, t), type='Bias')
+            probe.bottom.append(t)
+            probe.top.append(t)
+            probe.bias_param.axis = 0
+            probe.bias_param.num_axes = -1
+            probe.bias_param.filler.type = 'constant'
+            names.append((probe.name, '%s (written by %s)' % (t, lp.name)))
+    with open('net.prototxt', 'w') as f:
+        f.write(str(probed))
+    net = caffe.Net('net.prototxt', caffe.TEST)
+    for src_name, blobs in caffe.Net(os.path.join(case_dir, 'net.prototxt'), caffe.TEST,
+                                     weights=os.path.join(case_dir, 'init.caffemodel')).params.items():
+        for i, b in enumerate(blobs):
+            net.params[src_name][i].data[...] = b.data
+    net.save('init.caffemodel')
+    snap, log = caffe_step(caffe_bin, work)
+    if snap is None:
+        return ['backward: caffe train failed:', log[-2000:]]
+    solver = caffe.get_solver('solver.prototxt')
+    solver.net.copy_from('init.caffemodel')
+    solver.step(1)
+    theirs = caffe.Net('net.prototxt', caffe.TRAIN, weights=snap)
+    lines = []
+    for probe, what in reversed(names):       # backward order: the first that differs is the culprit
+        ref = theirs.params[probe][0].data
+        bad = _worst(solver.net.params[probe][0].data, ref, STEP_RTOL,
+                     STEP_ATOL * max(1.0, float(np.abs(ref).max())))
+        lines.append('gradient %-40s %s' % (what, bad or 'agrees'))
+    return lines
 
 
 def main(argv=None):

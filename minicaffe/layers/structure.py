@@ -2,8 +2,9 @@
 Flatten, Reshape, Concat, Slice, Eltwise, Tile, Reduction, ArgMax, Filter,
 BatchReindex, Parameter.
 
-Flatten and Reshape tops alias their bottom (data and diff), as Caffe's
-ShareData/ShareDiff do; so do single-top Slice and single-bottom Concat.
+Reshape tops alias their bottom (data and diff), as Caffe's ShareData/ShareDiff do;
+so do single-top Slice and single-bottom Concat.  A Flatten top aliases the data and
+hands its diff to the bottom in backward, as Caffe's does (see FlattenLayer).
 
 GPU mode: Concat, Slice and Eltwise have forward_gpu/backward_gpu on the blobs'
 device arrays (Eltwise MAX with kernels/eltwise.cu); the aliasing layers need
@@ -51,8 +52,12 @@ class FlattenLayer(Layer):
     """Flatten axes [axis, end_axis] into one (defaults 1 and -1).
 
     forward:  y = x viewed with shape x.shape[:axis] + (prod x.shape[axis:end_axis+1],)
-              + x.shape[end_axis+1:]; the top shares the bottom's data and diff
-    backward: dx = dy (shared memory)
+              + x.shape[end_axis+1:] (the top shares the bottom's data)
+    backward: dx = dy: as Caffe's Bottom->ShareDiff(top), the bottom's diff becomes
+              the top's diff memory.  So where the bottom's diff was itself shared
+              with another blob (a Reshape top, a single-top Slice, a single-bottom
+              Concat), that other blob keeps its old diff: in Caffe no gradient
+              passes below Reshape -> Flatten, and minicaffe computes the same.
     shapes:   (d0, ..., dn) -> (d0, ..., d_{axis-1}, d_axis*...*d_end, d_{end+1}, ...)
     """
     static_reshape = True
@@ -67,13 +72,16 @@ class FlattenLayer(Layer):
         self.check(start <= end, 'axis (%d) must not come after end_axis (%d) for shape %s'
                    % (start, end, s))
         shape = s[:start] + (_count(s, start, end + 1),) + s[end + 1:]
-        top[0].view_of(bottom[0], shape)
+        owner = getattr(self, '_top_diff', None)
+        if owner is None or owner.shape != tuple(shape):
+            owner = self._top_diff = Blob(shape)        # the top's own diff, kept across passes
+        top[0].alias_data(bottom[0], shape, owner)
 
     def forward(self, bottom, top):
         pass
 
     def backward(self, top, propagate_down, bottom):
-        pass  # top and bottom share their diff
+        bottom[0].share_diff(top[0])
 
 
 @register_layer('Reshape')
