@@ -72,3 +72,21 @@ def test_random_recurrent_nets_build_in_minicaffe(seed):
 @pytest.mark.parametrize('seed', range(1, 6))
 def test_minicaffe_agrees_with_real_caffe_on_random_recurrent_nets(seed, tmp_path):
     assert caffe_diff.run_recurrent_case(CAFFE, seed, str(tmp_path)) == []
+
+
+@pytest.mark.parametrize('seed', range(1, 13))
+def test_random_solvers_are_accepted_by_minicaffe(seed, tmp_path):
+    text, kind = caffe_diff.random_solver(np.random.RandomState(seed), 3)
+    (tmp_path / 'net.prototxt').write_text(
+        'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param {'
+        ' num_output: 2 } }')
+    (tmp_path / 'solver.prototxt').write_text(text.replace('net.prototxt', str(tmp_path / 'net.prototxt'))
+                                              .replace('"caffe"', '"%s"' % (tmp_path / 'caffe')))
+    assert caffe.get_solver(str(tmp_path / 'solver.prototxt')).type == kind
+
+
+@needs_caffe
+@pytest.mark.parametrize('seed', range(1, 9))
+def test_minicaffe_agrees_with_real_caffe_on_random_solvers(seed, tmp_path):
+    assert caffe_diff.run_solver_case(CAFFE, seed, str(tmp_path)) == []

@@ -49,7 +49,7 @@ def _cpu_outside_gpu_mode():
 def _case(tmp_path, kind):
     path = make_case(tmp_path, solver_extra=SOLVERS[kind])
     if 'momentum: 0\n' in SOLVERS[kind]:
-        # make_case's template sets momentum 0.9; AdaGrad refuses any, RMSProp ignores it
+        # make_case's template sets momentum 0.9; AdaGrad and RMSProp refuse any (Caffe)
         with open(path) as f:
             text = f.read().replace('momentum: 0.9\n', '', 1)
         with open(path, 'w') as f:

@@ -141,7 +141,7 @@ def test_unwritable_snapshot_prefix_is_an_early_error(tmp_path):
 def test_legacy_solver_type_enum(tmp_path, legacy, name):
     extra = 'solver_type: %s' % legacy
     path = make_case(tmp_path, solver_extra=extra)
-    if name == 'AdaGrad':           # AdaGrad refuses momentum
+    if name in ('AdaGrad', 'RMSProp'):      # both refuse momentum, as in Caffe
         edit(path, 'momentum: 0.9', '')
     s = caffe.get_solver(path)
     assert s.type == name
@@ -474,3 +474,18 @@ def test_callbacks_and_step_counts(tmp_path):
     s.add_callback(lambda: calls.append('start'), lambda: calls.append('ready'))
     s.step(3)
     assert calls == ['start', 'ready'] * 3 and s.iter == 3
+
+
+@pytest.mark.parametrize('extra,message', [
+    ('type: "RMSProp"', 'momentum cannot be used with RMSProp'),
+    ('type: "RMSProp"\nmomentum: 0\nrms_decay: 1', 'rms_decay should lie between 0 and 1'),
+    ('lr_policy: "sigmoid"\ngamma: 0.1\nstepsize: 0', 'needs stepsize > 0'),
+    ('lr_policy: "exp"\ngamma: -0.5', 'needs gamma >= 0'),
+])
+def test_solver_settings_caffe_refuses_are_refused_when_the_solver_is_built(tmp_path, extra, message):
+    # Caffe CHECKs these in the solver's constructor or at the first learning rate
+    path = make_case(tmp_path, solver_extra=extra)
+    if 'momentum: 0\n' in extra:
+        edit(path, 'momentum: 0.9', '')
+    with pytest.raises(MinicaffeError, match=message):
+        Solver(path)

@@ -363,11 +363,11 @@ def caffe_forward(caffe_bin, folder):
     return scores, proc.stdout
 
 
-def caffe_step(caffe_bin, folder):
+def caffe_step(caffe_bin, folder, iterations=1):
     proc = subprocess.run([caffe_bin, 'train', '-solver', 'solver.prototxt', '-weights', 'init.caffemodel'],
                           cwd=folder, env=_caffe_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=600)
-    path = os.path.join(folder, 'caffe_iter_1.caffemodel')
+    path = os.path.join(folder, 'caffe_iter_%d.caffemodel' % iterations)
     if proc.returncode != 0 or not os.path.exists(path):
         return None, proc.stdout[-3000:]
     return path, proc.stdout
@@ -557,6 +557,104 @@ def run_recurrent_case(caffe_bin, seed, folder):
 
 
 ILL = 'ill-conditioned: '
+
+
+# ---------------------------------------------------------------- random solvers
+SOLVER_NET = (
+    'name: "solver_net"\n'
+    'layer { name: "data" type: "HDF5Data" top: "data" top: "label"'
+    ' hdf5_data_param { source: "list.txt" batch_size: %(batch)d } }\n'
+    'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" %(conv_mult)s'
+    ' convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.3 }'
+    ' bias_filler { type: "uniform" min: -0.3 max: 0.3 } } }\n'
+    'layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }\n'
+    'layer { name: "ip" type: "InnerProduct" bottom: "conv" top: "ip" %(ip_mult)s'
+    ' inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.2 }'
+    ' bias_filler { type: "uniform" min: -0.3 max: 0.3 } } }\n'
+    'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n')
+
+
+def random_solver(rs, iterations):
+    """A solver.prototxt drawing the type, the learning-rate policy and the
+    regularisation, momentum, gradient clipping and iter_size settings."""
+    kind = str(rs.choice(['SGD', 'Nesterov', 'AdaGrad', 'RMSProp', 'AdaDelta', 'Adam']))
+    lines = ['net: "net.prototxt"', 'type: "%s"' % kind, 'max_iter: %d' % iterations, 'display: 0',
+             'snapshot_after_train: true', 'snapshot_prefix: "caffe"', 'solver_mode: CPU',
+             'random_seed: 1']
+    lr = {'AdaDelta': 1.0, 'Adam': 0.01}.get(kind, 0.1)
+    lines.append('base_lr: %g' % round(lr * rs.uniform(0.5, 2), 4))
+    policy = str(rs.choice(['fixed', 'step', 'exp', 'inv', 'multistep', 'poly', 'sigmoid']))
+    lines.append('lr_policy: "%s"' % policy)
+    if policy in ('step', 'exp', 'inv', 'multistep', 'sigmoid'):
+        lines.append('gamma: %g' % round(rs.uniform(0.5, 0.99), 3))
+    if policy in ('step', 'sigmoid'):
+        lines.append('stepsize: %d' % rs.randint(1, 3))
+    if policy in ('inv', 'poly'):
+        lines.append('power: %g' % round(rs.uniform(0.5, 2), 3))
+    if policy == 'multistep':
+        lines += ['stepvalue: 1', 'stepvalue: 2']
+    if kind in ('SGD', 'Nesterov', 'AdaDelta', 'Adam') and rs.rand() < 0.8:   # (Caffe refuses it
+                                                                            # for AdaGrad, RMSProp)
+        lines.append('momentum: %g' % round(rs.uniform(0.5, 0.95), 3))
+    if kind == 'Adam':
+        lines.append('momentum2: %g' % round(rs.uniform(0.9, 0.999), 4))
+    if kind == 'RMSProp':
+        lines.append('rms_decay: %g' % round(rs.uniform(0.8, 0.99), 3))
+    if kind in ('AdaGrad', 'RMSProp', 'AdaDelta', 'Adam') and rs.rand() < 0.5:
+        lines.append('delta: %g' % float(rs.choice([1e-8, 1e-6, 1e-4])))
+    if rs.rand() < 0.7:
+        lines.append('weight_decay: %g' % round(rs.uniform(1e-4, 1e-2), 5))
+        lines.append('regularization_type: "%s"' % rs.choice(['L2', 'L1']))
+    if rs.rand() < 0.4:
+        lines.append('clip_gradients: %g' % round(rs.uniform(0.05, 1), 3))
+    if rs.rand() < 0.3:
+        lines.append('iter_size: 2')
+    return '\n'.join(lines) + '\n', kind
+
+
+def run_solver_case(caffe_bin, seed, folder, iterations=3):
+    """A small net trained ``iterations`` steps by a random solver, in Caffe and in
+    minicaffe from the same weights; the weights after the last step are compared."""
+    import h5py
+    import minicaffe as caffe
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        rs = np.random.RandomState(seed)
+        batch = int(rs.randint(1, 4))
+        mults = ['', 'param { lr_mult: 2 decay_mult: 0 } param { lr_mult: 0.5 decay_mult: 2 }']
+        text = SOLVER_NET % {'batch': batch, 'conv_mult': mults[rs.randint(2)],
+                             'ip_mult': mults[rs.randint(2)]}
+        with h5py.File('data.h5', 'w') as f:       # 4 batches: iter_size 2 reads 2 per step
+            f['data'] = rs.standard_normal((4 * batch, 2, 5, 5)).astype(np.float32)
+            f['label'] = rs.randint(0, 3, 4 * batch).astype(np.float32)
+        with open('list.txt', 'w') as f:
+            f.write('data.h5\n')
+        with open('net.prototxt', 'w') as f:
+            f.write(text)
+        solver_text, kind = random_solver(rs, iterations)
+        with open('solver.prototxt', 'w') as f:
+            f.write(solver_text)
+        caffe.set_random_seed(seed)
+        caffe.Net('net.prototxt', caffe.TEST).save('init.caffemodel')
+        snap, log = caffe_step(caffe_bin, folder, iterations)
+        if snap is None:
+            raise RuntimeError('caffe train failed (%s):\n%s' % (kind, log))
+        solver = caffe.get_solver('solver.prototxt')
+        solver.net.copy_from('init.caffemodel')
+        solver.step(iterations)
+        theirs = caffe.Net('net.prototxt', caffe.TRAIN, weights=snap)
+        differences = []
+        for name, blobs in solver.net.params.items():
+            for i, b in enumerate(blobs):
+                ref = theirs.params[name][i].data
+                bad = _worst(b.data, ref, STEP_RTOL, STEP_ATOL * max(1.0, float(np.abs(ref).max())))
+                if bad:
+                    differences.append('%s after %d steps, %s[%d]: %s' % (
+                        ' '.join(solver_text.split('\n')[1:]), iterations, name, i, bad))
+        return differences
+    finally:
+        os.chdir(here)
 
 
 # ---------------------------------------------------------------- special values
@@ -766,6 +864,9 @@ def main(argv=None):
                    help='instead of random nets: each element-wise layer fed NaN, infinities,'
                         ' signed zeros and huge values (one case per layer setting; --cases'
                         ' rounds up to all %d)' % len(SPECIAL_LAYERS))
+    p.add_argument('--solvers', action='store_true',
+                   help='random solvers (type, lr policy, momentum, decay L1/L2, clipping,'
+                        ' iter_size, lr/decay multipliers) on a small net, 3 steps, instead')
     p.add_argument('--recurrent', action='store_true',
                    help='random LSTM/RNN nets (sequences with cont, static input) instead')
     p.add_argument('--bisect', metavar='CASE_DIR',
@@ -787,6 +888,8 @@ def main(argv=None):
         try:
             if args.special:
                 result = run_special_case(args.caffe, seed - args.seed, folder)
+            elif args.solvers:
+                result = run_solver_case(args.caffe, seed, folder)
             elif args.recurrent:
                 result = run_recurrent_case(args.caffe, seed, folder)
             else:

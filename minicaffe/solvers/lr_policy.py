@@ -10,6 +10,17 @@ from ..errors import MinicaffeError
 POLICIES = ('fixed', 'step', 'exp', 'inv', 'multistep', 'poly', 'sigmoid')
 
 
+def check_parameters(p, source):
+    """The checks Caffe's GetLearningRate makes at the first iteration (CHECK_GT
+    stepsize, CHECK_GE gamma), made when the solver is built instead."""
+    if p.lr_policy in ('step', 'sigmoid') and p.stepsize <= 0:
+        raise MinicaffeError('%s: lr_policy "%s" needs stepsize > 0 (got %d)'
+                             % (source, p.lr_policy, p.stepsize))
+    if p.lr_policy in ('step', 'exp', 'inv', 'multistep', 'sigmoid') and p.gamma < 0:
+        raise MinicaffeError('%s: lr_policy "%s" needs gamma >= 0 (got %g)'
+                             % (source, p.lr_policy, p.gamma))
+
+
 def learning_rate(solver):
     p = solver.param
     it = solver.iter

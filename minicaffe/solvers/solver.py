@@ -93,8 +93,13 @@ class Solver(object):
         if self.type not in RULES:
             raise MinicaffeError('%s: unknown solver type "%s" (known: %s)'
                                  % (self.source, self.type, ', '.join(RULES)))
-        if self.type == 'AdaGrad' and self.param.momentum != 0:
-            raise MinicaffeError('%s: momentum cannot be used with AdaGrad' % self.source)
+        if self.type in ('AdaGrad', 'RMSProp') and self.param.momentum != 0:
+            raise MinicaffeError('%s: momentum cannot be used with %s (got momentum: %g)'
+                                 % (self.source, self.type, self.param.momentum))
+        if self.type == 'RMSProp' and not 0 <= self.param.rms_decay < 1:
+            raise MinicaffeError('%s: rms_decay should lie between 0 and 1 (got %g)'
+                                 % (self.source, self.param.rms_decay))
+        lr_policy.check_parameters(self.param, self.source)
         if self.param.average_loss < 1:
             raise MinicaffeError('%s: average_loss must be at least 1 (got %d)'
                                  % (self.source, self.param.average_loss))
