@@ -90,3 +90,25 @@ def test_random_solvers_are_accepted_by_minicaffe(seed, tmp_path):
 @pytest.mark.parametrize('seed', range(1, 9))
 def test_minicaffe_agrees_with_real_caffe_on_random_solvers(seed, tmp_path):
     assert caffe_diff.run_solver_case(CAFFE, seed, str(tmp_path)) == []
+
+
+@needs_caffe
+@pytest.mark.parametrize('seed', range(1, 41))
+def test_minicaffe_accepts_and_refuses_what_real_caffe_does(seed, tmp_path):
+    assert caffe_diff.run_validity_case(CAFFE, seed, str(tmp_path)) == []
+
+
+@pytest.mark.parametrize('seed', range(1, 41))
+def test_validity_cases_give_an_answer_or_a_clear_error_in_minicaffe(seed, tmp_path):
+    """Without Caffe: each drawn layer either runs or is refused with a MinicaffeError."""
+    rs = np.random.RandomState(seed)
+    kind, param, bottoms = caffe_diff._random_layer(rs, (2, 3, 4, 5))
+    text = ('layer { name: "in" type: "Input" top: "a" top: "b" input_param { shape { dim: 2'
+            ' dim: 3 dim: 4 dim: 5 } shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }\n'
+            'layer { name: "l" type: "%s" %s top: "t" %s }\n'
+            % (kind, ' '.join('bottom: "%s"' % b for b in 'ab'[:bottoms]), param))
+    (tmp_path / 'net.prototxt').write_text(text)
+    try:
+        caffe.Net(str(tmp_path / 'net.prototxt'), caffe.TEST).forward()
+    except caffe.MinicaffeError as e:
+        assert 'net.prototxt' in str(e)

@@ -55,8 +55,15 @@ def test_flatten_follows_a_reshaped_input():
     np.testing.assert_array_equal(net.blobs['y'].data, net.blobs['x'].data.reshape(5, 4))
 
 
+def test_flatten_with_axis_just_past_end_axis_inserts_an_axis_of_one():
+    # Caffe: count(axis, end_axis + 1) of an empty range is 1 (real Caffe accepts it)
+    net = make_net(layer('Flatten', ['x'], ['y'], 'flatten_param { axis: 2 end_axis: 1 }'),
+                   {'x': (2, 3, 4)})
+    assert net.blobs['y'].shape == (2, 3, 1, 4)
+
+
 @pytest.mark.parametrize('type_,param,msg', [
-    ('Flatten', 'flatten_param { axis: 2 end_axis: 1 }', 'must not come after end_axis'),
+    ('Flatten', 'flatten_param { axis: 2 end_axis: 0 }', 'must not come after end_axis'),
     ('Flatten', 'flatten_param { axis: 5 }', 'out of range'),
     ('Reshape', 'reshape_param { shape { dim: -1 dim: -1 } }', 'more than one -1'),
     ('Reshape', 'reshape_param { shape { dim: 5 dim: 5 } }', 'has 25 elements'),

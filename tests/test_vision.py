@@ -698,3 +698,17 @@ def test_threaded_copies_give_the_serial_numbers(set_threads):
                         net.blobs['x'].diff.copy(), net.params['conv'][0].diff.copy()))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+def test_convolution_with_dilation_zero_reads_one_input_for_every_tap():
+    # Caffe accepts dilation 0 (no check): the kernel's extent is 1 and every tap
+    # multiplies the same input, so the layer is a 1x1 convolution by the summed taps
+    net = make_net(layer('Convolution', ['x'], ['y'], 'convolution_param { num_output: 2'
+                         ' kernel_size: 3 dilation: 0 bias_term: false weight_filler {'
+                         ' type: "gaussian" } }'), {'x': (1, 3, 4, 5)})
+    x = rand(1, 3, 4, 5)
+    net.blobs['x'].data[...] = x
+    net.forward()
+    w = net.params['l'][0].data.sum(axis=(2, 3))
+    np.testing.assert_allclose(net.blobs['y'].data, np.einsum('oc,nchw->nohw', w, x), rtol=1e-5,
+                               atol=1e-5)

@@ -657,6 +657,121 @@ def run_solver_case(caffe_bin, seed, folder, iterations=3):
         os.chdir(here)
 
 
+# ---------------------------------------------------------------- validity
+# One layer with parameters drawn around their valid range: real Caffe and minicaffe
+# must accept the same nets (and refuse the same ones: a net Caffe refuses with a
+# CHECK must get a clear error here, not numbers).
+def _random_layer(rs, shape):
+    """(type, layer parameter text, number of bottoms) for a 4-D input ``shape``."""
+    c = shape[1]
+    k = int(rs.randint(0, 6))
+    kind = str(rs.choice(['Convolution', 'Deconvolution', 'Pooling', 'LRN', 'InnerProduct',
+                          'Softmax', 'Concat', 'Slice', 'Eltwise', 'Crop', 'Reshape', 'Flatten',
+                          'Tile', 'Reduction', 'Dropout', 'Power', 'ArgMax', 'BatchNorm', 'Scale',
+                          'MVN', 'Embed', 'SPP']))
+    if kind in ('Convolution', 'Deconvolution'):
+        p = 'convolution_param { num_output: %d kernel_size: %d stride: %d pad: %d group: %d dilation: %d }' % (
+            rs.randint(0, 5), k, rs.randint(0, 3), rs.randint(-1, 4), rs.randint(1, 4), rs.randint(0, 3))
+        return kind, p, 1
+    if kind == 'Pooling':
+        extra = ' global_pooling: true' if rs.rand() < 0.2 else ''
+        return kind, 'pooling_param { pool: %s kernel_size: %d stride: %d pad: %d%s }' % (
+            rs.choice(['MAX', 'AVE', 'STOCHASTIC']), k, rs.randint(0, 3), rs.randint(0, 4), extra), 1
+    if kind == 'LRN':
+        return kind, 'lrn_param { local_size: %d norm_region: %s }' % (
+            rs.randint(0, 6), rs.choice(['ACROSS_CHANNELS', 'WITHIN_CHANNEL'])), 1
+    if kind == 'InnerProduct':
+        return kind, 'inner_product_param { num_output: %d axis: %d }' % (rs.randint(0, 4), rs.randint(-5, 5)), 1
+    if kind == 'Softmax':
+        return kind, 'softmax_param { axis: %d }' % rs.randint(-5, 5), 1
+    if kind == 'Concat':
+        return kind, 'concat_param { axis: %d }' % rs.randint(-5, 5), 2
+    if kind == 'Slice':
+        points = sorted(rs.randint(-1, c + 2, rs.randint(0, 3)).tolist())
+        return kind, 'slice_param { axis: %d %s }' % (
+            rs.randint(-1, 4), ' '.join('slice_point: %d' % q for q in points)), 1
+    if kind == 'Eltwise':
+        coeffs = ' '.join('coeff: 1' for _ in range(rs.randint(0, 4)))
+        return kind, 'eltwise_param { operation: %s %s }' % (rs.choice(['SUM', 'PROD', 'MAX']), coeffs), 2
+    if kind == 'Crop':
+        return kind, 'crop_param { axis: %d offset: %d }' % (rs.randint(-1, 5), rs.randint(0, 4)), 2
+    if kind == 'Reshape':
+        dims = ' '.join('dim: %d' % d for d in rs.randint(-2, 5, rs.randint(1, 5)))
+        return kind, 'reshape_param { shape { %s } }' % dims, 1
+    if kind == 'Flatten':
+        return kind, 'flatten_param { axis: %d end_axis: %d }' % (rs.randint(-5, 5), rs.randint(-5, 5)), 1
+    if kind == 'Tile':
+        return kind, 'tile_param { axis: %d tiles: %d }' % (rs.randint(-5, 5), rs.randint(0, 3)), 1
+    if kind == 'Reduction':
+        return kind, 'reduction_param { operation: %s axis: %d }' % (
+            rs.choice(['SUM', 'ASUM', 'SUMSQ', 'MEAN']), rs.randint(-5, 5)), 1
+    if kind == 'Dropout':
+        # (outside [0, 1) minicaffe refuses the ratio on purpose: Caffe's release build
+        # skips its DCHECKs and scales by 1 / (1 - ratio) in TRAIN)
+        return kind, 'dropout_param { dropout_ratio: %g }' % round(rs.uniform(0, 0.99), 2), 1
+    if kind == 'Power':
+        return kind, 'power_param { power: %g }' % rs.choice([0.5, 2, -1, 0]), 1
+    if kind == 'ArgMax':
+        return kind, 'argmax_param { top_k: %d %s }' % (
+            rs.randint(0, 4), 'axis: %d' % rs.randint(-5, 5) if rs.rand() < 0.5 else ''), 1
+    if kind == 'BatchNorm':
+        return kind, 'batch_norm_param { eps: %g }' % rs.choice([1e-5, 0, -1]), 1
+    if kind == 'Scale':
+        return kind, 'scale_param { axis: %d num_axes: %d }' % (rs.randint(-5, 5), rs.randint(-2, 4)), 1
+    if kind == 'MVN':
+        return kind, 'mvn_param { eps: %g }' % rs.choice([1e-9, 0, -1]), 1
+    if kind == 'Embed':
+        return kind, 'embed_param { num_output: %d input_dim: %d }' % (rs.randint(0, 3), rs.randint(0, 3)), 1
+    return kind, 'spp_param { pyramid_height: %d }' % rs.randint(0, 4), 1
+
+
+def run_validity_case(caffe_bin, seed, folder):
+    """Returns [] when Caffe and minicaffe agree on accepting the net, else one line."""
+    import minicaffe as caffe
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        rs = np.random.RandomState(seed)
+        shape = tuple(int(d) for d in (rs.randint(1, 3), rs.randint(1, 5), rs.randint(1, 7), rs.randint(1, 7)))
+        kind, param, bottoms = _random_layer(rs, shape)
+        other = tuple(int(d) for d in (shape[0], rs.randint(1, 5), shape[2], shape[3])) \
+            if rs.rand() < 0.3 else shape
+        inputs = 'layer { name: "in" type: "Input" top: "a" top: "b" input_param { shape { %s } shape { %s } } }' % (
+            ' '.join('dim: %d' % d for d in shape), ' '.join('dim: %d' % d for d in other))
+        text = '%s\nlayer { name: "l" type: "%s" %s top: "t" %s }\n' % (
+            inputs, kind, ' '.join('bottom: "%s"' % b for b in 'ab'[:bottoms]), param)
+        with open('net.prototxt', 'w') as f:
+            f.write(text)
+        from minicaffe.protoio import pb
+        with open('none.caffemodel', 'wb') as f:    # `caffe test` wants weights: none to copy
+            f.write(pb.NetParameter(name='none').SerializeToString())
+        proc = subprocess.run([caffe_bin, 'test', '-model', 'net.prototxt', '-weights', 'none.caffemodel',
+                               '-iterations', '1'],
+                              env=_caffe_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=300)
+        caffe_ok = proc.returncode == 0
+        why = [ln.split('] ', 1)[-1] for ln in proc.stdout.splitlines()
+               if ln.startswith('F') and 'Check failed' in ln or 'FATAL' in ln or 'Error' in ln]
+        try:
+            net = caffe.Net('net.prototxt', caffe.TEST)
+            net.forward()
+            ours, message = True, ''
+        except caffe.MinicaffeError as e:
+            ours, message = False, str(e).splitlines()[0]
+        except Exception as e:          # anything else is a crash, never an answer
+            return ['%s %s: minicaffe crashed: %s: %s' % (kind, param, type(e).__name__, e)]
+        if ours == caffe_ok:
+            return []
+        if caffe_ok:
+            return ['%s %s on %s: Caffe accepts it, minicaffe refuses: %s' % (kind, param, shape, message)]
+        crash = proc.returncode < 0 and not why
+        return ['%s %s on %s: Caffe %s, minicaffe accepts it' % (
+            kind, param, shape, 'crashes (signal %d)' % -proc.returncode if crash else
+            'refuses it (%s)' % (why[0] if why else 'exit %d' % proc.returncode))]
+    finally:
+        os.chdir(here)
+
+
 # ---------------------------------------------------------------- special values
 # Element-wise layers fed NaN, infinities, signed zeros and huge values: Caffe's
 # C++ expressions decide what comes out (NaN * 0 is NaN, std::max(NaN, 0) is NaN),
@@ -867,6 +982,9 @@ def main(argv=None):
     p.add_argument('--solvers', action='store_true',
                    help='random solvers (type, lr policy, momentum, decay L1/L2, clipping,'
                         ' iter_size, lr/decay multipliers) on a small net, 3 steps, instead')
+    p.add_argument('--validity', action='store_true',
+                   help='one layer with parameters drawn around their valid range: Caffe and'
+                        ' minicaffe must accept (and refuse) the same nets')
     p.add_argument('--recurrent', action='store_true',
                    help='random LSTM/RNN nets (sequences with cont, static input) instead')
     p.add_argument('--bisect', metavar='CASE_DIR',
@@ -888,6 +1006,8 @@ def main(argv=None):
         try:
             if args.special:
                 result = run_special_case(args.caffe, seed - args.seed, folder)
+            elif args.validity:
+                result = run_validity_case(args.caffe, seed, folder)
             elif args.solvers:
                 result = run_solver_case(args.caffe, seed, folder)
             elif args.recurrent:

@@ -69,8 +69,10 @@ class FlattenLayer(Layer):
         s = bottom[0].shape
         start = _axis(self, bottom[0], p.axis)
         end = _axis(self, bottom[0], p.end_axis, 'end_axis')
-        self.check(start <= end, 'axis (%d) must not come after end_axis (%d) for shape %s'
-                   % (start, end, s))
+        # Caffe's Blob::count(start, end + 1) allows start == end + 1: the flattened
+        # range is empty and an axis of size 1 is inserted there
+        self.check(start <= end + 1, 'axis (%d) must not come after end_axis + 1 (%d) for shape %s'
+                   % (start, end + 1, s))
         shape = s[:start] + (_count(s, start, end + 1),) + s[end + 1:]
         owner = getattr(self, '_top_diff', None)
         if owner is None or owner.shape != tuple(shape):

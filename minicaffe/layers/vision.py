@@ -105,9 +105,8 @@ def parse_conv_geometry(layer, cp, bottom0, min_spatial_axes=0):
     layer.check(all(s > 0 for s in stride), 'Stride dimensions must be nonzero (stride %s)'
                 % (stride,))
     pad = hw('pad', 'pad_h', 'pad_w', cp.pad, 0)
+    # (dilation 0 is accepted, as Caffe does: every tap of the kernel reads the same input)
     dilation = per_axis('dilation', cp.dilation, 1)
-    layer.check(all(d > 0 for d in dilation), 'Dilation dimensions must be nonzero (dilation %s)'
-                % (dilation,))
     return channel_axis, kernel, stride, pad, dilation
 
 

@@ -8,10 +8,17 @@ from minicaffe.onnx.registry import Unsupported, converter
 from minicaffe.protoio import pb
 
 
-def _conv_attrs(layer):
+def _check_conv_geometry(layer):
     if layer.channel_axis != 1:
         raise Unsupported('channel axis %d: ONNX convolutions take the channels on axis 1'
                           % layer.channel_axis)
+    if 0 in tuple(layer.dilation):
+        raise Unsupported('dilation 0 (Caffe reads one input for every kernel tap; ONNX'
+                          ' dilations must be >= 1)')
+
+
+def _conv_attrs(layer):
+    _check_conv_geometry(layer)
     return dict(kernel_shape=list(layer.kernel), strides=list(layer.stride),
                 pads=list(layer.pad) * 2, dilations=list(layer.dilation), group=layer.group)
 
@@ -145,9 +152,7 @@ def im2col(ctx):
     picks x[c] at kernel offset i, Caffe's column order (exact: one product by
     1, the rest by 0)."""
     layer = ctx.layer
-    if layer.channel_axis != 1:
-        raise Unsupported('channel axis %d: ONNX convolutions take the channels on axis 1'
-                          % layer.channel_axis)
+    _check_conv_geometry(layer)
     kk = int(np.prod(layer.kernel))
     c = layer.channels
     w = np.zeros((c * kk, 1) + tuple(layer.kernel), np.float32)
