@@ -500,13 +500,24 @@ def compare_net(caffe_bin, folder, text, arrays, rs, seed, outputs):
 
 
 # ---------------------------------------------------------------- recurrent nets
+VOCAB = 7
+
+
 def recurrent_text(rs, T, N, D, classes):
-    """data (T, N, D), cont (T, N) -> [InnerProduct] -> LSTM or RNN [-> a second one]
+    """data (T, N, D) [or word indices (T, N) through Embed], cont (T, N) -> [InnerProduct]
+    -> LSTM or RNN [-> a second one]
     -> InnerProduct over axis 2 -> SoftmaxWithLoss over axis 2 with label (T, N)."""
     layers = ['layer { name: "data" type: "HDF5Data" top: "data" top: "cont" top: "label"'
               ' hdf5_data_param { source: "list.txt" batch_size: %d } }' % T]
     bottom = 'data'
-    if rs.rand() < 0.4:
+    if rs.rand() < 0.3:        # word indices through Embed, as LRCN's language model
+        layers.append('layer { name: "embed" type: "Embed" bottom: "word" top: "embed" embed_param {'
+                      ' num_output: %d input_dim: %d bias_term: %s weight_filler { type: "uniform"'
+                      ' min: -0.5 max: 0.5 } bias_filler { type: "uniform" min: -0.1 max: 0.1 } } }'
+                      % (rs.randint(1, 6), VOCAB, rs.choice(['true', 'false'])))
+        layers[0] = layers[0].replace('top: "data"', 'top: "data" top: "word"')
+        bottom = 'embed'
+    elif rs.rand() < 0.4:
         layers.append('layer { name: "embed" type: "InnerProduct" bottom: "data" top: "embed"'
                       ' inner_product_param { num_output: %d axis: 2 weight_filler { type: "gaussian"'
                       ' std: 0.5 } bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }' % rs.randint(2, 7))
@@ -545,6 +556,8 @@ def run_recurrent_case(caffe_bin, seed, folder):
         cont[0] = 0                      # every stream starts at t = 0
         arrays = {'data': rs.standard_normal((T, N, D)).astype(np.float32), 'cont': cont,
                   'label': rs.randint(0, classes, (T, N)).astype(np.float32)}
+        if '"word"' in text:
+            arrays['word'] = rs.randint(0, VOCAB, (T, N)).astype(np.float32)
         if static:
             import h5py
             with h5py.File('static.h5', 'w') as f:
