@@ -14,6 +14,10 @@ setup(
                  'onnxruntime'],
         'onnx': ['onnx', 'onnxruntime'],
         'plot': ['matplotlib'],
+        # Intel MKL's libmkl_rt for minicaffe's GEMMs, picked at run time (minicaffe/blas.py).
+        # Not in 'test': its wheel is 229 MB (plus intel-openmp, 50 MB); the MKL tests skip
+        # without it.
+        'mkl': ['mkl'],
         'mpi': ['mpi4py', 'mpich', 'threadpoolctl'],
         # NCCL for multi-GPU training (cupy.cuda.nccl) comes from NVIDIA's wheel
         'cuda12': ['cupy-cuda12x>=13', 'nvidia-nccl-cu12'],

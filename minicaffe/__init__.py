@@ -24,6 +24,7 @@ from .layers.base import Layer, layer_type_list  # noqa: F401
 from .net import Net, TRAIN, TEST  # noqa: F401
 from .rng import set_random_seed  # noqa: F401
 from .threads import set_num_threads, get_num_threads  # noqa: F401
+from .blas import blas_info, select as select_blas  # noqa: F401
 from . import threads as _threads
 from . import mode as _mode
 from .mode import set_mode_cpu, set_mode_gpu, set_device  # noqa: F401

@@ -1,26 +1,50 @@
-"""Accumulating GEMM, ``C += op(A) @ op(B)``, as Caffe's caffe_cpu_gemm with beta = 1.
+"""Accumulating GEMM, ``C += op(A) @ op(B)``, as Caffe's caffe_cpu_gemm with beta = 1,
+on the BLAS chosen at run time: Intel MKL when it is installed, else numpy's OpenBLAS.
 
 Caffe accumulates every weight gradient into the diff with one BLAS call (beta =
 1).  NumPy's matmul has no beta: ``C += A @ B`` writes the product to a temporary
 and adds it in a second pass, which for fc6's 151 MB gradient (a product over
-only the batch) costs twice the GEMM itself.  So the same BLAS numpy was built
-with -- found among the libraries loaded into this process -- is called through
-ctypes, with Caffe's arguments.  Where none can be found (another platform, a
-BLAS without the CBLAS interface) or its answer to a small check is wrong, the
-temporary-and-add fallback gives the same numbers up to rounding.
+only the batch) costs twice the GEMM itself.  So cblas_sgemm is called through
+ctypes, with Caffe's arguments, from one of two libraries (select):
+
+* ``mkl``: libmkl_rt from the PyPI ``mkl`` package (``pip install
+  minicaffe[mkl]``; found through its distribution's file list, or in
+  sys.prefix/lib, or on the loader's path), the BLAS Caffe's strongest CPU build
+  links.  It is switched to its sequential threading layer before its first
+  call (one thread per call, no OpenMP runtime): minicaffe's workers run the
+  blocks, as with OpenBLAS below.
+* ``openblas``: the BLAS numpy was built with, found among the libraries loaded
+  into this process.
+
+``MINICAFFE_BLAS=mkl|openblas|auto`` (default auto: MKL when found) or
+select(name) chooses; a BLAS that cannot be loaded, or whose answer to a small
+check is wrong, is passed over with a log line saying why.  Where neither works
+(another platform, a BLAS without the CBLAS interface, MINICAFFE_NUMPY_GEMM=1)
+numpy's products and a temporary-and-add give the same numbers up to rounding.
 
 Large products are cut into blocks of rows or columns (gemm_blocks: the cut
 depends only on the shapes) and the blocks run on minicaffe's worker threads,
 each one single-threaded BLAS call (minicaffe.threads sets the BLAS to one
 thread): the threads share the cores without oversubscribing them, and the
-numbers do not depend on how many threads there are.
+numbers do not depend on how many threads there are.  With MKL this holds
+without its conditional numerical reproducibility (CNR) mode: a sequential MKL
+call's sums depend on the shape, not on the thread count (with MKL's own
+threads they do: 6x1000 by 1000x512 differs in ~900 of 3072 sums between 1 and
+2 threads unless MKL_CBWR=AUTO,STRICT), and on this project's machine they did
+not change with the arrays' alignment either (offsets of 1 to 16 floats).
 """
 import ctypes
+import importlib.metadata
+import logging
 import os
+import sys
 
 import numpy as np
 
+from .errors import MinicaffeError
 from .threads import run_chunks
+
+log = logging.getLogger('minicaffe')
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
@@ -29,23 +53,30 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _SYMBOLS = (('scipy_cblas_sgemm64_', ctypes.c_int64), ('cblas_sgemm64_', ctypes.c_int64),
             ('scipy_cblas_sgemm', ctypes.c_int32), ('cblas_sgemm', ctypes.c_int32))
 
-_state = {'sgemm': None, 'looked': False}
+BLAS_CHOICES = ('auto', 'mkl', 'openblas')
+
+# sgemm: the bound cblas_sgemm (None: numpy fallback); info: what blas_info() says.
+_state = {'sgemm': None, 'looked': False, 'info': None}
 
 
-def _loaded_blas_libraries():
-    """Paths of the shared libraries with 'blas' in their name mapped into this
-    process (numpy's own BLAS among them once numpy is imported); Linux only."""
+def _loaded_libraries():
+    """Paths of the shared libraries mapped into this process; Linux only."""
     paths = []
     try:
         with open('/proc/self/maps') as maps:
             for line in maps:
                 path = line.split()[-1] if line.strip() else ''
-                name = os.path.basename(path).lower()
-                if path.startswith('/') and 'blas' in name and '.so' in name and path not in paths:
+                if path.startswith('/') and '.so' in os.path.basename(path) and path not in paths:
                     paths.append(path)
     except OSError:
         pass
     return paths
+
+
+def _loaded_blas_libraries():
+    """The loaded libraries with 'blas' in their name (numpy's own BLAS among
+    them once numpy is imported)."""
+    return [p for p in _loaded_libraries() if 'blas' in os.path.basename(p).lower()]
 
 
 def _bind(path):
@@ -54,15 +85,18 @@ def _bind(path):
     except OSError:
         return None
     for symbol, int_t in _SYMBOLS:
-        fn = getattr(lib, symbol, None)
-        if fn is None:
-            continue
-        ptr = ctypes.c_void_p
-        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, int_t, int_t, int_t,
-                       ctypes.c_float, ptr, int_t, ptr, int_t, ctypes.c_float, ptr, int_t]
-        fn.restype = None
-        return fn
+        if getattr(lib, symbol, None) is not None:
+            return _bind_symbol(lib, symbol, int_t)
     return None
+
+
+def _bind_symbol(lib, symbol, int_t):
+    fn = getattr(lib, symbol)
+    ptr = ctypes.c_void_p
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, int_t, int_t, int_t,
+                   ctypes.c_float, ptr, int_t, ptr, int_t, ctypes.c_float, ptr, int_t]
+    fn.restype = None
+    return fn
 
 
 def _works(fn):
@@ -77,14 +111,153 @@ def _works(fn):
 
 def _sgemm():
     if not _state['looked']:
-        _state['looked'] = True
-        if os.environ.get('MINICAFFE_NUMPY_GEMM') != '1':
-            for path in _loaded_blas_libraries():
-                fn = _bind(path)
-                if fn is not None and _works(fn):
-                    _state['sgemm'] = fn
-                    break
+        select()
     return _state['sgemm']
+
+
+def _requested():
+    choice = os.environ.get('MINICAFFE_BLAS', 'auto').strip().lower() or 'auto'
+    if choice not in BLAS_CHOICES:
+        raise MinicaffeError('MINICAFFE_BLAS must be one of %s, got %r'
+                             % (', '.join(BLAS_CHOICES), os.environ['MINICAFFE_BLAS']))
+    return choice
+
+
+def select(name=None):
+    """Choose the BLAS minicaffe's GEMMs call: 'mkl', 'openblas' or 'auto' (MKL
+    when found, else OpenBLAS); None reads MINICAFFE_BLAS (default auto).  A
+    requested library that cannot be used falls back to the other one (then to
+    numpy's products) with a log line saying why.  Returns blas_info()."""
+    choice = _requested() if name is None else str(name).lower()
+    if choice not in BLAS_CHOICES:
+        raise MinicaffeError('unknown BLAS %r: expected one of %s' % (name, ', '.join(BLAS_CHOICES)))
+    _state.update(sgemm=None, looked=True, info=None)
+    if os.environ.get('MINICAFFE_NUMPY_GEMM') == '1':
+        _state['info'] = _numpy_info('MINICAFFE_NUMPY_GEMM=1')
+        return blas_info()
+    if choice in ('auto', 'mkl'):
+        found, why = _load_mkl()
+        if found is not None:
+            _state['sgemm'], _state['info'] = found
+            return blas_info()
+        if choice == 'mkl':
+            log.warning('BLAS: MKL was asked for but %s; using OpenBLAS (numpy\'s) instead', why)
+        else:
+            log.info('BLAS: MKL not used (%s); using OpenBLAS (numpy\'s)', why)
+    found = _load_openblas()
+    if found is not None:
+        _state['sgemm'], _state['info'] = found
+    else:
+        _state['info'] = _numpy_info('no CBLAS sgemm found among the loaded BLAS libraries')
+        log.warning('BLAS: %s; minicaffe uses numpy\'s products (accumulating GEMMs'
+                    ' through a temporary)', _state['info']['reason'])
+    return blas_info()
+
+
+def _load_openblas():
+    """(sgemm, info) for numpy's own BLAS, or None."""
+    for path in _loaded_blas_libraries():
+        fn = _bind(path)
+        if fn is not None and _works(fn):
+            name = 'openblas' if 'openblas' in os.path.basename(path).lower() else 'blas'
+            return fn, {'name': name, 'version': _threadpool_field(path, 'version'),
+                        'library': path, 'reason': None,
+                        'threading': _threadpool_field(path, 'threading_layer'),
+                        'threads_per_call': lambda: _threadpool_field(path, 'num_threads')}
+    return None
+
+
+def _threadpool_field(path, key):
+    try:
+        from threadpoolctl import threadpool_info
+        for info in threadpool_info():
+            if os.path.realpath(info.get('filepath', '')) == os.path.realpath(path):
+                return info.get(key)
+    except Exception:           # not installed, or a library it cannot query
+        pass
+    return None
+
+
+def _numpy_info(reason):
+    return {'name': 'numpy', 'version': np.__version__, 'library': None,
+            'threading': None, 'reason': reason, 'threads_per_call': None}
+
+
+def mkl_candidates():
+    """Where libmkl_rt may be, most specific first: the files of the installed
+    ``mkl`` distribution (pip puts them in <prefix>/lib), sys.prefix/lib (and the
+    base prefix under a virtual environment), then the bare names for the
+    loader's own search (LD_LIBRARY_PATH, the system's directories)."""
+    paths = []
+    try:
+        for f in importlib.metadata.distribution('mkl').files or ():
+            if os.path.basename(str(f)).startswith('libmkl_rt.so'):
+                paths.append(os.path.normpath(str(f.locate())))
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        for name in ('libmkl_rt.so.3', 'libmkl_rt.so.2', 'libmkl_rt.so'):
+            paths.append(os.path.join(prefix, 'lib', name))
+    found = [p for p in dict.fromkeys(paths) if os.path.exists(p)]
+    return found + ['libmkl_rt.so.3', 'libmkl_rt.so.2', 'libmkl_rt.so']
+
+
+# MKL's service functions (their C names; the lower-case ones are the Fortran
+# interface, which takes pointers): LP64 integers, the sequential layer.
+_MKL_INTERFACE_LP64, _MKL_THREADING_SEQUENTIAL = 0, 1
+_MKL_LAYERS = {0: 'intel (OpenMP)', 1: 'sequential', 2: 'pgi', 3: 'gnu (OpenMP)', 4: 'tbb'}
+
+
+def _load_mkl():
+    """((sgemm, info), None) for libmkl_rt, or (None, why not)."""
+    failed = []
+    for path in mkl_candidates():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as e:
+            if os.path.isabs(path):         # a file that is there but does not load
+                failed.append('%s: %s' % (path, e))
+            continue
+        if getattr(lib, 'cblas_sgemm', None) is None:
+            return None, '%s has no cblas_sgemm' % path
+        # Both must come before MKL's first computing call; where MKL was already
+        # running in this process (a numpy built on MKL) they return the layer
+        # in force, and its threads are set to 1 below and by minicaffe.threads.
+        lib.MKL_Set_Interface_Layer.restype = ctypes.c_int
+        lib.MKL_Set_Threading_Layer.restype = ctypes.c_int
+        lib.MKL_Set_Interface_Layer(_MKL_INTERFACE_LP64)
+        layer = lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL)
+        lib.MKL_Set_Num_Threads(1)
+        fn = _bind_symbol(lib, 'cblas_sgemm', ctypes.c_int32)
+        if not _works(fn):
+            return None, '%s gave a wrong answer to a small product' % path
+        return (fn, {'name': 'mkl', 'version': _mkl_version(lib), 'library': _mkl_path(path),
+                     'threading': _MKL_LAYERS.get(layer, 'layer %d' % layer), 'reason': None,
+                     'threads_per_call': lib.MKL_Get_Max_Threads}), None
+    if failed:
+        return None, 'libmkl_rt did not load (%s)' % '; '.join(failed)
+    return None, ('libmkl_rt not found (no `mkl` package, nothing in %s/lib, nothing on the'
+                  ' loader\'s path; pip install mkl)' % sys.prefix)
+
+
+def _mkl_version(lib):
+    buf = ctypes.create_string_buffer(256)
+    try:
+        lib.MKL_Get_Version_String(buf, len(buf))
+    except AttributeError:
+        return None
+    text = buf.value.decode('ascii', 'replace')
+    # "Intel(R) oneAPI Math Kernel Library Version 2026.2.1-Product Build ..."
+    words = text.split()
+    return words[words.index('Version') + 1].split('-')[0] if 'Version' in words[:-1] else text
+
+
+def _mkl_path(fallback):
+    """The file libmkl_rt was loaded from (a bare name is resolved by the loader)."""
+    for path in _loaded_libraries():
+        if os.path.basename(path).startswith('libmkl_rt.so'):
+            return path
+    return fallback
 
 
 def _call(fn, a, b, c, trans_a, trans_b, beta=1.0):
@@ -176,8 +349,10 @@ def _gemm_block(a, b, c, trans_a, trans_b, accumulate, scratch=None, whole=False
               and c.flags.writeable)
     op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
     if not accumulate:
-        if whole and c.flags.c_contiguous and c.dtype == op_a.dtype == op_b.dtype:
-            # numpy's own call (gemv where a side is 1, as Caffe's InnerProduct)
+        if (whole and c.flags.c_contiguous and c.dtype == op_a.dtype == op_b.dtype
+                and not (direct and _state['info']['name'] == 'mkl')):
+            # numpy's own call (gemv where a side is 1, as Caffe's InnerProduct);
+            # with MKL chosen, MKL's sgemm below instead
             np.dot(op_a, op_b, out=c)
         elif direct:
             _call(fn, a, b, c, trans_a, trans_b, beta=0.0)
@@ -204,19 +379,33 @@ def uses_blas():
     return _sgemm() is not None
 
 
+def blas_info():
+    """Which BLAS minicaffe's GEMMs run on, chosen at first use (select()):
+    {'name': 'mkl' | 'openblas' | 'blas' | 'numpy', 'version', 'library' (its
+    file), 'threading' (the library's threading layer), 'threads_per_call' (as
+    the library reports it: 1 under minicaffe.threads' policy), 'workers'
+    (minicaffe's threads, which run the blocks of large products), 'reason'
+    (why numpy's products, if so)}."""
+    from .threads import num_threads
+    if not _state['looked']:
+        select()
+    info = dict(_state['info'])
+    workers = num_threads()         # (sets the BLAS to one thread on first use)
+    if callable(info['threads_per_call']):
+        info['threads_per_call'] = info['threads_per_call']()
+    info['workers'] = workers
+    return info
+
+
 def describe():
-    """Which BLAS numpy's products (and gemm_accumulate) run on and with how many
-    threads, e.g. 'openblas 0.3.31 (SkylakeX, pthreads), 2 threads' (from
-    threadpoolctl, which reads it from the loaded library itself)."""
-    try:
-        from threadpoolctl import threadpool_info
-        infos = [i for i in threadpool_info() if i.get('user_api') == 'blas']
-    except Exception:           # not installed, or a library it cannot query
-        infos = []
-    if not infos:
-        return 'BLAS not identified (threadpoolctl missing or no BLAS loaded)'
-    i = infos[0]
-    detail = ', '.join(str(i[k]) for k in ('architecture', 'threading_layer') if i.get(k))
-    return '%s %s%s, %d thread%s' % (i.get('internal_api', '?'), i.get('version') or '',
-                                     ' (%s)' % detail if detail else '', i.get('num_threads', 0),
-                                     '' if i.get('num_threads') == 1 else 's')
+    """One line for logs: which BLAS minicaffe's GEMMs run on and with how many
+    threads, e.g. 'mkl 2026.2 (sequential, /usr/lib/libmkl_rt.so.3), 1 thread per
+    call, on 2 minicaffe threads'."""
+    info = blas_info()
+    if info['name'] == 'numpy':
+        return 'numpy %s products (%s)' % (info['version'], info['reason'])
+    detail = ', '.join(str(x) for x in (info['threading'], info['library']) if x)
+    per_call = info['threads_per_call']
+    return '%s %s (%s), %s thread%s per call, on %d minicaffe thread%s' % (
+        info['name'], info['version'] or '', detail, '?' if per_call is None else per_call,
+        '' if per_call == 1 else 's', info['workers'], '' if info['workers'] == 1 else 's')

@@ -59,3 +59,17 @@ def set_threads(monkeypatch):
     yield set_
     threads.set_num_threads(saved)
     threads._state['chosen'] = chosen
+
+
+@pytest.fixture(params=['openblas', 'mkl'])
+def blas_backend(request):
+    """Runs the test once on each BLAS minicaffe can call (minicaffe.blas.select),
+    skipping MKL where it is not installed; the run-time choice (MINICAFFE_BLAS or
+    auto) is made again afterwards."""
+    from minicaffe import blas
+    try:
+        if blas.select(request.param)['name'] != request.param:
+            pytest.skip('%s is not available here (pip install mkl)' % request.param)
+        yield request.param
+    finally:
+        blas.select()

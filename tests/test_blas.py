@@ -1,18 +1,35 @@
-"""gemm_accumulate: c += op(a) @ op(b), through BLAS (beta = 1) or numpy's fallback."""
+"""minicaffe.blas: gemm_accumulate (c += op(a) @ op(b), through BLAS with beta = 1
+or numpy's fallback) on each BLAS, and the run-time choice of the BLAS (MKL when
+installed, numpy's OpenBLAS otherwise, MINICAFFE_BLAS to force)."""
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import minicaffe
 from minicaffe import blas
+from minicaffe.errors import MinicaffeError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(params=['blas', 'numpy'])
+@pytest.fixture(params=['openblas', 'mkl', 'numpy'])
 def backend(request, monkeypatch):
     if request.param == 'numpy':
         monkeypatch.setitem(blas._state, 'looked', True)
         monkeypatch.setitem(blas._state, 'sgemm', None)
-    elif not blas.uses_blas():
-        pytest.skip('no CBLAS sgemm found beside numpy on this platform')
-    return request.param
+        yield request.param
+        return
+    try:
+        if blas.select(request.param)['name'] != request.param:
+            pytest.skip('%s is not available on this platform' % request.param)
+        yield request.param
+    finally:
+        blas.select()
 
 
 def _rand(*shape, seed=0):
@@ -51,3 +68,134 @@ def test_column_strided_inputs_fall_back_to_numpy():
     want = c.astype(np.float64) + a.astype(np.float64) @ b
     blas.gemm_accumulate(a, b, c)
     np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------ choosing the BLAS
+def _have_mkl():
+    return blas._load_mkl()[0] is not None
+
+
+needs_mkl = pytest.mark.skipif(not _have_mkl(), reason='MKL is not installed (pip install mkl)')
+
+
+@needs_mkl
+@pytest.mark.parametrize('m,k,n,ta,tb', [(96, 363, 3025, False, False), (384, 1690, 2304, False, True),
+                                         (4096, 10, 9216, True, False), (10, 4096, 9216, False, False),
+                                         (100, 1000, 4000, False, True), (1, 4096, 4096, False, True)])
+def test_mkl_and_openblas_agree_on_the_nets_products(m, k, n, ta, tb):
+    a = _rand(*((k, m) if ta else (m, k)), seed=1)
+    b = _rand(*((n, k) if tb else (k, n)), seed=2)
+    c0 = _rand(m, n, seed=3)
+    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+    got = {}
+    try:
+        for name in ('openblas', 'mkl'):
+            assert blas.select(name)['name'] == name
+            y = blas.gemm(a, b, trans_a=ta, trans_b=tb)
+            c = blas.gemm(a, b, c0.copy(), trans_a=ta, trans_b=tb, accumulate=True)
+            got[name] = y, c
+    finally:
+        blas.select()
+    tol = 2e-6 * np.abs(want).max() * np.sqrt(k)
+    for y, c in got.values():
+        assert np.abs(y - want).max() <= tol and np.abs(c - (c0 + want)).max() <= tol
+    if k >= 300:    # long sums, different libraries, different orders: both really ran
+        assert not np.array_equal(got['openblas'][0], got['mkl'][0])
+
+
+def test_a_missing_mkl_falls_back_to_openblas_with_a_log_line(monkeypatch, caplog):
+    monkeypatch.setattr(blas, 'mkl_candidates', lambda: ['libmkl_rt_is_not_here.so.3'])
+    caplog.set_level(logging.INFO, logger='minicaffe')
+    try:
+        assert blas.select('mkl')['name'] == 'openblas'
+        forced = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert forced and 'MKL was asked for but libmkl_rt not found' in forced[0].getMessage()
+        assert 'using OpenBLAS' in forced[0].getMessage()
+        caplog.clear()
+        assert blas.select('auto')['name'] == 'openblas'
+        line = [r.getMessage() for r in caplog.records if 'MKL not used' in r.getMessage()]
+        assert line and 'pip install mkl' in line[0]
+        assert all(r.levelno < logging.WARNING for r in caplog.records)   # not asked for: no warning
+        np.testing.assert_allclose(blas.gemm(_rand(5, 6), _rand(6, 7)),
+                                   _rand(5, 6).astype(np.float64) @ _rand(6, 7), rtol=1e-5)
+    finally:
+        blas.select()
+
+
+def test_an_mkl_file_that_does_not_load_is_named(monkeypatch, caplog, tmp_path):
+    broken = tmp_path / 'libmkl_rt.so.3'
+    broken.write_bytes(b'not a shared library')
+    monkeypatch.setattr(blas, 'mkl_candidates', lambda: [str(broken)])
+    try:
+        assert blas.select('mkl')['name'] == 'openblas'
+        assert any(str(broken) in r.getMessage() and 'did not load' in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        blas.select()
+
+
+def test_an_unknown_choice_is_an_error(monkeypatch):
+    monkeypatch.setenv('MINICAFFE_BLAS', 'fastest')
+    with pytest.raises(MinicaffeError, match='MINICAFFE_BLAS must be one of auto, mkl, openblas'):
+        blas.select()
+    with pytest.raises(MinicaffeError, match="unknown BLAS 'atlas'"):
+        blas.select('atlas')
+    monkeypatch.delenv('MINICAFFE_BLAS')
+    blas.select()
+
+
+def test_blas_info_names_the_library_and_its_threads(blas_backend):
+    info = minicaffe.blas_info()
+    assert info['name'] == blas_backend
+    assert os.path.exists(info['library'])
+    assert info['threads_per_call'] == 1 and info['workers'] == minicaffe.get_num_threads()
+    assert blas.describe().startswith(blas_backend + ' ')
+    if blas_backend == 'mkl':
+        assert info['threading'] == 'sequential'
+
+
+NET = """name: "tiny" input: "data" input_shape { dim: 4 dim: 32 }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 16 weight_filler { type: "gaussian" std: 0.1 } } }"""
+
+REPORT = 'import minicaffe, sys; info = minicaffe.blas_info(); print(info["name"], info["threads_per_call"])'
+
+
+def _in_a_fresh_process(args, **env):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **env)
+    return subprocess.run([sys.executable] + args, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize('choice', ['openblas', 'mkl', 'auto'])
+def test_the_environment_chooses_in_a_fresh_process(choice):
+    if choice == 'mkl' and not _have_mkl():
+        pytest.skip('MKL is not installed')
+    # MKL's and OpenBLAS's own thread settings do not matter: one thread per call
+    r = _in_a_fresh_process(['-c', REPORT], MINICAFFE_BLAS=choice, MKL_NUM_THREADS='2',
+                            OPENBLAS_NUM_THREADS='2', OMP_NUM_THREADS='2')
+    assert r.returncode == 0, r.stderr
+    want = {'auto': 'mkl' if _have_mkl() else 'openblas'}.get(choice, choice)
+    assert r.stdout.split() == [want, '1']
+
+
+@pytest.mark.parametrize('choice', ['openblas', 'mkl'])
+def test_time_header_says_which_blas_ran(tmp_path, choice):
+    if choice == 'mkl' and not _have_mkl():
+        pytest.skip('MKL is not installed')
+    (tmp_path / 'net.prototxt').write_text(NET)
+    r = _in_a_fresh_process(['-m', 'minicaffe', 'time', str(tmp_path / 'net.prototxt'),
+                             '--iterations', '2', '--threads', '2'], MINICAFFE_BLAS=choice)
+    assert r.returncode == 0, r.stderr
+    header = [line for line in r.stderr.splitlines() if 'BLAS:' in line]
+    assert header and ('BLAS: %s ' % choice) in header[0]
+    assert '1 thread per call, on 2 minicaffe threads' in header[0]
+
+
+def test_an_unknown_choice_stops_the_cli_with_a_clear_error(tmp_path):
+    (tmp_path / 'net.prototxt').write_text(NET)
+    r = _in_a_fresh_process(['-m', 'minicaffe', 'time', str(tmp_path / 'net.prototxt'),
+                             '--iterations', '1'], MINICAFFE_BLAS='fastest')
+    assert r.returncode == 2
+    assert 'minicaffe: error: MINICAFFE_BLAS must be one of auto, mkl, openblas' in r.stderr
+    assert 'Traceback' not in r.stderr

@@ -214,7 +214,7 @@ def _operands(m, k, n, ta, tb):
 
 
 @pytest.mark.parametrize('m,k,n,ta,tb', NET_SHAPES)
-def test_gemm_is_bit_identical_on_1_2_and_3_threads(m, k, n, ta, tb, set_threads):
+def test_gemm_is_bit_identical_on_1_2_and_3_threads(m, k, n, ta, tb, set_threads, blas_backend):
     a, b = _operands(m, k, n, ta, tb)
     c0 = _rand(m, n, seed=9)
     outs = []
