@@ -74,7 +74,7 @@ solver = minicaffe.get_solver(sys.argv[1])
 solver.step(20)
 np.savez(sys.argv[2], **{'%s/%d' % (name, i): p.data for name, ps in solver.net.params.items()
                          for i, p in enumerate(ps)})
-print(minicaffe.get_num_threads())
+print(minicaffe.blas_info()['name'], minicaffe.get_num_threads())
 '''
 
 
@@ -106,24 +106,29 @@ def write_inputs(d):
     return d
 
 
-def _train(d, name, seed, minicaffe_threads, blas_threads):
+def _train(d, name, seed, minicaffe_threads, blas_threads, blas_name):
     env = dict(os.environ, PYTHONPATH=str(ROOT), MINICAFFE_NUM_THREADS=str(minicaffe_threads),
                OPENBLAS_NUM_THREADS=str(blas_threads), OMP_NUM_THREADS=str(blas_threads),
+               MKL_NUM_THREADS=str(blas_threads), MINICAFFE_BLAS=blas_name,
                GLOG_minloglevel='2')
     out = d / ('%s.npz' % name)
     res = subprocess.run([sys.executable, '-c', RUN, str(d / ('solver%d.prototxt' % seed)),
                           str(out)], env=env, capture_output=True, text=True, timeout=300,
                          cwd=str(d))
     assert res.returncode == 0, res.stderr[-3000:]
-    assert int(res.stdout.split()[-1]) == minicaffe_threads
+    assert res.stdout.split()[-2:] == [blas_name, str(minicaffe_threads)]
     with np.load(out) as z:
         return {k: z[k] for k in z.files}
 
 
-def test_twenty_iterations_give_identical_weights_on_1_and_2_threads(workdir):
-    one = _train(workdir, 'one', 7, 1, 1)
-    two = _train(workdir, 'two', 7, 2, 2)
-    mixed = _train(workdir, 'mixed', 7, 2, 1)
+@pytest.mark.parametrize('blas_name', ['openblas', 'mkl'])
+def test_twenty_iterations_give_identical_weights_on_1_and_2_threads(workdir, blas_name):
+    from minicaffe import blas
+    if blas_name == 'mkl' and blas._load_mkl()[0] is None:
+        pytest.skip('MKL is not installed')
+    one = _train(workdir, 'one', 7, 1, 1, blas_name)
+    two = _train(workdir, 'two', 7, 2, 2, blas_name)
+    mixed = _train(workdir, 'mixed', 7, 2, 1, blas_name)
     assert sorted(one) == sorted(two) == sorted(mixed)
     assert len(one) == 9             # conv, fc, score: weights and biases; lstm: 3 blobs
     differ = [k for k in one if not (np.array_equal(one[k].view(np.uint32), two[k].view(np.uint32))
@@ -131,5 +136,5 @@ def test_twenty_iterations_give_identical_weights_on_1_and_2_threads(workdir):
                                                         mixed[k].view(np.uint32)))]
     assert not differ, 'weights differ between thread counts: %s' % json.dumps(differ)
     # the comparison can fail: another seed (other shuffles, masks, fillers) differs everywhere
-    other = _train(workdir, 'other', 8, 2, 2)
+    other = _train(workdir, 'other', 8, 2, 2, blas_name)
     assert all(not np.array_equal(one[k], other[k]) for k in one if one[k].std() > 0)
