@@ -29,10 +29,16 @@ from ..errors import MinicaffeError, NonFiniteLossError
 from ..net import Net, TRAIN, TEST
 from ..parallel import state as _parallel
 from ..protoio import pb
+from ..threads import parallel_for
 from . import lr_policy, nonfinite, snapshot as snap
 from .updates import RULES, array_module
 
 log = logging.getLogger('minicaffe')
+
+# The host update works on pieces of this many elements of each array (w, diff,
+# one or two histories and a rule's temporaries: <= 1 MB for 1 << 15 floats, so
+# they stay in a core's L2 cache between the steps).
+HOST_UPDATE_BLOCK = 1 << 15
 
 # Legacy SolverParameter.solver_type enum -> type string.
 LEGACY_TYPES = {0: 'SGD', 1: 'Nesterov', 2: 'AdaGrad', 3: 'RMSProp', 4: 'AdaDelta', 5: 'Adam'}
@@ -433,18 +439,48 @@ class Solver(object):
         self._clip_gradients(params)
         iter_size = max(1, p.iter_size)
         for i, blob in enumerate(params):
-            g = blob.gpu_diff if gpu else blob.diff
-            if iter_size > 1:
-                g *= np.float32(1.0 / iter_size)
-            self._regularize(i, blob)
-            self.update_rule(self, i, g, np.float32(rate) * np.float32(self.net.params_lr[i]))
-        for blob in params:
+            local_rate = np.float32(rate) * np.float32(self.net.params_lr[i])
             if gpu:
-                data = blob.gpu_data        # (gpu_data has no setter: in place on the array)
-                data -= blob.gpu_diff
+                data, g = blob.gpu_data, blob.gpu_diff  # (no setters: in place on the arrays)
+                self._update_piece(i, g, data, self._param_history(i), local_rate, iter_size)
+                data -= g
             else:
-                blob.data -= blob.diff
+                self._update_on_host(i, blob, local_rate, iter_size)
         return rate
+
+    def _param_history(self, i):
+        """The history arrays of learnable param i (one set, two for AdaDelta/Adam)."""
+        return tuple(self.history[i::self.n_params])
+
+    def _update_piece(self, i, g, w, hist, rate, iter_size):
+        """Normalize, regularize and the update rule on (pieces of) param i's
+        arrays: g (its diff) ends up holding the step Δ."""
+        if iter_size > 1:
+            g *= np.float32(1.0 / iter_size)
+        self._regularize(i, g, w)
+        self.update_rule(self, hist, g, rate)
+
+    def _update_on_host(self, i, blob, rate, iter_size):
+        """Param i's whole update (normalize, regularize, the rule, w -= Δ) in one
+        pass over its arrays, HOST_UPDATE_BLOCK elements at a time on the worker
+        threads.  Done array by array, every step reads and writes all of them:
+        for CaffeNet's fc6 (151 MB each for w, diff and history) eight passes and
+        two 151 MB temporaries (rate * g, decay * w); piece by piece the pieces
+        stay in cache and the temporaries are piece-sized.  Every step is
+        element-wise, so the numbers are the same."""
+        arrays = (blob.diff, blob.data) + self._param_history(i)
+        if not all(type(a) is np.ndarray and a.flags.c_contiguous for a in arrays):
+            self._update_piece(i, blob.diff, blob.data, self._param_history(i), rate, iter_size)
+            blob.data -= blob.diff
+            return
+        g, w, *hist = [a.reshape(-1) for a in arrays]
+
+        def update(lo, hi):
+            for a in range(lo, hi, HOST_UPDATE_BLOCK):
+                b = min(hi, a + HOST_UPDATE_BLOCK)
+                self._update_piece(i, g[a:b], w[a:b], tuple(h[a:b] for h in hist), rate, iter_size)
+                w[a:b] -= g[a:b]
+        parallel_for(g.size, update, g.size * len(arrays))
 
     def _clip_gradients(self, params):
         clip = self.param.clip_gradients
@@ -467,15 +503,12 @@ class Solver(object):
                 else:
                     b.diff *= np.float32(scale)
 
-    def _regularize(self, i, blob):
+    def _regularize(self, i, diff, data):
+        """Weight decay of param i on its diff (or a piece of it) from its data."""
         p = self.param
         decay = np.float32(p.weight_decay) * np.float32(self.net.params_weight_decay[i])
         if not decay:
             return
-        if _mode.is_gpu():
-            diff, data = blob.gpu_diff, blob.gpu_data
-        else:
-            diff, data = blob.diff, blob.data
         kind = p.regularization_type
         if kind == 'L2':
             diff += decay * data

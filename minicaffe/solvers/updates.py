@@ -1,10 +1,13 @@
 """The six update rules (Caffe's *Solver::ComputeUpdateValue), one function each.
 
-Each takes the solver, the learnable param index, the gradient array ``g``
-(the param's diff, already normalised and regularised) and the local rate
-α = lr · lr_mult, and leaves the step Δ in ``g`` (the net then does w -= Δ).
-History layout follows Caffe: ``history[i]`` per param; AdaDelta and Adam
-keep a second set at ``history[i + n_params]``.
+Each takes the solver, the param's history arrays ``hist`` (a tuple: one
+array, two for AdaDelta and Adam), the gradient array ``g`` (the param's diff,
+already normalised and regularised) and the local rate α = lr · lr_mult, and
+leaves the step Δ in ``g`` (the net then does w -= Δ).  Every rule is
+element-wise, so on the host the solver applies it to cache-sized pieces of
+the arrays (solver.py, _update_on_host) with the same numbers.  History layout
+follows Caffe: ``history[i]`` per param; AdaDelta and Adam keep a second set at
+``history[i + n_params]``.
 
 SGD       V ← μV + αg;                      Δ = V
 Nesterov  V' ← μV + αg;                     Δ = (1+μ)V' − μV
@@ -36,15 +39,15 @@ def array_module(a):
     return cupy_module().get_array_module(a)
 
 
-def sgd(solver, i, g, rate):
-    h = solver.history[i]
+def sgd(solver, hist, g, rate):
+    h, = hist
     h *= F32(solver.param.momentum)
     h += F32(rate) * g
     g[...] = h
 
 
-def nesterov(solver, i, g, rate):
-    h = solver.history[i]
+def nesterov(solver, hist, g, rate):
+    h, = hist
     mu = F32(solver.param.momentum)
     prev = h.copy()
     h *= mu
@@ -52,22 +55,21 @@ def nesterov(solver, i, g, rate):
     g[...] = (F32(1) + mu) * h - mu * prev
 
 
-def adagrad(solver, i, g, rate):
-    h = solver.history[i]
+def adagrad(solver, hist, g, rate):
+    h, = hist
     h += g * g
     g[...] = F32(rate) * (g / (array_module(g).sqrt(h) + F32(solver.param.delta)))
 
 
-def rmsprop(solver, i, g, rate):
-    h = solver.history[i]
+def rmsprop(solver, hist, g, rate):
+    h, = hist
     rho = F32(solver.param.rms_decay)
     h[...] = (F32(1) - rho) * (g * g) + rho * h
     g[...] = F32(rate) * (g / (array_module(g).sqrt(h) + F32(solver.param.delta)))
 
 
-def adadelta(solver, i, g, rate):
-    n = solver.n_params
-    grad_hist, upd_hist = solver.history[i], solver.history[i + n]
+def adadelta(solver, hist, g, rate):
+    grad_hist, upd_hist = hist
     rho, delta = F32(solver.param.momentum), F32(solver.param.delta)
     grad_hist[...] = (F32(1) - rho) * (g * g) + rho * grad_hist
     g *= array_module(g).sqrt((delta + upd_hist) / (delta + grad_hist))
@@ -75,9 +77,8 @@ def adadelta(solver, i, g, rate):
     g *= F32(rate)
 
 
-def adam(solver, i, g, rate):
-    n = solver.n_params
-    m, v = solver.history[i], solver.history[i + n]
+def adam(solver, hist, g, rate):
+    m, v = hist
     b1, b2 = F32(solver.param.momentum), F32(solver.param.momentum2)
     t = solver.iter + 1
     correction = math.sqrt(1.0 - math.pow(float(b2), t)) / (1.0 - math.pow(float(b1), t))
