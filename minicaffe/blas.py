@@ -290,6 +290,8 @@ GEMM_CHUNK_MIN_MACS = 1 << 22
 GEMM_CHUNK_MIN_SIDE = 128
 GEMM_CHUNK_ALIGN = 16
 GEMM_MAX_CHUNKS = 4
+# numpy's fallback (no CBLAS found): the largest temporary product, in elements
+FALLBACK_TEMP_ELEMS = 1 << 16
 
 
 def gemm_blocks(m, n, k):
@@ -324,7 +326,9 @@ def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False, scratch
     if out is None:
         out = np.zeros((m, n), np.float32) if accumulate else np.empty((m, n), np.float32)
     axis, bounds = gemm_blocks(m, n, k)
-    if len(bounds) == 2:
+    if len(bounds) == 2 or _sgemm() is None:
+        # (numpy's fallback takes the product whole: it would copy a block of
+        # columns of b, which for dx = dy W is a block of the weights)
         _gemm_block(a, b, out, trans_a, trans_b, accumulate, scratch, whole=True)
         return out
 
@@ -362,8 +366,15 @@ def _gemm_block(a, b, c, trans_a, trans_b, accumulate, scratch=None, whole=False
     if direct:
         _call(fn, a, b, c, trans_a, trans_b)
         return
-    use_scratch = scratch is not None and whole and c.flags.c_contiguous
-    c += np.dot(op_a, op_b, out=scratch if use_scratch else None)
+    if scratch is not None and whole and c.flags.c_contiguous:
+        c += np.dot(op_a, op_b, out=scratch)
+        return
+    # no BLAS to accumulate into c: the product's temporary is cut into row
+    # blocks of FALLBACK_TEMP_ELEMS, so a weight gradient (fc6: 151 MB) gets none
+    # of its own size
+    rows = max(1, FALLBACK_TEMP_ELEMS // max(1, c.shape[1]))
+    for lo in range(0, c.shape[0], rows):
+        c[lo:lo + rows] += np.dot(op_a[lo:lo + rows], op_b)
 
 
 def gemm_accumulate(a, b, c, trans_a=False, trans_b=False, scratch=None):
@@ -377,6 +388,13 @@ def gemm_accumulate(a, b, c, trans_a=False, trans_b=False, scratch=None):
 def uses_blas():
     """Whether gemm_accumulate calls BLAS directly (else numpy's product and add)."""
     return _sgemm() is not None
+
+
+def name():
+    """The chosen BLAS's name: 'mkl', 'openblas', 'blas' (another CBLAS) or 'numpy'."""
+    if not _state['looked']:
+        select()
+    return _state['info']['name']
 
 
 def blas_info():

@@ -12,6 +12,7 @@ import numpy as np
 from .. import cmath
 from ..blob import Blob, DTYPE
 from ..fillers import fill
+from .. import blas
 from ..blas import gemm, gemm_accumulate
 from ..im2col import workspace
 from .base import Layer, register_layer
@@ -83,11 +84,12 @@ class InnerProductLayer(Layer):
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
-        if self.M < FEW_ROWS and not self.transpose:
+        if self.M < FEW_ROWS and not self.transpose and blas.name() != 'mkl':
             # A batch of a few rows (CaffeNet's fc6: 10 x 9216 by 9216 x 4096): OpenBLAS
             # computes y^T = W x^T 1.4x faster than y = x W^T, with the same sums
             # (bit-identical in our tests; with a transposed W they are not) --
-            # then one small transposed copy.
+            # then one small transposed copy.  MKL is the other way round: fc6's
+            # y = x W^T took half the time of W x^T (benchmarks/bench_fc.py).
             yt = workspace('ip_forward', (self.num_output, self.M))
             gemm(self.blobs[0].data, x, yt, trans_a=self.transpose, trans_b=True)
             y[...] = yt.T

@@ -41,7 +41,7 @@ import numpy as np
 
 from .. import cmath, fillers
 from ..blob import Blob, DTYPE, SyncedMemory
-from ..blas import gemm
+from ..blas import gemm, gemm_accumulate
 from ..im2col import workspace
 from .base import Layer, register_layer
 
@@ -338,8 +338,9 @@ class LSTMLayer(_RecurrentLayer):
             np.multiply(Hs[t], ct, out=Hc[t])
             g = G[t]
             if _nonzero(cont[t], Hs[t]):
-                if W_hcT is None:
-                    W_hcT = np.ascontiguousarray(W_hc.T)
+                if W_hcT is None:   # (reused scratch: no fresh weight-sized pages per pass)
+                    W_hcT = workspace('recurrent_W_hT', W_hc.T.shape)
+                    np.copyto(W_hcT, W_hc.T)
                 gemm(Hc[t], W_hcT, tmp4)
                 g += tmp4
             _sigmoid_(g[:, :H3])
@@ -416,16 +417,16 @@ class LSTMLayer(_RecurrentLayer):
                     dh_next *= cont[t][:, None]
         dG2 = dG.reshape(T * N, 4 * H)
         x2 = bottom[0].data.reshape(T * N, self.D)
-        for blob, rhs in ((self.blobs[0], x2), (self.blobs[-1], Hc.reshape(T * N, H))):
-            prod = workspace('lstm_dW', blob.diff.shape)       # no fresh 16 MB temporaries
-            gemm(dG2, rhs, prod, trans_a=True)
-            blob.diff += prod
+        # weight gradients accumulate inside the GEMM (beta = 1, as Caffe's
+        # InnerProduct): no weight-sized temporary, one pass over each diff
+        gemm_accumulate(dG2, x2, self.blobs[0].diff, trans_a=True)
+        gemm_accumulate(dG2, Hc.reshape(T * N, H), self.blobs[-1].diff, trans_a=True)
         self.blobs[1].diff += dG2.sum(axis=0)
         gemm(dG2, self.blobs[0].data, bottom[0].diff.reshape(T * N, self.D))
         if self.static_input:
             dGs = dG.sum(axis=0)
             xs2 = bottom[2].data.reshape(N, self.Ds)
-            self.blobs[2].diff += gemm(dGs, xs2, trans_a=True)
+            gemm_accumulate(dGs, xs2, self.blobs[2].diff, trans_a=True)
             gemm(dGs, self.blobs[2].data, bottom[2].diff.reshape(N, self.Ds))
 
     # ---- GPU ------------------------------------------------------------------
@@ -561,7 +562,8 @@ class RNNLayer(_RecurrentLayer):
         cont = self._cont
         cont[...] = bottom[1].data
         Hs[0] = self._initial_state(bottom, 0)
-        W_hhT = np.ascontiguousarray(W_hh.T)
+        W_hhT = workspace('recurrent_W_hT', W_hh.T.shape)     # reused scratch, as in LSTM
+        np.copyto(W_hhT, W_hh.T)
         for t in range(T):
             np.multiply(Hs[t], cont[t][:, None], out=Hc[t])
             if _nonzero(cont[t], Hs[t]):
@@ -592,7 +594,7 @@ class RNNLayer(_RecurrentLayer):
         dZ *= top[0].diff
         dZ2 = dZ.reshape(T * N, H)
         H2 = Hs[1:].reshape(T * N, H)
-        self.blobs[s + 1].diff += gemm(dZ2, H2, trans_a=True)
+        gemm_accumulate(dZ2, H2, self.blobs[s + 1].diff, trans_a=True)
         self.blobs[s + 2].diff += dZ2.sum(axis=0)
         dHo = gemm(dZ2, W_ho).reshape(T, N, H)   # diff of h_t from o_t
         dA = self._A                                  # reuse: da_t
@@ -609,14 +611,14 @@ class RNNLayer(_RecurrentLayer):
                 dh_next *= cont[t][:, None]
         dA2 = dA.reshape(T * N, H)
         x2 = bottom[0].data.reshape(T * N, self.D)
-        self.blobs[0].diff += gemm(dA2, x2, trans_a=True)
+        gemm_accumulate(dA2, x2, self.blobs[0].diff, trans_a=True)
         self.blobs[1].diff += dA2.sum(axis=0)
-        self.blobs[s].diff += gemm(dA2, Hc.reshape(T * N, H), trans_a=True)
+        gemm_accumulate(dA2, Hc.reshape(T * N, H), self.blobs[s].diff, trans_a=True)
         gemm(dA2, self.blobs[0].data, bottom[0].diff.reshape(T * N, self.D))
         if self.static_input:
             dAs = dA.sum(axis=0)
             xs2 = bottom[2].data.reshape(N, self.Ds)
-            self.blobs[2].diff += gemm(dAs, xs2, trans_a=True)
+            gemm_accumulate(dAs, xs2, self.blobs[2].diff, trans_a=True)
             gemm(dAs, self.blobs[2].data, bottom[2].diff.reshape(N, self.Ds))
 
     # ---- GPU ------------------------------------------------------------------
