@@ -17,8 +17,17 @@ instead: per net, rounds of `minicaffe time` (in this process) and `caffe time`
 load, and the table gives the best and the median iteration of each and their
 ratios (minicaffe / Caffe).  --mkl LIBDIR runs that Caffe with Intel MKL's
 libmkl_rt from LIBDIR preloaded (pip's `mkl` package: <venv>/lib), Caffe's
-strongest CPU build.  PyTorch CPU columns are not part of this script (no
-PyTorch on the machines it was written on).
+strongest CPU build.
+
+PyTorch: when torch is importable (and not --no-torch), its CPU equivalents of
+LeNet, CaffeNet and the LSTM language model (bench_gpu.py's models) run in the
+same alternating rounds, same batch, on as many threads as minicaffe
+(torch.set_num_threads), and the table adds their best / median iteration and
+the ratios minicaffe / PyTorch.  --blas openblas,mkl times minicaffe on each
+BLAS in the same rounds (minicaffe.blas.select; default: the run-time choice).
+Whenever one of these (Caffe, PyTorch, several BLASes) is in play the rounds
+alternate as above; otherwise the net is timed once and compared with Caffe's
+figures.
 
 minicaffe computes on its own threads (minicaffe/threads.py: one per core the
 process may use; MINICAFFE_NUM_THREADS overrides) and sets the BLAS to one
@@ -50,6 +59,7 @@ from minicaffe.errors import MinicaffeError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_nets import NETS, caffe_figures  # noqa: E402
+from bench_gpu import TORCH_MODELS  # noqa: E402
 
 SHARED = Path(os.environ.get('MINICAFFE_SHARED', ROOT.parent / 'shared'))
 
@@ -73,10 +83,17 @@ def main(argv=None):
     p.add_argument('--mkl', default=None,
                    help='with --caffe: directory holding libmkl_rt.so* to run Caffe with MKL')
     p.add_argument('--rounds', type=int, default=3,
-                   help='with --caffe: alternating rounds per net (default 3)')
+                   help='alternating rounds per net (with --caffe, PyTorch or several --blas;'
+                        ' default 3)')
+    p.add_argument('--blas', default=None,
+                   help='comma-separated BLASes to time minicaffe on, alternating (openblas,'
+                        ' mkl; default: the run-time choice)')
+    p.add_argument('--no-torch', action='store_true',
+                   help='leave out the PyTorch CPU columns even where torch is installed')
     args = p.parse_args(argv)
     if args.mkl and not args.caffe:
         p.error('--mkl needs --caffe')
+    args.blas = [b.strip() for b in args.blas.split(',') if b.strip()] if args.blas else [None]
 
     figures = caffe_figures(args.readme)
     nets = [(n, f, s, figures[i] if figures else c) for i, (n, f, s, _, _, c) in enumerate(NETS)]
@@ -86,8 +103,10 @@ def main(argv=None):
             p.error('unknown net(s) %s; choose from %s' % (sorted(unknown), [n[0] for n in nets]))
         nets = [n for n in nets if n[0] in args.net]
 
-    if args.caffe:
-        return side_by_side(args, nets)
+    torch, why = (None, 'PyTorch columns left out (--no-torch)') if args.no_torch else load_torch()
+    if args.caffe or torch is not None or len(args.blas) > 1:
+        return side_by_side(args, nets, torch, why)
+    print(why)
     from minicaffe import get_num_threads
     print('threads: minicaffe %d (BLAS 1 each); at least %d iteration(s) and %g s per net;'
           ' Caffe figures from %s'
@@ -172,62 +191,162 @@ def caffe_time(caffe, model, stages, iterations, env):
     return times
 
 
-def side_by_side(args, nets):
-    """Alternating rounds of minicaffe and real Caffe per net; best and median."""
+def load_torch():
+    """(torch, None) when PyTorch is importable (it then computes on minicaffe's
+    thread count), else (None, why not)."""
     try:
-        env = caffe_environment(args.mkl)
-    except ValueError as e:
-        print('bench_cpu: %s' % e, file=sys.stderr)
-        return 2
-    blas = 'MKL from %s' % args.mkl if args.mkl else "its own link (OpenBLAS unless built otherwise)"
+        import torch
+    except ImportError:
+        return None, 'PyTorch is not installed: no PyTorch columns (pip install torch)'
     from minicaffe import get_num_threads
-    print('side by side with %s (BLAS: %s; its threads: OMP %s, OpenBLAS %s, MKL %s);'
-          ' minicaffe %d threads; %d alternating rounds per net, each at least %d iteration(s)'
-          ' / %g s' % (args.caffe, blas, os.environ['OMP_NUM_THREADS'],
-                       os.environ['OPENBLAS_NUM_THREADS'], os.environ['MKL_NUM_THREADS'],
-                       get_num_threads(), args.rounds, args.iterations, args.min_seconds))
+    torch.set_num_threads(get_num_threads())
+    return torch, None
+
+
+def torch_iterations(torch, model, inputs, iterations):
+    """ms of each of ``iterations`` forward (with loss) + backward passes."""
+    times = []
+    for _ in range(iterations):
+        model.zero_grad(set_to_none=False)
+        t0 = time.perf_counter()
+        model(*inputs).backward()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def _blas_label(name):
+    return 'minicaffe' if name is None else 'minicaffe (%s)' % name
+
+
+def side_by_side(args, nets, torch=None, torch_why=None):
+    """Alternating rounds per net of minicaffe (on each BLAS of --blas), real
+    Caffe (--caffe) and PyTorch (when given); best and median of each."""
+    env = None
+    if args.caffe:
+        try:
+            env = caffe_environment(args.mkl)
+        except ValueError as e:
+            print('bench_cpu: %s' % e, file=sys.stderr)
+            return 2
+    from minicaffe import blas as mc_blas, get_num_threads
+    blases = args.blas
+    for b in blases:
+        if b is not None and mc_blas.select(b)['name'] != b:
+            print('bench_cpu: --blas %s: not available here (see the log line above)' % b,
+                  file=sys.stderr)
+            return 2
+    if args.caffe:
+        cblas = 'MKL from %s' % args.mkl if args.mkl else "its own link (OpenBLAS unless built otherwise)"
+        print('side by side with %s (BLAS: %s; its threads: OMP %s, OpenBLAS %s, MKL %s)'
+              % (args.caffe, cblas, os.environ['OMP_NUM_THREADS'],
+                 os.environ['OPENBLAS_NUM_THREADS'], os.environ['MKL_NUM_THREADS']))
+    for b in blases:
+        if b is not None:
+            mc_blas.select(b)
+        print('%s: BLAS %s' % (_blas_label(b), mc_blas.describe()))
+    print('PyTorch %s on %d threads' % (torch.__version__, torch.get_num_threads())
+          if torch is not None else torch_why)
+    print('minicaffe %d threads; %d alternating rounds per net, each at least %d iteration(s)'
+          ' / %g s' % (get_num_threads(), args.rounds, args.iterations, args.min_seconds))
     rows = []
     for name, fname, stages, _ in nets:
         path = os.path.join(args.bench_dir, fname)
-        ours, theirs = [], []
+        ours = {b: [] for b in blases}
+        theirs, torch_ms = [], []
+        model = inputs = None
         try:
             net = timing.build_net(path, 'TRAIN', 0, stages)
             iterations = _iterations(net, args)
+            if torch is not None and name in TORCH_MODELS:
+                build, make_inputs = TORCH_MODELS[name]
+                model, inputs = build(torch), make_inputs(torch, 'cpu')
+                model.train()
+                torch_iterations(torch, model, inputs, 1)          # warm-up
             for _ in range(args.rounds):
-                timing.time_net(net, iterations, lambda j, ms: ours.append(ms))
-                theirs.extend(caffe_time(args.caffe, path, stages, iterations, env))
+                for b in blases:
+                    if b is not None:
+                        mc_blas.select(b)
+                    timing.time_net(net, iterations, lambda j, ms: ours[b].append(ms))
+                if args.caffe:
+                    theirs.extend(caffe_time(args.caffe, path, stages, iterations, env))
+                if model is not None:
+                    torch_ms.extend(torch_iterations(torch, model, inputs, iterations))
         except (MinicaffeError, OSError, RuntimeError) as e:
             print('%s: FAILED: %s' % (name, e))
             rows.append({'net': name, 'error': str(e)})
             continue
-        row = {'net': name, 'iterations': len(ours), 'best_ms': min(ours),
-               'median_ms': statistics.median(ours), 'caffe_best_ms': min(theirs),
-               'caffe_median_ms': statistics.median(theirs)}
-        row['best_ratio'] = row['best_ms'] / row['caffe_best_ms']
-        row['median_ratio'] = row['median_ms'] / row['caffe_median_ms']
+        finally:
+            if blases != [None]:
+                mc_blas.select()
+        first = ours[blases[0]]
+        row = {'net': name, 'iterations': len(first), 'best_ms': min(first),
+               'median_ms': statistics.median(first)}
+        if blases != [None]:
+            row['blas'] = {b: {'best_ms': min(v), 'median_ms': statistics.median(v)}
+                           for b, v in ours.items()}
+        for key, values in (('caffe', theirs), ('torch', torch_ms)):
+            if values:
+                row[key + '_best_ms'], row[key + '_median_ms'] = min(values), statistics.median(values)
+        if theirs:
+            row['best_ratio'] = row['best_ms'] / row['caffe_best_ms']
+            row['median_ratio'] = row['median_ms'] / row['caffe_median_ms']
+        if torch_ms:
+            row['torch_best_ratio'] = row['best_ms'] / row['torch_best_ms']
+            row['torch_median_ratio'] = row['median_ms'] / row['torch_median_ms']
         rows.append(row)
-        print('%s: minicaffe best %.1f / median %.1f ms; Caffe best %.1f / median %.1f ms'
-              % (name, row['best_ms'], row['median_ms'], row['caffe_best_ms'],
-                 row['caffe_median_ms']))
+        parts = ['%s best %.1f / median %.1f ms' % (_blas_label(b), min(v), statistics.median(v))
+                 for b, v in ours.items()]
+        if theirs:
+            parts.append('Caffe best %.1f / median %.1f ms' % (row['caffe_best_ms'],
+                                                              row['caffe_median_ms']))
+        if torch_ms:
+            parts.append('PyTorch best %.1f / median %.1f ms' % (row['torch_best_ms'],
+                                                                row['torch_median_ms']))
+        print('%s: %s' % (name, '; '.join(parts)))
         sys.stdout.flush()
-        del net
+        del net, model, inputs
     print()
-    print('| net | minicaffe best / median ms | Caffe best / median ms | ratio best | ratio median |')
-    print('| --- | ---: | ---: | ---: | ---: |')
-    for r in rows:
-        if 'error' in r:
-            print('| %s | failed | - | - | - |' % r['net'])
-        else:
-            print('| %s | %.1f / %.1f | %.1f / %.1f | %.2fx | %.2fx |'
-                  % (r['net'], r['best_ms'], r['median_ms'], r['caffe_best_ms'],
-                     r['caffe_median_ms'], r['best_ratio'], r['median_ratio']))
+    for line in side_by_side_table(rows, blases, bool(args.caffe), torch is not None):
+        print(line)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'caffe': args.caffe, 'mkl': args.mkl, 'rounds': args.rounds,
+                       'blas': blases, 'torch': torch.__version__ if torch is not None else None,
                        'threads': {v: os.environ[v] for v in
                                    ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')},
                        'nets': rows}, f, indent=1)
     return 1 if any('error' in r for r in rows) else 0
+
+
+def side_by_side_table(rows, blases, with_caffe, with_torch):
+    """Markdown table: best / median ms of each contender, ratios of minicaffe
+    (the first BLAS) to Caffe and to PyTorch."""
+    heads = ['%s best / median ms' % _blas_label(b) for b in blases]
+    if with_caffe:
+        heads += ['Caffe best / median ms', 'ratio best', 'ratio median']
+    if with_torch:
+        heads += ['PyTorch best / median ms', 'vs PyTorch best', 'vs PyTorch median']
+    lines = ['| net | %s |' % ' | '.join(heads), '| --- |' + ' ---: |' * len(heads)]
+
+    def pair(best, median):
+        return '%.1f / %.1f' % (best, median)
+    for r in rows:
+        if 'error' in r:
+            lines.append('| %s | failed |%s' % (r['net'], ' - |' * (len(heads) - 1)))
+            continue
+        per_blas = r.get('blas', {None: r})
+        cells = [pair(per_blas[b]['best_ms'], per_blas[b]['median_ms']) for b in blases]
+        if with_caffe:
+            cells += [pair(r['caffe_best_ms'], r['caffe_median_ms']),
+                      '%.2fx' % r['best_ratio'], '%.2fx' % r['median_ratio']]
+        if with_torch:
+            if 'torch_best_ms' in r:
+                cells += [pair(r['torch_best_ms'], r['torch_median_ms']),
+                          '%.2fx' % r['torch_best_ratio'], '%.2fx' % r['torch_median_ratio']]
+            else:
+                cells += ['-', '-', '-']
+        lines.append('| %s | %s |' % (r['net'], ' | '.join(cells)))
+    return lines
 
 
 def _iterations(net, args):

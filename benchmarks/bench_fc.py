@@ -3,7 +3,7 @@
 
     python benchmarks/bench_fc.py [--iterations 10] [--rounds 3] [--batch 10]
                                   [--blas openblas,mkl] [--baseline /path/to/other/checkout]
-                                  [--solver SGD] [--json out.json]
+                                  [--solver SGD] [--json out.json] [--inputs 9216 --width 4096]
 
 fc6 (9216 -> 4096: 151 MB of weights) and fc7 (4096 -> 4096: 67 MB) are
 memory-bound at small batch: each pass streams the weights (forward: W;
@@ -33,13 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 NET = '''name: "caffenet_fc"
 force_backward: true
 layer { name: "data" type: "Input" top: "data" top: "target"
-  input_param { shape { dim: %(batch)d dim: 9216 } shape { dim: %(batch)d dim: 4096 } } }
+  input_param { shape { dim: %(batch)d dim: %(inputs)d } shape { dim: %(batch)d dim: %(width)d } } }
 layer { name: "fc6" type: "InnerProduct" bottom: "data" top: "fc6"
-  inner_product_param { num_output: 4096 weight_filler { type: "gaussian" std: 0.005 }
+  inner_product_param { num_output: %(width)d weight_filler { type: "gaussian" std: 0.005 }
                         bias_filler { type: "constant" value: 0.1 } } }
 layer { name: "relu6" type: "ReLU" bottom: "fc6" top: "fc6" }
 layer { name: "fc7" type: "InnerProduct" bottom: "fc6" top: "fc7"
-  inner_product_param { num_output: 4096 weight_filler { type: "gaussian" std: 0.005 }
+  inner_product_param { num_output: %(width)d weight_filler { type: "gaussian" std: 0.005 }
                         bias_filler { type: "constant" value: 0.1 } } }
 layer { name: "loss" type: "EuclideanLoss" bottom: "fc7" bottom: "target" top: "loss" }
 '''
@@ -52,13 +52,14 @@ max_iter: 1000 display: 0 snapshot: 0 solver_mode: CPU random_seed: 1
 COLUMNS = ('fc6 fwd', 'fc7 fwd', 'fc7 bwd', 'fc6 bwd', 'update')
 
 
-def child(batch, iterations, solver_type):
+def child(batch, iterations, solver_type, inputs, width):
     """Time the layers and the update in this process; print one JSON line."""
     import numpy as np
     import minicaffe
     from minicaffe.protoio import pb
     from google.protobuf import text_format
-    param = text_format.Parse(SOLVER % {'net': NET % {'batch': batch}, 'type': solver_type},
+    net_text = NET % {'batch': batch, 'inputs': inputs, 'width': width}
+    param = text_format.Parse(SOLVER % {'net': net_text, 'type': solver_type},
                               pb.SolverParameter())
     solver = minicaffe.get_solver(param)
     net = solver.net
@@ -108,7 +109,8 @@ def run_child(checkout, blas_name, args):
     env = dict(os.environ, PYTHONPATH=str(checkout), MINICAFFE_BLAS=blas_name,
                GLOG_minloglevel='2')
     cmd = [sys.executable, str(Path(__file__).resolve()), '--child', '--batch', str(args.batch),
-           '--iterations', str(args.iterations), '--solver', args.solver]
+           '--iterations', str(args.iterations), '--solver', args.solver,
+           '--inputs', str(args.inputs), '--width', str(args.width)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(checkout))
     if r.returncode != 0:
         raise SystemExit('bench_fc: the child on %s (%s) failed:\n%s'
@@ -127,10 +129,12 @@ def main(argv=None):
                    help='another minicaffe checkout to time the same way, alternating')
     p.add_argument('--solver', default='SGD', help='update rule (default SGD)')
     p.add_argument('--json', default=None, help='write all iterations here as JSON')
+    p.add_argument('--inputs', type=int, default=9216, help="fc6's inputs (CaffeNet: 9216)")
+    p.add_argument('--width', type=int, default=4096, help="fc6's and fc7's outputs (4096)")
     p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        child(args.batch, args.iterations, args.solver)
+        child(args.batch, args.iterations, args.solver, args.inputs, args.width)
         return 0
     variants = [('this', ROOT, b) for b in args.blas.split(',')]
     if args.baseline:
@@ -144,8 +148,9 @@ def main(argv=None):
             for c in COLUMNS:
                 samples[(label, b)][c].extend(out['times'][c])
         print('round %d of %d done' % (r + 1, args.rounds), file=sys.stderr)
-    print('CaffeNet fc6/fc7 at batch %d, %s update; best / median ms per iteration over %d x %d'
-          % (args.batch, args.solver, args.rounds, args.iterations))
+    print('fc6 (%d -> %d) and fc7 at batch %d, %s update; best / median ms per iteration over'
+          ' %d x %d' % (args.inputs, args.width, args.batch, args.solver, args.rounds,
+                        args.iterations))
     print('%-22s' % 'variant' + ''.join('%18s' % c for c in COLUMNS) + '%18s' % 'fwd+bwd')
     for key, cols in samples.items():
         fb = [sum(x) for x in zip(*(cols[c] for c in COLUMNS[:4]))]

@@ -9,7 +9,7 @@ For each net in ../shared/bench (data layers replaced by Input; TRAIN phase,
 as `caffe time`), minicaffe runs in GPU mode: warm-up passes, then timed
 iterations of one forward and one backward pass, with the device synchronized
 before and after each pass (kernel launches are asynchronous).  In the same run
-PyTorch equivalents of CaffeNet and the LSTM language model are timed the same
+PyTorch equivalents of LeNet, CaffeNet and the LSTM language model are timed the same
 way (forward, loss, backward; cudnn.benchmark on), when PyTorch with CUDA is
 installed -- otherwise a message says so and only minicaffe's numbers appear.
 
@@ -19,7 +19,8 @@ for reference, real Caffe's CPU time (../shared/conformance/README.md) and
 minicaffe GPU's speed-up over it.  ``--layers N`` adds minicaffe's N slowest
 layers per net (minicaffe/commands/timing.py's per-layer `caffe time` procedure).
 
-The PyTorch models follow the prototxts: CaffeNet with grouped conv2/4/5,
+The PyTorch models follow the prototxts: LeNet (20 and 50 5x5 convolutions, each
+followed by 2x2 max pooling, 500 ReLU units, 10 outputs), CaffeNet with grouped conv2/4/5,
 ceil-mode max pooling and cross-channel LRN (k=1, alpha=1e-4, beta=0.75, size 5)
 as Caffe computes them, dropout 0.5; the LSTM language model with a 8801 x 1000
 embedding (no bias), one 1000-unit LSTM over T=20, N=100 (cuDNN's LSTM has a
@@ -112,6 +113,30 @@ def load_torch():
     return torch, None
 
 
+def torch_lenet(torch):
+    """LeNet (lenet_b64.prototxt) as a torch module: forward(data, label) -> loss."""
+    nn = torch.nn
+
+    class LeNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 20, 5), nn.MaxPool2d(2, 2),
+                                          nn.Conv2d(20, 50, 5), nn.MaxPool2d(2, 2))
+            self.classifier = nn.Sequential(nn.Linear(50 * 4 * 4, 500), nn.ReLU(inplace=True),
+                                            nn.Linear(500, 10))
+
+        def forward(self, data, label):
+            scores = self.classifier(torch.flatten(self.features(data), 1))
+            return nn.functional.cross_entropy(scores, label)
+
+    return LeNet()
+
+
+def torch_lenet_inputs(torch, device, batch=64):
+    return (torch.rand(batch, 1, 28, 28, device=device),
+            torch.randint(0, 10, (batch,), device=device))
+
+
 def torch_caffenet(torch):
     """CaffeNet (caffenet_b10.prototxt) as a torch module: forward(data, label) -> loss."""
     nn = torch.nn
@@ -176,6 +201,7 @@ def torch_lstm_lm_inputs(torch, device, T=T_LM, N=N_LM):
 
 # net name -> (model builder, inputs builder)
 TORCH_MODELS = {
+    'lenet': (torch_lenet, torch_lenet_inputs),
     'caffenet': (torch_caffenet, torch_caffenet_inputs),
     'lstm_lm': (torch_lstm_lm, torch_lstm_lm_inputs),
 }

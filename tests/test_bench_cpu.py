@@ -3,6 +3,7 @@ best and median of each (a stand-in `caffe` script plays Caffe here)."""
 import json
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -111,3 +112,101 @@ def test_mkl_environment(tmp_path, capsys):
     empty.mkdir()
     assert bench_cpu.main(['--caffe', 'caffe', '--mkl', str(empty)]) == 2
     assert 'no libmkl_rt' in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ PyTorch and BLAS columns
+def _lenet_bench(tmp_path):
+    bench = tmp_path / 'bench'
+    bench.mkdir()
+    (bench / 'lenet_b64.prototxt').write_text(TINY_NET)
+    return bench
+
+
+def test_pytorch_columns_in_the_same_rounds(tmp_path, capsys):
+    pytest.importorskip('torch')
+    out = tmp_path / 'out.json'
+    rc = bench_cpu.main(['--bench-dir', str(_lenet_bench(tmp_path)), '--net', 'lenet',
+                         '--rounds', '2', '--iterations', '2', '--min-seconds', '0',
+                         '--json', str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    row = data['nets'][0]
+    assert data['torch'] and row['iterations'] == 4
+    assert row['torch_best_ms'] > 0 and row['torch_best_ratio'] == pytest.approx(
+        row['best_ms'] / row['torch_best_ms'])
+    text = capsys.readouterr().out
+    assert 'PyTorch best / median ms' in text and 'on %d threads' % bench_cpu.load_torch()[0].get_num_threads() in text
+
+
+def test_without_pytorch_the_columns_are_left_out_with_a_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'torch', None)
+    torch, why = bench_cpu.load_torch()
+    assert torch is None and 'PyTorch is not installed' in why
+    rc = bench_cpu.main(['--bench-dir', str(_lenet_bench(tmp_path)), '--net', 'lenet',
+                         '--iterations', '1', '--min-seconds', '0'])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert 'PyTorch is not installed' in out and 'PyTorch best' not in out
+
+
+def test_no_torch_flag(tmp_path, capsys):
+    rc = bench_cpu.main(['--bench-dir', str(_lenet_bench(tmp_path)), '--net', 'lenet',
+                         '--iterations', '1', '--min-seconds', '0', '--no-torch'])
+    assert rc == 0 and 'PyTorch columns left out (--no-torch)' in capsys.readouterr().out
+
+
+def test_lenet_torch_model_matches_the_prototxt():
+    torch = pytest.importorskip('torch')
+    import bench_gpu
+    from minicaffe import Net, TRAIN
+    model = bench_gpu.torch_lenet(torch)
+    net = Net(str(ROOT.parent / 'shared' / 'bench' / 'lenet_b64.prototxt'), TRAIN)
+    assert [tuple(p.shape) for p in model.parameters()] == [
+        tuple(b.shape) for blobs in net.params.values() for b in blobs]
+    loss = model(*bench_gpu.torch_lenet_inputs(torch, 'cpu', batch=4))
+    loss.backward()
+    assert loss.ndim == 0
+
+
+def test_each_blas_in_the_same_rounds(tmp_path, capsys):
+    from minicaffe import blas
+    if blas._load_mkl()[0] is None:
+        pytest.skip('MKL is not installed')
+    out = tmp_path / 'out.json'
+    rc = bench_cpu.main(['--bench-dir', str(_lenet_bench(tmp_path)), '--net', 'lenet',
+                         '--rounds', '1', '--iterations', '2', '--min-seconds', '0', '--no-torch',
+                         '--blas', 'openblas,mkl', '--json', str(out)])
+    assert rc == 0
+    row = json.loads(out.read_text())['nets'][0]
+    assert sorted(row['blas']) == ['mkl', 'openblas']
+    assert row['best_ms'] == row['blas']['openblas']['best_ms']
+    text = capsys.readouterr().out
+    assert 'minicaffe (mkl): BLAS mkl' in text and '| minicaffe (openblas) best / median ms |' in text
+
+
+def test_a_blas_that_is_missing_is_refused(tmp_path, monkeypatch, capsys):
+    from minicaffe import blas
+    monkeypatch.setattr(blas, 'mkl_candidates', lambda: ['libmkl_rt_is_not_here.so'])
+    try:
+        rc = bench_cpu.main(['--bench-dir', str(_lenet_bench(tmp_path)), '--net', 'lenet',
+                             '--rounds', '1', '--iterations', '1', '--min-seconds', '0',
+                             '--blas', 'openblas,mkl'])
+    finally:
+        blas.select()
+    assert rc == 2 and '--blas mkl: not available here' in capsys.readouterr().err
+
+
+def test_bench_fc_runs_this_checkout_and_a_baseline(tmp_path):
+    out = tmp_path / 'fc.json'
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'bench_fc.py'),
+                        '--iterations', '2', '--rounds', '1', '--inputs', '96', '--width', '64',
+                        '--baseline', str(ROOT), '--json', str(out)],
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert sorted(data) == ['baseline openblas', 'this openblas']
+    for cols in data.values():
+        assert sorted(cols) == sorted(['fc6 fwd', 'fc7 fwd', 'fc7 bwd', 'fc6 bwd', 'update'])
+        assert all(len(v) == 2 and min(v) > 0 for v in cols.values())
+    assert 'fc6 (96 -> 64) and fc7 at batch 10' in r.stdout
