@@ -63,6 +63,10 @@ def main(argv=None):
         return 1
     fn = blas._sgemm()
     rng = np.random.default_rng(0)
+    print('BLAS: %s' % blas.describe())
+    if blas.name() == 'mkl':
+        print("(MKL runs its sequential layer, it has no threads of its own: the 'BLAS threads'"
+              " columns are one thread; MINICAFFE_BLAS=openblas compares OpenBLAS's)")
     print('| product | m x k x n | 1 BLAS thread ms | %d BLAS threads ms | minicaffe blocks'
           ' on %d workers ms | blocks | BLAS %d vs 1 thread bits |'
           % (args.threads, args.threads, args.threads))
