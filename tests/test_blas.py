@@ -105,6 +105,7 @@ def test_mkl_and_openblas_agree_on_the_nets_products(m, k, n, ta, tb):
 
 def test_a_missing_mkl_falls_back_to_openblas_with_a_log_line(monkeypatch, caplog):
     monkeypatch.setattr(blas, 'mkl_candidates', lambda: ['libmkl_rt_is_not_here.so.3'])
+    monkeypatch.setattr(blas, 'cpu_vendor', lambda: 'GenuineIntel')
     caplog.set_level(logging.INFO, logger='minicaffe')
     try:
         assert blas.select('mkl')['name'] == 'openblas'
@@ -120,6 +121,30 @@ def test_a_missing_mkl_falls_back_to_openblas_with_a_log_line(monkeypatch, caplo
                                    _rand(5, 6).astype(np.float64) @ _rand(6, 7), rtol=1e-5)
     finally:
         blas.select()
+
+
+@needs_mkl
+@pytest.mark.parametrize('vendor,want', [('GenuineIntel', 'mkl'), ('AuthenticAMD', 'openblas'),
+                                         (None, 'openblas')])
+def test_auto_takes_mkl_on_intel_cpus_only(monkeypatch, caplog, vendor, want):
+    monkeypatch.setattr(blas, 'cpu_vendor', lambda: vendor)
+    caplog.set_level(logging.INFO, logger='minicaffe')
+    try:
+        assert blas.select('auto')['name'] == want
+        assert blas.select('mkl')['name'] == 'mkl'           # asked for: on any CPU
+    finally:
+        blas.select()
+    if want == 'openblas':
+        line = [r.getMessage() for r in caplog.records if 'MKL is installed but not used' in r.getMessage()]
+        assert line and (vendor or 'unidentified') in line[0] and 'MINICAFFE_BLAS=mkl' in line[0]
+
+
+def test_cpu_vendor_reads_proc_cpuinfo():
+    vendor = blas.cpu_vendor()
+    if os.path.exists('/proc/cpuinfo'):
+        assert vendor and ' ' not in vendor
+    else:
+        assert vendor is None
 
 
 def test_an_mkl_file_that_does_not_load_is_named(monkeypatch, caplog, tmp_path):
@@ -175,7 +200,8 @@ def test_the_environment_chooses_in_a_fresh_process(choice):
     r = _in_a_fresh_process(['-c', REPORT], MINICAFFE_BLAS=choice, MKL_NUM_THREADS='2',
                             OPENBLAS_NUM_THREADS='2', OMP_NUM_THREADS='2')
     assert r.returncode == 0, r.stderr
-    want = {'auto': 'mkl' if _have_mkl() else 'openblas'}.get(choice, choice)
+    intel = blas.cpu_vendor() == 'GenuineIntel'
+    want = {'auto': 'mkl' if _have_mkl() and intel else 'openblas'}.get(choice, choice)
     assert r.stdout.split() == [want, '1']
 
 
