@@ -1,5 +1,6 @@
 """Accumulating GEMM, ``C += op(A) @ op(B)``, as Caffe's caffe_cpu_gemm with beta = 1,
-on the BLAS chosen at run time: Intel MKL when it is installed, else numpy's OpenBLAS.
+on the BLAS chosen at run time: Intel MKL when it is installed (on Intel CPUs), else
+numpy's OpenBLAS.
 
 Caffe accumulates every weight gradient into the diff with one BLAS call (beta =
 1).  NumPy's matmul has no beta: ``C += A @ B`` writes the product to a temporary
@@ -17,8 +18,9 @@ ctypes, with Caffe's arguments, from one of two libraries (select):
   into this process.
 
 ``MINICAFFE_BLAS=mkl|openblas|auto`` or select(name) chooses; auto (the default)
-takes MKL when it is found and the CPU is Intel's (see cpu_vendor), else OpenBLAS; a BLAS that cannot be loaded, or whose answer to a small
-check is wrong, is passed over with a log line saying why.  Where neither works
+takes MKL when it is found and the CPU is Intel's (see cpu_vendor), else
+OpenBLAS; a BLAS that cannot be loaded, or whose answer to a small check is
+wrong, is passed over with a log line saying why.  Where neither works
 (another platform, a BLAS without the CBLAS interface, MINICAFFE_NUMPY_GEMM=1)
 numpy's products and a temporary-and-add give the same numbers up to rounding.
 
@@ -126,19 +128,20 @@ def _requested():
 def select(name=None):
     """Choose the BLAS minicaffe's GEMMs call: 'mkl', 'openblas' or 'auto' (MKL
     when found on an Intel CPU, else OpenBLAS); None reads MINICAFFE_BLAS
-    (default auto).  A
-    requested library that cannot be used falls back to the other one (then to
-    numpy's products) with a log line saying why.  Returns blas_info()."""
+    (default auto).  A requested library that cannot be used falls back to the
+    other one (then to numpy's products) with a log line saying why.  Returns
+    blas_info()."""
     choice = _requested() if name is None else str(name).lower()
     if choice not in BLAS_CHOICES:
-        raise MinicaffeError('unknown BLAS %r: expected one of %s' % (name, ', '.join(BLAS_CHOICES)))
+        raise MinicaffeError('unknown BLAS %r: expected one of %s'
+                             % (name, ', '.join(BLAS_CHOICES)))
     _state.update(sgemm=None, looked=True, info=None)
     if os.environ.get('MINICAFFE_NUMPY_GEMM') == '1':
         _state['info'] = _numpy_info('MINICAFFE_NUMPY_GEMM=1')
         return blas_info()
     vendor = cpu_vendor()
     if choice == 'auto' and vendor != 'GenuineIntel' and mkl_candidates_exist():
-        log.info('BLAS: MKL is installed but not used on this %s CPU (OpenBLAS was faster'
+        log.info('BLAS choice: MKL is installed but not used on this %s CPU (OpenBLAS was faster'
                  ' on an AMD EPYC for the nets\' large products; MINICAFFE_BLAS=mkl uses it)',
                  vendor or 'unidentified')
     elif choice in ('auto', 'mkl'):
@@ -147,15 +150,16 @@ def select(name=None):
             _state['sgemm'], _state['info'] = found
             return blas_info()
         if choice == 'mkl':
-            log.warning('BLAS: MKL was asked for but %s; using OpenBLAS (numpy\'s) instead', why)
+            log.warning('BLAS choice: MKL was asked for but %s; using OpenBLAS (numpy\'s)'
+                        ' instead', why)
         else:
-            log.info('BLAS: MKL not used (%s); using OpenBLAS (numpy\'s)', why)
+            log.info('BLAS choice: MKL not used (%s); using OpenBLAS (numpy\'s)', why)
     found = _load_openblas()
     if found is not None:
         _state['sgemm'], _state['info'] = found
     else:
         _state['info'] = _numpy_info('no CBLAS sgemm found among the loaded BLAS libraries')
-        log.warning('BLAS: %s; minicaffe uses numpy\'s products (accumulating GEMMs'
+        log.warning('BLAS choice: %s; minicaffe uses numpy\'s products (accumulating GEMMs'
                     ' through a temporary)', _state['info']['reason'])
     return blas_info()
 

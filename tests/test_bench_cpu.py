@@ -135,7 +135,8 @@ def test_pytorch_columns_in_the_same_rounds(tmp_path, capsys):
     assert row['torch_best_ms'] > 0 and row['torch_best_ratio'] == pytest.approx(
         row['best_ms'] / row['torch_best_ms'])
     text = capsys.readouterr().out
-    assert 'PyTorch best / median ms' in text and 'on %d threads' % bench_cpu.load_torch()[0].get_num_threads() in text
+    threads = bench_cpu.load_torch()[0].get_num_threads()
+    assert 'PyTorch best / median ms' in text and 'on %d threads' % threads in text
 
 
 def test_without_pytorch_the_columns_are_left_out_with_a_line(tmp_path, monkeypatch, capsys):
