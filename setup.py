@@ -18,6 +18,10 @@ setup(
         # Not in 'test': its wheel is 229 MB (plus intel-openmp, 50 MB); the MKL tests skip
         # without it.
         'mkl': ['mkl'],
+        # PyTorch for the benchmarks' comparison columns (bench_cpu.py, bench_gpu.py; their
+        # tests skip without it).  PyPI's default Linux wheel pulls the CUDA packages (GBs);
+        # a CPU-only machine wants the +cpu build (192 MB for torch 2.13.0+cpu).
+        'torch': ['torch'],
         'mpi': ['mpi4py', 'mpich', 'threadpoolctl'],
         # NCCL for multi-GPU training (cupy.cuda.nccl) comes from NVIDIA's wheel
         'cuda12': ['cupy-cuda12x>=13', 'nvidia-nccl-cu12'],
