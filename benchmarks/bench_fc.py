@@ -4,6 +4,7 @@
     python benchmarks/bench_fc.py [--iterations 10] [--rounds 3] [--batch 10]
                                   [--blas openblas,mkl] [--baseline /path/to/other/checkout]
                                   [--solver SGD] [--json out.json] [--inputs 9216 --width 4096]
+                                  [--clock wall|cpu]
 
 fc6 (9216 -> 4096: 151 MB of weights) and fc7 (4096 -> 4096: 67 MB) are
 memory-bound at small batch: each pass streams the weights (forward: W;
@@ -18,6 +19,9 @@ same children on another minicaffe checkout (e.g. the integration branch before
 a change: its own code, PYTHONPATH=DIR).  The children of one round run one
 after another and the rounds alternate, so every variant sees the same machine
 load; the table gives the best and the median iteration of each (ms).
+--clock cpu times the process's CPU time instead of the wall clock (all its
+threads together: on a machine shared with other jobs it leaves out the time
+the process waited for a core, not the cache and memory it shares with them).
 """
 import argparse
 import json
@@ -52,7 +56,7 @@ max_iter: 1000 display: 0 snapshot: 0 solver_mode: CPU random_seed: 1
 COLUMNS = ('fc6 fwd', 'fc7 fwd', 'fc7 bwd', 'fc6 bwd', 'update')
 
 
-def child(batch, iterations, solver_type, inputs, width):
+def child(batch, iterations, solver_type, inputs, width, clock='wall'):
     """Time the layers and the update in this process; print one JSON line."""
     import numpy as np
     import minicaffe
@@ -71,10 +75,12 @@ def child(batch, iterations, solver_type, inputs, width):
     net.forward()
     net.backward()          # (sets the loss top's diff to its weight)
 
+    now = time.process_time if clock == 'cpu' else time.perf_counter
+
     def timed(column, fn):
-        t = time.perf_counter()
+        t = now()
         fn()
-        times[column].append((time.perf_counter() - t) * 1e3)
+        times[column].append((now() - t) * 1e3)
 
     def layer_fwd(name):
         i = index[name]
@@ -110,7 +116,7 @@ def run_child(checkout, blas_name, args):
                GLOG_minloglevel='2')
     cmd = [sys.executable, str(Path(__file__).resolve()), '--child', '--batch', str(args.batch),
            '--iterations', str(args.iterations), '--solver', args.solver,
-           '--inputs', str(args.inputs), '--width', str(args.width)]
+           '--inputs', str(args.inputs), '--width', str(args.width), '--clock', args.clock]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(checkout))
     if r.returncode != 0:
         raise SystemExit('bench_fc: the child on %s (%s) failed:\n%s'
@@ -131,10 +137,12 @@ def main(argv=None):
     p.add_argument('--json', default=None, help='write all iterations here as JSON')
     p.add_argument('--inputs', type=int, default=9216, help="fc6's inputs (CaffeNet: 9216)")
     p.add_argument('--width', type=int, default=4096, help="fc6's and fc7's outputs (4096)")
+    p.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+                   help='wall-clock time (default) or the process\'s CPU time')
     p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        child(args.batch, args.iterations, args.solver, args.inputs, args.width)
+        child(args.batch, args.iterations, args.solver, args.inputs, args.width, args.clock)
         return 0
     variants = [('this', ROOT, b) for b in args.blas.split(',')]
     if args.baseline:
@@ -148,9 +156,10 @@ def main(argv=None):
             for c in COLUMNS:
                 samples[(label, b)][c].extend(out['times'][c])
         print('round %d of %d done' % (r + 1, args.rounds), file=sys.stderr)
-    print('fc6 (%d -> %d) and fc7 at batch %d, %s update; best / median ms per iteration over'
-          ' %d x %d' % (args.inputs, args.width, args.batch, args.solver, args.rounds,
-                        args.iterations))
+    print('fc6 (%d -> %d) and fc7 at batch %d, %s update; best / median %s ms per iteration'
+          ' over %d x %d' % (args.inputs, args.width, args.batch, args.solver,
+                             'CPU' if args.clock == 'cpu' else 'wall-clock', args.rounds,
+                             args.iterations))
     print('%-22s' % 'variant' + ''.join('%18s' % c for c in COLUMNS) + '%18s' % 'fwd+bwd')
     for key, cols in samples.items():
         fb = [sum(x) for x in zip(*(cols[c] for c in COLUMNS[:4]))]

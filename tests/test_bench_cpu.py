@@ -201,7 +201,7 @@ def test_bench_fc_runs_this_checkout_and_a_baseline(tmp_path):
     out = tmp_path / 'fc.json'
     r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'bench_fc.py'),
                         '--iterations', '2', '--rounds', '1', '--inputs', '96', '--width', '64',
-                        '--baseline', str(ROOT), '--json', str(out)],
+                        '--baseline', str(ROOT), '--json', str(out), '--clock', 'cpu'],
                        capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -210,4 +210,4 @@ def test_bench_fc_runs_this_checkout_and_a_baseline(tmp_path):
     for cols in data.values():
         assert sorted(cols) == sorted(['fc6 fwd', 'fc7 fwd', 'fc7 bwd', 'fc6 bwd', 'update'])
         assert all(len(v) == 2 and min(v) > 0 for v in cols.values())
-    assert 'fc6 (96 -> 64) and fc7 at batch 10' in r.stdout
+    assert 'fc6 (96 -> 64) and fc7 at batch 10, SGD update; best / median CPU ms' in r.stdout
