@@ -33,13 +33,21 @@ FUSION_WEIGHTS = (0.5, 0.67)
 from lrcn_results_doc import replace_section  # noqa: E402  (shared with the other LRCN scripts)
 
 
-def train(solver_path, iters=None, weights=None, log=print, curve_every=100):
-    """Train with a shipped solver (optionally fewer iterations); returns a result dict."""
+def train(solver_path, iters=None, weights=None, log=print, curve_every=100, seed=None,
+          snapshot_prefix=None, base_lr=None):
+    """Train with a shipped solver (optionally fewer iterations, another random_seed,
+    snapshot prefix or base_lr); returns a result dict."""
     from minicaffe.solvers.solver import Solver, read_solver_param
     p = read_solver_param(solver_path)
     if iters:
         p.stepsize = max(1, int(p.stepsize * iters / p.max_iter))
         p.max_iter = iters
+    if seed is not None:
+        p.random_seed = seed
+    if snapshot_prefix:
+        p.snapshot_prefix = snapshot_prefix
+    if base_lr:
+        p.base_lr = base_lr
     p.snapshot = 0
     p.test_interval = 10 ** 9
     t0, c0 = time.time(), time.process_time()
@@ -82,8 +90,9 @@ def _chain_job(args):
     return kind, train_chain(kind, iters, lstm_iters, log)
 
 
-def evaluate(data_dir, trained, limit=None, log=print):
-    """Frame/clip/video accuracy of every trained net and of the late fusions."""
+def evaluate(data_dir, trained, limit=None, log=print, act=ACT, classes=None):
+    """Frame/clip/video accuracy of every trained net and of the late fusions
+    (nets under ``act``; ``classes``: the data set's class names, default moving-MNIST's)."""
     import h5py
     import numpy as np
     from minicaffe.lrcn.video_classify import VideoClassifier, accuracy, fuse
@@ -94,7 +103,7 @@ def evaluate(data_dir, trained, limit=None, log=print):
     for arch, deploy in (('singleFrame', 'deploy_singleFrame.prototxt'), ('lstm', 'deploy_lstm.prototxt')):
         for kind in KINDS:
             t0 = time.time()
-            clf = VideoClassifier(os.path.join(ACT, deploy), trained[kind][arch]['weights'])
+            clf = VideoClassifier(os.path.join(act, deploy), trained[kind][arch]['weights'])
             v = videos[kind]
             starts = list(range(0, v.shape[1] - clf.clip_length + 1, clf.clip_stride))
             clips = np.stack([v[:, s:s + clf.clip_length] for s in starts], axis=1)
@@ -116,12 +125,13 @@ def evaluate(data_dir, trained, limit=None, log=print):
                 frame=accuracy(fs, lab_f), clip=accuracy(fs.mean(2), lab_c),
                 video=accuracy(fs.mean((1, 2)), labels), last_frame=accuracy(fs[:, :, -1], lab_c))
     # per-class video accuracy and confusion of the LRCN flow net, for the docs
-    from minicaffe.lrcn.datasets.moving_mnist import CLASSES
+    if classes is None:
+        from minicaffe.lrcn.datasets.moving_mnist import CLASSES as classes
     per_class = {}
     for key in (('singleFrame', 'flow'), ('lstm', 'flow'), ('lstm', 'RGB')):
         pred = scores[key].mean((1, 2)).argmax(-1)
         per_class['%s %s' % key] = [float(np.mean(pred[labels == c] == c)) if (labels == c).any()
-                                    else float('nan') for c in range(len(CLASSES))]
+                                    else float('nan') for c in range(len(classes))]
     return rows, per_class, len(labels)
 
 

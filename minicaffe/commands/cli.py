@@ -53,6 +53,9 @@ DATASETS = {
                  'captioning data (generated scenes, tuxpaint stamps) under data/captions/'),
     'moving_mnist': ('minicaffe.lrcn.datasets.moving_mnist',
                      'activity videos (MNIST digits moving; RGB and optical flow) under data/moving_mnist/'),
+    'activity_scenes': ('minicaffe.lrcn.datasets.activity_scenes',
+                        'activity videos where scene and motion both count (RGB and flow)'
+                        ' under data/activity_scenes/'),
     'video_description': ('minicaffe.lrcn.datasets.video_description',
                           'clips with subject/verb/object and sentences under data/video_description/'),
 }

@@ -171,8 +171,10 @@ def clip_markers(t, n):
 
 
 def write_clip_files(out, prefix, videos, labels, order, clip_length, clip_stride, n_per_batch,
-                     batches_per_file, desc=''):
-    """Cut videos into clips, group N clips per batch (time-major), write shards + list."""
+                     batches_per_file, desc='', classes=CLASSES):
+    """Cut videos into clips, group N clips per batch (time-major), write shards + list.
+
+    ``classes``: the class names stored in every shard (other activity sets reuse this)."""
     starts = clip_starts(videos.shape[1], clip_length, clip_stride)
     clips = [(vi, s) for vi in order for s in starts]
     pad = (-len(clips)) % n_per_batch
@@ -210,7 +212,7 @@ def write_clip_files(out, prefix, videos, labels, order, clip_length, clip_strid
             f.create_dataset('clip', data=cid)
             f.attrs['clip_length'] = t
             f.attrs['clips_per_batch'] = n_per_batch
-            f.attrs['classes'] = json.dumps(CLASSES)
+            f.attrs['classes'] = json.dumps(classes)
         os.replace(tmp, name)
         names.append(name)
     with open(os.path.join(out, prefix + '.txt'), 'w') as f:
