@@ -468,7 +468,8 @@ def test_every_option_of_every_command_has_help_and_shows_its_default():
     parsers = list(_every_parser(cli.build_parser()))
     names = {' '.join(path) for path, _ in parsers}
     for command in ('train', 'test', 'time', 'gradcheck', 'data captions', 'data moving_mnist',
-                    'data video_description', 'data mnist', 'caption', 'classify-video', 'upgrade'):
+                    'data activity_scenes', 'data video_description', 'data mnist', 'caption',
+                    'classify-video', 'upgrade'):
         assert command in names
     checked = 0
     for path, parser in parsers:
