@@ -304,6 +304,7 @@ def test_experiment_script_end_to_end(workdir, monkeypatch, tmp_path):
         assert len(v['values']) == 2 and v['min'] <= v['mean'] <= v['max']
         assert np.isclose(v['mean'], np.mean(v['values'])) and np.isclose(v['std'], np.std(v['values']))
     for seed in ('5', '6'):
+        assert 0 <= res['per_seed'][seed]['order_flip_lstm_RGB'] <= 1
         tr = res['per_seed'][seed]['trained']
         assert tr['RGB']['lstm']['iters'] == 3 and tr['flow']['singleFrame']['wall_s'] > 0
         assert os.path.exists(tr['RGB']['lstm']['weights']) and ('seed%s' % seed) in tr['RGB']['lstm']['weights']
@@ -320,11 +321,21 @@ def test_experiment_script_end_to_end(workdir, monkeypatch, tmp_path):
     assert text.count('| LRCN | fusion') == 2
     assert text.count(': holds.') + text.count(': does **not** hold.') == 3      # the 3 findings
     assert (docs.parent / 'lrcn_activity_scenes_examples.png').exists()
-    # --docs-only rewrites the section from the results file alone
+    # LRCN nets alone, from the single-frame nets of that run
+    again = tmp_path / 'again.json'
+    assert exp.main(['--seeds', '6', '--lstm-iters', '2', '--jobs', '1', '--runs', str(tmp_path / 'runs2'),
+                     '--reuse-single-frame', str(res_path), '--results', str(again),
+                     '--table', str(tmp_path / 't2.md'), '--no-docs']) == 0
+    tr2 = json.load(open(again))['per_seed']['6']['trained']
+    assert tr2['flow']['singleFrame'] == res['per_seed']['6']['trained']['flow']['singleFrame']
+    assert tr2['flow']['lstm']['iters'] == 2 and 'runs2' in tr2['flow']['lstm']['weights']
+    # --docs-only rewrites the section from the results file alone, with other runs' lines
     docs.write_text('# LRCN results\n')
     assert exp.main(['--docs-only', '--results', str(res_path), '--table', str(table),
-                     '--docs', str(docs)]) == 0
-    assert exp.SECTION in docs.read_text()
+                     '--docs', str(docs), '--extra-results', 'Longer', str(res_path)]) == 0
+    text = docs.read_text()
+    assert exp.SECTION in text and 'played backwards' in text
+    assert 'Longer (`%s`, seeds 5, 6): video accuracy' % res_path in text
 
 
 def test_findings_are_checked_on_the_means():
