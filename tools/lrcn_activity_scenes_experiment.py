@@ -88,7 +88,7 @@ def order_sensitivity(data_dir, weights, limit=None):
     e.g. one that only recognises the scene, scores 0; the time-reversed pairs need > 0)."""
     import h5py
     import numpy as np
-    from minicaffe.video_classify import VideoClassifier
+    from minicaffe.lrcn.video_classify import VideoClassifier
     with h5py.File(os.path.join(data_dir, 'videos_test.h5'), 'r') as f:
         v = f['rgb'][:limit]
     clf = VideoClassifier(os.path.join(ACT, 'deploy_lstm.prototxt'), weights)
@@ -186,7 +186,7 @@ def docs_body(res, args):
         ' a class is an action in its usual places: the static scene carries part of the evidence'
         ' and the motion the rest.',
         '',
-        'Data: `minicaffe data activity_scenes` (seed %d, `minicaffe/datasets/activity_scenes.py`):'
+        'Data: `minicaffe data activity_scenes` (seed %d, `minicaffe/lrcn/datasets/activity_scenes.py`):'
         ' one shape (circle, square, diamond or cross, random colour: no class information) in a'
         ' static textured scene (%s), %dx%d frames, %d frames per video, 8 classes (chance 12.5%%):'
         % (meta['seed'], ', '.join(SCENES), meta['size'], meta['size'], meta['frames']),
@@ -288,7 +288,7 @@ def docs_body(res, args):
 def reading(res):
     """What the table says, class by class: bullet lines for the docs."""
     import numpy as np
-    from minicaffe.datasets.activity_scenes import CLASSES
+    from minicaffe.lrcn.datasets.activity_scenes import CLASSES
     summary, seeds = res['summary'], res['seeds']
     v = {k: 100 * summary[k]['video']['mean'] for k in summary}
     pc = {key: np.mean([res['per_seed'][str(s)]['per_class'][key] for s in seeds], axis=0)

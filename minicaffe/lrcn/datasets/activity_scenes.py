@@ -34,11 +34,11 @@ position, size, speed, period and phase at random.  What each input can tell:
 
 So single-frame RGB sits well above chance but below single-frame flow,
 LRCN over flow gains on bounce/pulse, and late fusion adds the scene to the
-motion.  Flow is computed as for moving-MNIST (minicaffe.datasets.flow,
+motion.  Flow is computed as for moving-MNIST (minicaffe.lrcn.datasets.flow,
 Lucas-Kanade on the gray frames, stored as LRCN stores flow) with FLOW_PARAMS.
 
 Output under ``--out`` (default data/activity_scenes) is laid out as
-``minicaffe data moving_mnist``'s (see minicaffe.datasets.moving_mnist):
+``minicaffe data moving_mnist``'s (see minicaffe.lrcn.datasets.moving_mnist):
 ``videos_{train,test}.h5`` (``rgb``, ``flow``, ``label``, ``scene``, ``shape``
 and the motion parameters), the clip shards ``{rgb,flow}_{train,test}_NNN.h5``
 in LRCN's time-major layout with their lists ``{rgb,flow}_{train,test}.txt``,
