@@ -146,6 +146,7 @@ RELATIONS = {'above': 'below', 'below': 'above', 'to the left of': 'to the right
 SCENE_WORDS = sorted(set(['a', 'there', 'is', 'and', 'small', 'large', 'big', 'to', 'the', 'left',
                           'right', 'of', 'above', 'below'] + list(COLOURS) + list(SHAPES)))
 SCENE_VOCAB = SCENE_WORDS + [UNK]
+SCENE_SPLITS = ('random', 'compositional')
 
 
 def _draw_object(draw, shape, colour, cx, cy, r):
@@ -227,19 +228,77 @@ def render_scene(scene, size, rs, scale=4):
     return np.clip(arr, 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
 
-def generate_scenes(n, seed=1701, size=32, two_object_fraction=0.7, desc='scenes'):
-    """n seeded scenes: (images uint8 (n, 3, size, size), references [[3 sentences]], scenes)."""
+def object_type(obj):
+    """An object's (shape, colour): what the compositional split holds out in pairs."""
+    return (obj['shape'], obj['colour'])
+
+
+def object_types():
+    return [(s, c) for s in SHAPES for c in COLOURS]
+
+
+def type_pair(a, b):
+    """The unordered pair of two objects' types (a scene's combination), in the order of
+    ``object_types()`` as ``compositional_pairs`` holds them."""
+    order = object_types()
+    return tuple(sorted((object_type(a), object_type(b)), key=order.index))
+
+
+def compositional_pairs(seed, heldout=0.25):
+    """Split the unordered pairs of distinct object types (24 types: 276 pairs) for the
+    compositional split: a seeded ``heldout`` fraction is never drawn in training,
+    half of it (rounded down) is the val split's, the rest the test split's.
+    Returns {'train': set, 'val': set, 'test': set}; every type keeps training
+    partners (checked), so every word and every object phrase is seen in training."""
+    types = object_types()
+    pairs = [(types[i], types[j]) for i in range(len(types)) for j in range(i + 1, len(types))]
+    rs = np.random.default_rng(seed + 7)
+    order = rs.permutation(len(pairs))
+    n_out = int(round(heldout * len(pairs)))
+    n_val = n_out // 2
+    val = {pairs[k] for k in order[:n_val]}
+    test = {pairs[k] for k in order[n_val:n_out]}
+    train = {pairs[k] for k in order[n_out:]}
+    lonely = [t for t in types if not any(t in p for p in train)]
+    if lonely or not val or not test:
+        raise DataSourceError('compositional split: held-out fraction %g leaves %s; use a smaller '
+                              '--heldout-pairs' % (heldout, 'types with no training partner: %s'
+                                                   % lonely if lonely else 'an empty val or test set'))
+    return {'train': train, 'val': val, 'test': test}
+
+
+def _object_of_type(rs, shape_colour):
+    return {'shape': shape_colour[0], 'colour': shape_colour[1], 'size': SIZES[rs.integers(len(SIZES))]}
+
+
+def _pair_from(rs, pairs):
+    """Two objects whose type pair is one of ``pairs`` (a sorted list), in random order."""
+    ta, tb = pairs[rs.integers(len(pairs))]
+    if rs.random() < 0.5:
+        ta, tb = tb, ta
+    return [_object_of_type(rs, ta), _object_of_type(rs, tb)]
+
+
+def generate_scenes(n, seed=1701, size=32, two_object_fraction=0.7, desc='scenes', pairs=None):
+    """n seeded scenes: (images uint8 (n, 3, size, size), references [[3 sentences]], scenes).
+
+    ``pairs``: None (any two distinct object types, the default set) or a set of
+    type pairs (``type_pair``) the two-object scenes are drawn from, uniformly."""
     rs = np.random.default_rng(seed)
     images = np.empty((n, 3, size, size), np.uint8)
     refs, scenes = [], []
+    allowed = sorted(pairs) if pairs is not None else None
     for k in progress(range(n), total=n, desc=desc):
         if rs.random() < two_object_fraction:
-            a = _random_object(rs)
-            while True:
-                b = _random_object(rs)
-                if (b['shape'], b['colour']) != (a['shape'], a['colour']):
-                    break
-            objs = [a, b]
+            if allowed is None:
+                a = _random_object(rs)
+                while True:
+                    b = _random_object(rs)
+                    if (b['shape'], b['colour']) != (a['shape'], a['colour']):
+                        break
+                objs = [a, b]
+            else:
+                objs = _pair_from(rs, allowed)
             relation = list(RELATIONS)[rs.integers(len(RELATIONS))]
         else:
             objs, relation = [_random_object(rs)], None
@@ -359,17 +418,36 @@ def _meta(folder, **kw):
 
 
 def prepare_scenes(out_dir='data/captions', n_train=5000, n_val=300, n_test=500, size=32, T=16,
-                   N=50, seed=1701):
+                   N=50, seed=1701, split='random', heldout_pairs=0.25):
+    """The scene set.  ``split='random'``: the three splits drawn alike (test scenes
+    often repeat a training scene's objects, so retrieval does well);
+    ``'compositional'``: a held-out fraction of the object-type pairs
+    (``compositional_pairs``) never appears in training, and every val/test image
+    is a two-object scene of a held-out pair (val and test pairs disjoint)."""
+    if split not in SCENE_SPLITS:
+        raise DataSourceError('scene split must be one of %s, not %r' % (', '.join(SCENE_SPLITS), split))
     folder = os.path.join(out_dir, 'scenes')
     os.makedirs(folder, exist_ok=True)
     save_vocabulary(os.path.join(folder, 'vocabulary.txt'), SCENE_VOCAB)
+    pair_sets = compositional_pairs(seed, heldout_pairs) if split == 'compositional' else None
     counts = {}
-    for k, (split, n) in enumerate((('train', n_train), ('val', n_val), ('test', n_test))):
-        images, refs, _ = generate_scenes(n, seed=seed * 10 + k, size=size, desc='scenes ' + split)
-        counts[split] = write_split(folder, split, images, refs, SCENE_VOCAB, T, N,
-                                    np.random.default_rng(seed + 100 + k))
-    return _meta(folder, set='scenes', image_size=size, T=T, N=N, seed=seed,
-                 vocab_size=len(SCENE_VOCAB), splits=counts)
+    for k, (split_name, n) in enumerate((('train', n_train), ('val', n_val), ('test', n_test))):
+        kw = {}
+        if pair_sets is not None:
+            kw = {'pairs': pair_sets[split_name]}
+            if split_name != 'train':
+                kw['two_object_fraction'] = 1.0
+        images, refs, _ = generate_scenes(n, seed=seed * 10 + k, size=size, desc='scenes ' + split_name,
+                                          **kw)
+        counts[split_name] = write_split(folder, split_name, images, refs, SCENE_VOCAB, T, N,
+                                         np.random.default_rng(seed + 100 + k))
+    extra = {}
+    if pair_sets is not None:
+        extra = {'heldout_pairs': heldout_pairs,
+                 'pairs': {k: sorted(' + '.join(' '.join(t[::-1]) for t in p) for p in v)
+                           for k, v in pair_sets.items() if k != 'train'}}
+    return _meta(folder, set='scenes', split=split, image_size=size, T=T, N=N, seed=seed,
+                 vocab_size=len(SCENE_VOCAB), splits=counts, **extra)
 
 
 def prepare_tuxpaint(out_dir='data/captions', tuxpaint_dir=None, n_val=40, n_test=85, augment=8,
@@ -403,8 +481,9 @@ def prepare_tuxpaint(out_dir='data/captions', tuxpaint_dir=None, n_val=40, n_tes
 
 
 def prepare(out_dir='data/captions', tuxpaint_dir=None, seed=1701, n_train=5000, n_val=300,
-            n_test=500, size=32, T=16, N=50, augment=8, log=print):
-    metas = {'scenes': prepare_scenes(out_dir, n_train, n_val, n_test, size, T, N, seed)}
+            n_test=500, size=32, T=16, N=50, augment=8, log=print, split='random', heldout_pairs=0.25):
+    metas = {'scenes': prepare_scenes(out_dir, n_train, n_val, n_test, size, T, N, seed, split,
+                                      heldout_pairs)}
     log('scenes: %s' % json.dumps(metas['scenes']['splits']))
     try:
         metas['tuxpaint'] = prepare_tuxpaint(out_dir, tuxpaint_dir, augment=augment, size=size,
@@ -429,9 +508,16 @@ def add_arguments(parser):
     parser.add_argument('--streams', type=int, default=50, help='N: streams (images) per batch')
     parser.add_argument('--tuxpaint-augment', type=int, default=8,
                         help='renderings of each training stamp')
+    parser.add_argument('--split', choices=SCENE_SPLITS, default='random',
+                        help='scenes: "random" (default: train/val/test drawn alike) or "compositional" '
+                             '(val/test scenes pair object types never paired in training)')
+    parser.add_argument('--heldout-pairs', type=float, default=0.25,
+                        help='compositional split: fraction of the 276 object-type pairs kept out of '
+                             'training, half for val, half for test (default 0.25)')
 
 
 def run(args):
     prepare(args.out, args.tuxpaint_dir, args.seed, args.train, args.val, args.test, args.size,
-            args.timesteps, args.streams, args.tuxpaint_augment)
+            args.timesteps, args.streams, args.tuxpaint_augment, split=args.split,
+            heldout_pairs=args.heldout_pairs)
     return 0
