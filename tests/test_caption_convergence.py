@@ -217,7 +217,7 @@ def test_tiny_end_to_end_run_with_val_curve_and_early_stopping(tmp_path, monkeyp
     captions.prepare_scenes(data, n_train=30, n_val=20, n_test=6, seed=5, split='compositional')
     run = str(tmp_path / 'run')
     conv.main(['train', '--data', os.path.join(data, 'scenes'), '--run', run, '--max-iter', '40',
-               '--test-interval', '2', '--patience', '2', '--min-delta', '1e9', '--stepsize', '10'])
+               '--test-interval', '2', '--test-iter', '2', '--patience', '2', '--min-delta', '1e9', '--stepsize', '10'])
     r = json.load(open(os.path.join(run, 'result.json')))
     assert r['stopped_early'] and r['stopped_at'] == 6 and r['best_iter'] == 2 and r['iters_run'] == 7
     assert [it for it, _ in r['val_curve']] == [2, 4, 6]

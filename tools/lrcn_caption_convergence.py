@@ -77,6 +77,8 @@ def train(args):
     p.stepsize = args.stepsize
     p.base_lr = args.lr
     p.test_interval = args.test_interval
+    if args.test_iter:
+        p.test_iter[0] = args.test_iter
     p.display = args.display
     p.snapshot = 0
     p.snapshot_prefix = os.path.join(args.run, args.variant)
@@ -449,6 +451,8 @@ def main(argv=None):
     t.add_argument('--lr', type=float, default=0.01, help='base_lr (shipped 0.01)')
     t.add_argument('--stepsize', type=int, default=3000, help='lr x 0.5 every this many iterations')
     t.add_argument('--test-interval', type=int, default=250)
+    t.add_argument('--test-iter', type=int, default=None,
+                   help='val batches per test (default the solver\'s: 18, the whole val split)')
     t.add_argument('--patience', type=int, default=8, help='tests without a better val loss before stopping')
     t.add_argument('--min-delta', type=float, default=0.0)
     t.add_argument('--display', type=int, default=50)

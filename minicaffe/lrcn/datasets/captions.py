@@ -12,6 +12,13 @@ Two sets, each in its own folder under ``out_dir`` (default ``data/captions``):
               square and a blue circle"); "large" and "big" alternate.  The
               vocabulary is the grammar's fixed word list (24 words + <unk>),
               so the shipped nets (input_dim / num_output 26) fit any seed.
+              ``--split random`` (default) draws the three splits alike, so
+              many test scenes repeat a training scene (copying a neighbour's
+              caption is then nearly optimal); ``--split compositional`` keeps
+              a seeded fraction (``--heldout-pairs``, default 0.25) of the
+              pairs of object types (shape + colour) out of training, and makes
+              every val/test image a two-object scene of a held-out pair (val
+              and test pairs disjoint): new combinations of seen words.
 ``tuxpaint/`` the 785 stamps of Debian's ``tuxpaint-stamps-default`` (PNG +
               the first line of the .txt beside it, the English caption), when
               installed (``apt-get install tuxpaint-stamps-default``) or found
