@@ -192,6 +192,7 @@ def test_judge_catches_each_kind_of_error():
     ok = conv.judge('a big blue circle below a small red square', truth)
     assert ok['correct'] and ok['relation_right'] and ok['form'] == 'relation'
     assert conv.judge('a red square and a blue circle', truth)['correct']
+    assert conv.judge('a red square above a blue square', truth)['relation_right'] is None
     assert not conv.judge('a red square below a blue circle', truth)['correct']      # relation
     assert not conv.judge('a large red square above a large blue circle', truth)['correct']  # size
     wrong = conv.judge('a red square and a blue square', truth)                       # shape

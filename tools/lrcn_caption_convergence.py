@@ -210,7 +210,8 @@ def judge(caption, truth):
     rel_ok = True
     if rel not in (None, 'and'):
         rel_ok = trel not in (None, 'and') and _relation_holds(objs, rel, tobjs, trel)
-    out['relation_right'] = rel_ok if rel not in (None, 'and') else None
+    # judged only where the objects are the scene's (else "right relation" has no meaning)
+    out['relation_right'] = rel_ok if rel not in (None, 'and') and out['types_right'] else None
     out['correct'] = bool(out['types_right'] and sizes_ok and rel_ok)
     return out
 
@@ -339,7 +340,7 @@ def _pct(x):
 
 def system_table(r, ev):
     out = ['| captions from | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | exact | right | object types right | '
-           'relation stated / right | words |',
+           'relation stated / right when the objects are | words |',
            '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
     for key, label in SYSTEM_ROWS:
         key = key.format(beam=ev['beam'])
