@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -116,13 +115,21 @@ def train(args):
         loss += float(out['cross_entropy_loss'])
     result['best_val_accuracy'] = acc / p.test_iter[0]
     result['best_val_loss_check'] = loss / p.test_iter[0]
-    _plot(metrics_path, os.path.join(args.run, 'curves.png'),
-          '%s on %s: val loss per word every %d iterations' % (label, os.path.basename(
-              os.path.normpath(args.data)), args.test_interval))
+    _plot(metrics_path, os.path.join(args.run, 'curves.png'), curve_title(result))
     _write_json(os.path.join(args.run, 'result.json'), result)
     log('trained %d iterations (best val loss %.4f at %s, stopped early: %s) in %.0f s wall / %.0f s CPU'
         % (s.iter, stopper.best, stopper.best_iter, stopper.stopped, wall, cpu))
     return result
+
+
+def _split_of(data):
+    with open(os.path.join(data, 'meta.json')) as f:
+        return json.load(f).get('split', 'random')
+
+
+def curve_title(r):
+    return ('%s, %s split: train loss (x20) and val loss per word, val every %d iterations'
+            % (r['label'], _split_of(r['data']), r['test_interval']))
 
 
 def _plot(metrics_path, png, title):
@@ -252,6 +259,22 @@ def summarize(captions, truths, refs):
 
 
 # ------------------------------------------------------------------ evaluation
+def best_retrieval(truth, refs, train_refs, train_truths, train_keys, train_types, by_type):
+    """Oracle retrieval for one test scene: the candidates are the training images with the
+    same scene, else the same pair of object types, else the most object types in common;
+    of their first references, the one with the highest sentence BLEU-1..4 sum."""
+    cands = train_keys.get(scene_key(truth)) or train_types.get(types_of(truth))
+    if not cands:
+        mine = set(types_of(truth))
+        pool = sorted({i for ty in mine for i in by_type.get(ty, [])})
+        if not pool:
+            return train_refs[0][0]
+        best = max(len(mine & set(types_of(train_truths[i]))) for i in pool)
+        cands = [i for i in pool if len(mine & set(types_of(train_truths[i]))) == best]
+    sentences = sorted({train_refs[i][0] for i in cands})
+    return max(sentences, key=lambda c: (sum(bleu_scores([c], [refs])), c))
+
+
 def evaluate(args):
     from lrcn_caption_experiment import load_split, nearest
     from minicaffe.captioner import Captioner
@@ -276,22 +299,19 @@ def evaluate(args):
     gens['nn_pixels'] = [train_refs[i][0] for i in nearest(train_x, test_x)]
     train_feats = cap.compute_features(train_x)
     gens['nn_fc8'] = [train_refs[i][0] for i in nearest(train_feats, feats, cosine=True)]
-    # the best any retrieval can do: a training image with the same scene (objects, sizes,
-    # relation), else one with the same pair of object types, else with the most types in common
-    train_keys = {}
-    train_types = {}
+    # the best a retrieval can do: among the training images that share the most with the
+    # test scene (the same scene, else the same pair of object types, else the most object
+    # types in common), the first reference that scores best against the test references
+    train_keys, train_types, by_type = {}, {}, {}
     for i, t in enumerate(train_truths):
-        train_keys.setdefault(scene_key(t), i)
-        train_types.setdefault(types_of(t), i)
+        train_keys.setdefault(scene_key(t), []).append(i)
+        train_types.setdefault(types_of(t), []).append(i)
+        for ty in set(types_of(t)):
+            by_type.setdefault(ty, []).append(i)
     twin = [scene_key(t) in train_keys for t in truths]
     pair_seen = [types_of(t) in train_types for t in truths]
-    oracle = []
-    for t in truths:
-        i = train_keys.get(scene_key(t), train_types.get(types_of(t)))
-        if i is None:
-            i = max(range(len(train_truths)),
-                    key=lambda k: len(set(types_of(train_truths[k])) & set(types_of(t))))
-        oracle.append(train_refs[i][0])
+    oracle = [best_retrieval(t, refs, train_refs, train_truths, train_keys, train_types, by_type)
+              for t, refs in zip(truths, test_refs)]
     gens['oracle_retrieval'] = oracle
     gens['correct_full'] = correct_sentences(truths, np.random.default_rng(args.seed))
     systems = {k: summarize(v, truths, test_refs) for k, v in gens.items()}
@@ -329,7 +349,8 @@ SYSTEM_ROWS = [  # (key, label)
     ('nn_fc8', 'Nearest neighbour (fc8 of this LRCN, cosine): its first reference'),
     ('lrcn_beam1', '{label}, greedy (beam 1)'),
     ('lrcn_beam{beam}', '{label}, beam {beam}'),
-    ('oracle_retrieval', 'Oracle retrieval: a training image with the same scene, else the same object pair'),
+    ('oracle_retrieval', 'Oracle retrieval: the best first reference of the training images closest in '
+                         'scene content'),
     ('correct_full', 'A right sentence in the first reference\'s form ("large"/"big" a coin flip)'),
 ]
 
@@ -403,10 +424,10 @@ def docs(args):
         title = SPLIT_TITLES[split]
         body.append('### %s\n\n%s' % (title, SPLIT_TEXT[split] % meta))
         body.append(training_line(r))
-        png = os.path.join(run, 'curves.png')
+        name = '%s_%s.png' % (args.png_prefix, split)
+        png = os.path.join(os.path.dirname(args.docs) or '.', name)
+        _plot(r['metrics'], png, curve_title(r))
         if os.path.exists(png):
-            name = '%s_%s.png' % (args.png_prefix, split)
-            shutil.copyfile(png, os.path.join(os.path.dirname(args.docs) or '.', name))
             body.append('![training loss (x20) and val loss per word, val word accuracy](%s)' % name)
         body.append('Test split: %d images, BLEU as above (corpus level, percent); "right" = every '
                     'object, size and relation the caption states is true and every object is named; '
