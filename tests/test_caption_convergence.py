@@ -241,3 +241,32 @@ def test_tiny_end_to_end_run_with_val_curve_and_early_stopping(tmp_path, monkeyp
     png = str(tmp_path / 'curves_tiny_compositional.png')
     assert os.path.exists(png) == os.path.exists(os.path.join(run, 'curves.png'))
     assert ('![' in text) == os.path.exists(png)
+
+
+def test_oracle_retrieval_prefers_the_same_scene_then_the_pair_then_shared_types():
+    train = ['a small red square above a large blue circle',      # 0: twin of the test scene
+             'red square red',                                     # not a sentence of the grammar
+             'a small red square below a small blue circle',       # 2: same pair, other relation
+             'a small red square above a large green cross',       # 3: one type in common
+             'a large white cross']                                # 4: nothing in common
+    train_refs = [[t] for t in train]
+    truths = [conv.parse_caption(t) for t in train]
+    assert truths[1] is None
+    train_refs, truths = [r for r, t in zip(train_refs, truths) if t], [t for t in truths if t]
+    keys, types, by_type = {}, {}, {}
+    for i, t in enumerate(truths):
+        keys.setdefault(conv.scene_key(t), []).append(i)
+        types.setdefault(conv.types_of(t), []).append(i)
+        for ty in set(conv.types_of(t)):
+            by_type.setdefault(ty, []).append(i)
+
+    def best(test_sentence, drop=()):
+        t = conv.parse_caption(test_sentence)
+        k = {key: [i for i in v if i not in drop] for key, v in keys.items()}
+        ty = {key: [i for i in v if i not in drop] for key, v in types.items()}
+        bt = {key: [i for i in v if i not in drop] for key, v in by_type.items()}
+        return conv.best_retrieval(t, [test_sentence], train_refs, truths, k, ty, bt)
+    test = 'a large blue circle below a small red square'
+    assert best(test) == train[0]
+    assert best(test, drop={0}) == train[2]
+    assert best(test, drop={0, 1}) == train[3]      # index 1 of the kept list is train[2]

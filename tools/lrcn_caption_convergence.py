@@ -349,8 +349,9 @@ SYSTEM_ROWS = [  # (key, label)
     ('nn_fc8', 'Nearest neighbour (fc8 of this LRCN, cosine): its first reference'),
     ('lrcn_beam1', '{label}, greedy (beam 1)'),
     ('lrcn_beam{beam}', '{label}, beam {beam}'),
-    ('oracle_retrieval', 'Oracle retrieval: the best first reference of the training images closest in '
-                         'scene content'),
+    ('oracle_retrieval', 'Oracle retrieval (chooses with the test references: a bound for any '
+                         'retrieval): the best-scoring first reference of the training images closest '
+                         'in scene content'),
     ('correct_full', 'A right sentence in the first reference\'s form ("large"/"big" a coin flip)'),
 ]
 
