@@ -238,7 +238,7 @@ def test_tiny_end_to_end_run_with_val_curve_and_early_stopping(tmp_path, monkeyp
     conv.main(['docs', run, '--docs', docs, '--png-prefix', 'curves_tiny'])
     text = open(docs).read()
     assert conv.HEADING in text and text.count('kept') == 2
-    png = str(tmp_path / 'curves_tiny_compositional.png')
+    png = str(tmp_path / 'curves_tiny_compositional_lrcn_1u.png')
     assert os.path.exists(png) == os.path.exists(os.path.join(run, 'curves.png'))
     assert ('![' in text) == os.path.exists(png)
 

@@ -51,6 +51,7 @@ VARIANTS = {  # key: (label, solver, stages)
     'lrcn_2u': ('LRCN unfactored, 2 layers', 'lrcn_solver.unfactored.prototxt', ['unfactored', '2-layer']),
 }
 SHIPPED_DATA = 'data/captions/scenes'
+SHIPPED_ITERS = 2000        # max_iter of the shipped solvers
 HEADING = '## Image captioning: trained to convergence'
 
 
@@ -448,9 +449,9 @@ def docs(args):
         body.append('### %s\n\n%s' % (SPLIT_TITLES[split], SPLIT_TEXT[split] % meta))
         for run, r, ev in runs:
             body.append(training_line(r))
-            name = '%s_%s.png' % (args.png_prefix, split)
+            name = '%s_%s_%s.png' % (args.png_prefix, split, r['variant'])
             png = os.path.join(os.path.dirname(args.docs) or '.', name)
-            if r['stopped_early'] or len(runs) == 1:      # the curve of the run to convergence
+            if r['max_iter'] > SHIPPED_ITERS or len(runs) == 1:     # the curves of the long runs
                 _plot(r['metrics'], png, curve_title(r))
                 if os.path.exists(png):
                     body.append('![training loss (x20) and val loss per word, val word accuracy](%s)'
@@ -495,8 +496,9 @@ def reading(by_split):
     with a short (shipped-schedule) and a converged run, and the compositional split."""
     out = ['**Why retrieval beat LRCN, hypothesis by hypothesis** (numbers from the tables above):']
     rnd = by_split.get('random', (None, []))[1]
-    short = [x for x in rnd if not x[1]['stopped_early']]
-    conv = [x for x in rnd if x[1]['stopped_early']]
+    main = rnd[-1][1]['variant'] if rnd else None       # the last run given leads the reading
+    short = [x for x in rnd if x[1]['variant'] == main and x[1]['max_iter'] <= SHIPPED_ITERS]
+    conv = [x for x in rnd if x[1]['variant'] == main and x[1]['max_iter'] > SHIPPED_ITERS]
     if short and conv:
         (_, rs, es), (_, rc, ec) = short[0], conv[-1]
         b = 'lrcn_beam%d' % ec['beam']
@@ -546,6 +548,13 @@ def reading(by_split):
                 100 * C['correct_full']['bleu'][3], _pct(C[b]['forms']['and']),
                 _pct(C['lrcn_beam1']['forms']['and']), _pct(C[b]['correct']),
                 _pct(C['lrcn_beam1']['correct']), 100 * C[b]['bleu'][3], 100 * C['lrcn_beam1']['bleu'][3]))
+    for variant in sorted({x[1]['variant'] for x in rnd} - {main}):
+        runs = sorted([x for x in rnd if x[1]['variant'] == variant], key=lambda x: x[1]['iters_run'])
+        b = 'lrcn_beam%d' % runs[0][2]['beam']
+        out.append('- *%s*: %s.' % (runs[0][1]['label'], '; '.join(
+            '%s: BLEU-4 %.1f (beam %d), right %s, against %.1f for the nearest neighbour on its fc8'
+            % (_iters(r), 100 * e['systems'][b]['bleu'][3], e['beam'], _pct(e['systems'][b]['correct']),
+               100 * e['systems']['nn_fc8']['bleu'][3]) for _, r, e in runs)))
     comp = by_split.get('compositional', (None, []))[1]
     if comp:
         _, rc, ec = comp[-1]
