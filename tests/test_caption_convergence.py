@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from minicaffe.datasets import captions
+from minicaffe.lrcn.datasets import captions
 from minicaffe.errors import DataSourceError, MinicaffeError
 from minicaffe.solvers import Solver, SolverAction, read_solver_param
 from minicaffe.solvers.early_stopping import EarlyStopping

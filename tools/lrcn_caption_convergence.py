@@ -40,8 +40,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minicaffe.bleu import bleu_scores  # noqa: E402
-from minicaffe.datasets import captions as capdata  # noqa: E402
+from minicaffe.lrcn.bleu import bleu_scores  # noqa: E402
+from minicaffe.lrcn.datasets import captions as capdata  # noqa: E402
 from minicaffe.errors import MinicaffeError  # noqa: E402
 
 CAP = 'prototxt/lrcn/caption'
@@ -76,7 +76,7 @@ def _net_for_data(net_path, data, out_dir):
 def train(args):
     from minicaffe.solvers.early_stopping import EarlyStopping
     from minicaffe.solvers.solver import Solver, read_solver_param
-    from minicaffe.training import MetricsWriter
+    from minicaffe.commands.training import MetricsWriter
     label, solver_file, stages = VARIANTS[args.variant]
     os.makedirs(args.run, exist_ok=True)
     p = read_solver_param(os.path.join(CAP, solver_file))
@@ -143,7 +143,7 @@ def curve_title(r):
 
 def _plot(metrics_path, png, title):
     """The curves with `minicaffe plot` (skipped with a note when matplotlib is missing)."""
-    from minicaffe import plot as mplot
+    from minicaffe.commands import plot as mplot
     try:
         mplot.plot(mplot.read_curves(metrics_path), png, title=title)
     except MinicaffeError as e:
@@ -286,7 +286,7 @@ def best_retrieval(truth, refs, train_refs, train_truths, train_keys, train_type
 
 def evaluate(args):
     from lrcn_caption_experiment import load_split, nearest
-    from minicaffe.captioner import Captioner
+    from minicaffe.lrcn.captioner import Captioner
     r = json.load(open(os.path.join(args.run, 'result.json')))
     folder = r['data']
     vocab = os.path.join(folder, 'vocabulary.txt')
