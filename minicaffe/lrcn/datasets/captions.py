@@ -433,10 +433,10 @@ def prepare_scenes(out_dir='data/captions', n_train=5000, n_val=300, n_test=500,
     is a two-object scene of a held-out pair (val and test pairs disjoint)."""
     if split not in SCENE_SPLITS:
         raise DataSourceError('scene split must be one of %s, not %r' % (', '.join(SCENE_SPLITS), split))
+    pair_sets = compositional_pairs(seed, heldout_pairs) if split == 'compositional' else None
     folder = os.path.join(out_dir, 'scenes')
     os.makedirs(folder, exist_ok=True)
     save_vocabulary(os.path.join(folder, 'vocabulary.txt'), SCENE_VOCAB)
-    pair_sets = compositional_pairs(seed, heldout_pairs) if split == 'compositional' else None
     counts = {}
     for k, (split_name, n) in enumerate((('train', n_train), ('val', n_val), ('test', n_test))):
         kw = {}
