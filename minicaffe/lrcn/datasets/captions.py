@@ -516,8 +516,9 @@ def add_arguments(parser):
     parser.add_argument('--tuxpaint-augment', type=int, default=8,
                         help='renderings of each training stamp')
     parser.add_argument('--split', choices=SCENE_SPLITS, default='random',
-                        help='scenes: "random" (default: train/val/test drawn alike) or "compositional" '
-                             '(val/test scenes pair object types never paired in training)')
+                        help='scenes: "random" (train/val/test drawn alike) or "compositional" '
+                             '(val/test scenes pair object types never paired in training); '
+                             'default random')
     parser.add_argument('--heldout-pairs', type=float, default=0.25,
                         help='compositional split: fraction of the 276 object-type pairs kept out of '
                              'training, half for val, half for test (default 0.25)')
