@@ -162,3 +162,27 @@ def test_lrn_backward_keeps_caffes_running_window_sum():
         want = _caffe_lrn_backward(x, net.blobs['y'].data, scale, dy, 3, 1.0, 0.75)
     assert _same(net.blobs['x'].diff, want)
     assert np.isnan(want[1, 4:, 1, 1]).any()      # inf - inf stays in the later channels
+
+
+def test_ave_pooling_backward_sums_in_caffes_window_order():
+    # Shares of +-1e30 cancel: only Caffe's order of the float adds gives its result.
+    k, s, p = 3, 1, 1
+    rs = np.random.RandomState(49)
+    dy = rs.choice(F([1e30, -1e30, 0.5, -2.0, 1.0]), (1, 1, 3, 4)).astype(F)
+    net = make_net(layer('Pooling', ['x'], ['y'], 'pooling_param { pool: AVE kernel_size: %d'
+                         ' stride: %d pad: %d }' % (k, s, p)), {'x': (1, 1, 3, 4)})
+    net.forward()
+    net.blobs['y'].diff[...] = dy
+    net.backward()
+    H, W = 3, 4
+    want = np.zeros((H, W), F)
+    for ph in range(3):                 # Caffe's AvePoolBackward, loop for loop, in float32
+        for pw in range(4):
+            hs, ws = ph * s - p, pw * s - p
+            he, we = min(hs + k, H + p), min(ws + k, W + p)
+            size = F((he - hs) * (we - ws))
+            hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, H), min(we, W)
+            for h in range(hs, he):
+                for w in range(ws, we):
+                    want[h, w] = F(want[h, w] + F(dy[0, 0, ph, pw] / size))
+    np.testing.assert_array_equal(net.blobs['x'].diff[0, 0], want)

@@ -255,7 +255,11 @@ def ave_pool_backward(dy, g):
         return np.broadcast_to(d, lead + (g.H, g.W)).copy()
     shape = lead + tuple(n + l + r for n, (l, r) in zip((g.H, g.W), g.padding))
     dxp = np.zeros(shape, _f)
-    for i, j in g.offsets():
+    # Caffe adds each window's share in raster order of the windows (ph, then pw), so
+    # an input receives from the window at the largest kernel offset first: the
+    # offsets run backwards here, and each input's float sum has Caffe's order
+    # (which decides the result when huge shares cancel).
+    for i, j in reversed(list(g.offsets())):
         dxp[g.window(i, j)] += d
     return dxp[g.crop()]
 
