@@ -867,20 +867,22 @@ def special_text(kind, param, shape):
             ' scale_param { axis: 0 } loss_weight: 1 }\n' % (shape[0], kind, param))
 
 
-def run_special_case(caffe_bin, index, folder):
+def run_special_case(caffe_bin, index, folder, data_seed=None):
+    """Layer setting ``index`` (of SPECIAL_LAYERS, cyclically) on data drawn from
+    ``data_seed`` (default: the index)."""
     here = os.getcwd()
     os.chdir(folder)
     try:
-        return _run_special_case(caffe_bin, index, folder)
+        return _run_special_case(caffe_bin, index, folder, index if data_seed is None else data_seed)
     finally:
         os.chdir(here)
 
 
-def _run_special_case(caffe_bin, index, folder):
+def _run_special_case(caffe_bin, index, folder, data_seed):
     import h5py
     import minicaffe as caffe
     kind, param = SPECIAL_LAYERS[index % len(SPECIAL_LAYERS)]
-    rs = np.random.RandomState(index)
+    rs = np.random.RandomState(data_seed)
     shape = (2, 3, 3, 4)
     data = rs.choice(SPECIAL_VALUES, shape).astype(np.float32)
     # Top gradients: finite only.  Caffe's Scale backward multiplies through BLAS
@@ -1059,7 +1061,7 @@ def main(argv=None):
         folder = tempfile.mkdtemp(prefix='caffe_diff_%d_' % seed)
         try:
             if args.special:
-                result = run_special_case(args.caffe, seed - args.seed, folder)
+                result = run_special_case(args.caffe, seed - args.seed, folder, data_seed=seed)
             elif args.validity:
                 result = run_validity_case(args.caffe, seed, folder)
             elif args.solvers:
