@@ -24,6 +24,7 @@ run.  tests/test_caffe_diff.py reads ``MINICAFFE_CAFFE_BIN``.  Exit status: 0 al
 cases agree (or differ only where the case is ill-conditioned), 1 some differ.
 """
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -330,6 +331,33 @@ def net_text(builder, source, batch, loss=0, rs=None):
 
 
 # ---------------------------------------------------------------- running one case
+@contextlib.contextmanager
+def inside(folder):
+    """Run the block in ``folder``: Caffe (started there) and minicaffe then resolve
+    the case's relative file paths alike."""
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
+def step_differences(ours, theirs, scale_atol=True):
+    """(name, index, shape, report) for each parameter of net ``ours`` that differs
+    from the same one of net ``theirs`` after training steps; the absolute tolerance
+    grows with the parameter's largest value unless ``scale_atol`` is false."""
+    out = []
+    for name, blobs in ours.params.items():
+        for i, b in enumerate(blobs):
+            ref = theirs.params[name][i].data
+            atol = STEP_ATOL * max(1.0, float(np.abs(ref).max())) if scale_atol else STEP_ATOL
+            bad = _worst(b.data, ref, STEP_RTOL, atol)
+            if bad:
+                out.append((name, i, b.data.shape, bad))
+    return out
+
+
 def _fill_weights(net, rs):
     """BatchNorm's statistics (mean, variance > 0, scale factor) are not learned by a
     filler: give them values so that TEST-phase normalisation is exercised."""
@@ -419,12 +447,8 @@ def ill_conditioned(net):
 def run_case(caffe_bin, seed, folder, depth=6):
     """Build, run and compare one random net in ``folder``; returns a list of differences
     (empty: they agree) or raises RuntimeError when the case could not be run."""
-    here = os.getcwd()
-    os.chdir(folder)             # Caffe and minicaffe resolve the files' relative paths alike
-    try:
+    with inside(folder):
         return _run_case(caffe_bin, seed, folder, depth)
-    finally:
-        os.chdir(here)
 
 
 SOLVER = ('net: "net.prototxt"\nbase_lr: 1\nlr_policy: "fixed"\nmomentum: 0\nweight_decay: 0\n'
@@ -488,12 +512,8 @@ def compare_net(caffe_bin, folder, text, arrays, rs, seed, outputs):
     solver.net.copy_from('init.caffemodel')
     solver.step(1)
     theirs = caffe.Net('net.prototxt', caffe.TRAIN, weights=snap)
-    for name, blobs in solver.net.params.items():
-        for i, b in enumerate(blobs):
-            ref = theirs.params[name][i].data
-            bad = _worst(b.data, ref, STEP_RTOL, STEP_ATOL * max(1.0, float(np.abs(ref).max())))
-            if bad:
-                differences.append('after one step, %s[%d] %s: %s' % (name, i, b.data.shape, bad))
+    for name, i, shape, bad in step_differences(solver.net, theirs):
+        differences.append('after one step, %s[%d] %s: %s' % (name, i, shape, bad))
     if differences and reason:
         differences.insert(0, ILL + reason)
     return differences
@@ -545,9 +565,7 @@ def recurrent_text(rs, T, N, D, classes):
 
 
 def run_recurrent_case(caffe_bin, seed, folder):
-    here = os.getcwd()
-    os.chdir(folder)
-    try:
+    with inside(folder):
         rs = np.random.RandomState(seed)
         T, N, D, classes = int(rs.randint(1, 6)), int(rs.randint(1, 4)), int(rs.randint(1, 6)), \
             int(rs.randint(2, 5))
@@ -565,8 +583,6 @@ def run_recurrent_case(caffe_bin, seed, folder):
             with open('static_list.txt', 'w') as f:
                 f.write('static.h5\n')
         return compare_net(caffe_bin, folder, text, arrays, rs, seed, outputs=('loss', 'features'))
-    finally:
-        os.chdir(here)
 
 
 ILL = 'ill-conditioned: '
@@ -640,9 +656,7 @@ def run_solver_case(caffe_bin, seed, folder, iterations=3):
     minicaffe from the same weights; the weights after the last step are compared."""
     import h5py
     import minicaffe as caffe
-    here = os.getcwd()
-    os.chdir(folder)
-    try:
+    with inside(folder):
         rs = np.random.RandomState(seed)
         batch = int(rs.randint(1, 4))
         mults = ['', 'param { lr_mult: 2 decay_mult: 0 } param { lr_mult: 0.5 decay_mult: 2 }']
@@ -695,20 +709,14 @@ def run_solver_case(caffe_bin, seed, folder, iterations=3):
                 ('after %d steps' % iterations, solver, theirs),
                 ('resumed from the state at %d, after one more step' % (iterations - 1), resumed,
                  theirs_resumed)):
-            for name, blobs in ours.net.params.items():
-                for i, b in enumerate(blobs):
-                    ref = ref_net.params[name][i].data
-                    bad = _worst(b.data, ref, STEP_RTOL, STEP_ATOL * max(1.0, float(np.abs(ref).max())))
-                    if bad:
-                        differences.append('%s %s, %s[%d]: %s' % (
-                            ' '.join(solver_text.split('\n')[1:]), label, name, i, bad))
+            for name, i, _, bad in step_differences(ours.net, ref_net):
+                differences.append('%s %s, %s[%d]: %s' % (
+                    ' '.join(solver_text.split('\n')[1:]), label, name, i, bad))
         if differences and kind in NORMALIZING and all(_few(d) for d in differences):
             differences.insert(0, ILL + '%s divides by the root of squared gradients, so a gradient'
                                ' that is rounding noise (near 0) still makes a full step; a few'
                                ' elements differ' % kind)
         return differences
-    finally:
-        os.chdir(here)
 
 
 # ---------------------------------------------------------------- validity
@@ -782,9 +790,7 @@ def _random_layer(rs, shape):
 def run_validity_case(caffe_bin, seed, folder):
     """Returns [] when Caffe and minicaffe agree on accepting the net, else one line."""
     import minicaffe as caffe
-    here = os.getcwd()
-    os.chdir(folder)
-    try:
+    with inside(folder):
         rs = np.random.RandomState(seed)
         shape = tuple(int(d) for d in (rs.randint(1, 3), rs.randint(1, 5), rs.randint(1, 7), rs.randint(1, 7)))
         kind, param, bottoms = _random_layer(rs, shape)
@@ -822,8 +828,6 @@ def run_validity_case(caffe_bin, seed, folder):
         return ['%s %s on %s: Caffe %s, minicaffe accepts it' % (
             kind, param, shape, 'crashes (signal %d)' % -proc.returncode if crash else
             'refuses it (%s)' % (why[0] if why else 'exit %d' % proc.returncode))]
-    finally:
-        os.chdir(here)
 
 
 # ---------------------------------------------------------------- special values
@@ -870,12 +874,8 @@ def special_text(kind, param, shape):
 def run_special_case(caffe_bin, index, folder, data_seed=None):
     """Layer setting ``index`` (of SPECIAL_LAYERS, cyclically) on data drawn from
     ``data_seed`` (default: the index)."""
-    here = os.getcwd()
-    os.chdir(folder)
-    try:
+    with inside(folder):
         return _run_special_case(caffe_bin, index, folder, index if data_seed is None else data_seed)
-    finally:
-        os.chdir(here)
 
 
 def _run_special_case(caffe_bin, index, folder, data_seed):
@@ -921,12 +921,9 @@ def _run_special_case(caffe_bin, index, folder, data_seed):
     solver.net.copy_from('init.caffemodel')
     solver.step(1)
     theirs = caffe.Net('net.prototxt', caffe.TRAIN, weights=snap)
-    for name, blobs in solver.net.params.items():
-        for i, b in enumerate(blobs):
-            bad = _worst(b.data, theirs.params[name][i].data, STEP_RTOL, STEP_ATOL)
-            if bad:
-                what = 'bottom gradient' if name == 'grad' else '%s[%d] after one step' % (name, i)
-                differences.append('%s %s: %s' % (label, what, bad))
+    for name, i, _, bad in step_differences(solver.net, theirs, scale_atol=False):
+        what = 'bottom gradient' if name == 'grad' else '%s[%d] after one step' % (name, i)
+        differences.append('%s %s: %s' % (label, what, bad))
     return differences
 
 
@@ -941,9 +938,7 @@ def bisect_forward(caffe_bin, case_dir):
     try:
         for f in os.listdir(case_dir):
             shutil.copy(os.path.join(case_dir, f), work)
-        here = os.getcwd()
-        os.chdir(work)
-        try:
+        with inside(work):
             param = read_text('net.prototxt', pb.NetParameter)
             tops = []
             for lp in param.layer:
@@ -968,8 +963,6 @@ def bisect_forward(caffe_bin, case_dir):
                 lines.append('forward  %-24s %s' % (t, bad or 'agrees'))
             lines += _bisect_backward(caffe_bin, work, case_dir, tops)
             return lines
-        finally:
-            os.chdir(here)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
