@@ -33,7 +33,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -115,15 +114,8 @@ def train(args):
                   val_curve=stopper.history, wall_s=wall, cpu_s=cpu,
                   threads=os.environ.get('OMP_NUM_THREADS', 'unset'))
     # val accuracy of the best weights (one more pass of the val net)
-    net = s.test_nets[0]
-    net.share_with(s.net)
-    acc = loss = 0.0
-    for _ in range(p.test_iter[0]):
-        out = net.forward()
-        acc += float(out['accuracy'])
-        loss += float(out['cross_entropy_loss'])
-    result['best_val_accuracy'] = acc / p.test_iter[0]
-    result['best_val_loss_check'] = loss / p.test_iter[0]
+    from lrcn_caption_experiment import val_scores
+    result['best_val_accuracy'], result['best_val_loss_check'] = val_scores(s)
     _plot(metrics_path, os.path.join(args.run, 'curves.png'), curve_title(result))
     _write_json(os.path.join(args.run, 'result.json'), result)
     log('trained %d iterations (best val loss %.4f at %s, stopped early: %s) in %.0f s wall / %.0f s CPU'

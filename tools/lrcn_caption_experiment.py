@@ -43,6 +43,20 @@ VARIANTS = [  # (key, label, solver, stages)
 from lrcn_results_doc import replace_section  # noqa: E402  (shared with the other LRCN scripts)
 
 
+def val_scores(solver):
+    """(word accuracy, loss) of the solver's current weights on its first test net,
+    averaged over that net's test_iter batches."""
+    net = solver.test_nets[0]
+    net.share_with(solver.net)
+    iters = solver.param.test_iter[0]
+    acc = loss = 0.0
+    for _ in range(iters):
+        out = net.forward()
+        acc += float(out['accuracy'])
+        loss += float(out['cross_entropy_loss'])
+    return acc / iters, loss / iters
+
+
 def train(solver_path, iters, log):
     from minicaffe.solvers.solver import Solver, read_solver_param
     p = read_solver_param(solver_path)
@@ -57,14 +71,8 @@ def train(solver_path, iters, log):
     train_loss = float(s.smoothed_loss)
     scores = {}
     if s.test_nets:
-        net = s.test_nets[0]
-        net.share_with(s.net)
-        acc = loss = 0.0
-        for _ in range(p.test_iter[0]):
-            out = net.forward()
-            acc += float(out['accuracy'])
-            loss += float(out['cross_entropy_loss'])
-        scores = {'val_accuracy': acc / p.test_iter[0], 'val_loss': loss / p.test_iter[0]}
+        acc, loss = val_scores(s)
+        scores = {'val_accuracy': acc, 'val_loss': loss}
     wall, cpu = time.time() - t0, time.process_time() - c0
     os.makedirs(os.path.dirname(p.snapshot_prefix), exist_ok=True)
     weights = p.snapshot_prefix + '_final.caffemodel'
