@@ -71,6 +71,18 @@ def train(solver_path, iters=None, weights=None, log=print, curve_every=100, see
                 train_loss=curve[-1][1] if curve else None)
 
 
+def read_meta(data_dir, dataset, log=print):
+    """The data set's meta.json; a missing set is first prepared by
+    minicaffe.lrcn.datasets.<dataset>.prepare(data_dir)."""
+    meta_path = os.path.join(data_dir, 'meta.json')
+    if not os.path.exists(meta_path):
+        import importlib
+        log('preparing %s' % data_dir)
+        importlib.import_module('minicaffe.lrcn.datasets.' + dataset).prepare(data_dir)
+    with open(meta_path) as f:
+        return json.load(f)
+
+
 def train_chain(kind, iters, lstm_iters, log=print):
     """Single-frame, then LRCN from its weights, for one input kind."""
     res = {}
@@ -287,13 +299,7 @@ def main(argv=None):
 
     if args.data != 'data/moving_mnist':
         log('note: the shipped nets read data/moving_mnist; --data only changes where meta.json is read')
-    meta_path = os.path.join(args.data, 'meta.json')
-    if not os.path.exists(meta_path):
-        from minicaffe.lrcn.datasets import moving_mnist
-        log('preparing %s' % args.data)
-        moving_mnist.prepare(args.data)
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = read_meta(args.data, 'moving_mnist', log)
 
     jobs = [(k, args.iters, args.lstm_iters) for k in KINDS]
     trained = {}

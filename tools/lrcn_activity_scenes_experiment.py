@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from lrcn_activity_experiment import FUSION_WEIGHTS, KINDS, evaluate, train  # noqa: E402
+from lrcn_activity_experiment import FUSION_WEIGHTS, KINDS, evaluate, read_meta, train  # noqa: E402
 from lrcn_results_doc import replace_section  # noqa: E402
 
 ACT = 'prototxt/lrcn/activity_scenes'
@@ -410,13 +410,7 @@ def main(argv=None):
     if os.path.normpath(args.data) != 'data/activity_scenes':
         log('note: the shipped nets read data/activity_scenes; --data only changes where meta.json'
             ' and the test videos are read')
-    meta_path = os.path.join(args.data, 'meta.json')
-    if not os.path.exists(meta_path):
-        from minicaffe.lrcn.datasets import activity_scenes
-        log('preparing %s' % args.data)
-        activity_scenes.prepare(args.data)
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = read_meta(args.data, 'activity_scenes', log)
     from minicaffe.lrcn.datasets.activity_scenes import CLASSES
 
     reuse = None
