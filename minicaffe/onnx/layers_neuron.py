@@ -62,32 +62,32 @@ def power(ctx):
     return [y]
 
 
+def _scaled_unary(ctx, op, scale, shift, out_scale, op_hint):
+    """y = out_scale * op(shift + scale x), with nodes only for factors other than 1 and 0."""
+    g = ctx.g
+    y = ctx.bottoms[0]
+    if scale != 1:
+        y = g.mul_const(y, float(scale), ctx.hint('scaled'))
+    if shift != 0:
+        y = g.add_const(y, float(shift), ctx.hint('shifted'))
+    y = g.node(op, [y], ctx.hint(op_hint) if out_scale != 1 else ctx.hint())
+    if out_scale != 1:
+        y = g.mul_const(y, float(out_scale), ctx.hint())
+    return [y]
+
+
 @converter('Exp')
 def exp(ctx):
     """y = base^(shift + scale x) = outer exp(inner x)."""
-    g, layer = ctx.g, ctx.layer
-    y = ctx.bottoms[0]
-    if layer.inner_scale != 1:
-        y = g.mul_const(y, float(layer.inner_scale), ctx.hint('scaled'))
-    y = g.node('Exp', [y], ctx.hint('exp') if layer.outer_scale != 1 else ctx.hint())
-    if layer.outer_scale != 1:
-        y = g.mul_const(y, float(layer.outer_scale), ctx.hint())
-    return [y]
+    layer = ctx.layer
+    return _scaled_unary(ctx, 'Exp', layer.inner_scale, 0, layer.outer_scale, 'exp')
 
 
 @converter('Log')
 def log(ctx):
     """y = log_base(shift + scale x) = ln(shift + scale x) / ln(base)."""
-    g, layer = ctx.g, ctx.layer
-    y = ctx.bottoms[0]
-    if layer.scale != 1:
-        y = g.mul_const(y, float(layer.scale), ctx.hint('scaled'))
-    if layer.shift != 0:
-        y = g.add_const(y, float(layer.shift), ctx.hint('shifted'))
-    y = g.node('Log', [y], ctx.hint('ln') if layer.base_scale != 1 else ctx.hint())
-    if layer.base_scale != 1:
-        y = g.mul_const(y, float(layer.base_scale), ctx.hint())
-    return [y]
+    layer = ctx.layer
+    return _scaled_unary(ctx, 'Log', layer.scale, layer.shift, layer.base_scale, 'ln')
 
 
 @converter('Threshold')
