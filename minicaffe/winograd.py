@@ -1,11 +1,14 @@
 """Winograd F(2x2, 3x3) and F(4x4, 3x3) convolution (Lavin & Gray, 2015) for 3x3,
-stride-1, dilation-1 2-D convolutions with groups: forward, data gradient,
-weight gradient.  Written below for F(2x2); F(4x4) (the Tiling F4) is the same
-with 4x4 output tiles, 6x6 patches at (4i, 4j), 36 points and the 6x6 / 6x3 /
-4x6 matrices of Lavin & Gray (points 0, +-1, +-2): 36 multiplies per 16 outputs,
-4x fewer than im2col's, but less accurate (G has 1/6 and 1/24, A^T and B^T
-entries up to 8 and 5: the rounding errors grow 10-25x; see
-tests/test_winograd.py for the measured errors).
+and F(2x2, 5x5) for 5x5, stride-1, dilation-1 2-D convolutions with groups:
+forward, data gradient, weight gradient.  Written below for F(2x2,3x3); F(4x4)
+(the Tiling F4) is the same with 4x4 output tiles, 6x6 patches at (4i, 4j), 36
+points and the 6x6 / 6x3 / 4x6 matrices of Lavin & Gray (points 0, +-1, +-2):
+36 multiplies per 16 outputs, 4x fewer than im2col's, but less accurate (G has
+1/6 and 1/24, A^T and B^T entries up to 8 and 5: the rounding errors grow
+10-25x; see tests/test_winograd.py for the measured errors).  F(2x2,5x5)
+(F2_5x5: CaffeNet's conv2) has 2x2 output tiles of 6x6 patches at (2i, 2j), the
+same 36 points and B^T as F(4x4,3x3), G 6x5 and A^T 2x6: 36 multiplies per 4
+outputs instead of 100.  In general alpha = m + r - 1 for an r x r kernel.
 
 The output is cut into 2x2 tiles; tile (i, j) reads the 4x4 input patch at
 (2i, 2j) of the zero-padded input.  With
@@ -29,9 +32,9 @@ data gradient:    D = A dy_tile A^T (4x4, from the 2x2 top-gradient tile),
 weight gradient:  dU[t] = D[t] @ V[t]^T (summed over tiles by the GEMM),
                   dg = G^T dU G.
 
-Shapes: x (N, C, H, W), g (K, C/G, 3, 3), y (N, K, Ho, Wo) with
-Ho = H + 2 pad_h - 2 (likewise W); tiles th = ceil(Ho/m), tw = ceil(Wo/m);
-V and D are laid out (alpha^2, G, N*th*tw, channels/G), alpha = m + 2,
+Shapes: x (N, C, H, W), g (K, C/G, r, r), y (N, K, Ho, Wo) with
+Ho = H + 2 pad_h - r + 1 (likewise W); tiles th = ceil(Ho/m), tw = ceil(Wo/m);
+V and D are laid out (alpha^2, G, N*th*tw, channels/G), alpha = m + r - 1,
 channels innermost: the
 transforms then run over long contiguous rows (CaffeNet's 13x13 maps would
 give numpy 7-element inner loops otherwise) and each point's GEMM reads
@@ -48,24 +51,25 @@ import os
 import numpy as np
 
 from .blas import gemm_accumulate
-from .im2col import ELEMENTWISE_BLOCK, in_blocks, parallel_for
+from .im2col import ELEMENTWISE_BLOCK, in_blocks, parallel_for, workspace
 from .threads import run_chunks
 
 _f = np.float32
 
 
 class Tiling(object):
-    """Winograd F(m x m, 3x3): output tiles of m x m from input patches of
-    alpha x alpha (alpha = m + 2), with the transform matrices B^T (alpha x
-    alpha), G (alpha x 3) and A^T (m x alpha).  Each 2-D transform X M X^T is
+    """Winograd F(m x m, r x r): output tiles of m x m from input patches of
+    alpha x alpha (alpha = m + r - 1), with the transform matrices B^T (alpha x
+    alpha), G (alpha x r) and A^T (m x alpha).  Each 2-D transform X M X^T is
     two small GEMMs over a block of tiles (_transform2d): one pass over memory
     each, whatever the number of non-zero coefficients."""
 
     def __init__(self, m, BT, G, AT):
-        self.m, self.alpha = m, m + 2
+        self.G = np.array(G, np.float64)
+        self.m, self.r = m, self.G.shape[1]
+        self.alpha = m + self.r - 1
         self.points = self.alpha ** 2
         self.BT = np.array(BT, np.float64)
-        self.G = np.array(G, np.float64)
         self.AT = np.array(AT, np.float64)
         for name in ('BT', 'AT'):       # small integers: exact in float32
             setattr(self, name + '32', getattr(self, name).astype(_f))
@@ -82,7 +86,7 @@ class Tiling(object):
         self.point_scale = np.outer(scale, scale).astype(_f)
 
     def __repr__(self):
-        return 'F(%dx%d,3x3)' % (self.m, self.m)
+        return 'F(%dx%d,%dx%d)' % (self.m, self.m, self.r, self.r)
 
     def tiles(self, out_sp):
         m = self.m
@@ -111,6 +115,17 @@ F4 = Tiling(4,
                [1 / 24., 1 / 12., 1 / 6.], [1 / 24., -1 / 12., 1 / 6.], [0, 0, 1]],
             AT=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
                 [0, 1, -1, 8, -8, 1]])
+# F(2x2,5x5) on the same six points (the modified Toom-Cook construction Lavin &
+# Gray use: G's row for point p is (1, p, .., p^4) / prod_{q != p} (p - q), A^T's
+# columns are (1, p), the point at infinity picks the last tap / output): B^T,
+# which depends on the points only, is F(4x4,3x3)'s.  36 multiplies per 4
+# outputs instead of 100: 2.8x fewer, with A^T's entries at most 2.
+F2_5x5 = Tiling(2,
+                BT=F4.BT,
+                G=[[1 / 4., 0, 0, 0, 0], [-1 / 6.] * 5, [-1 / 6., 1 / 6., -1 / 6., 1 / 6., -1 / 6.],
+                   [1 / 24., 1 / 12., 1 / 6., 1 / 3., 2 / 3.],
+                   [1 / 24., -1 / 12., 1 / 6., -1 / 3., 2 / 3.], [0, 0, 0, 0, 1]],
+                AT=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]])
 # MINICAFFE_CONV_ENGINE: 'winograd' uses Winograd wherever applicable (the tile
 # chosen by shape, choose_tiling), 'winograd2' / 'winograd4' with that tile,
 # 'caffe' never; unset, the DEFAULT engine picks by shape (prefer_winograd,
@@ -133,9 +148,11 @@ DEFAULT_BACKWARD = True
 
 
 def applicable(kernel, stride, dilation, pad):
-    """Whether a convolution's geometry has a Winograd F(m x m,3x3) form here."""
-    return (len(kernel) == 2 and tuple(kernel) == (3, 3) and tuple(stride) == (1, 1)
-            and tuple(dilation) == (1, 1) and all(0 <= p <= 2 for p in pad))
+    """Whether a convolution's geometry has a Winograd form here: a 3x3 or 5x5
+    kernel (F(m x m,3x3), F(2x2,5x5)), stride 1, no dilation, pad below the kernel."""
+    return (len(kernel) == 2 and tuple(kernel) in ((3, 3), (5, 5))
+            and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+            and all(0 <= p < kernel[0] for p in pad))
 
 
 def prefer_winograd(channels_per_group, outputs_per_group, out_sp):
@@ -160,9 +177,13 @@ def tile_points(tiling, out_sp):
 F4_MAX_POINTS_RATIO = 0.8
 
 
-def choose_tiling(out_sp):
-    """F(4x4) where its GEMMs save enough multiplies over F(2x2) (see
-    F4_MAX_POINTS_RATIO), else F(2x2); a forced 'winograd2'/'winograd4' wins."""
+def choose_tiling(out_sp, kernel=(3, 3)):
+    """A 5x5 kernel: F(2x2,5x5), the one tile for it (also under a forced
+    'winograd4').  A 3x3 kernel: F(4x4) where its GEMMs save enough multiplies
+    over F(2x2) (see F4_MAX_POINTS_RATIO), else F(2x2); a forced
+    'winograd2'/'winograd4' wins."""
+    if tuple(kernel) == (5, 5):
+        return F2_5x5
     if FORCE == 'winograd2':
         return F2
     if FORCE == 'winograd4':
@@ -173,24 +194,25 @@ def choose_tiling(out_sp):
 
 
 def transform_weights(w, group, tiling=F2):
-    """U = G g G^T: w (K, C/G, 3, 3) -> (alpha^2, G, C/G, K/G) float32 (transposed
+    """U = G g G^T: w (K, C/G, r, r) -> (alpha^2, G, C/G, K/G) float32 (transposed
     per point: the GEMMs run tiles x channels, channels innermost)."""
     K, Cg = w.shape[:2]
-    wt = w.reshape(group, K // group, Cg, 3, 3).transpose(3, 4, 0, 2, 1)
+    r = tiling.r
+    wt = w.reshape(group, K // group, Cg, r, r).transpose(3, 4, 0, 2, 1)
     u = _transform2d(tiling.G_int32, wt.astype(_f, copy=False))
     u *= tiling.point_scale.reshape(tiling.alpha, tiling.alpha, 1, 1, 1)
     return u.reshape((tiling.points,) + u.shape[2:])
 
 
 def weight_gradient_from(du, tiling=F2):
-    """dg = G^T dU G: du (alpha^2, G, C/G, K/G) -> (K, C/G, 3, 3)."""
-    a = tiling.alpha
+    """dg = G^T dU G: du (alpha^2, G, C/G, K/G) -> (K, C/G, r, r)."""
+    a, r = tiling.alpha, tiling.r
     _, G, Cg, Kg = du.shape
     d = du.reshape(a, a, G, Cg, Kg) * tiling.point_scale.reshape(a, a, 1, 1, 1)
-    dg = _transform2d(tiling.GT_int32, d)                       # (3, 3, G, Cg, Kg)
-    out = np.empty((G, Kg, Cg, 3, 3), _f)
+    dg = _transform2d(tiling.GT_int32, d)                       # (r, r, G, Cg, Kg)
+    out = np.empty((G, Kg, Cg, r, r), _f)
     out[...] = dg.transpose(2, 4, 3, 0, 1)
-    return out.reshape(G * Kg, Cg, 3, 3)
+    return out.reshape(G * Kg, Cg, r, r)
 
 
 def _over_images(n, per_image, part):
@@ -207,10 +229,22 @@ def _tile_view(a, group, count, size, step):
         (sH, sW, sC * (C // group), sN, step * sH, step * sW, sC))
 
 
-def _channels_last(x, shape, offset=(0, 0)):
-    """Zero array (N, *shape, C) holding x (N, C, H, W) at offset, transposed."""
+def _scratch(key, shape, zero=False):
+    """A reused float32 work array (im2col.workspace): the transforms' arrays are
+    up to 9x the size of their input or output (72 MB on CaffeNet's conv2), and a
+    fresh array of that size costs the kernel's zeroing of its pages on every
+    call -- as long as a pass over it."""
+    a = workspace('winograd_' + key, shape)
+    if zero:
+        a.fill(0)
+    return a
+
+
+def _channels_last(x, shape, offset=(0, 0), key='x'):
+    """Zero array (N, *shape, C) holding x (N, C, H, W) at offset, transposed (a
+    work array named key, valid until the next call with that key)."""
     N, C, H, W = x.shape
-    out = np.zeros((N,) + tuple(shape) + (C,), _f)
+    out = _scratch(key, (N,) + tuple(shape) + (C,), zero=True)
 
     def part(lo, hi):
         out[lo:hi, offset[0]:offset[0] + H, offset[1]:offset[1] + W] = \
@@ -225,8 +259,8 @@ def input_transform(x, pad, out_sp, group, out=None, tiling=F2):
     N, C, H, W = x.shape
     m, a = tiling.m, tiling.alpha
     th, tw = tiling.tiles(out_sp)
-    # (m th + 2 >= H + 2 pad: the padded patch grid covers the whole image)
-    xp = _channels_last(x, (m * th + 2, m * tw + 2), pad)
+    # (m th + r - 1 >= H + 2 pad: the padded patch grid covers the whole image)
+    xp = _channels_last(x, (m * th + a - m, m * tw + a - m), pad)
     d = _tile_view(xp, group, (th, tw), a, m)
     Cg = C // group
     shape = (a, a, group, N, th, tw, Cg)
@@ -245,7 +279,7 @@ def output_transform(M, y, bias=None, tiling=F2):
     m, a = tiling.m, tiling.alpha
     th, tw = tiling.tiles((Ho, Wo))
     M = M.reshape(a, a, G, N, th, tw, Kg)
-    yl = np.empty((N, m * th, m * tw, K), _f)
+    yl = _scratch('y', (N, m * th, m * tw, K))
     yv = _tile_view(yl, G, (th, tw), m, m)
     b = None if bias is None else bias.reshape(G, 1, 1, 1, Kg)
 
@@ -264,9 +298,9 @@ def grad_output_transform(dy, group, tiling=F2):
     N, K, Ho, Wo = dy.shape
     m, a = tiling.m, tiling.alpha
     th, tw = tiling.tiles((Ho, Wo))
-    g = _tile_view(_channels_last(dy, (m * th, m * tw)), group, (th, tw), m, m)
+    g = _tile_view(_channels_last(dy, (m * th, m * tw), key='dy'), group, (th, tw), m, m)
     Kg = K // group
-    D = np.empty((a, a, group, N, th, tw, Kg), _f)
+    D = _scratch('D', (a, a, group, N, th, tw, Kg))
 
     def part(lo, hi):
         D[:, :, :, lo:hi] = _transform2d(tiling.A32, g[:, :, :, lo:hi])
@@ -283,11 +317,13 @@ def input_transform_adjoint(dV, pad, out_sp, dx, tiling=F2):
     th, tw = tiling.tiles(out_sp)
     ph, pw = pad
     dV = dV.reshape(a, a, G, N, th, tw, Cg)
-    xp = np.zeros((N, m * (th + 1), m * (tw + 1), C), _f)
-    # blocks[r, s, g, n, i, j, c] = xp[n, m i + r, m j + s, g C/G + c], i < th + 1
-    blocks = _tile_view(xp, G, (th + 1, tw + 1), m, m)
+    # a patch spans `reach` blocks of m rows (F(4x4,3x3): 2, F(2x2,5x5): 3)
+    reach = (a + m - 1) // m
+    xp = _scratch('dx', (N, m * (th + reach - 1), m * (tw + reach - 1), C), zero=True)
+    # blocks[r, s, g, n, i, j, c] = xp[n, m i + r, m j + s, g C/G + c], i < th + reach - 1
+    blocks = _tile_view(xp, G, (th + reach - 1, tw + reach - 1), m, m)
     # patch row u = m q + r lands in block row i + q, r < m (likewise columns)
-    spans = [(q, min(m, a - m * q)) for q in range((a + m - 1) // m)]
+    spans = [(q, min(m, a - m * q)) for q in range(reach)]
 
     def part(lo, hi):
         dd = _transform2d(tiling.B32, dV[:, :, :, lo:hi])
@@ -305,7 +341,7 @@ def forward(x, U, pad, out_sp, y, bias=None, V=None, tiling=F2):
     (kept for the weight gradient).  x (N, C, H, W), y (N, K, Ho, Wo)."""
     _, G, Cg, Kg = U.shape
     V = input_transform(x, pad, out_sp, G, out=V, tiling=tiling)
-    M = np.empty(V.shape[:3] + (Kg,), _f)            # (alpha^2, G, tiles, Kg)
+    M = _scratch('M', V.shape[:3] + (Kg,))            # (alpha^2, G, tiles, Kg)
     _point_gemms(tiling, G, lambda t, g: np.dot(V[t, g], U[t, g], out=M[t, g]))
     output_transform(M, y, bias, tiling=tiling)
     return V
@@ -328,7 +364,7 @@ def backward(dy, U, V, pad, dx=None, du=None, tiling=F2):
         _point_gemms(tiling, G, lambda t, g: gemm_accumulate(V[t, g], D[t, g], du[t, g],
                                                              trans_a=True))
     if dx is not None:
-        dV = np.empty(D.shape[:3] + (Cg,), _f)
+        dV = _scratch('dV', D.shape[:3] + (Cg,))
         _point_gemms(tiling, G, lambda t, g: np.dot(D[t, g], U[t, g].T, out=dV[t, g]))
         input_transform_adjoint(dV, pad, dy.shape[2:], dx, tiling=tiling)
     return dx

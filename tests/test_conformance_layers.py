@@ -72,18 +72,26 @@ def test_net_case(case, engine, conv_engine):
 @pytest.mark.parametrize('engine,m', [('winograd2', 2), ('winograd4', 4)])
 def test_forced_winograd_reaches_the_conformance_cases(conv_engine, engine, m):
     """The forced-Winograd runs above do run Winograd, with the forced tile: a
-    plain and the LRCN nets' grouped 3x3 convolutions take it."""
+    plain and the LRCN nets' grouped 3x3 convolutions take it, and a grouped 5x5
+    one takes F(2x2,5x5)."""
     conv_engine(engine)
     seen = {}
-    for name in ('layers/conv_basic', 'nets/net_lrcn_activity_lstm'):
+    five_by_five = []
+    for name in ('layers/conv_basic', 'nets/net_lrcn_activity_lstm',
+                 'layers/conv_grouped_alexnet_style'):
         case = CONFORMANCE / name
         ref = h5py.File(case / 'ref.h5', 'r')
         net = caffe.Net(str(case / 'net.prototxt'), caffe.TRAIN if ref.attrs['phase'] == 'TRAIN'
                         else caffe.TEST, stages=json.loads(ref.attrs.get('stages', '[]')))
         seen[name] = [(layer.name, layer.group) for layer in net.layers
                       if getattr(layer, 'winograd', False) and layer.tiling.m == m]
+        five_by_five += [layer.tiling for layer in net.layers
+                         if getattr(layer, 'winograd', False) and layer.kernel == (5, 5)]
     assert seen['layers/conv_basic'] == [('conv', 1)]
     assert ('conv4', 2) in seen['nets/net_lrcn_activity_lstm']
+    # a 5x5 kernel has the one tile F(2x2,5x5), taken under either forced engine
+    assert [tiling for tiling in five_by_five if tiling.m == m] == (
+        [winograd.F2_5x5] if m == 2 else [])
 
 
 def test_conformance_suite_present():

@@ -1,5 +1,5 @@
-"""Winograd F(2x2,3x3) and F(4x4,3x3) (minicaffe/winograd.py) and the Convolution
-engine switch.
+"""Winograd F(2x2,3x3), F(4x4,3x3) and F(2x2,5x5) (minicaffe/winograd.py) and the
+Convolution engine switch.
 
 The module is checked against a float64 direct convolution and its exact
 gradients over a sweep of geometries (odd and even maps, pad 0-2 per axis,
@@ -22,6 +22,14 @@ GEOMETRIES = [  # N, C, H, W, K, group, pad
     (1, 1, 3, 3, 1, 1, (0, 0)),      # a single output
     (2, 6, 1, 8, 3, 3, (1, 1)),      # one-row image
 ]
+GEOMETRIES_5x5 = [  # the same for a 5x5 kernel (pad 0-4 per axis)
+    (2, 4, 7, 6, 6, 2, (1, 1)),
+    (3, 3, 5, 5, 4, 1, (0, 2)),
+    (1, 2, 6, 9, 2, 1, (4, 0)),
+    (2, 8, 6, 6, 8, 4, (2, 3)),
+    (1, 1, 5, 5, 1, 1, (0, 0)),      # a single output
+    (2, 6, 1, 8, 3, 3, (2, 2)),      # one-row image
+]
 
 
 def _rand(shape, seed):
@@ -30,12 +38,13 @@ def _rand(shape, seed):
 
 def _direct(x, w, pad, group):
     """float64 y[n, k] = sum_{c in group, u, v} w[k, c, u, v] xp[n, c, h + u, w + v]."""
+    r = w.shape[-1]
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad[0],) * 2, (pad[1],) * 2))
-    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (r, r), axis=(2, 3))
     N, C = x.shape[:2]
     K = w.shape[0]
     win = win.reshape((N, group, C // group) + win.shape[2:])
-    wg = w.astype(np.float64).reshape(group, K // group, C // group, 3, 3)
+    wg = w.astype(np.float64).reshape(group, K // group, C // group, r, r)
     y = np.einsum('ngchwuv,gkcuv->ngkhw', win, wg)
     return y.reshape((N, K) + y.shape[3:])
 
@@ -43,16 +52,16 @@ def _direct(x, w, pad, group):
 def _direct_grads(x, w, pad, group, dy):
     """float64 dx and dw of sum(dy * _direct(x, w))."""
     N, C, H, W = x.shape
-    K = w.shape[0]
+    K, r = w.shape[0], w.shape[-1]
     Cg, Kg = C // group, K // group
     Ho, Wo = dy.shape[2:]
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad[0],) * 2, (pad[1],) * 2))
     dxp = np.zeros_like(xp)
     dw = np.zeros(w.shape)
     dyg = dy.astype(np.float64).reshape(N, group, Kg, Ho, Wo)
-    wg = w.astype(np.float64).reshape(group, Kg, Cg, 3, 3)
-    for u in range(3):
-        for v in range(3):
+    wg = w.astype(np.float64).reshape(group, Kg, Cg, r, r)
+    for u in range(r):
+        for v in range(r):
             patch = xp[:, :, u:u + Ho, v:v + Wo].reshape(N, group, Cg, Ho, Wo)
             dw[:, :, u, v] = np.einsum('ngkhw,ngchw->gkc', dyg, patch).reshape(K, Cg)
             dxp[:, :, u:u + Ho, v:v + Wo] += np.einsum(
@@ -66,16 +75,24 @@ def _close(ours, want, rtol=1e-5):
     assert err <= rtol * 10 * scale, err
 
 
-TILINGS = pytest.mark.parametrize('tiling', [winograd.F2, winograd.F4], ids=repr)
+TILINGS = pytest.mark.parametrize('tiling', [winograd.F2, winograd.F4, winograd.F2_5x5],
+                                  ids=repr)
+TILED_GEOMETRIES = ([(t, g) for t in (winograd.F2, winograd.F4) for g in GEOMETRIES]
+                    + [(winograd.F2_5x5, g) for g in GEOMETRIES_5x5])
 
 
-@TILINGS
-@pytest.mark.parametrize('geom', GEOMETRIES, ids=[str(g) for g in GEOMETRIES])
+def _out_sp(H, W, pad, r):
+    return (H + 2 * pad[0] - r + 1, W + 2 * pad[1] - r + 1)
+
+
+@pytest.mark.parametrize('tiling,geom', TILED_GEOMETRIES,
+                         ids=['%r-%s' % tg for tg in TILED_GEOMETRIES])
 def test_module_matches_direct_convolution_and_its_gradients(geom, tiling):
     N, C, H, W, K, G, pad = geom
-    x, w = _rand((N, C, H, W), 1), _rand((K, C // G, 3, 3), 2)
+    r = tiling.r
+    x, w = _rand((N, C, H, W), 1), _rand((K, C // G, r, r), 2)
     bias = _rand((K,), 3)
-    out_sp = (H + 2 * pad[0] - 2, W + 2 * pad[1] - 2)
+    out_sp = _out_sp(H, W, pad, r)
     U = winograd.transform_weights(w, G, tiling)
     y = np.empty((N, K) + out_sp, np.float32)
     V = winograd.forward(x, U, pad, out_sp, y, bias, tiling=tiling)
@@ -89,21 +106,26 @@ def test_module_matches_direct_convolution_and_its_gradients(geom, tiling):
     _close(winograd.weight_gradient_from(du, tiling), want_dw)
 
 
-# CaffeNet's conv3 and conv5 (batch 2) and a wide 27x27 map: F(4x4)'s rounding
-# errors grow with the channels summed; measured (max |err| / max |y|, forward /
-# data gradient / weight gradient): F(2x2) ~6e-7 / 3e-7 / 4e-7, F(4x4) ~1.5e-5 /
-# 3e-6 / 3e-6 on conv3 -- both far inside the conformance tolerance, 1e-4 of the
+# CaffeNet's conv3 and conv5 (batch 2) and a wide 27x27 map (3x3), and conv2
+# (5x5, group 2): F(4x4)'s rounding errors grow with the channels summed; measured
+# (max |err| / max |y|, forward / data gradient / weight gradient): F(2x2) ~6e-7 /
+# 3e-7 / 4e-7, F(4x4) ~1.5e-5 / 3e-6 / 3e-6 on conv3, F(2x2,5x5) ~3e-6 / 2e-6 /
+# 1.3e-5 on conv2 -- all far inside the conformance tolerance, 1e-4 of the
 # largest value (tests/conformance.py).
-@TILINGS
-@pytest.mark.parametrize('geom', [(2, 256, 13, 13, 48, 1, (1, 1)),
-                                  (2, 384, 13, 13, 32, 2, (1, 1)),
-                                  (1, 96, 27, 27, 32, 1, (1, 1))], ids=str)
+CAFFENET_SHAPES = ([(t, g) for t in (winograd.F2, winograd.F4)
+                    for g in [(2, 256, 13, 13, 48, 1, (1, 1)), (2, 384, 13, 13, 32, 2, (1, 1)),
+                              (1, 96, 27, 27, 32, 1, (1, 1))]]
+                   + [(winograd.F2_5x5, (2, 96, 27, 27, 64, 2, (2, 2)))])
+
+
+@pytest.mark.parametrize('tiling,geom', CAFFENET_SHAPES,
+                         ids=['%r-%s' % tg for tg in CAFFENET_SHAPES])
 def test_error_on_caffenet_shapes_is_inside_the_conformance_tolerance(geom, tiling):
     N, C, H, W, K, G, pad = geom
     r = np.random.default_rng(7)      # CaffeNet-like scales: ReLU inputs, small weights
     x = np.maximum(r.standard_normal((N, C, H, W)), 0).astype(np.float32)
-    w = (0.01 * r.standard_normal((K, C // G, 3, 3))).astype(np.float32)
-    out_sp = (H + 2 * pad[0] - 2, W + 2 * pad[1] - 2)
+    w = (0.01 * r.standard_normal((K, C // G, tiling.r, tiling.r))).astype(np.float32)
+    out_sp = _out_sp(H, W, pad, tiling.r)
     U = winograd.transform_weights(w, G, tiling)
     y = np.empty((N, K) + out_sp, np.float32)
     V = winograd.forward(x, U, pad, out_sp, y, tiling=tiling)
@@ -120,19 +142,19 @@ def test_error_on_caffenet_shapes_is_inside_the_conformance_tolerance(geom, tili
 @TILINGS
 def test_weight_transform_round_trip_is_the_adjoint(tiling):
     """<G g G^T, d> = <g, G^T d G>: weight_gradient_from is transform_weights' adjoint."""
-    w, d = _rand((6, 4, 3, 3), 5), _rand((tiling.points, 2, 4, 3), 6)
+    w, d = _rand((6, 4, tiling.r, tiling.r), 5), _rand((tiling.points, 2, 4, 3), 6)
     lhs = float((winograd.transform_weights(w, 2, tiling).astype(np.float64) * d).sum())
     rhs = float((w.astype(np.float64) * winograd.weight_gradient_from(d, tiling)).sum())
     assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(lhs))
 
 
 def test_tiling_matrices_are_winograds_algorithm():
-    """A^T [(G g) * (B^T d)] = the valid correlation of d (alpha) with g (3), in
+    """A^T [(G g) * (B^T d)] = the valid correlation of d (alpha) with g (r), in
     one dimension, exactly (float64): the matrices are a minimal filtering
-    algorithm F(m, 3)."""
+    algorithm F(m, r)."""
     r = np.random.default_rng(3)
-    for tiling in (winograd.F2, winograd.F4):
-        d, g = r.standard_normal(tiling.alpha), r.standard_normal(3)
+    for tiling in (winograd.F2, winograd.F4, winograd.F2_5x5):
+        d, g = r.standard_normal(tiling.alpha), r.standard_normal(tiling.r)
         want = np.correlate(d, g, mode='valid')
         got = tiling.AT @ ((tiling.G @ g) * (tiling.BT @ d))
         assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
@@ -148,13 +170,26 @@ def test_default_tiling_by_the_multiplies_saved(monkeypatch, out_sp, m):
         assert winograd.choose_tiling(out_sp).m == want
 
 
+@pytest.mark.parametrize('force', [None, 'winograd', 'winograd2', 'winograd4'])
+def test_a_5x5_kernel_has_one_tile(monkeypatch, force):
+    monkeypatch.setattr(winograd, 'FORCE', force)
+    for out_sp in ((27, 27), (8, 8), (1, 4)):
+        assert winograd.choose_tiling(out_sp, (5, 5)) is winograd.F2_5x5
+    assert repr(winograd.F2_5x5) == 'F(2x2,5x5)'
+
+
 @pytest.mark.parametrize('kernel,stride,dilation,pad,ok', [
     ((3, 3), (1, 1), (1, 1), (1, 1), True),
     ((3, 3), (1, 1), (1, 1), (2, 0), True),
     ((3, 3), (2, 2), (1, 1), (1, 1), False),
     ((3, 3), (1, 1), (2, 2), (1, 1), False),
     ((3, 3), (1, 1), (1, 1), (3, 1), False),
-    ((5, 5), (1, 1), (1, 1), (2, 2), False),
+    ((5, 5), (1, 1), (1, 1), (2, 2), True),
+    ((5, 5), (1, 1), (1, 1), (4, 0), True),
+    ((5, 5), (1, 1), (1, 1), (5, 0), False),
+    ((5, 5), (2, 2), (1, 1), (2, 2), False),
+    ((5, 3), (1, 1), (1, 1), (1, 1), False),
+    ((7, 7), (1, 1), (1, 1), (3, 3), False),
     ((3, 2), (1, 1), (1, 1), (1, 1), False),
     ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), False),
 ])
@@ -234,6 +269,24 @@ def test_layer_matches_im2col_engine(monkeypatch, phase, param, shapes, force):
             _close(o, r)
 
 
+@pytest.mark.parametrize('force', ['winograd', 'winograd2'])
+@pytest.mark.parametrize('phase', ['TRAIN', 'TEST'])
+@pytest.mark.parametrize('param,shapes', [
+    ('num_output: 6 kernel_size: 5 pad: 2 group: 2', [(3, 4, 9, 8), (3, 4, 9, 8)]),
+    ('num_output: 5 kernel_h: 5 kernel_w: 5 pad_h: 4 pad_w: 0', [(2, 3, 5, 7)]),
+    ('num_output: 4 kernel_size: 5 bias_term: false', [(2, 2, 6, 5)]),
+])
+def test_5x5_layer_matches_im2col_engine(monkeypatch, phase, param, shapes, force):
+    """A 5x5 kernel runs F(2x2,5x5) under any forced Winograd engine."""
+    monkeypatch.setattr(winograd, 'FORCE', force)
+    assert _conv(param, shapes, phase)[0].tiling is winograd.F2_5x5
+    ref = _run(monkeypatch, 'caffe', param, shapes, phase)
+    ours = _run(monkeypatch, force, param, shapes, phase)
+    for a, b in zip(ours, ref):
+        for o, r in zip(a, b):
+            _close(o, r)
+
+
 @pytest.mark.parametrize('force', ['winograd2', 'winograd4'])
 def test_layer_weights_only_backward(monkeypatch, force):
     """propagate_down false: the weight gradient alone (input transforms recomputed
@@ -253,20 +306,26 @@ def test_layer_weights_only_backward(monkeypatch, force):
 @pytest.mark.parametrize('param,shape', [
     ('kernel_size: 3 pad: 1 num_output: 2', (2, 3, 5, 4)),
     ('kernel_size: 3 pad: 1 pad: 2 group: 2 num_output: 4', (1, 4, 4, 5)),
+    ('kernel_size: 5 pad: 2 num_output: 2', (2, 3, 5, 4)),          # F(2x2,5x5)
+    ('kernel_size: 5 pad: 1 pad: 3 group: 2 num_output: 4', (1, 4, 4, 5)),
 ])
 def test_gradient_check_under_winograd(monkeypatch, param, shape, force, stepsize):
     monkeypatch.setattr(winograd, 'FORCE', force)
     layer, bottom, top = _conv(param, [shape])
-    assert layer.winograd and layer.tiling.m == int(force[-1])
+    five = 'kernel_size: 5' in param
+    assert layer.winograd and layer.tiling.m == (2 if five else int(force[-1]))
+    if five:
+        stepsize = 1e-1     # 25 taps: float32 differences at 1e-2 are noise, as F(4x4)'s
     gradcheck.GradientChecker(stepsize=stepsize, threshold=1e-3).check_gradient_exhaustive(
         layer, bottom, top)
 
 
-@pytest.mark.parametrize('force', ['winograd2', 'winograd4'])
-def test_results_do_not_depend_on_the_thread_count(monkeypatch, force):
+@pytest.mark.parametrize('force,kernel', [('winograd2', 3), ('winograd4', 3), ('winograd', 5)])
+def test_results_do_not_depend_on_the_thread_count(monkeypatch, force, kernel):
     monkeypatch.setattr(threads, 'PARALLEL_MIN_ELEMS', 0)
     monkeypatch.setattr(threads, 'PARALLEL_CHUNK_ELEMS', 1)  # the most chunks
-    param, shapes = 'num_output: 8 kernel_size: 3 pad: 1 group: 2', [(5, 6, 7, 9)]
+    param, shapes = ('num_output: 8 kernel_size: %d pad: 1 group: 2' % kernel,
+                     [(5, 6, 7, 9)])
     runs = []
     before = threads.get_num_threads()
     try:
@@ -321,6 +380,12 @@ def test_time_layers_names_the_algorithm_and_tile(monkeypatch, force, backward, 
     monkeypatch.setattr(winograd, 'DEFAULT_BACKWARD', backward)
     layer = _conv(CAFFENET_CONV3, [(1, 256, 13, 13)])[0]
     assert timing.conv_algorithm(layer) == name
+
+
+def test_time_layers_names_the_5x5_tile(monkeypatch):
+    monkeypatch.setattr(winograd, 'FORCE', 'winograd')
+    layer = _conv('num_output: 4 kernel_size: 5 pad: 2', [(1, 3, 7, 7)])[0]
+    assert timing.conv_algorithm(layer) == 'winoF2r5'
 
 
 def test_an_unknown_engine_override_is_refused(monkeypatch):

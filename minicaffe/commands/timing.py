@@ -25,8 +25,8 @@ that says how many iterations were timed and how many warm-up ones were not::
     Total Time: X ms.
 
 With ``--layers`` a table follows: per layer its type, the convolution
-algorithm (im2col, winoF2 or winoF4: Winograd F(2x2) or F(4x4), -fwd: forward
-only), forward/backward ms and GFLOP/s, the FLOPs
+algorithm (im2col, winoF2, winoF4 or winoF2r5: Winograd F(2x2,3x3),
+F(4x4,3x3) or F(2x2,5x5), -fwd: forward only), forward/backward ms and GFLOP/s, the FLOPs
 counted from the layer's shapes (layer_flops) for the GEMM layers
 (Convolution, Deconvolution, InnerProduct); the distance to the BLAS's peak
 shows there.  The BLAS, its thread count and minicaffe's worker threads are
@@ -73,13 +73,15 @@ def layer_flops(layer, bottom, top):
 
 
 def conv_algorithm(layer):
-    """'im2col', 'winoF2' / 'winoF4' (Winograd F(2x2,3x3) / F(4x4,3x3) in both
-    passes) or 'winoF2-fwd' / 'winoF4-fwd' (Winograd forward, im2col backward:
-    see winograd.DEFAULT_BACKWARD)."""
+    """'im2col', 'winoF2' / 'winoF4' / 'winoF2r5' (Winograd F(2x2,3x3) /
+    F(4x4,3x3) / F(2x2,5x5) in both passes) or the same with '-fwd' (Winograd
+    forward, im2col backward: see winograd.DEFAULT_BACKWARD)."""
     if layer.type == 'Convolution':
         if not getattr(layer, 'winograd', False):
             return 'im2col'
         name = 'winoF%d' % layer.tiling.m
+        if layer.tiling.r != 3:
+            name += 'r%d' % layer.tiling.r
         return name if layer.winograd_backward else name + '-fwd'
     return ''
 

@@ -279,7 +279,7 @@ class BaseConvolutionLayer(Layer):
         self.winograd = not self.reverse and self._use_winograd()
         self.winograd_backward = self.winograd and (winograd.FORCE in ('winograd', 'winograd2', 'winograd4')
                                                     or winograd.DEFAULT_BACKWARD)
-        self.tiling = winograd.choose_tiling(self.conv_out_sp) if self.winograd else None
+        self.tiling = winograd.choose_tiling(self.conv_out_sp, self.kernel) if self.winograd else None
         if self.winograd:
             self.chunk = max(1, COL_CHUNK_BYTES // (
                 winograd.tile_points(self.tiling, self.conv_out_sp) * self.channels * 4))
@@ -288,7 +288,7 @@ class BaseConvolutionLayer(Layer):
         """The algorithm, from ConvolutionParameter.engine: CAFFE is im2col + GEMM
         (Caffe's own sums); DEFAULT (and CUDNN, which has no CPU meaning) takes
         Winograd where the geometry allows and the shape favours it, F(4x4,3x3)
-        or F(2x2,3x3) (winograd.choose_tiling).  winograd.FORCE ('winograd',
+        or F(2x2,3x3), or F(2x2,5x5) for a 5x5 kernel (winograd.choose_tiling).  winograd.FORCE ('winograd',
         'winograd2', 'winograd4' / 'caffe', MINICAFFE_CONV_ENGINE) overrides
         DEFAULT's choice by shape."""
         cp = self.layer_param.convolution_param
@@ -573,8 +573,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
               W (num_output, C/group, *k), b (num_output,)
     Several bottoms give as many tops, all with the same weights.
     Algorithm (``engine``, see _use_winograd): im2col + GEMM as above, or for 3x3
-    stride-1 kernels Winograd F(2x2,3x3) or F(4x4,3x3) (minicaffe/winograd.py,
-    same products).
+    stride-1 kernels Winograd F(2x2,3x3) or F(4x4,3x3), for 5x5 ones F(2x2,5x5)
+    (minicaffe/winograd.py, same products).
     """
 
     def compute_output_shape(self, in_sp):
