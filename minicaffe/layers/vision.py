@@ -307,11 +307,19 @@ class BaseConvolutionLayer(Layer):
         # at least one image's columns and one zero-padded image (batches of them
         # where they fit the cache budgets)
         padded = tuple(n + 2 * p for n, p in zip(self.conv_in_sp, self.pad))
-        return [('the im2col columns of one image (kernel %s, dilation %s, pad %s)'
-                 % (self.kernel, self.dilation, self.pad),
-                 (self.group * self.kernel_dim, self.conv_out_dim), _f),
-                ('one zero-padded image (pad %s)' % (self.pad,),
-                 (self.conv_in_channels,) + padded, _f)]
+        shapes = [('the im2col columns of one image (kernel %s, dilation %s, pad %s)'
+                   % (self.kernel, self.dilation, self.pad),
+                   (self.group * self.kernel_dim, self.conv_out_dim), _f),
+                  ('one zero-padded image (pad %s)' % (self.pad,),
+                   (self.conv_in_channels,) + padded, _f)]
+        if self.winograd:
+            # the per-point products of a chunk of images (winograd.forward's M;
+            # backward's D is the same size)
+            images = min(self.chunk, max(self.num, 1))
+            th, tw = self.tiling.tiles(self.conv_out_sp)
+            shapes.append(('the %r products of %d images' % (self.tiling, images),
+                           (self.tiling.points, images * th * tw, self.num_output), _f))
+        return shapes
 
     # -- the column matrix of the whole batch: (G, K, B*P) ------------------
     def _chunks(self):
