@@ -152,6 +152,61 @@ def test_per_image_forward_is_caffes_gemm_call_bit_for_bit():
         assert np.array_equal(top[0].data[n].reshape(-1, P), want)
 
 
+def _per_image_weight_gradient(spec, shape, threads_n=None, dy_seed=5):
+    from minicaffe import threads
+    layer, bottom, top = _conv(spec, shape)
+    layer.reshape(bottom, top)
+    assert layer.per_image
+    before = threads.get_num_threads()
+    try:
+        if threads_n:
+            threads.set_num_threads(threads_n)
+        layer.forward(bottom, top)
+        top[0].diff[...] = np.random.default_rng(dy_seed).standard_normal(top[0].shape)
+        layer.blobs[0].diff[...] = 0.5          # gradients accumulate
+        layer.backward(top, [False], bottom)
+    finally:
+        threads.set_num_threads(before)
+    return layer, bottom, top
+
+
+# a per-image product too small to cut into blocks of its output (gemm_blocks), as
+# the LRCN activity net's conv1 (dW 96 x 147 from 12321 positions per image)
+SMALL_DW = 'num_output: 8 kernel_size: 3 stride: 1'
+
+
+def test_caffe_engine_sums_the_weight_gradient_image_after_image_bit_for_bit():
+    layer, bottom, top = _per_image_weight_gradient(SMALL_DW + ' engine: CAFFE', (3, 8, 40, 40))
+    assert layer._weight_gradient_parts(3) == 1
+    G, K, P = layer.group, layer.kernel_dim, layer.conv_out_dim
+    want = np.full(layer.blobs[0].shape, 0.5, np.float32).reshape(G, -1, K)
+    for n in range(3):
+        col = im2col(bottom[0].data[n], layer.kernel, layer.stride, layer.pad,
+                     layer.dilation).reshape(G, K, P)
+        dy = top[0].diff[n].reshape(G, -1, P)
+        for g in range(G):
+            vision.gemm_accumulate(dy[g], col[g], want[g], trans_b=True)
+    assert np.array_equal(layer.blobs[0].diff.reshape(want.shape), want)
+
+
+def test_default_engine_sums_the_weight_gradient_in_parts_on_any_thread_count():
+    """DEFAULT cuts the images into parts summed apart (on the worker threads),
+    then added in order: the same bits on 1 and 3 threads, within rounding of
+    Caffe's image-after-image sum."""
+    runs = [_per_image_weight_gradient(SMALL_DW, (3, 8, 40, 40), threads_n=n)
+            for n in (1, 3)]
+    assert runs[0][0]._weight_gradient_parts(3) == 3
+    assert runs[0][0]._weight_gradient_parts(9) == vision.GEMM_MAX_CHUNKS
+    assert np.array_equal(runs[0][0].blobs[0].diff, runs[1][0].blobs[0].diff)
+    caffe = _per_image_weight_gradient(SMALL_DW + ' engine: CAFFE', (3, 8, 40, 40))[0]
+    np.testing.assert_allclose(runs[0][0].blobs[0].diff, caffe.blobs[0].diff, rtol=1e-5,
+                               atol=1e-4)
+    # a product large enough to cut into blocks keeps Caffe's order
+    big, bottom, top = _conv('num_output: 256 kernel_size: 3', (2, 32, 40, 40))
+    big.reshape(bottom, top)
+    assert big.per_image and big._weight_gradient_parts(2) == 1
+
+
 def test_per_image_threshold_keeps_caffes_calls_for_lrcn_conv1_conv2():
     # The LRCN conformance nets' conv1 (8 outputs, 3x11x11, 55x55) and conv2
     # (16 outputs in 2 groups, 4x5x5, 27x27) stay on Caffe's per-image GEMMs.

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .. import fillers, winograd
-from ..blas import gemm, gemm_accumulate
+from ..blas import GEMM_MAX_CHUNKS, gemm, gemm_accumulate, gemm_blocks
 from ..blob import DTYPE
 from ..protoio import pb
 from ..im2col import (_padding, col2im, conv_out_size, copy_split, deconv_out_size,
@@ -797,6 +797,43 @@ class ConvolutionLayer(BaseConvolutionLayer):
                                          in zip(self.conv_in_sp, padding)) + (slice(None),))
         return img[inside].transpose((1 + nsp,) + tuple(range(1 + nsp)))
 
+    def _weight_gradient_parts(self, B):
+        """Into how many parts of the images the per-image weight gradient is cut.
+        Caffe sums image after image into dW, and so does engine CAFFE.  Where
+        one image's product cannot be cut into blocks of its output (gemm_blocks:
+        the LRCN activity net's conv1, dW 96 x 147 from k = 12321 positions) the
+        sum would use one core only: DEFAULT then sums up to GEMM_MAX_CHUNKS runs
+        of images into partial gradients on the worker threads, added in order
+        (a function of the shapes only: the same numbers on any thread count)."""
+        cp = self.layer_param.convolution_param
+        if (B < 2 or cp.engine == pb.ConvolutionParameter.CAFFE or winograd.FORCE == 'caffe'):
+            return 1
+        Mg = self.num_output // self.group
+        if len(gemm_blocks(Mg, self.kernel_dim, self.conv_out_dim)[1]) > 2:
+            return 1
+        return min(B, GEMM_MAX_CHUNKS)
+
+    def _weight_gradient_per_image(self, dy, col):
+        """dW_g += dY_g @ col_g^T for images n of dy (B, G, M/G, P) and col
+        (B, G, K, P): image after image, or in parts (_weight_gradient_parts)."""
+        B, G = dy.shape[:2]
+        dW = self._weight_diff()
+        parts = self._weight_gradient_parts(B)
+        bounds = [B * p // parts for p in range(parts + 1)]
+        partial = workspace('dw_parts', (parts - 1,) + dW.shape) if parts > 1 else None
+
+        def part(p):
+            out = dW
+            if p:
+                out = partial[p - 1]
+                out.fill(0)
+            for n in range(bounds[p], bounds[p + 1]):
+                for g in range(G):
+                    gemm_accumulate(dy[n, g], col[n, g], out[g], trans_b=True)
+        run_chunks(parts, part)
+        for p in range(1, parts):
+            dW += partial[p - 1]
+
     def _backward_per_image(self, i, b, x, dy_all, dx, b0, b1, need_w, need_b, W):
         """Images b0:b1 of backward, one GEMM per image and group as Caffe does:
         db += the image's dY summed over positions, dW_g += dY_g @ col_g^T (image by
@@ -809,11 +846,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
             for n in range(B):
                 db += dy[n].reshape(self.num_output, P).sum(axis=1, dtype=_f)
         if need_w:
-            col = self._col_for(i, b, b0, b1, x)
-            dW = self._weight_diff()
-            for n in range(B):
-                for g in range(G):
-                    gemm_accumulate(dy[n, g], col[n, g], dW[g], trans_b=True)
+            self._weight_gradient_per_image(dy, self._col_for(i, b, b0, b1, x))
         if dx is not None:
             # (the column workspace is free again: col was consumed above)
             dcol = workspace('col', (B, G, K, P))
