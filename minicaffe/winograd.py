@@ -126,6 +126,16 @@ F2_5x5 = Tiling(2,
                    [1 / 24., 1 / 12., 1 / 6., 1 / 3., 2 / 3.],
                    [1 / 24., -1 / 12., 1 / 6., -1 / 3., 2 / 3.], [0, 0, 0, 0, 1]],
                 AT=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]])
+# F(3x3,4x4) on the same points, for the 4x4 phases of a 7x7 or 8x8 kernel at
+# stride 2 (stack_input): 36 multiplies per 9 outputs instead of 144.
+F3_4x4 = Tiling(3,
+                BT=F4.BT,
+                G=[[1 / 4., 0, 0, 0], [-1 / 6.] * 4, [-1 / 6., 1 / 6., -1 / 6., 1 / 6.],
+                   [1 / 24., 1 / 12., 1 / 6., 1 / 3.], [1 / 24., -1 / 12., 1 / 6., -1 / 3.],
+                   [0, 0, 0, 1]],
+                AT=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 1]])
+# the one tile for each kernel size other than 3x3
+SINGLE_TILE = {(5, 5): F2_5x5, (4, 4): F3_4x4}
 # MINICAFFE_CONV_ENGINE: 'winograd' uses Winograd wherever applicable (the tile
 # chosen by shape, choose_tiling), 'winograd2' / 'winograd4' with that tile,
 # 'caffe' never; unset, the DEFAULT engine picks by shape (prefer_winograd,
@@ -147,12 +157,109 @@ MIN_OUTPUTS = 32
 DEFAULT_BACKWARD = True
 
 
+def sub_kernel(kernel, stride):
+    """The kernel of each polyphase component of a strided convolution: per axis
+    ceil(k / s) taps (see stack_input)."""
+    return tuple(-(-int(k) // int(s)) for k, s in zip(kernel, stride))
+
+
 def applicable(kernel, stride, dilation, pad):
-    """Whether a convolution's geometry has a Winograd form here: a 3x3 or 5x5
-    kernel (F(m x m,3x3), F(2x2,5x5)), stride 1, no dilation, pad below the kernel."""
-    return (len(kernel) == 2 and tuple(kernel) in ((3, 3), (5, 5))
-            and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
-            and all(0 <= p < kernel[0] for p in pad))
+    """Whether a convolution's geometry has a Winograd form here: no dilation, pad
+    below the kernel, and a 3x3 or 5x5 kernel at stride 1 (F(m x m,3x3),
+    F(2x2,5x5)), or a strided kernel whose polyphase components are 3x3 or 5x5
+    (stack_input: 11x11 stride 4, 5x5 or 6x6 stride 2, ...) or 4x4 (7x7 stride
+    2: F(3x3,4x4))."""
+    if len(kernel) != 2 or tuple(dilation) != (1, 1):
+        return False
+    if not all(0 <= p < k for p, k in zip(pad, kernel)):
+        return False
+    if tuple(stride) == (1, 1):
+        return tuple(kernel) in ((3, 3), (5, 5))
+    return sub_kernel(kernel, stride) in ((3, 3), (4, 4), (5, 5))
+
+
+# -- strided convolutions as one stride-1 convolution (polyphase) ------------
+# y[i, j] = sum_{u, v} w[u, v] xp[s i + u, s j + v] (xp: the zero-padded input).
+# Writing u = s u' + a (0 <= a < s, likewise v = s v' + b), this is
+# sum_{a, b} sum_{u', v'} w_ab[u', v'] X_ab[i + u', j + v'] with the phase images
+# X_ab[i, j] = xp[s i + a, s j + b] and sub-kernels w_ab[u', v'] = w[s u' + a,
+# s v' + b] (zero past the kernel): a stride-1 convolution with r = ceil(k / s)
+# taps of the s^2 phases stacked as channels.  Winograd then does 36 multiplies
+# per 16 outputs and stacked channel (F(4x4,3x3)) where im2col does k^2 per
+# output and channel: CaffeNet's conv1 (11x11 stride 4) 16 x 36 / 16 = 36 vs
+# 121, the LRCN activity net's conv2 (5x5 stride 2) 4 x 36 / 16 = 9 vs 25.
+
+def _phase_size(out, r):
+    return out + r - 1
+
+
+def stack_input(x, pad, stride, kernel, out_sp, group):
+    """x (N, C, H, W) -> the phases stacked as channels, (N, G s_h s_w C/G, Ho + r_h
+    - 1, Wo + r_w - 1) (channels of group g: (phase a, phase b, c)), to be
+    convolved at stride 1 without padding with stack_weights(w)."""
+    N, C, H, W = x.shape
+    (sh, sw), (rh, rw) = stride, sub_kernel(kernel, stride)
+    hh, ww = _phase_size(out_sp[0], rh), _phase_size(out_sp[1], rw)
+    ph, pw = pad
+    # every tap of every window lies inside xp (s (Ho - 1) + k <= s (Ho - 1 + r)),
+    # and input rows past it are read by no window
+    xp = _scratch('phases_xp', (N, C, sh * hh, sw * ww), zero=True)
+    h, w = min(H, sh * hh - ph), min(W, sw * ww - pw)
+    Cg = C // group
+
+    def part(lo, hi):
+        xp[lo:hi, :, ph:ph + h, pw:pw + w] = x[lo:hi, :, :h, :w]
+    parallel_for(N, part, x.size)
+    phases = xp.reshape(N, group, Cg, hh, sh, ww, sw).transpose(0, 1, 4, 6, 2, 3, 5)
+    out = _scratch('phases', (N, group, sh, sw, Cg, hh, ww))
+
+    def copy(lo, hi):
+        out[lo:hi] = phases[lo:hi]
+    parallel_for(N, copy, out.size)
+    return out.reshape(N, group * sh * sw * Cg, hh, ww)
+
+
+def unstack_input_grad(dxs, pad, stride, kernel, dx, group):
+    """The adjoint of stack_input: dxs (N, G s_h s_w C/G, hh, ww) -> written into
+    dx (N, C, H, W) (input values no window reads get 0)."""
+    N, C, H, W = dx.shape
+    (sh, sw) = stride
+    hh, ww = dxs.shape[2:]
+    ph, pw = pad
+    Cg = C // group
+    dxp = _scratch('phases_dxp', (N, C, sh * hh, sw * ww))
+    src = dxs.reshape(N, group, sh, sw, Cg, hh, ww)
+    dst = dxp.reshape(N, group, Cg, hh, sh, ww, sw).transpose(0, 1, 4, 6, 2, 3, 5)
+    h, w = min(H, sh * hh - ph), min(W, sw * ww - pw)
+
+    def part(lo, hi):
+        dst[lo:hi] = src[lo:hi]
+        dx[lo:hi, :, :h, :w] = dxp[lo:hi, :, ph:ph + h, pw:pw + w]
+        dx[lo:hi, :, h:] = 0
+        dx[lo:hi, :, :, w:] = 0
+    parallel_for(N, part, dxp.size)
+    return dx
+
+
+def stack_weights(w, stride):
+    """w (K, C/G, k_h, k_w) -> the phases' sub-kernels (K, s_h s_w C/G, r_h, r_w)
+    (zero past the kernel), in stack_input's channel order."""
+    K, Cg, kh, kw = w.shape
+    (sh, sw) = stride
+    rh, rw = sub_kernel((kh, kw), stride)
+    wp = np.zeros((K, Cg, sh * rh, sw * rw), _f)
+    wp[:, :, :kh, :kw] = w
+    return np.ascontiguousarray(wp.reshape(K, Cg, rh, sh, rw, sw).transpose(
+        0, 3, 5, 1, 2, 4)).reshape(K, sh * sw * Cg, rh, rw)
+
+
+def unstack_weight_grad(dws, stride, kernel):
+    """The adjoint of stack_weights: (K, s_h s_w C/G, r_h, r_w) -> (K, C/G, k_h, k_w)."""
+    K, _, rh, rw = dws.shape
+    (sh, sw), (kh, kw) = stride, kernel
+    Cg = dws.shape[1] // (sh * sw)
+    full = dws.reshape(K, sh, sw, Cg, rh, rw).transpose(0, 3, 4, 1, 5, 2)
+    return np.ascontiguousarray(full.reshape(K, Cg, rh * sh, rw * sw)[:, :, :kh, :kw])
 
 
 def prefer_winograd(channels_per_group, outputs_per_group, out_sp):
@@ -178,12 +285,13 @@ F4_MAX_POINTS_RATIO = 0.8
 
 
 def choose_tiling(out_sp, kernel=(3, 3)):
-    """A 5x5 kernel: F(2x2,5x5), the one tile for it (also under a forced
-    'winograd4').  A 3x3 kernel: F(4x4) where its GEMMs save enough multiplies
+    """A 5x5 kernel: F(2x2,5x5), a 4x4 one (a strided kernel's phases, see
+    stack_input): F(3x3,4x4), the one tile for each (also under a forced
+    'winograd2' / 'winograd4').  A 3x3 kernel: F(4x4) where its GEMMs save enough multiplies
     over F(2x2) (see F4_MAX_POINTS_RATIO), else F(2x2); a forced
     'winograd2'/'winograd4' wins."""
-    if tuple(kernel) == (5, 5):
-        return F2_5x5
+    if tuple(kernel) in SINGLE_TILE:
+        return SINGLE_TILE[tuple(kernel)]
     if FORCE == 'winograd2':
         return F2
     if FORCE == 'winograd4':

@@ -187,14 +187,79 @@ def test_a_5x5_kernel_has_one_tile(monkeypatch, force):
     ((5, 5), (1, 1), (1, 1), (2, 2), True),
     ((5, 5), (1, 1), (1, 1), (4, 0), True),
     ((5, 5), (1, 1), (1, 1), (5, 0), False),
-    ((5, 5), (2, 2), (1, 1), (2, 2), False),
     ((5, 3), (1, 1), (1, 1), (1, 1), False),
     ((7, 7), (1, 1), (1, 1), (3, 3), False),
+    ((11, 11), (4, 4), (1, 1), (0, 0), True),        # phases 3x3 (CaffeNet conv1)
+    ((5, 5), (2, 2), (1, 1), (2, 2), True),          # phases 3x3
+    ((7, 7), (2, 2), (1, 1), (3, 3), True),          # phases 4x4
+    ((10, 10), (2, 2), (1, 1), (0, 0), True),        # phases 5x5
+    ((3, 3), (2, 2), (1, 1), (1, 1), False),         # phases 2x2: no tile
+    ((11, 11), (4, 4), (2, 2), (0, 0), False),       # dilated
+    ((5, 5), (2, 2), (1, 1), (5, 0), False),         # pad not below the kernel
     ((3, 2), (1, 1), (1, 1), (1, 1), False),
     ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), False),
 ])
 def test_applicable_geometries(kernel, stride, dilation, pad, ok):
     assert winograd.applicable(kernel, stride, dilation, pad) == ok
+
+
+def _direct_strided(x, w, pad, stride, group):
+    """float64 y[n, k, i, j] = sum_{c in group, u, v} w[k, c, u, v] xp[n, c, s i + u, s j + v]."""
+    K, Cg, kh, kw = w.shape
+    N, C, H, W = x.shape
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (pad[0],) * 2, (pad[1],) * 2))
+    Ho, Wo = (H + 2 * pad[0] - kh) // stride[0] + 1, (W + 2 * pad[1] - kw) // stride[1] + 1
+    y = np.zeros((N, K, Ho, Wo))
+    wg = np.asarray(w, np.float64).reshape(group, K // group, Cg, kh, kw)
+    for u in range(kh):
+        for v in range(kw):
+            patch = xp[:, :, u:u + stride[0] * (Ho - 1) + 1:stride[0],
+                       v:v + stride[1] * (Wo - 1) + 1:stride[1]].reshape(N, group, Cg, Ho, Wo)
+            y += np.einsum('ngchw,gkc->ngkhw', patch, wg[..., u, v]).reshape(N, K, Ho, Wo)
+    return y
+
+
+STRIDED = [  # N, C, H, W, K, group, kernel, stride, pad: phases of 3x3, 4x4 and 5x5
+    (2, 4, 13, 12, 6, 2, 5, 2, (2, 1)),      # the LRCN activity net's conv2
+    (1, 3, 35, 31, 8, 1, 11, 4, (0, 0)),     # CaffeNet's conv1, small
+    (2, 6, 16, 15, 4, 2, 6, 2, (1, 3)),
+    (1, 2, 9, 9, 2, 1, 5, 2, (4, 0)),        # windows reaching only padding
+    (2, 3, 31, 29, 8, 1, 7, 2, (0, 1)),      # 4x4 phases: F(3x3,4x4)
+    (1, 4, 20, 20, 4, 2, 8, 2, (3, 3)),
+    (1, 2, 23, 23, 3, 1, 10, 2, (0, 0)),     # 5x5 phases: F(2x2,5x5)
+    (2, 2, 8, 30, 2, 1, 3, 1, (1, 1)),       # stride 1 goes through unchanged
+]
+
+
+@pytest.mark.parametrize('geom', STRIDED, ids=str)
+def test_strided_kernels_run_as_the_stride_1_convolution_of_their_phases(geom):
+    """stack_input / stack_weights give a stride-1 convolution equal to the strided
+    one; unstack_input_grad / unstack_weight_grad are their exact adjoints, so
+    the gradients are those of the strided convolution."""
+    N, C, H, W, K, G, k, s, pad = geom
+    x, w = _rand((N, C, H, W), 1), _rand((K, C // G, k, k), 2)
+    out_sp = ((H + 2 * pad[0] - k) // s + 1, (W + 2 * pad[1] - k) // s + 1)
+    r = winograd.sub_kernel((k, k), (s, s))
+    tiling = winograd.choose_tiling(out_sp, r)
+    assert tiling.r == r[0]
+    xs = winograd.stack_input(x, pad, (s, s), (k, k), out_sp, G).copy()
+    U = winograd.transform_weights(winograd.stack_weights(w, (s, s)), G, tiling)
+    y = np.empty((N, K) + out_sp, np.float32)
+    V = winograd.forward(xs, U, (0, 0), out_sp, y, tiling=tiling)
+    _close(y, _direct_strided(x, w, pad, (s, s), G))
+    dy = _rand(y.shape, 4)
+    dxs, du = np.empty_like(xs), np.zeros_like(U)
+    winograd.backward(dy, U, V, (0, 0), dx=dxs, du=du, tiling=tiling)
+    dx = np.full(x.shape, np.nan, np.float32)       # every element written
+    winograd.unstack_input_grad(dxs, pad, (s, s), (k, k), dx, G)
+    dw = winograd.unstack_weight_grad(winograd.weight_gradient_from(du, tiling), (s, s), (k, k))
+    # <dy, conv(d, w)> = <dx, d> and <dy, conv(x, e)> = <dw, e> for any d, e
+    rng = np.random.default_rng(8)
+    d, e = rng.standard_normal(x.shape), rng.standard_normal(w.shape)
+    for grad, direction, want in ((dx, d, _direct_strided(d, w, pad, (s, s), G)),
+                                  (dw, e, _direct_strided(x, e, pad, (s, s), G))):
+        lhs = float((want * dy).sum())
+        assert abs(float((grad * direction).sum()) - lhs) <= 1e-4 * max(1.0, abs(lhs))
 
 
 def _conv(param, shapes, phase='TRAIN', seed=1701):
@@ -240,7 +305,7 @@ def _run(monkeypatch, force, param, shapes, phase, propagate=True, dy_seed=20):
     monkeypatch.setattr(winograd, 'FORCE', force)
     layer, bottom, top = _conv(param, shapes, phase)
     assert layer.winograd == force.startswith('winograd')
-    if force[-1] in '24':
+    if force[-1] in '24' and layer.tiling.r == 3:     # (the forced tile of 3x3 kernels)
         assert layer.tiling.m == int(force[-1])
     for i, p in enumerate(layer.blobs):
         p.data[...] = _rand(p.shape, 30 + i)
@@ -287,6 +352,54 @@ def test_5x5_layer_matches_im2col_engine(monkeypatch, phase, param, shapes, forc
             _close(o, r)
 
 
+@pytest.mark.parametrize('force', ['winograd', 'winograd2', 'winograd4'])
+@pytest.mark.parametrize('phase', ['TRAIN', 'TEST'])
+@pytest.mark.parametrize('param,shapes', [
+    ('num_output: 6 kernel_size: 5 stride: 2 pad: 2 group: 2', [(3, 4, 13, 12), (3, 4, 13, 12)]),
+    ('num_output: 8 kernel_size: 11 stride: 4', [(2, 3, 35, 31)]),
+    ('num_output: 4 kernel_h: 6 kernel_w: 6 stride: 2 pad_h: 1 pad_w: 3', [(2, 2, 16, 15)]),
+    ('num_output: 5 kernel_size: 7 stride: 2 pad: 3 bias_term: false', [(2, 3, 19, 17)]),
+])
+def test_strided_layer_matches_im2col_engine(monkeypatch, phase, param, shapes, force):
+    """A strided kernel runs by its phases (polyphase) under a forced engine."""
+    monkeypatch.setattr(winograd, 'FORCE', force)
+    layer = _conv(param, shapes, phase)[0]
+    r = winograd.sub_kernel(layer.kernel, layer.stride)[0]
+    assert layer.polyphase and layer.tiling.r == r and r == (4 if 'size: 7' in param else 3)
+    ref = _run(monkeypatch, 'caffe', param, shapes, phase)
+    ours = _run(monkeypatch, force, param, shapes, phase)
+    for a, b in zip(ours, ref):
+        for o, r in zip(a, b):
+            _close(o, r)
+
+
+def test_strided_weights_only_backward(monkeypatch):
+    param, shapes = 'num_output: 4 kernel_size: 5 stride: 2 pad: 1', [(2, 3, 11, 12)]
+    ref = _run(monkeypatch, 'caffe', param, shapes, 'TEST', propagate=False)
+    ours = _run(monkeypatch, 'winograd', param, shapes, 'TEST', propagate=False)
+    for o, r in zip(ours[2], ref[2]):
+        _close(o, r)
+
+
+def test_default_engine_takes_phases_where_they_stack_enough_channels(monkeypatch):
+    monkeypatch.setattr(winograd, 'FORCE', None)
+    conv1 = _conv('num_output: 96 kernel_size: 11 stride: 4', [(1, 3, 227, 227)])[0]
+    assert conv1.winograd and conv1.polyphase and conv1.wino_channels == 48   # CaffeNet
+    activity_conv2 = _conv('num_output: 384 kernel_size: 5 stride: 2 group: 2',
+                           [(1, 96, 55, 55)])[0]
+    assert activity_conv2.polyphase and activity_conv2.tiling is winograd.F4
+    # the activity net's conv1: 7x7 stride 2 on 3 channels stacks only 12 (slower)
+    assert not _conv('num_output: 96 kernel_size: 7 stride: 2', [(1, 3, 227, 227)])[0].winograd
+
+
+def test_polyphase_gradient_check(monkeypatch):
+    monkeypatch.setattr(winograd, 'FORCE', 'winograd')
+    layer, bottom, top = _conv('kernel_size: 5 stride: 2 pad: 1 num_output: 2', [(2, 3, 7, 8)])
+    assert layer.polyphase
+    gradcheck.GradientChecker(stepsize=1e-1, threshold=1e-3).check_gradient_exhaustive(
+        layer, bottom, top)
+
+
 @pytest.mark.parametrize('force', ['winograd2', 'winograd4'])
 def test_layer_weights_only_backward(monkeypatch, force):
     """propagate_down false: the weight gradient alone (input transforms recomputed
@@ -320,11 +433,12 @@ def test_gradient_check_under_winograd(monkeypatch, param, shape, force, stepsiz
         layer, bottom, top)
 
 
-@pytest.mark.parametrize('force,kernel', [('winograd2', 3), ('winograd4', 3), ('winograd', 5)])
+@pytest.mark.parametrize('force,kernel', [('winograd2', 3), ('winograd4', 3), ('winograd', 5),
+                                          ('winograd', '5 stride: 2')])
 def test_results_do_not_depend_on_the_thread_count(monkeypatch, force, kernel):
     monkeypatch.setattr(threads, 'PARALLEL_MIN_ELEMS', 0)
     monkeypatch.setattr(threads, 'PARALLEL_CHUNK_ELEMS', 1)  # the most chunks
-    param, shapes = ('num_output: 8 kernel_size: %d pad: 1 group: 2' % kernel,
+    param, shapes = ('num_output: 8 kernel_size: %s pad: 1 group: 2' % kernel,
                      [(5, 6, 7, 9)])
     runs = []
     before = threads.get_num_threads()
@@ -386,6 +500,12 @@ def test_time_layers_names_the_5x5_tile(monkeypatch):
     monkeypatch.setattr(winograd, 'FORCE', 'winograd')
     layer = _conv('num_output: 4 kernel_size: 5 pad: 2', [(1, 3, 7, 7)])[0]
     assert timing.conv_algorithm(layer) == 'winoF2r5'
+
+
+def test_time_layers_names_a_kernel_run_by_its_phases(monkeypatch):
+    monkeypatch.setattr(winograd, 'FORCE', None)
+    layer = _conv('num_output: 96 kernel_size: 11 stride: 4', [(1, 3, 227, 227)])[0]
+    assert timing.conv_algorithm(layer) == 'winoF4s4'
 
 
 def test_an_unknown_engine_override_is_refused(monkeypatch):

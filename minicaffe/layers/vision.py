@@ -279,18 +279,25 @@ class BaseConvolutionLayer(Layer):
         self.winograd = not self.reverse and self._use_winograd()
         self.winograd_backward = self.winograd and (winograd.FORCE in ('winograd', 'winograd2', 'winograd4')
                                                     or winograd.DEFAULT_BACKWARD)
-        self.tiling = winograd.choose_tiling(self.conv_out_sp, self.kernel) if self.winograd else None
+        # a strided kernel runs as the stride-1 convolution of its input's phases
+        # (winograd.stack_input), with phases^2 times the channels
+        self.polyphase = self.winograd and self.stride != (1, 1)
+        self.wino_channels = self.channels * (_prod(self.stride) if self.polyphase else 1)
+        self.tiling = (winograd.choose_tiling(self.conv_out_sp,
+                                              winograd.sub_kernel(self.kernel, self.stride))
+                       if self.winograd else None)
         if self.winograd:
             self.chunk = max(1, COL_CHUNK_BYTES // (
-                winograd.tile_points(self.tiling, self.conv_out_sp) * self.channels * 4))
+                winograd.tile_points(self.tiling, self.conv_out_sp) * self.wino_channels * 4))
 
     def _use_winograd(self):
         """The algorithm, from ConvolutionParameter.engine: CAFFE is im2col + GEMM
         (Caffe's own sums); DEFAULT (and CUDNN, which has no CPU meaning) takes
         Winograd where the geometry allows and the shape favours it, F(4x4,3x3)
-        or F(2x2,3x3), or F(2x2,5x5) for a 5x5 kernel (winograd.choose_tiling).  winograd.FORCE ('winograd',
-        'winograd2', 'winograd4' / 'caffe', MINICAFFE_CONV_ENGINE) overrides
-        DEFAULT's choice by shape."""
+        or F(2x2,3x3), or F(2x2,5x5) for a 5x5 kernel (winograd.choose_tiling),
+        a strided kernel by its phases (winograd.stack_input).  winograd.FORCE
+        ('winograd', 'winograd2', 'winograd4' / 'caffe', MINICAFFE_CONV_ENGINE)
+        overrides DEFAULT's choice by shape."""
         cp = self.layer_param.convolution_param
         self.check(winograd.FORCE in (None,) + winograd.FORCE_VALUES,
                    'MINICAFFE_CONV_ENGINE must be one of %s, got %r'
@@ -300,7 +307,8 @@ class BaseConvolutionLayer(Layer):
             return False
         if winograd.FORCE in winograd.FORCE_VALUES:
             return winograd.FORCE != 'caffe'
-        return winograd.prefer_winograd(self.channels // self.group,
+        phases = _prod(self.stride)          # a strided kernel's stacked phases
+        return winograd.prefer_winograd(self.channels // self.group * phases,
                                         self.num_output // self.group, self.conv_out_sp)
 
     def workspace_shapes(self, bottom, top):
@@ -686,7 +694,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         weight gradient when one chunk covers the batch and backward runs by
         Winograd too (winograd_backward; else backward is im2col + GEMM, which
         rebuilds its columns: self._cols stays empty)."""
-        U = winograd.transform_weights(self.blobs[0].data, self.group, self.tiling)
+        U = self._winograd_weights()
         bias = self.blobs[1].data if self.bias_term else None
         keep = self.phase == pb.TRAIN and self.chunk >= self.num and self.winograd_backward
         self._cols = {}
@@ -694,20 +702,36 @@ class ConvolutionLayer(BaseConvolutionLayer):
             x, y = self._batched(b.data), self._batched(t.data)
             for b0, b1 in self._chunks():
                 store = self._col_store.get(('winograd', i)) if keep else None
-                if store is not None and store.size != self.channels * self.num * \
+                if store is not None and store.size != self.wino_channels * self.num * \
                         winograd.tile_points(self.tiling, self.conv_out_sp):
                     store = None
-                V = winograd.forward(x[b0:b1], U, self.pad, self.conv_out_sp,
+                xw, pad = self._winograd_input(x[b0:b1])
+                V = winograd.forward(xw, U, pad, self.conv_out_sp,
                                      y[b0:b1], bias, V=store, tiling=self.tiling)
                 if keep:
                     self._col_store[('winograd', i)] = V
                     self._cols[i] = (b.data, V)
 
+    def _winograd_weights(self):
+        """U of the weights (of their phases' sub-kernels where polyphase)."""
+        w = self.blobs[0].data
+        if self.polyphase:
+            w = winograd.stack_weights(w, self.stride)
+        return winograd.transform_weights(w, self.group, self.tiling)
+
+    def _winograd_input(self, x):
+        """(input, pad) of the stride-1 convolution Winograd computes: x itself, or
+        its phases stacked as channels (already padded)."""
+        if not self.polyphase:
+            return x, self.pad
+        return (winograd.stack_input(x, self.pad, self.stride, self.kernel, self.conv_out_sp,
+                                     self.group), (0, 0))
+
     def _backward_winograd(self, top, propagate_down, bottom):
         """The exact adjoints of _forward_winograd: data and weight gradients."""
         self._bias_backward(top)
         need_w = self.param_propagate_down[0]
-        U = winograd.transform_weights(self.blobs[0].data, self.group, self.tiling)
+        U = self._winograd_weights()
         du = np.zeros_like(U) if need_w else None
         for i, (b, t) in enumerate(zip(bottom, top)):
             if not (need_w or propagate_down[i]):
@@ -719,15 +743,29 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 if cached is not None and cached[0] is b.data and b1 - b0 == self.num:
                     V = cached[1]
                 elif need_w:
-                    V = winograd.input_transform(x[b0:b1], self.pad, self.conv_out_sp,
+                    xw, pad = self._winograd_input(x[b0:b1])
+                    V = winograd.input_transform(xw, pad, self.conv_out_sp,
                                                  self.group, tiling=self.tiling)
                 else:
                     V = None
-                winograd.backward(dy[b0:b1], U, V, self.pad,
-                                  dx=None if dx is None else dx[b0:b1], du=du,
-                                  tiling=self.tiling)
+                pad = (0, 0) if self.polyphase else self.pad
+                dxw = None
+                if dx is not None:
+                    dxw = dx[b0:b1]
+                    if self.polyphase:      # the phases' gradient, then scattered back
+                        size = [n + r - 1 for n, r in zip(self.conv_out_sp, winograd.sub_kernel(
+                            self.kernel, self.stride))]
+                        dxw = workspace('winograd_phases_dx',
+                                        (b1 - b0, self.wino_channels) + tuple(size))
+                winograd.backward(dy[b0:b1], U, V, pad, dx=dxw, du=du, tiling=self.tiling)
+                if dx is not None and self.polyphase:
+                    winograd.unstack_input_grad(dxw, self.pad, self.stride, self.kernel,
+                                                dx[b0:b1], self.group)
         if need_w:
-            self.blobs[0].diff += winograd.weight_gradient_from(du, self.tiling)
+            dw = winograd.weight_gradient_from(du, self.tiling)
+            if self.polyphase:
+                dw = winograd.unstack_weight_grad(dw, self.stride, self.kernel)
+            self.blobs[0].diff += dw
         self._cols = {}
 
     def backward(self, top, propagate_down, bottom):
