@@ -149,18 +149,19 @@ class LRNLayer(Layer):
         accum[...] = 0
         for c in range(size - 1):
             accum += padded[:, c]
-        xs = x.reshape(N, C, hw)
-        d = dx.reshape(N, C, hw)
-        np.multiply(dy.reshape(N, C, hw), powed.reshape(N, C, hw), out=d)   # dy s^-beta
-        a = _f(-2.0 * self.alpha * self.beta / self.size)
-        times_x = workspace('lrn_times_x', (N, hw))
+        # the running sum alone runs channel by channel (two adds each), keeping
+        # channel c's window sum; the products with x then run over all channels
+        # at once -- the same float operations on each element as channel by channel
+        window = workspace('lrn_window', (N, C, hw))
         with np.errstate(invalid='ignore', over='ignore'):
             for c in range(C):
-                accum += padded[:, c + size - 1]
-                np.multiply(xs[:, c], accum, out=times_x)
-                times_x *= a
-                d[:, c] += times_x
-                accum -= padded[:, c]
+                np.add(accum, padded[:, c + size - 1], out=window[:, c])
+                np.subtract(window[:, c], padded[:, c], out=accum)
+            d = dx.reshape(N, C, hw)
+            np.multiply(dy.reshape(N, C, hw), powed.reshape(N, C, hw), out=d)   # dy s^-beta
+            window *= x.reshape(N, C, hw)
+            window *= _f(-2.0 * self.alpha * self.beta / self.size)
+            d += window
 
     # ---------------------------------------------------------------- within
     def _within_forward(self, x, y, base, p):
