@@ -178,88 +178,177 @@ def applicable(kernel, stride, dilation, pad):
     return sub_kernel(kernel, stride) in ((3, 3), (4, 4), (5, 5))
 
 
-# -- strided convolutions as one stride-1 convolution (polyphase) ------------
-# y[i, j] = sum_{u, v} w[u, v] xp[s i + u, s j + v] (xp: the zero-padded input).
-# Writing u = s u' + a (0 <= a < s, likewise v = s v' + b), this is
-# sum_{a, b} sum_{u', v'} w_ab[u', v'] X_ab[i + u', j + v'] with the phase images
-# X_ab[i, j] = xp[s i + a, s j + b] and sub-kernels w_ab[u', v'] = w[s u' + a,
-# s v' + b] (zero past the kernel): a stride-1 convolution with r = ceil(k / s)
-# taps of the s^2 phases stacked as channels.  Winograd then does 36 multiplies
-# per 16 outputs and stacked channel (F(4x4,3x3)) where im2col does k^2 per
-# output and channel: CaffeNet's conv1 (11x11 stride 4) 16 x 36 / 16 = 36 vs
-# 121, the LRCN activity net's conv2 (5x5 stride 2) 4 x 36 / 16 = 9 vs 25.
+# -- a kernel as one stride-1 convolution of stacked inputs ------------------
+# Phases (strided kernels): y[i, j] = sum_{u, v} w[u, v] xp[s i + u, s j + v]
+# (xp: the zero-padded input).  Writing u = s u' + a (0 <= a < s, likewise
+# v = s v' + b), this is sum_{a, b} sum_{u', v'} w_ab[u', v'] X_ab[i + u', j + v']
+# with the phase images X_ab[i, j] = xp[s i + a, s j + b] and sub-kernels
+# w_ab[u', v'] = w[s u' + a, s v' + b] (zero past the kernel): a stride-1
+# convolution with r = ceil(k / s) taps of the s^2 phases stacked as channels.
+# Winograd then does 36 multiplies per 16 outputs and stacked channel
+# (F(4x4,3x3)) where im2col does k^2 per output and channel: CaffeNet's conv1
+# (11x11 stride 4) 16 x 36 / 16 = 36 vs 121, the LRCN activity net's conv2 (5x5
+# stride 2) 4 x 36 / 16 = 9 vs 25.
+# Blocks (a 5x5 kernel at stride 1): u = 3 q + u' cuts the kernel into 2 x 2
+# blocks of 3 x 3 (zero past the kernel), X_q[i, j] = xp[i + 3 q_h, j + 3 q_w]:
+# F(4x4,3x3) on the 4 stacked shifts does F(2x2,5x5)'s 36 multiplies per 4
+# outputs, with 4x smaller products to transform back (2.25x the output where
+# F(2x2,5x5)'s are 9x).
 
-def _phase_size(out, r):
-    return out + r - 1
+class Stacking(object):
+    """A kernel computed as the stride-1, unpadded r x r convolution of copies of
+    the input stacked as channels (per group: (copy, channel)), the weights cut
+    to match.  Subclasses give the copies: `_copies` lists, per copy, the
+    (row, column) slices of the padded input, `_taps` the kernel layout."""
+
+    def __init__(self, kernel, stride, r):
+        self.kernel, self.stride, self.r = tuple(kernel), tuple(stride), tuple(r)
+
+    @property
+    def copies(self):
+        return self.counts[0] * self.counts[1]
+
+    def input_size(self, out_sp):
+        return tuple(o + r - 1 for o, r in zip(out_sp, self.r))
+
+    def padded_size(self, out_sp):
+        raise NotImplementedError
+
+    def stack_input(self, x, pad, out_sp, group):
+        """x (N, C, H, W) -> (N, G copies C/G, *input_size(out_sp))."""
+        N, C, H, W = x.shape
+        hp, wp = self.padded_size(out_sp)
+        ph, pw = pad
+        # every tap of every window lies inside xp, and input rows past it are
+        # read by no window
+        xp = _scratch('stack_xp', (N, C, hp, wp), zero=True)
+        h, w = min(H, hp - ph), min(W, wp - pw)
+        Cg = C // group
+        views = self._copy_views(xp.reshape(N, group, Cg, hp, wp), out_sp)
+        out = _scratch('stacked', (N, group) + self.counts + (Cg,) + self.input_size(out_sp))
+
+        def part(lo, hi):
+            xp[lo:hi, :, ph:ph + h, pw:pw + w] = x[lo:hi, :, :h, :w]
+            for (qh, qw), view in views:
+                out[lo:hi, :, qh, qw] = view[lo:hi]
+        parallel_for(N, part, out.size)
+        return out.reshape((N, -1) + self.input_size(out_sp))
+
+    def unstack_input_grad(self, dxs, pad, dx, group):
+        """The adjoint of stack_input: dxs -> written into dx (N, C, H, W) (input
+        values no window reads get 0)."""
+        N, C, H, W = dx.shape
+        out_sp = tuple(n - r + 1 for n, r in zip(dxs.shape[2:], self.r))
+        hp, wp = self.padded_size(out_sp)
+        ph, pw = pad
+        Cg = C // group
+        dxp = _scratch('stack_dxp', (N, C, hp, wp))
+        views = self._copy_views(dxp.reshape(N, group, Cg, hp, wp), out_sp)
+        src = dxs.reshape((N, group) + self.counts + (Cg,) + dxs.shape[2:])
+        h, w = min(H, hp - ph), min(W, wp - pw)
+
+        def part(lo, hi):
+            if self.overlapping:
+                dxp[lo:hi] = 0
+            for (qh, qw), view in views:        # (copies in order: a fixed sum)
+                if self.overlapping:
+                    view[lo:hi] += src[lo:hi, :, qh, qw]
+                else:
+                    view[lo:hi] = src[lo:hi, :, qh, qw]
+            dx[lo:hi, :, :h, :w] = dxp[lo:hi, :, ph:ph + h, pw:pw + w]
+            dx[lo:hi, :, h:] = 0
+            dx[lo:hi, :, :, w:] = 0
+        parallel_for(N, part, dxp.size)
+        return dx
+
+    def stack_weights(self, w):
+        """w (K, C/G, k_h, k_w) -> the copies' r x r kernels (K, copies C/G, r_h, r_w)
+        (zero past the kernel), in stack_input's channel order."""
+        K, Cg = w.shape[:2]
+        full = np.zeros((K, Cg) + tuple(c * r for c, r in zip(self.counts, self.r)), _f)
+        full[:, :, :self.kernel[0], :self.kernel[1]] = w
+        t = self._taps(full.reshape((K, Cg) + self._tap_shape()))
+        return np.ascontiguousarray(t).reshape((K, self.copies * Cg) + self.r)
+
+    def unstack_weight_grad(self, dws):
+        """The adjoint of stack_weights: (K, copies C/G, r_h, r_w) -> (K, C/G, k_h, k_w)."""
+        K = dws.shape[0]
+        Cg = dws.shape[1] // self.copies
+        full = self._untaps(dws.reshape((K,) + self.counts + (Cg,) + self.r))
+        full = full.reshape((K, Cg) + tuple(c * r for c, r in zip(self.counts, self.r)))
+        return np.ascontiguousarray(full[:, :, :self.kernel[0], :self.kernel[1]])
 
 
-def stack_input(x, pad, stride, kernel, out_sp, group):
-    """x (N, C, H, W) -> the phases stacked as channels, (N, G s_h s_w C/G, Ho + r_h
-    - 1, Wo + r_w - 1) (channels of group g: (phase a, phase b, c)), to be
-    convolved at stride 1 without padding with stack_weights(w)."""
-    N, C, H, W = x.shape
-    (sh, sw), (rh, rw) = stride, sub_kernel(kernel, stride)
-    hh, ww = _phase_size(out_sp[0], rh), _phase_size(out_sp[1], rw)
-    ph, pw = pad
-    # every tap of every window lies inside xp (s (Ho - 1) + k <= s (Ho - 1 + r)),
-    # and input rows past it are read by no window
-    xp = _scratch('phases_xp', (N, C, sh * hh, sw * ww), zero=True)
-    h, w = min(H, sh * hh - ph), min(W, sw * ww - pw)
-    Cg = C // group
+class Phases(Stacking):
+    """A strided kernel: s_h s_w phase images, sub-kernels of ceil(k / s) taps."""
+    overlapping = False
 
-    def part(lo, hi):
-        xp[lo:hi, :, ph:ph + h, pw:pw + w] = x[lo:hi, :, :h, :w]
-    parallel_for(N, part, x.size)
-    phases = xp.reshape(N, group, Cg, hh, sh, ww, sw).transpose(0, 1, 4, 6, 2, 3, 5)
-    out = _scratch('phases', (N, group, sh, sw, Cg, hh, ww))
+    def __init__(self, kernel, stride):
+        Stacking.__init__(self, kernel, stride, sub_kernel(kernel, stride))
+        self.counts = tuple(stride)
 
-    def copy(lo, hi):
-        out[lo:hi] = phases[lo:hi]
-    parallel_for(N, copy, out.size)
-    return out.reshape(N, group * sh * sw * Cg, hh, ww)
+    def padded_size(self, out_sp):
+        return tuple(s * n for s, n in zip(self.stride, self.input_size(out_sp)))
 
+    def _copy_views(self, xp5, out_sp):
+        """[((a, b), xp5[..., a::s_h, b::s_w])] over (N, G, C/G, *input_size)."""
+        (sh, sw) = self.stride
+        return [((a, b), xp5[..., a::sh, b::sw]) for a in range(sh) for b in range(sw)]
 
-def unstack_input_grad(dxs, pad, stride, kernel, dx, group):
-    """The adjoint of stack_input: dxs (N, G s_h s_w C/G, hh, ww) -> written into
-    dx (N, C, H, W) (input values no window reads get 0)."""
-    N, C, H, W = dx.shape
-    (sh, sw) = stride
-    hh, ww = dxs.shape[2:]
-    ph, pw = pad
-    Cg = C // group
-    dxp = _scratch('phases_dxp', (N, C, sh * hh, sw * ww))
-    src = dxs.reshape(N, group, sh, sw, Cg, hh, ww)
-    dst = dxp.reshape(N, group, Cg, hh, sh, ww, sw).transpose(0, 1, 4, 6, 2, 3, 5)
-    h, w = min(H, sh * hh - ph), min(W, sw * ww - pw)
+    def _tap_shape(self):      # u = s u' + a: (u', a) per axis
+        return (self.r[0], self.stride[0], self.r[1], self.stride[1])
 
-    def part(lo, hi):
-        dst[lo:hi] = src[lo:hi]
-        dx[lo:hi, :, :h, :w] = dxp[lo:hi, :, ph:ph + h, pw:pw + w]
-        dx[lo:hi, :, h:] = 0
-        dx[lo:hi, :, :, w:] = 0
-    parallel_for(N, part, dxp.size)
-    return dx
+    @staticmethod
+    def _taps(w6):             # (K, Cg, u', a, v', b) -> (K, a, b, Cg, u', v')
+        return w6.transpose(0, 3, 5, 1, 2, 4)
+
+    @staticmethod
+    def _untaps(d6):           # (K, a, b, Cg, u', v') -> (K, Cg, u', a, v', b)
+        return d6.transpose(0, 3, 4, 1, 5, 2)
 
 
-def stack_weights(w, stride):
-    """w (K, C/G, k_h, k_w) -> the phases' sub-kernels (K, s_h s_w C/G, r_h, r_w)
-    (zero past the kernel), in stack_input's channel order."""
-    K, Cg, kh, kw = w.shape
-    (sh, sw) = stride
-    rh, rw = sub_kernel((kh, kw), stride)
-    wp = np.zeros((K, Cg, sh * rh, sw * rw), _f)
-    wp[:, :, :kh, :kw] = w
-    return np.ascontiguousarray(wp.reshape(K, Cg, rh, sh, rw, sw).transpose(
-        0, 3, 5, 1, 2, 4)).reshape(K, sh * sw * Cg, rh, rw)
+class Blocks(Stacking):
+    """A large kernel at stride 1: blocks of r x r taps, each a shifted copy."""
+    overlapping = True
+
+    def __init__(self, kernel, r=(3, 3)):
+        Stacking.__init__(self, kernel, (1, 1), r)
+        self.counts = tuple(-(-k // b) for k, b in zip(kernel, r))
+
+    def padded_size(self, out_sp):
+        return tuple(o - 1 + c * r for o, c, r in zip(out_sp, self.counts, self.r))
+
+    def _copy_views(self, xp5, out_sp):
+        """[((q_h, q_w), the input shifted by (r_h q_h, r_w q_w))]."""
+        hh, ww = self.input_size(out_sp)
+        (rh, rw) = self.r
+        return [((qh, qw), xp5[..., rh * qh:rh * qh + hh, rw * qw:rw * qw + ww])
+                for qh in range(self.counts[0]) for qw in range(self.counts[1])]
+
+    def _tap_shape(self):      # u = r q + u': (q, u') per axis
+        return (self.counts[0], self.r[0], self.counts[1], self.r[1])
+
+    @staticmethod
+    def _taps(w6):             # (K, Cg, q_h, u', q_w, v') -> (K, q_h, q_w, Cg, u', v')
+        return w6.transpose(0, 2, 4, 1, 3, 5)
+
+    @staticmethod
+    def _untaps(d6):           # (K, q_h, q_w, Cg, u', v') -> (K, Cg, q_h, u', q_w, v')
+        return d6.transpose(0, 3, 1, 4, 2, 5)
 
 
-def unstack_weight_grad(dws, stride, kernel):
-    """The adjoint of stack_weights: (K, s_h s_w C/G, r_h, r_w) -> (K, C/G, k_h, k_w)."""
-    K, _, rh, rw = dws.shape
-    (sh, sw), (kh, kw) = stride, kernel
-    Cg = dws.shape[1] // (sh * sw)
-    full = dws.reshape(K, sh, sw, Cg, rh, rw).transpose(0, 3, 4, 1, 5, 2)
-    return np.ascontiguousarray(full.reshape(K, Cg, rh * sh, rw * sw)[:, :, :kh, :kw])
+def plan(kernel, stride, out_sp):
+    """(stacking, tiling) for an applicable geometry: a strided kernel by its
+    Phases; a 5x5 kernel by Blocks under F(4x4,3x3) where that tile is taken
+    for the map (a forced 'winograd4' included), else by F(2x2,5x5); 3x3 kernels
+    directly (stacking None)."""
+    kernel, stride = tuple(kernel), tuple(stride)
+    if stride != (1, 1):
+        phases = Phases(kernel, stride)
+        return phases, choose_tiling(out_sp, phases.r)
+    if kernel == (5, 5) and choose_tiling(out_sp) is F4:
+        return Blocks(kernel), F4
+    return None, choose_tiling(out_sp, kernel)
 
 
 def prefer_winograd(channels_per_group, outputs_per_group, out_sp):

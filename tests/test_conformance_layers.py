@@ -73,7 +73,8 @@ def test_net_case(case, engine, conv_engine):
 def test_forced_winograd_reaches_the_conformance_cases(conv_engine, engine, m):
     """The forced-Winograd runs above do run Winograd, with the forced tile: a
     plain and the LRCN nets' grouped 3x3 convolutions take it, a grouped 5x5 one
-    takes F(2x2,5x5), strided ones run by their phases."""
+    takes F(2x2,5x5) or runs in 3x3 blocks under F(4x4,3x3), strided ones run by
+    their phases."""
     conv_engine(engine)
     seen = {}
     five_by_five, strided = [], []
@@ -85,16 +86,16 @@ def test_forced_winograd_reaches_the_conformance_cases(conv_engine, engine, m):
                         else caffe.TEST, stages=json.loads(ref.attrs.get('stages', '[]')))
         seen[name] = [(layer.name, layer.group) for layer in net.layers
                       if getattr(layer, 'winograd', False) and layer.tiling.m == m]
-        five_by_five += [layer.tiling for layer in net.layers
+        five_by_five += [(layer.tiling, type(layer.stacking)) for layer in net.layers
                          if getattr(layer, 'winograd', False) and layer.kernel == (5, 5)
-                         and not layer.polyphase]
+                         and layer.stride == (1, 1)]
         strided += [(layer.name, layer.tiling) for layer in net.layers
-                    if getattr(layer, 'polyphase', False)]
+                    if isinstance(getattr(layer, 'stacking', None), winograd.Phases)]
     assert seen['layers/conv_basic'] == [('conv', 1)]
     assert ('conv4', 2) in seen['nets/net_lrcn_activity_lstm']
-    # a 5x5 kernel has the one tile F(2x2,5x5), taken under either forced engine
-    assert [tiling for tiling in five_by_five if tiling.m == m] == (
-        [winograd.F2_5x5] if m == 2 else [])
+    # a 5x5 kernel: F(2x2,5x5), or four 3x3 blocks under F(4x4,3x3)
+    assert five_by_five == ([(winograd.F2_5x5, type(None))] if m == 2 else
+                            [(winograd.F4, winograd.Blocks)])
     # and the activity net's strided conv1 (7x7 / 2) and conv2 (5x5 / 2) run by their
     # phases: 4x4 (F(3x3,4x4), the one tile) and 3x3 (the forced tile)
     assert ('conv1', winograd.F3_4x4) in strided

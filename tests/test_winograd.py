@@ -178,6 +178,43 @@ def test_a_5x5_kernel_has_one_tile(monkeypatch, force):
     assert repr(winograd.F2_5x5) == 'F(2x2,5x5)'
 
 
+@pytest.mark.parametrize('force,out_sp,blocks', [
+    (None, (27, 27), True), (None, (5, 5), False), (None, (2, 2), False),
+    ('winograd2', (27, 27), False), ('winograd4', (2, 2), True)])
+def test_a_5x5_kernel_runs_in_blocks_where_f4_is_the_tile(monkeypatch, force, out_sp, blocks):
+    """Where F(4x4,3x3) is the 3x3 tile for the map, a 5x5 kernel runs as four 3x3
+    blocks under it (the same multiplies as F(2x2,5x5), 4x smaller products to
+    transform back); else by F(2x2,5x5)."""
+    monkeypatch.setattr(winograd, 'FORCE', force)
+    stacking, tiling = winograd.plan((5, 5), (1, 1), out_sp)
+    if blocks:
+        assert isinstance(stacking, winograd.Blocks) and tiling is winograd.F4
+        assert stacking.copies == 4 and stacking.r == (3, 3)
+    else:
+        assert stacking is None and tiling is winograd.F2_5x5
+
+
+@pytest.mark.parametrize('geom', GEOMETRIES_5x5, ids=str)
+def test_blocks_of_a_5x5_kernel_give_the_convolution_and_its_gradients(geom):
+    N, C, H, W, K, G, pad = geom
+    x, w = _rand((N, C, H, W), 1), _rand((K, C // G, 5, 5), 2)
+    out_sp = _out_sp(H, W, pad, 5)
+    blocks = winograd.Blocks((5, 5))
+    xs = blocks.stack_input(x, pad, out_sp, G).copy()
+    U = winograd.transform_weights(blocks.stack_weights(w), G, winograd.F4)
+    y = np.empty((N, K) + out_sp, np.float32)
+    V = winograd.forward(xs, U, (0, 0), out_sp, y, tiling=winograd.F4)
+    _close(y, _direct(x, w, pad, G))
+    dy = _rand(y.shape, 4)
+    dxs, du = np.empty_like(xs), np.zeros_like(U)
+    winograd.backward(dy, U, V, (0, 0), dx=dxs, du=du, tiling=winograd.F4)
+    dx = np.full(x.shape, np.nan, np.float32)
+    blocks.unstack_input_grad(dxs, pad, dx, G)
+    want_dx, want_dw = _direct_grads(x, w, pad, G, dy)
+    _close(dx, want_dx)
+    _close(blocks.unstack_weight_grad(winograd.weight_gradient_from(du, winograd.F4)), want_dw)
+
+
 @pytest.mark.parametrize('kernel,stride,dilation,pad,ok', [
     ((3, 3), (1, 1), (1, 1), (1, 1), True),
     ((3, 3), (1, 1), (1, 1), (2, 0), True),
@@ -233,17 +270,18 @@ STRIDED = [  # N, C, H, W, K, group, kernel, stride, pad: phases of 3x3, 4x4 and
 
 @pytest.mark.parametrize('geom', STRIDED, ids=str)
 def test_strided_kernels_run_as_the_stride_1_convolution_of_their_phases(geom):
-    """stack_input / stack_weights give a stride-1 convolution equal to the strided
-    one; unstack_input_grad / unstack_weight_grad are their exact adjoints, so
-    the gradients are those of the strided convolution."""
+    """Phases' stack_input / stack_weights give a stride-1 convolution equal to
+    the strided one; unstack_input_grad / unstack_weight_grad are their exact
+    adjoints, so the gradients are those of the strided convolution."""
     N, C, H, W, K, G, k, s, pad = geom
     x, w = _rand((N, C, H, W), 1), _rand((K, C // G, k, k), 2)
     out_sp = ((H + 2 * pad[0] - k) // s + 1, (W + 2 * pad[1] - k) // s + 1)
-    r = winograd.sub_kernel((k, k), (s, s))
-    tiling = winograd.choose_tiling(out_sp, r)
-    assert tiling.r == r[0]
-    xs = winograd.stack_input(x, pad, (s, s), (k, k), out_sp, G).copy()
-    U = winograd.transform_weights(winograd.stack_weights(w, (s, s)), G, tiling)
+    stacking, tiling = winograd.plan((k, k), (s, s), out_sp)
+    if s == 1:
+        stacking = winograd.Phases((k, k), (s, s))
+    assert isinstance(stacking, winograd.Phases) and tiling.r == stacking.r[0]
+    xs = stacking.stack_input(x, pad, out_sp, G).copy()
+    U = winograd.transform_weights(stacking.stack_weights(w), G, tiling)
     y = np.empty((N, K) + out_sp, np.float32)
     V = winograd.forward(xs, U, (0, 0), out_sp, y, tiling=tiling)
     _close(y, _direct_strided(x, w, pad, (s, s), G))
@@ -251,8 +289,8 @@ def test_strided_kernels_run_as_the_stride_1_convolution_of_their_phases(geom):
     dxs, du = np.empty_like(xs), np.zeros_like(U)
     winograd.backward(dy, U, V, (0, 0), dx=dxs, du=du, tiling=tiling)
     dx = np.full(x.shape, np.nan, np.float32)       # every element written
-    winograd.unstack_input_grad(dxs, pad, (s, s), (k, k), dx, G)
-    dw = winograd.unstack_weight_grad(winograd.weight_gradient_from(du, tiling), (s, s), (k, k))
+    stacking.unstack_input_grad(dxs, pad, dx, G)
+    dw = stacking.unstack_weight_grad(winograd.weight_gradient_from(du, tiling))
     # <dy, conv(d, w)> = <dx, d> and <dy, conv(x, e)> = <dw, e> for any d, e
     rng = np.random.default_rng(8)
     d, e = rng.standard_normal(x.shape), rng.standard_normal(w.shape)
@@ -334,7 +372,7 @@ def test_layer_matches_im2col_engine(monkeypatch, phase, param, shapes, force):
             _close(o, r)
 
 
-@pytest.mark.parametrize('force', ['winograd', 'winograd2'])
+@pytest.mark.parametrize('force', ['winograd2', 'winograd4'])
 @pytest.mark.parametrize('phase', ['TRAIN', 'TEST'])
 @pytest.mark.parametrize('param,shapes', [
     ('num_output: 6 kernel_size: 5 pad: 2 group: 2', [(3, 4, 9, 8), (3, 4, 9, 8)]),
@@ -342,9 +380,13 @@ def test_layer_matches_im2col_engine(monkeypatch, phase, param, shapes, force):
     ('num_output: 4 kernel_size: 5 bias_term: false', [(2, 2, 6, 5)]),
 ])
 def test_5x5_layer_matches_im2col_engine(monkeypatch, phase, param, shapes, force):
-    """A 5x5 kernel runs F(2x2,5x5) under any forced Winograd engine."""
+    """A 5x5 kernel runs F(2x2,5x5), or F(4x4,3x3) on its four 3x3 blocks."""
     monkeypatch.setattr(winograd, 'FORCE', force)
-    assert _conv(param, shapes, phase)[0].tiling is winograd.F2_5x5
+    layer = _conv(param, shapes, phase)[0]
+    if force == 'winograd2':
+        assert layer.stacking is None and layer.tiling is winograd.F2_5x5
+    else:
+        assert isinstance(layer.stacking, winograd.Blocks) and layer.tiling is winograd.F4
     ref = _run(monkeypatch, 'caffe', param, shapes, phase)
     ours = _run(monkeypatch, force, param, shapes, phase)
     for a, b in zip(ours, ref):
@@ -364,8 +406,9 @@ def test_strided_layer_matches_im2col_engine(monkeypatch, phase, param, shapes, 
     """A strided kernel runs by its phases (polyphase) under a forced engine."""
     monkeypatch.setattr(winograd, 'FORCE', force)
     layer = _conv(param, shapes, phase)[0]
-    r = winograd.sub_kernel(layer.kernel, layer.stride)[0]
-    assert layer.polyphase and layer.tiling.r == r and r == (4 if 'size: 7' in param else 3)
+    r = layer.stacking.r[0]
+    assert isinstance(layer.stacking, winograd.Phases)
+    assert layer.tiling.r == r and r == (4 if 'size: 7' in param else 3)
     ref = _run(monkeypatch, 'caffe', param, shapes, phase)
     ours = _run(monkeypatch, force, param, shapes, phase)
     for a, b in zip(ours, ref):
@@ -384,10 +427,12 @@ def test_strided_weights_only_backward(monkeypatch):
 def test_default_engine_takes_phases_where_they_stack_enough_channels(monkeypatch):
     monkeypatch.setattr(winograd, 'FORCE', None)
     conv1 = _conv('num_output: 96 kernel_size: 11 stride: 4', [(1, 3, 227, 227)])[0]
-    assert conv1.winograd and conv1.polyphase and conv1.wino_channels == 48   # CaffeNet
+    assert conv1.winograd and isinstance(conv1.stacking, winograd.Phases)     # CaffeNet
+    assert conv1.wino_channels == 48
     activity_conv2 = _conv('num_output: 384 kernel_size: 5 stride: 2 group: 2',
                            [(1, 96, 55, 55)])[0]
-    assert activity_conv2.polyphase and activity_conv2.tiling is winograd.F4
+    assert isinstance(activity_conv2.stacking, winograd.Phases)
+    assert activity_conv2.tiling is winograd.F4
     # the activity net's conv1: 7x7 stride 2 on 3 channels stacks only 12 (slower)
     assert not _conv('num_output: 96 kernel_size: 7 stride: 2', [(1, 3, 227, 227)])[0].winograd
 
@@ -395,7 +440,7 @@ def test_default_engine_takes_phases_where_they_stack_enough_channels(monkeypatc
 def test_polyphase_gradient_check(monkeypatch):
     monkeypatch.setattr(winograd, 'FORCE', 'winograd')
     layer, bottom, top = _conv('kernel_size: 5 stride: 2 pad: 1 num_output: 2', [(2, 3, 7, 8)])
-    assert layer.polyphase
+    assert isinstance(layer.stacking, winograd.Phases)
     gradcheck.GradientChecker(stepsize=1e-1, threshold=1e-3).check_gradient_exhaustive(
         layer, bottom, top)
 
@@ -425,9 +470,8 @@ def test_layer_weights_only_backward(monkeypatch, force):
 def test_gradient_check_under_winograd(monkeypatch, param, shape, force, stepsize):
     monkeypatch.setattr(winograd, 'FORCE', force)
     layer, bottom, top = _conv(param, [shape])
-    five = 'kernel_size: 5' in param
-    assert layer.winograd and layer.tiling.m == (2 if five else int(force[-1]))
-    if five:
+    assert layer.winograd and layer.tiling.m == int(force[-1])
+    if 'kernel_size: 5' in param:
         stepsize = 1e-1     # 25 taps: float32 differences at 1e-2 are noise, as F(4x4)'s
     gradcheck.GradientChecker(stepsize=stepsize, threshold=1e-3).check_gradient_exhaustive(
         layer, bottom, top)
@@ -496,10 +540,11 @@ def test_time_layers_names_the_algorithm_and_tile(monkeypatch, force, backward, 
     assert timing.conv_algorithm(layer) == name
 
 
-def test_time_layers_names_the_5x5_tile(monkeypatch):
-    monkeypatch.setattr(winograd, 'FORCE', 'winograd')
+@pytest.mark.parametrize('force,name', [('winograd2', 'winoF2r5'), ('winograd4', 'winoF4k5')])
+def test_time_layers_names_the_5x5_tile(monkeypatch, force, name):
+    monkeypatch.setattr(winograd, 'FORCE', force)
     layer = _conv('num_output: 4 kernel_size: 5 pad: 2', [(1, 3, 7, 7)])[0]
-    assert timing.conv_algorithm(layer) == 'winoF2r5'
+    assert timing.conv_algorithm(layer) == name
 
 
 def test_time_layers_names_a_kernel_run_by_its_phases(monkeypatch):

@@ -26,8 +26,8 @@ that says how many iterations were timed and how many warm-up ones were not::
 
 With ``--layers`` a table follows: per layer its type, the convolution
 algorithm (im2col, winoF2, winoF4, winoF2r5 or winoF3r4: Winograd F(2x2,3x3),
-F(4x4,3x3), F(2x2,5x5) or F(3x3,4x4); s4: a stride-4 kernel by its phases;
--fwd: forward only), forward/backward ms and GFLOP/s, the FLOPs
+F(4x4,3x3), F(2x2,5x5) or F(3x3,4x4); s4: a stride-4 kernel by its phases, k5:
+a 5x5 kernel in 3x3 blocks; -fwd: forward only), forward/backward ms and GFLOP/s, the FLOPs
 counted from the layer's shapes (layer_flops) for the GEMM layers
 (Convolution, Deconvolution, InnerProduct); the distance to the BLAS's peak
 shows there.  The BLAS, its thread count and minicaffe's worker threads are
@@ -46,6 +46,7 @@ import logging
 import time
 
 from .. import mode as _mode
+from .. import winograd
 from . import summary
 from .nets import build_net, split_stages  # noqa: F401  (also timing.build_net for scripts)
 from ..errors import MinicaffeError
@@ -76,16 +77,20 @@ def layer_flops(layer, bottom, top):
 def conv_algorithm(layer):
     """'im2col', 'winoF2' / 'winoF4' / 'winoF2r5' / 'winoF3r4' (Winograd F(2x2,3x3)
     / F(4x4,3x3) / F(2x2,5x5) / F(3x3,4x4) in both passes), with 'sN' for a
-    kernel of stride N run by its phases (winograd.stack_input), and '-fwd'
-    where only forward is Winograd (im2col backward: winograd.DEFAULT_BACKWARD)."""
+    kernel of stride N run by its phases (winograd.Phases), 'kN' for an N x N
+    kernel run in 3x3 blocks (winograd.Blocks), and '-fwd' where only forward
+    is Winograd (im2col backward: winograd.DEFAULT_BACKWARD)."""
     if layer.type == 'Convolution':
         if not getattr(layer, 'winograd', False):
             return 'im2col'
         name = 'winoF%d' % layer.tiling.m
         if layer.tiling.r != 3:
             name += 'r%d' % layer.tiling.r
-        if getattr(layer, 'polyphase', False):      # a strided kernel by its phases
+        stacking = getattr(layer, 'stacking', None)
+        if isinstance(stacking, winograd.Phases):      # a strided kernel by its phases
             name += 's%d' % layer.stride[0]
+        elif isinstance(stacking, winograd.Blocks):    # a larger kernel in 3x3 blocks
+            name += 'k%d' % layer.kernel[0]
         return name if layer.winograd_backward else name + '-fwd'
     return ''
 

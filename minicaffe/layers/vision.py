@@ -279,13 +279,11 @@ class BaseConvolutionLayer(Layer):
         self.winograd = not self.reverse and self._use_winograd()
         self.winograd_backward = self.winograd and (winograd.FORCE in ('winograd', 'winograd2', 'winograd4')
                                                     or winograd.DEFAULT_BACKWARD)
-        # a strided kernel runs as the stride-1 convolution of its input's phases
-        # (winograd.stack_input), with phases^2 times the channels
-        self.polyphase = self.winograd and self.stride != (1, 1)
-        self.wino_channels = self.channels * (_prod(self.stride) if self.polyphase else 1)
-        self.tiling = (winograd.choose_tiling(self.conv_out_sp,
-                                              winograd.sub_kernel(self.kernel, self.stride))
-                       if self.winograd else None)
+        # a strided or 5x5 kernel may run as the stride-1 3x3 convolution of copies
+        # of its input stacked as channels (winograd.Phases, winograd.Blocks)
+        if not self.winograd:
+            self.stacking = self.tiling = None
+        self.wino_channels = self.channels * (self.stacking.copies if self.stacking else 1)
         if self.winograd:
             self.chunk = max(1, COL_CHUNK_BYTES // (
                 winograd.tile_points(self.tiling, self.conv_out_sp) * self.wino_channels * 4))
@@ -305,10 +303,11 @@ class BaseConvolutionLayer(Layer):
         if cp.engine == pb.ConvolutionParameter.CAFFE or not winograd.applicable(
                 self.kernel, self.stride, self.dilation, self.pad):
             return False
+        self.stacking, self.tiling = winograd.plan(self.kernel, self.stride, self.conv_out_sp)
         if winograd.FORCE in winograd.FORCE_VALUES:
             return winograd.FORCE != 'caffe'
-        phases = _prod(self.stride)          # a strided kernel's stacked phases
-        return winograd.prefer_winograd(self.channels // self.group * phases,
+        copies = self.stacking.copies if self.stacking else 1      # the GEMMs' channels
+        return winograd.prefer_winograd(self.channels // self.group * copies,
                                         self.num_output // self.group, self.conv_out_sp)
 
     def workspace_shapes(self, bottom, top):
@@ -713,19 +712,18 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     self._cols[i] = (b.data, V)
 
     def _winograd_weights(self):
-        """U of the weights (of their phases' sub-kernels where polyphase)."""
+        """U of the weights (of the stacked copies' 3x3 kernels where stacking)."""
         w = self.blobs[0].data
-        if self.polyphase:
-            w = winograd.stack_weights(w, self.stride)
+        if self.stacking:
+            w = self.stacking.stack_weights(w)
         return winograd.transform_weights(w, self.group, self.tiling)
 
     def _winograd_input(self, x):
         """(input, pad) of the stride-1 convolution Winograd computes: x itself, or
-        its phases stacked as channels (already padded)."""
-        if not self.polyphase:
+        its stacked copies (already padded)."""
+        if not self.stacking:
             return x, self.pad
-        return (winograd.stack_input(x, self.pad, self.stride, self.kernel, self.conv_out_sp,
-                                     self.group), (0, 0))
+        return self.stacking.stack_input(x, self.pad, self.conv_out_sp, self.group), (0, 0)
 
     def _backward_winograd(self, top, propagate_down, bottom):
         """The exact adjoints of _forward_winograd: data and weight gradients."""
@@ -748,23 +746,20 @@ class ConvolutionLayer(BaseConvolutionLayer):
                                                  self.group, tiling=self.tiling)
                 else:
                     V = None
-                pad = (0, 0) if self.polyphase else self.pad
+                pad = (0, 0) if self.stacking else self.pad
                 dxw = None
                 if dx is not None:
                     dxw = dx[b0:b1]
-                    if self.polyphase:      # the phases' gradient, then scattered back
-                        size = [n + r - 1 for n, r in zip(self.conv_out_sp, winograd.sub_kernel(
-                            self.kernel, self.stride))]
-                        dxw = workspace('winograd_phases_dx',
-                                        (b1 - b0, self.wino_channels) + tuple(size))
+                    if self.stacking:       # the copies' gradient, then summed back
+                        dxw = workspace('winograd_stacked_dx', (b1 - b0, self.wino_channels)
+                                        + self.stacking.input_size(self.conv_out_sp))
                 winograd.backward(dy[b0:b1], U, V, pad, dx=dxw, du=du, tiling=self.tiling)
-                if dx is not None and self.polyphase:
-                    winograd.unstack_input_grad(dxw, self.pad, self.stride, self.kernel,
-                                                dx[b0:b1], self.group)
+                if dx is not None and self.stacking:
+                    self.stacking.unstack_input_grad(dxw, self.pad, dx[b0:b1], self.group)
         if need_w:
             dw = winograd.weight_gradient_from(du, self.tiling)
-            if self.polyphase:
-                dw = winograd.unstack_weight_grad(dw, self.stride, self.kernel)
+            if self.stacking:
+                dw = self.stacking.unstack_weight_grad(dw)
             self.blobs[0].diff += dw
         self._cols = {}
 
