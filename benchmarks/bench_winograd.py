@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""Per-layer speed of Winograd F(2x2,3x3) and F(4x4,3x3) against im2col + GEMM
-(engine CAFFE).
+"""Per-layer speed of Winograd with forced F(2x2) and F(4x4) tiles against im2col
++ GEMM (engine CAFFE).  A 5x5 kernel's F(2x2) column is F(2x2,5x5), its F(4x4)
+column its 3x3 blocks under F(4x4,3x3); a strided kernel runs by its phases
+(winograd.plan).
 
     python benchmarks/bench_winograd.py [--net ../shared/bench/caffenet_b10.prototxt]
                                         [--layers conv3,conv4,conv5] [--rounds 7]
@@ -10,8 +12,8 @@ chosen layer's forward and backward passes, alternating the algorithms round by
 round so that all see the same machine load.  Prints, per layer and pass, the
 best and median milliseconds of each, the speed-ups (im2col / Winograd, on the
 medians) and the GFLOP/s of the direct convolution's multiply-adds
-(2 * N * K * C/G * 9 * Ho * Wo per product; backward does two products), and
-which tile the DEFAULT engine picks (winograd.choose_tiling).
+(2 * N * K * C/G * k^2 * Ho * Wo per product; backward does two products), and
+which tile the DEFAULT engine picks (winograd.plan).
 """
 import os
 
@@ -73,8 +75,9 @@ def main(argv=None):
     for name in names:
         layer = nets['winograd2'].layers[list(nets['winograd2']._layer_names).index(name)]
         if not layer.winograd:
-            raise SystemExit('bench_winograd: layer %s has no Winograd form (3x3, stride 1, '
-                             'dilation 1, pad <= 2)' % name)
+            raise SystemExit('bench_winograd: layer %s has no Winograd form (winograd.applicable:'
+                             ' 3x3 or 5x5 at stride 1, or strided with 3x3-5x5 phases; no'
+                             ' dilation; pad below the kernel)' % name)
     times = {(e, n): ([], []) for e in nets for n in names}
     for _ in range(args.rounds):
         for e, net in nets.items():
@@ -91,6 +94,8 @@ def main(argv=None):
         layer = nets['caffe'].layers[list(nets['caffe']._layer_names).index(n)]
         picked = default.layers[list(default._layer_names).index(n)]
         pick = repr(picked.tiling) if picked.winograd else 'im2col'
+        if picked.winograd and picked.stacking is not None:
+            pick += ' on %s' % type(picked.stacking).__name__
         for k, label, mult in ((0, 'forward', 1), (1, 'backward', 2)):
             runs = [times[e, n][k] for e in engines]
             meds = [statistics.median(r) for r in runs]
