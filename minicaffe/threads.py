@@ -228,10 +228,6 @@ def chunk_bounds(n, elems):
     if n <= 1 or elems < PARALLEL_MIN_ELEMS:
         return [0, n]
     c = int(min(n, PARALLEL_MAX_CHUNKS, max(1, elems // PARALLEL_CHUNK_ELEMS)))
-    if c % 2 and 1 < c < n:
-        # an even count: on two cores 3 chunks take as long as 4 (LRN and pooling
-        # on CaffeNet's 13x13 maps came in 3), 5 as long as 6
-        c += 1
     return [n * i // c for i in range(c + 1)]
 
 
