@@ -108,9 +108,9 @@ class BatchNormLayer(Layer):
         top[0].reshape(bottom[0].shape)
 
     def _view(self, a):
-        """(N, C, spatial) view of a bottom-shaped array."""
+        """(N, C, spatial) view of a bottom-shaped array (N may be 0)."""
         n = a.shape[0] if a.ndim > 1 else a.size
-        return a.reshape(n, self.channels, -1)
+        return a.reshape(n, self.channels, int(np.prod(a.shape[2:], dtype=np.int64)))
 
     # The CPU and GPU paths share the arithmetic below; ``xp`` is numpy or cupy and
     # ``stats`` the three statistics arrays on the same side.
@@ -126,9 +126,11 @@ class BatchNormLayer(Layer):
             x -= mean[None, :, None]
         else:
             m = x.shape[0] * x.shape[2]
-            mean = x.sum(axis=(0, 2)) / np.float32(m)
+            # an empty batch (m = 0) has mean and variance 0 here, as Caffe's
+            # zero-filled buffers give when its gemv over no rows returns at once
+            mean = x.sum(axis=(0, 2)) / np.float32(max(m, 1))
             x -= mean[None, :, None]
-            var = (x * x).sum(axis=(0, 2)) / np.float32(m)
+            var = (x * x).sum(axis=(0, 2)) / np.float32(max(m, 1))
             s[...] = s * self.maf + 1
             correction = np.float32(m / (m - 1.0)) if m > 1 else np.float32(1)
             mean_sum[...] = mean + self.maf * mean_sum
@@ -389,11 +391,13 @@ class MVNLayer(Layer):
         shape = a.shape
         n = shape[0] if self.layer_param.mvn_param.across_channels else shape[0] * (
             shape[1] if len(shape) > 1 else 1)
-        return a.reshape(n, -1)
+        return a.reshape(n, a.size // n if n else 0)      # (n = 0: an empty batch)
 
     def forward(self, bottom, top):
         p = self.layer_param.mvn_param
         x = self._rows(bottom[0].data)
+        if x.size == 0:                 # an empty batch: nothing to normalize
+            return
         y = x - x.mean(axis=1, keepdims=True, dtype=np.float32)
         if p.normalize_variance:
             var = (y * y).mean(axis=1, keepdims=True, dtype=np.float32)
@@ -405,6 +409,8 @@ class MVNLayer(Layer):
         if not propagate_down[0]:
             return
         dy = self._rows(top[0].diff)
+        if dy.size == 0:
+            return
         mean_dy = dy.mean(axis=1, keepdims=True, dtype=np.float32)
         if self.layer_param.mvn_param.normalize_variance:
             y = self._rows(top[0].data)
