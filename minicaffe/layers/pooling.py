@@ -509,6 +509,8 @@ class SPPLayer(Layer):
                              ' (it is GPU-only); use MAX or AVE')
         x = bottom[0].data
         N = x.shape[0]
+        if N == 0:                      # an empty batch: nothing to pool
+            return
         y = top[0].data.reshape(N, -1)
         self.args = []
         pos = 0
@@ -527,6 +529,8 @@ class SPPLayer(Layer):
             return
         x = bottom[0]
         N, C = x.shape[:2]
+        if N == 0:
+            return
         dy = top[0].diff.reshape(N, -1)
         dx = None
         pos = 0

@@ -620,13 +620,13 @@ class ArgMaxLayer(Layer):
         if self.has_axis:
             v = np.moveaxis(x, self.axis, -1)
             lead = v.shape[:-1]
-            idx, val = self._topk(v.reshape(-1, v.shape[-1]))
+            idx, val = self._topk(v.reshape(int(np.prod(lead, dtype=np.int64)), v.shape[-1]))
             out = val if self.out_max_val else idx.astype(_f)
             out = out.reshape(lead + (self.top_k,))
             top[0].data[...] = np.moveaxis(out, -1, self.axis)
         else:
             n = x.shape[0]
-            idx, val = self._topk(x.reshape(n, -1))
+            idx, val = self._topk(x.reshape(n, x.size // n if n else 0))   # (n = 0: empty)
             if self.out_max_val:
                 y = np.concatenate([idx.astype(_f), val], axis=1)
             else:

@@ -306,7 +306,8 @@ class BaseConvolutionLayer(Layer):
         self.stacking, self.tiling = winograd.plan(self.kernel, self.stride, self.conv_out_sp)
         if winograd.FORCE in winograd.FORCE_VALUES:
             return winograd.FORCE != 'caffe'
-        copies = self.stacking.copies if self.stacking else 1      # the GEMMs' channels
+        # a strided kernel's phases are the GEMMs' channels (CaffeNet's conv1: 3 x 16)
+        copies = self.stacking.copies if isinstance(self.stacking, winograd.Phases) else 1
         return winograd.prefer_winograd(self.channels // self.group * copies,
                                         self.num_output // self.group, self.conv_out_sp)
 
@@ -596,6 +597,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
         return conv_out_size(in_sp, self.kernel, self.stride, self.pad, self.dilation)
 
     def forward(self, bottom, top):
+        if self.num == 0:       # an empty batch: Caffe's loop over the images runs 0 times
+            return
         if self.winograd:
             return self._forward_winograd(bottom, top)
         W = self._weights()
@@ -643,6 +646,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
         return store
 
     def forward_gpu(self, bottom, top):
+        if self.num == 0:       # an empty batch: Caffe's loop over the images runs 0 times
+            return
         from ..gpu.backend import cupy_module
         cp = cupy_module()
         G, Mg = self.group, self.num_output // self.group
@@ -656,6 +661,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
             self._add_bias_gpu(y)
 
     def backward_gpu(self, top, propagate_down, bottom):
+        if self.num == 0:       # an empty batch: Caffe's loop over the images runs 0 times
+            return
         from ..gpu.backend import cupy_module
         cp = cupy_module()
         self._bias_backward_gpu(top)
@@ -764,6 +771,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
         self._cols = {}
 
     def backward(self, top, propagate_down, bottom):
+        if self.num == 0:       # an empty batch: Caffe's loop over the images runs 0 times
+            return
         if self.winograd_backward:
             return self._backward_winograd(top, propagate_down, bottom)
         # per image, the bias gradient is summed image by image with the GEMMs
@@ -905,6 +914,8 @@ class DeconvolutionLayer(BaseConvolutionLayer):
         return deconv_out_size(in_sp, self.kernel, self.stride, self.pad, self.dilation)
 
     def forward(self, bottom, top):
+        if self.num == 0:       # an empty batch: Caffe's loop over the images runs 0 times
+            return
         W = self._weights()
         for b, t in zip(bottom, top):
             x = self._batched(b.data)
@@ -918,6 +929,8 @@ class DeconvolutionLayer(BaseConvolutionLayer):
             self._add_bias(t.data)
 
     def backward(self, top, propagate_down, bottom):
+        if self.num == 0:       # an empty batch: Caffe's loop over the images runs 0 times
+            return
         self._bias_backward(top)
         need_w = self.param_propagate_down[0]
         W = self._weights()
@@ -939,6 +952,8 @@ class DeconvolutionLayer(BaseConvolutionLayer):
 
 
     def forward_gpu(self, bottom, top):
+        if self.num == 0:       # an empty batch: Caffe's loop over the images runs 0 times
+            return
         from ..gpu.backend import cupy_module
         cp = cupy_module()
         G, Cg, K, P = self.group, self.channels // self.group, self.kernel_dim, self.conv_out_dim
@@ -952,6 +967,8 @@ class DeconvolutionLayer(BaseConvolutionLayer):
             self._add_bias_gpu(y)
 
     def backward_gpu(self, top, propagate_down, bottom):
+        if self.num == 0:       # an empty batch: Caffe's loop over the images runs 0 times
+            return
         from ..gpu.backend import cupy_module
         cp = cupy_module()
         self._bias_backward_gpu(top)
@@ -1013,11 +1030,15 @@ class Im2colLayer(Layer):
         return (self.num, self.channels) + self.kernel + tuple(self.out)
 
     def forward(self, bottom, top):
+        if self.num == 0:       # an empty batch: Caffe's loop over the images runs 0 times
+            return
         x = bottom[0].data.reshape((self.num,) + bottom[0].shape[self.channel_axis:])
         top[0].data.reshape(self._col_shape())[...] = windows(
             x, self.kernel, self.stride, self.pad, self.dilation, self.out)
 
     def backward(self, top, propagate_down, bottom):
+        if self.num == 0:       # an empty batch: Caffe's loop over the images runs 0 times
+            return
         if not propagate_down[0]:
             return
         col = top[0].diff.reshape(self._col_shape())
