@@ -558,3 +558,20 @@ def test_an_unknown_engine_override_is_refused(monkeypatch):
     with pytest.raises(MinicaffeError, match='MINICAFFE_CONV_ENGINE must be one of winograd,'
                        ' winograd2, winograd4, caffe'):
         _conv(CAFFENET_CONV3, [(1, 256, 13, 13)])
+
+
+def test_chunks_bound_the_products_as_well_as_the_input_transforms(monkeypatch):
+    """Few input channels and many outputs: the images per chunk come from the
+    products' size (outputs), and several chunks give the one-chunk numbers."""
+    from minicaffe.layers import vision
+    param, shapes = 'num_output: 64 kernel_size: 3 pad: 1', [(8, 2, 9, 9)]
+    monkeypatch.setattr(winograd, 'FORCE', 'winograd4')
+    per_image = winograd.tile_points(winograd.F4, (9, 9)) * 4
+    monkeypatch.setattr(vision, 'COL_CHUNK_BYTES', per_image * 64 * 3)
+    layer = _conv(param, shapes)[0]
+    assert layer.chunk == 3
+    ref = _run(monkeypatch, 'caffe', param, shapes, 'TRAIN')
+    ours = _run(monkeypatch, 'winograd4', param, shapes, 'TRAIN')
+    for a, b in zip(ours, ref):
+        for o, r in zip(a, b):
+            _close(o, r)

@@ -285,8 +285,11 @@ class BaseConvolutionLayer(Layer):
             self.stacking = self.tiling = None
         self.wino_channels = self.channels * (self.stacking.copies if self.stacking else 1)
         if self.winograd:
+            # images per chunk: the input transforms (channels) and the products
+            # (outputs) of a chunk each within COL_CHUNK_BYTES
             self.chunk = max(1, COL_CHUNK_BYTES // (
-                winograd.tile_points(self.tiling, self.conv_out_sp) * self.wino_channels * 4))
+                winograd.tile_points(self.tiling, self.conv_out_sp)
+                * max(self.wino_channels, self.num_output) * 4))
 
     def _use_winograd(self):
         """The algorithm, from ConvolutionParameter.engine: CAFFE is im2col + GEMM
