@@ -344,6 +344,49 @@ def gemm_blocks(m, n, k):
     return axis, list(range(0, side, width)) + [side]
 
 
+def gemm_k_blocks(m, n, k):
+    """Bounds [bounds[i], bounds[i+1]) over the inner dimension k of an (m x k)
+    @ (k x n) product that is large but whose output gemm_blocks cannot cut
+    (both sides short: LeNet's conv1 weight gradient, 25 x 20 over k = 36864),
+    for gemm_summed_over_k; [0, k] when it needs no cut.  A function of the
+    shape only, so the sums are the same on any thread count."""
+    macs = m * n * k
+    if macs < GEMM_SPLIT_MIN_MACS or len(gemm_blocks(m, n, k)[1]) > 2:
+        return [0, k]
+    chunks = min(GEMM_MAX_CHUNKS, k // GEMM_CHUNK_MIN_SIDE, macs // GEMM_CHUNK_MIN_MACS)
+    if chunks <= 1:
+        return [0, k]
+    width = -(-k // chunks)
+    width = -(-width // GEMM_CHUNK_ALIGN) * GEMM_CHUNK_ALIGN
+    return list(range(0, k, width)) + [k]
+
+
+def gemm_summed_over_k(a, b, out, trans_a=False, trans_b=False):
+    """out = op(a) @ op(b) (float32 2-D), where gemm_k_blocks cuts k: each block
+    of k is one BLAS call on a worker thread into a buffer of its own, and the
+    partial products are added in block order -- a product with a short output
+    and a long k then uses every core.  The sums are grouped differently from
+    one call's (by block): for callers free to change the summation order (the
+    DEFAULT convolution engine); elsewhere gemm.  Returns out."""
+    m = a.shape[1] if trans_a else a.shape[0]
+    k = a.shape[0] if trans_a else a.shape[1]
+    n = b.shape[0] if trans_b else b.shape[1]
+    bounds = gemm_k_blocks(m, n, k)
+    if len(bounds) == 2:
+        return gemm(a, b, out, trans_a, trans_b)
+    parts = np.empty((len(bounds) - 1, m, n), np.float32)
+
+    def block(i):
+        lo, hi = bounds[i], bounds[i + 1]
+        _gemm_block(a[lo:hi] if trans_a else a[:, lo:hi], b[:, lo:hi] if trans_b else b[lo:hi],
+                    parts[i], trans_a, trans_b, False)
+    run_chunks(len(bounds) - 1, block)
+    np.copyto(out, parts[0])
+    for p in parts[1:]:
+        out += p
+    return out
+
+
 def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False, scratch=None):
     """out = op(a) @ op(b), or out += op(a) @ op(b) with accumulate (Caffe's
     caffe_cpu_gemm with beta 0 or 1); op(x) = x.T where trans_x; float32 2-D.

@@ -116,6 +116,44 @@ def test_blocked_data_gradient_equals_the_whole_column_matrix_route(spec, shape,
 
 
 @pytest.mark.parametrize('spec,shape', [
+    ('num_output: 20 kernel_size: 5', (64, 1, 28, 28)),                   # LeNet's conv1: k cut
+    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12)),                  # conv2 (batch_inner)
+    ('num_output: 6 kernel_size: 3 pad: 1 group: 2', (3, 4, 7, 7))])
+def test_default_engine_weight_gradient_is_the_transposed_product(spec, shape, set_threads,
+                                                                  monkeypatch):
+    """DEFAULT forms a batched layer's weight gradient as col dY^T (k cut where the
+    output is short): within float32 rounding of Caffe's dY col^T, which engine
+    CAFFE keeps bit for bit, and the same bits on 1 and 3 threads."""
+    grads, routes = {}, []
+    transposed = vision._accumulate_outer_transposed
+    monkeypatch.setattr(vision, '_accumulate_outer_transposed',
+                        lambda *a: routes.append(engine) or transposed(*a))
+    for engine in ('DEFAULT', 'CAFFE'):
+        for t in (1, 3):
+            set_threads(t)
+            layer, bottom, top = _conv(spec + ' engine: %s' % engine, shape)
+            layer.reshape(bottom, top)
+            assert not layer.per_image and layer.caffe_sums == (engine == 'CAFFE')
+            layer.forward(bottom, top)
+            top[0].diff[...] = np.random.default_rng(5).standard_normal(top[0].shape)
+            layer.blobs[0].diff[...] = 0.5
+            layer.backward(top, [False], bottom)
+            grads[engine, t] = layer.blobs[0].diff.copy()
+    assert np.array_equal(grads['DEFAULT', 1], grads['DEFAULT', 3])
+    assert np.array_equal(grads['CAFFE', 1], grads['CAFFE', 3])
+    W = layer.blobs[0].data.reshape(layer.group, -1, layer.kernel_dim)
+    dy = layer._to_gmp(top[0].diff, layer.num_output).copy()
+    col = layer._im2col(bottom[0].data).copy()
+    want = np.full(W.shape, 0.5, np.float32)
+    vision._accumulate_outer(want, dy, col)              # Caffe's orientation, one call
+    assert np.array_equal(grads['CAFFE', 1], want.reshape(grads['CAFFE', 1].shape))
+    exact = 0.5 + np.einsum('gmp,gkp->gmk', dy.astype(np.float64), col.astype(np.float64))
+    got = grads['DEFAULT', 1].reshape(W.shape)
+    assert np.abs(got - exact).max() <= 1e-5 * np.abs(exact).max()
+    assert routes == ['DEFAULT', 'DEFAULT']
+
+
+@pytest.mark.parametrize('spec,shape', [
     ('num_output: 20 kernel_size: 5', (64, 1, 28, 28)),                   # LeNet's conv1
     ('num_output: 50 kernel_size: 5', (64, 20, 12, 12)),                  # conv2 (batch_inner)
     ('num_output: 6 kernel_size: 3 pad: 1 group: 2', (3, 4, 7, 7))])

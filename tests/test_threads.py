@@ -245,6 +245,38 @@ def test_gemm_blocks_cover_the_output_in_aligned_blocks():
     assert len(blas.gemm_blocks(96, 3025, 363)[1]) > 2        # conv1 forward is split
 
 
+def test_gemm_k_blocks_cut_only_products_whose_output_cannot_be_cut():
+    # LeNet's conv1 weight gradient (transposed: 25 x 20 over k = 36864) is cut over k
+    bounds = blas.gemm_k_blocks(25, 20, 36864)
+    assert 2 < len(bounds) <= blas.GEMM_MAX_CHUNKS + 1
+    assert bounds[0] == 0 and bounds[-1] == 36864
+    assert all(lo < hi for lo, hi in zip(bounds, bounds[1:]))
+    assert all(lo % blas.GEMM_CHUNK_ALIGN == 0 for lo in bounds[:-1])
+    for m, k, n, _, _ in NET_SHAPES + [(7, 5, 3, 0, 0), (20, 100, 25, 0, 0)]:
+        if len(blas.gemm_blocks(m, n, k)[1]) > 2 or m * n * k < blas.GEMM_SPLIT_MIN_MACS:
+            assert blas.gemm_k_blocks(m, n, k) == [0, k]
+
+
+@pytest.mark.parametrize('ta,tb', [(False, True), (True, False)])
+@pytest.mark.parametrize('fallback', [False, True])
+def test_gemm_summed_over_k_is_the_product_on_any_thread_count(ta, tb, fallback, set_threads,
+                                                              monkeypatch):
+    if fallback:
+        monkeypatch.setitem(blas._state, 'looked', True)
+        monkeypatch.setitem(blas._state, 'sgemm', None)
+    m, k, n = 25, 36864, 20
+    assert len(blas.gemm_k_blocks(m, n, k)) > 2
+    a, b = _operands(m, k, n, ta, tb)
+    outs = []
+    for t in (1, 2, 3):
+        set_threads(t)
+        outs.append(blas.gemm_summed_over_k(a, b, np.full((m, n), np.nan, np.float32), ta, tb))
+    for o in outs[1:]:
+        assert np.array_equal(o.view(np.uint32), outs[0].view(np.uint32))
+    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
+    assert np.abs(outs[0] - want).max() <= 1e-5 * np.abs(want).max()
+
+
 @pytest.mark.parametrize('fallback', [False, True])
 def test_split_gemm_into_strided_and_transposed_outputs(fallback, set_threads, monkeypatch):
     if fallback:
