@@ -366,15 +366,19 @@ def test_max_pool_scatter_equals_the_bincount_route(shape, kernel, stride, pad, 
     dy = r.standard_normal(idx.shape).astype(np.float32)
     dy[0, 1, 0, :2] = -0.0
     fast = max_pool_backward(dy, idx, g)
+    into = max_pool_backward(dy, idx, g, out=np.full(shape, np.nan, np.float32))
     from minicaffe.layers import pooling
     monkeypatch.setattr(pooling, '_overlapping', lambda g: True)    # force bincount
     slow = max_pool_backward(dy, idx, g)
-    assert np.array_equal(fast.view(np.uint32), slow.view(np.uint32))
+    slow_into = max_pool_backward(dy, idx, g, out=np.full(shape, np.nan, np.float32))
+    for got in (into, slow, slow_into):
+        assert np.array_equal(fast.view(np.uint32), got.view(np.uint32))
 
 
 @pytest.mark.parametrize('hw,kernel,stride', [
     ((24, 24), (2, 2), (2, 2)), ((8, 9), (2, 3), (3, 3)), ((6, 7), (3, 1), (3, 2)),
-    ((5, 5), (1, 1), (1, 1)), ((9, 9), (3, 3), (4, 4))])
+    ((5, 5), (1, 1), (1, 1)), ((9, 9), (3, 3), (4, 4)),
+    ((26, 25), (12, 11), (12, 12))])                     # 132 offsets: int32 counts
 def test_max_pool_disjoint_windows_equal_the_separable_route(hw, kernel, stride):
     out = pooled_shape(hw, kernel, stride, (0, 0), ceil_mode=False)
     g = PoolGeometry(hw, kernel, stride, (0, 0), out)
@@ -390,6 +394,47 @@ def test_max_pool_disjoint_windows_equal_the_separable_route(hw, kernel, stride)
     m2, idx2 = max_pool_forward(x, g)
     assert np.array_equal(m.view(np.uint32), m2.view(np.uint32))
     assert np.array_equal(idx, idx2) and (idx == -1).any()
+
+
+@pytest.mark.parametrize('planes,per_plane', [(1280, 576), (3200, 64), (7, 10000), (1, 1 << 20),
+                                              (4, 4), (960, 3025)])
+@pytest.mark.parametrize('threads_', [1, 2, 3])
+def test_pooling_plane_blocks_are_balanced_over_the_threads(planes, per_plane, threads_,
+                                                            set_threads):
+    from minicaffe.layers import pooling
+    set_threads(threads_)
+    bounds = pooling.plane_blocks(planes, per_plane)
+    assert bounds[0] == 0 and bounds[-1] == planes
+    assert all(lo < hi for lo, hi in zip(bounds, bounds[1:]))
+    n = len(bounds) - 1
+    if planes * per_plane < pooling.SPLIT_MIN_ELEMS or planes == 1:
+        assert n == 1
+    else:
+        assert n % threads_ == 0 or n == planes
+        assert n * pooling.CHUNK_ELEMS >= planes * per_plane or n == planes
+        assert max(hi - lo for lo, hi in zip(bounds, bounds[1:])) <= -(-planes // n)
+
+
+@pytest.mark.parametrize('param,shape', [
+    ('pool: MAX kernel_size: 2 stride: 2', (64, 20, 24, 24)),           # LeNet's pool1
+    ('pool: MAX kernel_size: 3 stride: 2', (4, 24, 27, 27)),            # overlapping
+    ('pool: AVE kernel_size: 3 stride: 2 pad: 1', (4, 24, 27, 27))])
+def test_pooling_gives_the_same_bits_on_1_and_3_threads(param, shape, set_threads):
+    x = np.random.default_rng(3).integers(-4, 4, shape).astype(np.float32)      # ties
+    x[0, 0, :3, :3] = np.nan
+    dy = np.random.default_rng(4).standard_normal(x.shape).astype(np.float32)
+    results = []
+    for t in (1, 3):
+        set_threads(t)
+        layer, bottom, top = make_layer('type: "Pooling" pooling_param { %s }' % param, [x],
+                                        phase='TRAIN')
+        layer.reshape(bottom, top)
+        layer.forward(bottom, top)
+        top[0].diff[...] = dy[tuple(slice(0, n) for n in top[0].shape)]
+        layer.backward(top, [True], bottom)
+        results.append((top[0].data.copy(), bottom[0].diff.copy()))
+    for a, b in zip(results[0], results[1]):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
 @pytest.mark.parametrize('transpose', [False, True])
