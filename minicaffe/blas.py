@@ -337,6 +337,10 @@ def gemm_blocks(m, n, k):
     chunks = 1
     if macs >= GEMM_SPLIT_MIN_MACS:
         chunks = min(GEMM_MAX_CHUNKS, side // GEMM_CHUNK_MIN_SIDE, macs // GEMM_CHUNK_MIN_MACS)
+        if chunks == 3:
+            # 3 blocks keep one of 2 cores idle for a third of the product (LeNet's
+            # conv2 weight gradient and ip1 forward, 500 rows): 2 blocks instead
+            chunks = 2
     if chunks <= 1:
         return axis, [0, side]
     width = -(-side // chunks)

@@ -243,6 +243,10 @@ def test_gemm_blocks_cover_the_output_in_aligned_blocks():
         if m * n * k < blas.GEMM_SPLIT_MIN_MACS:
             assert bounds == [0, side]
     assert len(blas.gemm_blocks(96, 3025, 363)[1]) > 2        # conv1 forward is split
+    # never 3 blocks (one of 2 cores idle for a third): LeNet's 500-row products take 2
+    assert blas.gemm_blocks(500, 50, 4096)[1] == [0, 256, 500]
+    for m in range(128, 1200, 8):
+        assert len(blas.gemm_blocks(m, 64, 4096)[1]) != 4
 
 
 def test_gemm_k_blocks_cut_only_products_whose_output_cannot_be_cut():
