@@ -161,10 +161,16 @@ def copy_split(a, out=None):
     if a.ndim == 0 or a.shape[0] == 0:
         out[...] = a
         return out
+    # split over the first axis longer than 1 (conv1's columns, (1, kh, kw, ...)
+    # for one input channel, would otherwise be one serial copy)
+    lead = 0
+    while lead < a.ndim - 1 and a.shape[lead] == 1:
+        lead += 1
+    src, dst = a.reshape(a.shape[lead:]), out.reshape(out.shape[lead:])
 
     def part(lo, hi):
-        out[lo:hi] = a[lo:hi]
-    parallel_for(a.shape[0], part, a.size)
+        dst[lo:hi] = src[lo:hi]
+    parallel_for(src.shape[0], part, a.size)
     return out
 
 

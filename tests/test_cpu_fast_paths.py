@@ -122,8 +122,9 @@ def test_blocked_data_gradient_equals_the_whole_column_matrix_route(spec, shape,
 def test_default_engine_weight_gradient_is_the_transposed_product(spec, shape, set_threads,
                                                                   monkeypatch):
     """DEFAULT forms a batched layer's weight gradient as col dY^T (k cut where the
-    output is short): within float32 rounding of Caffe's dY col^T, which engine
-    CAFFE keeps bit for bit, and the same bits on 1 and 3 threads."""
+    output is short) and its bias gradient from dY's rows in the GEMM layout:
+    within float32 rounding of Caffe's dY col^T and sum, which engine CAFFE
+    keeps bit for bit, and the same bits on 1 and 3 threads."""
     grads, routes = {}, []
     transposed = vision._accumulate_outer_transposed
     monkeypatch.setattr(vision, '_accumulate_outer_transposed',
@@ -137,10 +138,19 @@ def test_default_engine_weight_gradient_is_the_transposed_product(spec, shape, s
             layer.forward(bottom, top)
             top[0].diff[...] = np.random.default_rng(5).standard_normal(top[0].shape)
             layer.blobs[0].diff[...] = 0.5
+            layer.blobs[1].diff[...] = 0.25
             layer.backward(top, [False], bottom)
             grads[engine, t] = layer.blobs[0].diff.copy()
-    assert np.array_equal(grads['DEFAULT', 1], grads['DEFAULT', 3])
-    assert np.array_equal(grads['CAFFE', 1], grads['CAFFE', 3])
+            grads['bias', engine, t] = layer.blobs[1].diff.copy()
+    for key in ((), ('bias',)):
+        assert np.array_equal(grads[key + ('DEFAULT', 1)], grads[key + ('DEFAULT', 3)])
+        assert np.array_equal(grads[key + ('CAFFE', 1)], grads[key + ('CAFFE', 3)])
+    # the bias: Caffe's sum over (images, positions) kept by CAFFE; DEFAULT sums
+    # the rows of dY in the GEMM layout
+    dy4 = top[0].diff.reshape(shape[0], layer.num_output, -1)
+    assert np.array_equal(grads['bias', 'CAFFE', 1], 0.25 + dy4.sum(axis=(0, 2), dtype=np.float32))
+    exact_b = 0.25 + dy4.astype(np.float64).sum(axis=(0, 2))
+    assert np.abs(grads['bias', 'DEFAULT', 1] - exact_b).max() <= 1e-5 * np.abs(exact_b).max()
     W = layer.blobs[0].data.reshape(layer.group, -1, layer.kernel_dim)
     dy = layer._to_gmp(top[0].diff, layer.num_output).copy()
     col = layer._im2col(bottom[0].data).copy()

@@ -298,3 +298,20 @@ def test_split_gemm_into_strided_and_transposed_outputs(fallback, set_threads, m
     outt = np.empty((700, 300), np.float32).T       # a transposed (column-major) output
     blas.gemm(a, b, outt, accumulate=False)
     np.testing.assert_allclose(outt, want, rtol=1e-5, atol=1e-4)
+
+
+def test_copy_split_splits_below_leading_unit_axes(set_threads, monkeypatch):
+    """An array whose first axes have length 1 (conv1's columns for one input
+    channel) is copied in parts over its first longer axis, into contiguous and
+    strided outputs."""
+    from minicaffe import im2col
+    set_threads(3, split_small=True)
+    parts = []
+    monkeypatch.setattr(im2col, 'parallel_for',
+                        lambda n, fn, elems: parts.append(n) or threads.parallel_for(n, fn, elems))
+    src = np.arange(1 * 1 * 5 * 7 * 3, dtype=np.float32).reshape(1, 1, 5, 7, 3).transpose(0, 1, 4, 3, 2)
+    out = im2col.copy_split(src)
+    assert parts == [3] and out.flags.c_contiguous and np.array_equal(out, src)
+    big = np.zeros((1, 1, 3, 7, 9), np.float32)
+    im2col.copy_split(src, out=big[..., 2:7])          # a strided output
+    assert np.array_equal(big[..., 2:7], src) and not big[..., :2].any() and not big[..., 7:].any()

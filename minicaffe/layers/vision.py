@@ -413,7 +413,7 @@ class BaseConvolutionLayer(Layer):
             xp.fill(0)
         inside = ((slice(None),) + tuple(slice(l, l + n) for n, (l, r)
                                          in zip(self.conv_in_sp, padding)) + (slice(None),))
-        xp[inside] = x.transpose(tuple(range(1, 2 + nsp)) + (0,))
+        copy_split(x.transpose(tuple(range(1, 2 + nsp)) + (0,)), out=xp[inside])
         st = xp.strides
         shape = (C,) + self.kernel + self.conv_out_sp + (B,)
         strides = ((st[0],) + tuple(st[1 + i] * self.dilation[i] for i in range(nsp))
@@ -800,10 +800,12 @@ class ConvolutionLayer(BaseConvolutionLayer):
             return
         if self.winograd_backward:
             return self._backward_winograd(top, propagate_down, bottom)
-        # per image, the bias gradient is summed image by image with the GEMMs
-        need_b = self.bias_term and self.param_propagate_down[1] and self.per_image
-        if not self.per_image:
+        # per image, the bias gradient is summed image by image with the GEMMs;
+        # batched, DEFAULT sums the rows of dY in the GEMM layout (contiguous)
+        need_b = self.bias_term and self.param_propagate_down[1]
+        if not self.per_image and self.caffe_sums:
             self._bias_backward(top)
+            need_b = False
         need_w = self.param_propagate_down[0]
         W = self._weights()
         for i, (b, t) in enumerate(zip(bottom, top)):
@@ -817,6 +819,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     self._backward_per_image(i, b, x, dy_all, dx, b0, b1, need_w, need_b, W)
                     continue
                 dy = self._to_gmp(dy_all[b0:b1], self.num_output)
+                if need_b:
+                    self.blobs[1].diff += np.add.reduce(dy.reshape(self.num_output, -1), axis=1)
                 if need_w:
                     col = self._col_for(i, b, b0, b1, x)
                     if self.caffe_sums or dy.shape[1] > col.shape[1]:
@@ -824,7 +828,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     else:
                         _accumulate_outer_transposed(self._weight_diff(), dy, col)
                 if dx is not None and self.batch_inner:
-                    dx[b0:b1] = self._data_gradient_inner(W, dy, b1 - b0)
+                    copy_split(self._data_gradient_inner(W, dy, b1 - b0), out=dx[b0:b1])
                 elif dx is not None:
                     # (the column workspace is free again: col was consumed above)
                     dcol = _group_gemm(W, dy, trans_a=True,
