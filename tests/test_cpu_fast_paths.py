@@ -406,30 +406,50 @@ def test_max_pool_disjoint_windows_equal_the_separable_route(hw, kernel, stride)
     assert np.array_equal(idx, idx2) and (idx == -1).any()
 
 
-@pytest.mark.parametrize('planes,per_plane', [(1280, 576), (3200, 64), (7, 10000), (1, 1 << 20),
-                                              (4, 4), (960, 3025)])
+@pytest.mark.parametrize('planes,per_plane,block', [
+    (1280, 576, None), (3200, 64, None), (7, 10000, None), (1, 1 << 20, None), (4, 4, None),
+    (960, 3025, None), (1280, 576, 1 << 21), (9600, 3025, 1 << 21), (1280, 576, 1000)])
 @pytest.mark.parametrize('threads_', [1, 2, 3])
-def test_pooling_plane_blocks_are_balanced_over_the_threads(planes, per_plane, threads_,
+def test_pooling_plane_blocks_are_balanced_over_the_threads(planes, per_plane, block, threads_,
                                                             set_threads):
     from minicaffe.layers import pooling
     set_threads(threads_)
-    bounds = pooling.plane_blocks(planes, per_plane)
+    block = block or pooling.CHUNK_ELEMS
+    bounds = pooling.plane_blocks(planes, per_plane, block)
     assert bounds[0] == 0 and bounds[-1] == planes
     assert all(lo < hi for lo, hi in zip(bounds, bounds[1:]))
     n = len(bounds) - 1
-    if planes * per_plane < pooling.SPLIT_MIN_ELEMS or planes == 1:
+    total = planes * per_plane
+    if total < pooling.SPLIT_MIN_ELEMS or planes == 1 or total <= block:
         assert n == 1
     else:
         assert n % threads_ == 0 or n == planes
-        assert n * pooling.CHUNK_ELEMS >= planes * per_plane or n == planes
+        assert n * block >= total or n == planes
         assert max(hi - lo for lo, hi in zip(bounds, bounds[1:])) <= -(-planes // n)
+
+
+def test_disjoint_max_pooling_takes_large_blocks():
+    """LeNet's pool1 (disjoint 2x2 MAX windows) is pooled whole: its short passes
+    gained nothing from threads; AVE and overlapping windows keep CHUNK_ELEMS."""
+    from minicaffe.layers import pooling
+    shape = (64, 20, 24, 24)
+    for param, block in (('pool: MAX kernel_size: 2 stride: 2', pooling.DISJOINT_BLOCK_ELEMS),
+                         ('pool: AVE kernel_size: 2 stride: 2', pooling.CHUNK_ELEMS),
+                         ('pool: MAX kernel_size: 3 stride: 2', pooling.CHUNK_ELEMS)):
+        layer, bottom, top = make_layer('type: "Pooling" pooling_param { %s }' % param,
+                                        [np.zeros(shape, np.float32)])
+        layer.reshape(bottom, top)
+        assert layer._block_elems() == block
+    assert pooling.plane_blocks(64 * 20, 24 * 24, pooling.DISJOINT_BLOCK_ELEMS) == [0, 1280]
 
 
 @pytest.mark.parametrize('param,shape', [
     ('pool: MAX kernel_size: 2 stride: 2', (64, 20, 24, 24)),           # LeNet's pool1
     ('pool: MAX kernel_size: 3 stride: 2', (4, 24, 27, 27)),            # overlapping
     ('pool: AVE kernel_size: 3 stride: 2 pad: 1', (4, 24, 27, 27))])
-def test_pooling_gives_the_same_bits_on_1_and_3_threads(param, shape, set_threads):
+def test_pooling_gives_the_same_bits_on_1_and_3_threads(param, shape, set_threads, monkeypatch):
+    from minicaffe.layers import pooling
+    monkeypatch.setattr(pooling, 'DISJOINT_BLOCK_ELEMS', 1 << 16)      # split pool1 too
     x = np.random.default_rng(3).integers(-4, 4, shape).astype(np.float32)      # ties
     x[0, 0, :3, :3] = np.nan
     dy = np.random.default_rng(4).standard_normal(x.shape).astype(np.float32)

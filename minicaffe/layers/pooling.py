@@ -294,20 +294,24 @@ def ave_pool_backward(dy, g):
 CHUNK_ELEMS = 1 << 18
 # Inputs of fewer values are pooled in one block, on the calling thread.
 SPLIT_MIN_ELEMS = 1 << 15
+# MAX pooling over disjoint windows (_max_pool_disjoint and its scatter backward)
+# makes a few short passes: in blocks of 1/2/4 (1 thread, LeNet's pool1) forward
+# took 0.66/0.69/0.75 ms, and on 2 threads blocks gained nothing (0.67/0.71/0.77:
+# the threads queue for the GIL between numpy's calls), so its blocks are large.
+DISJOINT_BLOCK_ELEMS = 1 << 21
 
 
-def plane_blocks(planes, per_plane):
+def plane_blocks(planes, per_plane, block_elems=CHUNK_ELEMS):
     """Bounds of the blocks of channel planes pooled one at a time (each on a
-    worker thread): about CHUNK_ELEMS input values each, their number rounded
+    worker thread): about block_elems input values each, their number rounded
     up to a multiple of the thread count.  A plane's numbers do not depend on
     the cut, so it may follow the threads: no core idles while another pools an
-    odd last block (LeNet's pool1 made 5 blocks, 3 + 2 on 2 cores; its pool2,
-    under threads.PARALLEL_MIN_ELEMS, ran on one)."""
+    odd last block (LeNet's pool1 made 5 blocks, 3 + 2 on 2 cores)."""
     total = planes * per_plane
-    if total < SPLIT_MIN_ELEMS or planes < 2:
+    n = -(-total // block_elems)
+    if total < SPLIT_MIN_ELEMS or planes < 2 or n < 2:
         return [0, planes]
     t = num_threads()
-    n = -(-total // CHUNK_ELEMS)
     n = min(planes, -(-n // t) * t)
     return [planes * i // n for i in range(n + 1)]
 
@@ -417,6 +421,10 @@ class PoolingLayer(Layer):
     def workspace_shapes(self, bottom, top):
         return [padded_input_workspace(bottom[0].shape, self.geom)]
 
+    def _block_elems(self):
+        disjoint_max = self.method == MAX and self.geom.disjoint
+        return DISJOINT_BLOCK_ELEMS if disjoint_max else CHUNK_ELEMS
+
     def forward(self, bottom, top):
         if self.method == STOCHASTIC:
             raise self.error('STOCHASTIC pooling is not implemented on the CPU in Caffe'
@@ -439,7 +447,7 @@ class PoolingLayer(Layer):
         else:
             def part(lo, hi):
                 ys[lo:hi] = ave_pool_forward(xs[lo:hi], g)
-        _run_blocks(plane_blocks(nc, g.H * g.W), part)
+        _run_blocks(plane_blocks(nc, g.H * g.W, self._block_elems()), part)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -455,7 +463,7 @@ class PoolingLayer(Layer):
         else:
             def part(lo, hi):
                 dxs[lo:hi] = ave_pool_backward(dys[lo:hi], g)
-        _run_blocks(plane_blocks(nc, g.H * g.W), part)
+        _run_blocks(plane_blocks(nc, g.H * g.W, self._block_elems()), part)
 
 
     # -- GPU: Caffe's pooling kernels (kernels/pooling.cu) --------------------
