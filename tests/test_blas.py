@@ -139,6 +139,43 @@ def test_auto_takes_mkl_on_intel_cpus_only(monkeypatch, caplog, vendor, want):
         assert line and (vendor or 'unidentified') in line[0] and 'MINICAFFE_BLAS=mkl' in line[0]
 
 
+@needs_mkl
+def test_auto_on_other_cpus_runs_short_products_of_any_blas_callers_on_mkl(monkeypatch, caplog):
+    """auto on a non-Intel CPU: OpenBLAS, but products with k <= SHORT_K from a
+    caller that accepts any BLAS (the DEFAULT convolution engine) run on MKL;
+    nothing else does, and never where a BLAS was asked for."""
+    calls = []
+    real_call = blas._call
+    monkeypatch.setattr(blas, '_call', lambda fn, *a, **k: calls.append(fn) or real_call(fn, *a, **k))
+    monkeypatch.setattr(blas, 'cpu_vendor', lambda: 'AuthenticAMD')
+    caplog.set_level(logging.INFO, logger='minicaffe')
+    try:
+        info = blas.select('auto')
+        assert info['name'] == 'openblas' and info['short_k'].startswith('mkl ')
+        assert 'k <= %d' % blas.SHORT_K in blas.describe()
+        assert any('MKL runs the DEFAULT convolution' in r.getMessage() for r in caplog.records)
+        mkl_fn, main = blas._state['short_k'][0], blas._sgemm()
+        for any_blas, k, want in ((True, 50, mkl_fn), (False, 50, main), (True, 300, main)):
+            a, b = _rand(k, 40, seed=k), _rand(k, 30, seed=k + 1)
+            c = np.zeros((40, 30), np.float32)
+            del calls[:]
+            blas.gemm(a, b, c, trans_a=True, accumulate=True, any_blas=any_blas)   # BLAS calls
+            np.testing.assert_allclose(c, a.T.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+            assert calls and all(fn is want for fn in calls), (any_blas, k)
+        for forced in ('openblas', 'mkl'):
+            assert blas.select(forced)['short_k'] is None
+        monkeypatch.setattr(blas, 'cpu_vendor', lambda: 'GenuineIntel')
+        assert blas.select('auto')['short_k'] is None                  # MKL for everything
+        monkeypatch.setattr(blas, 'cpu_vendor', lambda: 'AuthenticAMD')
+        monkeypatch.setattr(blas, 'mkl_candidates', lambda: ['libmkl_rt_is_not_here.so.3'])
+        info = blas.select('auto')
+        assert info['name'] == 'openblas' and info['short_k'] is None
+        assert 'k <=' not in blas.describe()
+    finally:
+        monkeypatch.undo()
+        blas.select()
+
+
 def test_cpu_vendor_reads_proc_cpuinfo():
     vendor = blas.cpu_vendor()
     if os.path.exists('/proc/cpuinfo'):

@@ -143,11 +143,11 @@ def _accumulate_outer_transposed(dW, a, col):
     differently from Caffe's (within the conformance tolerance)."""
     for g in range(dW.shape[0]):
         t = workspace('weight_grad_t', (col.shape[1], a.shape[1]))
-        gemm_summed_over_k(col[g], a[g], t, trans_b=True)
+        gemm_summed_over_k(col[g], a[g], t, trans_b=True, any_blas=True)
         dW[g] += t.T
 
 
-def _group_gemm(a, b, trans_a=False, out=None, blocks=1):
+def _group_gemm(a, b, trans_a=False, out=None, blocks=1, any_blas=False):
     """out[g] = op(a[g]) @ b[g] for each group, op = transpose if trans_a.
 
     The columns of b hold ``blocks`` images side by side.  Where an image's
@@ -157,7 +157,8 @@ def _group_gemm(a, b, trans_a=False, out=None, blocks=1):
     per-image products and the transposed product (trans_a) are one GEMM over
     the batch.  Convolution's large products do not come here: they keep a
     per-image column layout of their own (BaseConvolutionLayer.per_image); this
-    serves the batch-wide layouts and Deconvolution."""
+    serves the batch-wide layouts and Deconvolution.  any_blas: the DEFAULT
+    engine's products, which may run on another BLAS (blas.SHORT_K)."""
     G = a.shape[0]
     m = a.shape[2] if trans_a else a.shape[1]
     if out is None:
@@ -166,7 +167,7 @@ def _group_gemm(a, b, trans_a=False, out=None, blocks=1):
     if trans_a or not _per_image(m, b.shape[1], step):
         # A small product per image (LeNet, 13x13 maps): one GEMM over the batch.
         for g in range(G):
-            gemm(a[g], b[g], out[g], trans_a=trans_a)
+            gemm(a[g], b[g], out[g], trans_a=trans_a, any_blas=any_blas)
         return out
     # Each image's columns are copied to a contiguous block first: BLAS reads a
     # block strided by the whole batch (leading dimension B*P) up to 3x slower.
@@ -648,7 +649,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 else:
                     col = self._im2col(x[b0:b1], out=store)
                     y_g = _group_gemm(W, col, out=workspace('gemm', (G, Mg, col.shape[2])),
-                                      blocks=b1 - b0)
+                                      blocks=b1 - b0, any_blas=not self.caffe_sums)
                     self._from_gmp(y_g, y[b0:b1],
                                    self.blobs[1].data if self.bias_term else None)
             if store is not None:       # (G, K, B*P), or (B, G, K, P) per image
@@ -833,7 +834,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     # (the column workspace is free again: col was consumed above)
                     dcol = _group_gemm(W, dy, trans_a=True,
                                        out=workspace('col', (self.group, self.kernel_dim,
-                                                             dy.shape[2])), blocks=b1 - b0)
+                                                             dy.shape[2])), blocks=b1 - b0,
+                                       any_blas=not self.caffe_sums)
                     dx[b0:b1] = self._col2im(dcol, b1 - b0)
         self._cols = {}
 
@@ -860,7 +862,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
         def block(i):
             g, c0, c1 = blocks[i]
             dcol = workspace('dcol_block', ((c1 - c0) * kk, dy.shape[2]))
-            gemm(W[g][:, c0 * kk:c1 * kk], dy[g], dcol, trans_a=True)
+            gemm(W[g][:, c0 * kk:c1 * kk], dy[g], dcol, trans_a=True,
+                 any_blas=not self.caffe_sums)
             c = dcol.reshape((c1 - c0,) + self.kernel + out + (B,))
             im = img[g * Cg + c0:g * Cg + c1]
             im.fill(0)
