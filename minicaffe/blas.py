@@ -428,29 +428,43 @@ def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False, scratch
     own product where nothing is accumulated.  scratch, if given, is a (m, n)
     array for the fallback's temporary.  any_blas: the caller accepts another
     BLAS's rounding, so a short product may run on MKL (SHORT_K)."""
+    if out is None:
+        m = a.shape[1] if trans_a else a.shape[0]
+        n = b.shape[0] if trans_b else b.shape[1]
+        out = np.zeros((m, n), np.float32) if accumulate else np.empty((m, n), np.float32)
+    tasks = gemm_tasks(a, b, out, trans_a, trans_b, accumulate, scratch, any_blas)
+    if len(tasks) == 1:
+        tasks[0]()
+    else:
+        run_chunks(len(tasks), lambda i: tasks[i]())
+    return out
+
+
+def gemm_tasks(a, b, out, trans_a=False, trans_b=False, accumulate=False, scratch=None,
+               any_blas=False):
+    """gemm's work as a list of calls, one per block of the output
+    (gemm_blocks), for a caller that runs them on the worker threads together
+    with other independent work; gemm runs exactly these, so the numbers are
+    the same."""
     m = a.shape[1] if trans_a else a.shape[0]
     k = a.shape[0] if trans_a else a.shape[1]
     n = b.shape[0] if trans_b else b.shape[1]
-    if out is None:
-        out = np.zeros((m, n), np.float32) if accumulate else np.empty((m, n), np.float32)
     fn = short_k_sgemm(k) if any_blas else _sgemm()
     axis, bounds = gemm_blocks(m, n, k)
     if len(bounds) == 2 or fn is None:
         # (numpy's fallback takes the product whole: it would copy a block of
         # columns of b, which for dx = dy W is a block of the weights)
-        _gemm_block(a, b, out, trans_a, trans_b, accumulate, scratch, whole=True, fn=fn)
-        return out
+        return [lambda: _gemm_block(a, b, out, trans_a, trans_b, accumulate, scratch,
+                                    whole=True, fn=fn)]
 
-    def block(i):
-        lo, hi = bounds[i], bounds[i + 1]
+    def block(lo, hi):
         if axis == 0:
             _gemm_block(a[:, lo:hi] if trans_a else a[lo:hi], b, out[lo:hi],
                         trans_a, trans_b, accumulate, fn=fn)
         else:
             _gemm_block(a, b[lo:hi] if trans_b else b[:, lo:hi], out[:, lo:hi],
                         trans_a, trans_b, accumulate, fn=fn)
-    run_chunks(len(bounds) - 1, block)
-    return out
+    return [lambda lo=lo, hi=hi: block(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
 
 
 def _gemm_block(a, b, c, trans_a, trans_b, accumulate, scratch=None, whole=False, fn=None):

@@ -164,6 +164,37 @@ def test_default_engine_weight_gradient_is_the_transposed_product(spec, shape, s
 
 
 @pytest.mark.parametrize('spec,shape', [
+    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12)),                  # LeNet's conv2
+    ('num_output: 6 kernel_size: 3 pad: 1 group: 2', (3, 4, 7, 7))])
+@pytest.mark.parametrize('threads_', [1, 3])
+def test_both_gradients_run_together_with_the_numbers_of_running_them_apart(
+        spec, shape, threads_, set_threads, monkeypatch):
+    """DEFAULT's batch_inner backward runs the weight-gradient GEMM blocks and the
+    data-gradient blocks as one set of calls on the threads: the same bits as
+    running them one after the other, on any thread count."""
+    set_threads(threads_, split_small=True)
+    merged = []
+    real = vision._outer_transposed_tasks
+    results = []
+    layer, bottom, top = _conv(spec, shape)
+    layer.reshape(bottom, top)
+    assert layer.batch_inner and not layer.caffe_sums
+    top[0].diff[...] = np.random.default_rng(5).standard_normal(top[0].shape)
+    for together in (True, False):
+        monkeypatch.setattr(vision, '_outer_transposed_tasks',
+                            (lambda *a: merged.append(1) or real(*a)) if together
+                            else (lambda *a: None))
+        layer.forward(bottom, top)
+        for p in layer.blobs:
+            p.diff[...] = 0.5
+        layer.backward(top, [True], bottom)
+        results.append([bottom[0].diff.copy()] + [p.diff.copy() for p in layer.blobs])
+    assert merged
+    for a, b in zip(*results):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+@pytest.mark.parametrize('spec,shape', [
     ('num_output: 20 kernel_size: 5', (64, 1, 28, 28)),                   # LeNet's conv1
     ('num_output: 50 kernel_size: 5', (64, 20, 12, 12)),                  # conv2 (batch_inner)
     ('num_output: 6 kernel_size: 3 pad: 1 group: 2', (3, 4, 7, 7))])

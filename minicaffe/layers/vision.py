@@ -29,7 +29,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .. import fillers, winograd
-from ..blas import GEMM_MAX_CHUNKS, gemm, gemm_accumulate, gemm_blocks, gemm_summed_over_k
+from ..blas import (GEMM_MAX_CHUNKS, gemm, gemm_accumulate, gemm_blocks, gemm_k_blocks,
+                    gemm_summed_over_k, gemm_tasks)
 from ..blob import DTYPE
 from ..protoio import pb
 from ..im2col import (_padding, col2im, conv_out_size, copy_split, deconv_out_size,
@@ -145,6 +146,31 @@ def _accumulate_outer_transposed(dW, a, col):
         t = workspace('weight_grad_t', (col.shape[1], a.shape[1]))
         gemm_summed_over_k(col[g], a[g], t, trans_b=True, any_blas=True)
         dW[g] += t.T
+
+
+def _alternate(xs, ys):
+    """x0, y0, x1, y1, ... then the rest of the longer list."""
+    out = [v for pair in zip(xs, ys) for v in pair]
+    n = min(len(xs), len(ys))
+    return out + list(xs[n:]) + list(ys[n:])
+
+
+def _outer_transposed_tasks(dW, a, col):
+    """_accumulate_outer_transposed as (calls, finish) for running together with
+    other independent work: the calls form col[g] @ a[g]^T in blocks
+    (blas.gemm_tasks), finish() adds them into dW; None where a product would
+    be cut over k (gemm_summed_over_k runs those)."""
+    G, K, Mg = dW.shape[0], col.shape[1], a.shape[1]
+    if len(gemm_k_blocks(K, Mg, col.shape[2])) > 2:
+        return None
+    t = workspace('weight_grad_t', (G, K, Mg))
+    tasks = [task for g in range(G)
+             for task in gemm_tasks(col[g], a[g], t[g], trans_b=True, any_blas=True)]
+
+    def finish():
+        for g in range(G):
+            dW[g] += t[g].T
+    return tasks, finish
 
 
 def _group_gemm(a, b, trans_a=False, out=None, blocks=1, any_blas=False):
@@ -822,9 +848,24 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 dy = self._to_gmp(dy_all[b0:b1], self.num_output)
                 if need_b:
                     self.blobs[1].diff += np.add.reduce(dy.reshape(self.num_output, -1), axis=1)
+                transposed = not self.caffe_sums and dy.shape[1] <= self.kernel_dim
+                if need_w and dx is not None and self.batch_inner and transposed:
+                    # both gradients' blocks on the threads at once, alternating,
+                    # so that the col2im of a data-gradient block (numpy, holding
+                    # the GIL between its calls) runs beside a weight-gradient
+                    # block's BLAS call rather than beside another col2im
+                    col = self._col_for(i, b, b0, b1, x)
+                    weight = _outer_transposed_tasks(self._weight_diff(), dy, col)
+                    if weight is not None:
+                        data, view = self._data_gradient_tasks(W, dy, b1 - b0)
+                        tasks = _alternate(data, weight[0])
+                        run_chunks(len(tasks), lambda j: tasks[j]())
+                        weight[1]()
+                        copy_split(view, out=dx[b0:b1])
+                        continue
                 if need_w:
                     col = self._col_for(i, b, b0, b1, x)
-                    if self.caffe_sums or dy.shape[1] > col.shape[1]:
+                    if not transposed:
                         _accumulate_outer(self._weight_diff(), dy, col)
                     else:
                         _accumulate_outer_transposed(self._weight_diff(), dy, col)
@@ -840,13 +881,21 @@ class ConvolutionLayer(BaseConvolutionLayer):
         self._cols = {}
 
     def _data_gradient_inner(self, W, dy, B):
+        """col2im(W_g^T @ dY_g) in the batch_inner layout (_data_gradient_tasks
+        run on the worker threads).  Returns a view (B, C, *sp)."""
+        tasks, view = self._data_gradient_tasks(W, dy, B)
+        run_chunks(len(tasks), lambda i: tasks[i]())
+        return view
+
+    def _data_gradient_tasks(self, W, dy, B):
         """col2im(W_g^T @ dY_g) in the batch_inner layout, a few input channels at
         a time: each block's columns (rows (c, kernel offset) of W_g^T @ dY_g) are
         summed into the image while still in the core's cache, instead of writing
         the whole column matrix (LeNet's conv2: 8 MB) and reading it back.  The
         blocks depend only on the shapes and each product row is the one the
         whole GEMM forms, so the numbers are those of _col2im_inner on the whole
-        product, on any number of threads.  Returns a view (B, C, *sp)."""
+        product, on any number of threads.  Returns the blocks' calls (independent
+        of each other) and the view (B, C, *sp) of the result they write."""
         C, nsp, out = self.conv_in_channels, self.nsp, self.conv_out_sp
         Cg, kk = C // self.group, _prod(self.kernel)
         padding = self._inner_padding()
@@ -859,8 +908,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         blocks = [(g, c0, min(Cg, c0 + step)) for g in range(self.group)
                   for c0 in range(0, Cg, step)]
 
-        def block(i):
-            g, c0, c1 = blocks[i]
+        def block(g, c0, c1):
             dcol = workspace('dcol_block', ((c1 - c0) * kk, dy.shape[2]))
             gemm(W[g][:, c0 * kk:c1 * kk], dy[g], dcol, trans_a=True,
                  any_blas=not self.caffe_sums)
@@ -869,10 +917,10 @@ class ConvolutionLayer(BaseConvolutionLayer):
             im.fill(0)
             for dst, offs in pairs:
                 im[(slice(None),) + dst] += c[(slice(None),) + offs]
-        run_chunks(len(blocks), block)
         inside = ((slice(None),) + tuple(slice(l, l + n) for n, (l, r)
                                          in zip(self.conv_in_sp, padding)) + (slice(None),))
-        return img[inside].transpose((1 + nsp,) + tuple(range(1 + nsp)))
+        view = img[inside].transpose((1 + nsp,) + tuple(range(1 + nsp)))
+        return [lambda blk=blk: block(*blk) for blk in blocks], view
 
     def _weight_gradient_parts(self, B):
         """Into how many parts of the images the per-image weight gradient is cut.
