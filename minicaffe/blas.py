@@ -40,6 +40,7 @@ import importlib.metadata
 import logging
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -59,7 +60,9 @@ BLAS_CHOICES = ('auto', 'mkl', 'openblas')
 
 # sgemm: the bound cblas_sgemm (None: numpy fallback); info: what blas_info() says;
 # short_k: (MKL's sgemm, its version) for short_k_sgemm, or None.
-_state = {'sgemm': None, 'looked': False, 'info': None, 'short_k': None}
+# ready: no select() under way (another thread's product waits for it).
+_state = {'sgemm': None, 'looked': False, 'info': None, 'short_k': None, 'ready': False}
+_select_lock = threading.RLock()
 
 # Products with an inner dimension of at most SHORT_K, from callers that accept
 # another BLAS's rounding (gemm(any_blas=True): the DEFAULT convolution engine),
@@ -123,8 +126,11 @@ def _works(fn):
 
 
 def _sgemm():
-    if not _state['looked']:
-        select()
+    if not _state['ready']:
+        # (a worker thread's first product waits for a choice under way on another)
+        with _select_lock:
+            if not _state['looked']:
+                select()
     return _state['sgemm']
 
 
@@ -142,6 +148,15 @@ def select(name=None):
     (default auto).  A requested library that cannot be used falls back to the
     other one (then to numpy's products) with a log line saying why.  Returns
     blas_info()."""
+    with _select_lock:
+        _state['ready'] = False
+        try:
+            return _select(name)
+        finally:
+            _state['ready'] = True
+
+
+def _select(name):
     choice = _requested() if name is None else str(name).lower()
     if choice not in BLAS_CHOICES:
         raise MinicaffeError('unknown BLAS %r: expected one of %s'

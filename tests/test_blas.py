@@ -262,3 +262,38 @@ def test_an_unknown_choice_stops_the_cli_with_a_clear_error(tmp_path):
     assert r.returncode == 2
     assert 'minicaffe: error: MINICAFFE_BLAS must be one of auto, mkl, openblas' in r.stderr
     assert 'Traceback' not in r.stderr
+
+
+def test_products_on_several_threads_wait_for_the_first_choice_of_the_blas(monkeypatch):
+    """The first products, started on several threads at once, all run on the
+    chosen BLAS: none sees a choice that another thread has half made."""
+    import threading
+    monkeypatch.setitem(blas._state, 'looked', False)
+    monkeypatch.setitem(blas._state, 'ready', False)
+    for loader in ('_load_openblas', '_load_mkl'):      # the others ask while the
+        def slow(real=getattr(blas, loader)):          # choice is under way
+            import time
+            time.sleep(0.05)
+            return real()
+        monkeypatch.setattr(blas, loader, slow)
+    a, b = _rand(40, 50), _rand(50, 60)
+    results, errors, calls = [], [], []
+    real_call = blas._call
+    monkeypatch.setattr(blas, '_call', lambda fn, *args, **kw: calls.append(fn is not None)
+                        or real_call(fn, *args, **kw))
+
+    def work():
+        try:
+            results.append(blas.gemm(a, b, np.zeros((40, 60), np.float32), accumulate=True))
+        except Exception as e:           # pragma: no cover - the failure being tested
+            errors.append(e)
+    threads_ = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads_:
+        t.start()
+    for t in threads_:
+        t.join()
+    assert not errors and len(results) == 4
+    assert calls.count(True) >= 4          # each product a BLAS call (not numpy's fallback)
+    for r in results:
+        np.testing.assert_allclose(r, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+    assert blas._state['ready'] and blas._state['sgemm'] is not None

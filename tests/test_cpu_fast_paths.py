@@ -196,6 +196,37 @@ def test_both_gradients_run_together_with_the_numbers_of_running_them_apart(
 
 @pytest.mark.parametrize('spec,shape', [
     ('num_output: 20 kernel_size: 5', (64, 1, 28, 28)),                   # LeNet's conv1
+    ('num_output: 16 kernel_size: 2 group: 2', (9, 4, 30, 30)),
+    ('num_output: 12 kernel_size: 1', (3, 4, 5, 5))])                     # 1x1: no im2col
+@pytest.mark.parametrize('threads_', [1, 3])
+def test_forward_in_image_blocks_gives_the_numbers_of_the_whole_batch(spec, shape, threads_,
+                                                                      set_threads, monkeypatch):
+    """DEFAULT's batched forward (Caffe's column layout) runs im2col, GEMM and the
+    copy into the top block by block of images: the columns kept for backward
+    and the top are those of the whole-batch route, on any thread count."""
+    set_threads(threads_, split_small=True)
+    blocks = []
+    real = vision.ConvolutionLayer._forward_in_image_blocks
+    monkeypatch.setattr(vision.ConvolutionLayer, '_forward_in_image_blocks',
+                        lambda self, *a: blocks.append(1) or real(self, *a))
+    monkeypatch.setattr(vision, 'gemm_blocks', lambda m, n, k: (1, [0, 1, 2, 3, n]))  # 4 blocks
+    layer, bottom, top = _conv(spec, shape)
+    layer.reshape(bottom, top)
+    assert not layer.batch_inner and not layer.per_image and not layer.caffe_sums
+    layer.forward(bottom, top)
+    assert blocks
+    W = layer.blobs[0].data.reshape(layer.group, -1, layer.kernel_dim)
+    col = layer._im2col(bottom[0].data).copy()
+    want = np.empty(top[0].shape, np.float32)
+    layer._from_gmp(vision._group_gemm(W, col, blocks=shape[0], any_blas=True), want,
+                    layer.blobs[1].data)
+    assert np.array_equal(top[0].data.view(np.uint32), want.view(np.uint32))
+    if not layer.is_1x1:
+        assert np.array_equal(layer._cols[0][1], col)
+
+
+@pytest.mark.parametrize('spec,shape', [
+    ('num_output: 20 kernel_size: 5', (64, 1, 28, 28)),                   # LeNet's conv1
     ('num_output: 50 kernel_size: 5', (64, 20, 12, 12)),                  # conv2 (batch_inner)
     ('num_output: 6 kernel_size: 3 pad: 1 group: 2', (3, 4, 7, 7))])
 def test_batched_forward_adds_the_bias_in_the_transposing_copy_bit_for_bit(spec, shape):
