@@ -213,7 +213,7 @@ def _max_pool_disjoint(x, g):
         idx = idx.reshape(-1, oh, ow)
         idx += ((np.arange(oh, dtype=np.int32) * sh)[:, None] * g.W
                 + (np.arange(ow, dtype=np.int32) * sw)[None, :])
-        if not m.min() > -FLT_MAX:            # some window without a winner (or NaN)
+        if m.size and not m.min() > -FLT_MAX:   # a window without a winner (or NaN)
             np.fmax(m, _f(-FLT_MAX), out=m)   # Caffe's running max starts at -FLT_MAX
             idx[~(m > -FLT_MAX).reshape(idx.shape)] = -1
     return m.reshape(lead + (oh, ow)), idx.reshape(lead + (oh, ow))
@@ -307,6 +307,8 @@ def plane_blocks(planes, per_plane, block_elems=CHUNK_ELEMS):
     up to a multiple of the thread count.  A plane's numbers do not depend on
     the cut, so it may follow the threads: no core idles while another pools an
     odd last block (LeNet's pool1 made 5 blocks, 3 + 2 on 2 cores)."""
+    if planes == 0:
+        return [0]                      # no blocks: an empty batch
     total = planes * per_plane
     n = -(-total // block_elems)
     if total < SPLIT_MIN_ELEMS or planes < 2 or n < 2:
