@@ -492,7 +492,7 @@ def _gemm_block(a, b, c, trans_a, trans_b, accumulate, scratch=None, whole=False
     direct = (fn is not None and _row_major(a) and _row_major(b) and _row_major(c)
               and c.flags.writeable)
     op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
-    numpy_blas = fn is _state['sgemm'] and _state['info']['name'] != 'mkl'
+    numpy_blas = fn is None or (fn is _state['sgemm'] and _state['info']['name'] != 'mkl')
     if not accumulate:
         if (whole and c.flags.c_contiguous and c.dtype == op_a.dtype == op_b.dtype
                 and not (direct and not numpy_blas)):
