@@ -357,6 +357,16 @@ def _run(monkeypatch, force, param, shapes, phase, propagate=True, dy_seed=20):
             [p.diff.copy() for p in layer.blobs])
 
 
+def _matches_caffe_engine(monkeypatch, force, param, shapes, phase):
+    """The layer's tops and gradients under the forced engine are those of engine
+    CAFFE (im2col + GEMM) within rounding."""
+    ref = _run(monkeypatch, 'caffe', param, shapes, phase)
+    ours = _run(monkeypatch, force, param, shapes, phase)
+    for a, b in zip(ours, ref):
+        for o, r in zip(a, b):
+            _close(o, r)
+
+
 @pytest.mark.parametrize('force', ['winograd2', 'winograd4'])
 @pytest.mark.parametrize('phase', ['TRAIN', 'TEST'])
 @pytest.mark.parametrize('param,shapes', [
@@ -365,11 +375,7 @@ def _run(monkeypatch, force, param, shapes, phase, propagate=True, dy_seed=20):
     ('num_output: 4 kernel_size: 3 bias_term: false', [(2, 2, 6, 5)]),
 ])
 def test_layer_matches_im2col_engine(monkeypatch, phase, param, shapes, force):
-    ref = _run(monkeypatch, 'caffe', param, shapes, phase)
-    ours = _run(monkeypatch, force, param, shapes, phase)
-    for a, b in zip(ours, ref):
-        for o, r in zip(a, b):
-            _close(o, r)
+    _matches_caffe_engine(monkeypatch, force, param, shapes, phase)
 
 
 @pytest.mark.parametrize('force', ['winograd2', 'winograd4'])
@@ -387,11 +393,7 @@ def test_5x5_layer_matches_im2col_engine(monkeypatch, phase, param, shapes, forc
         assert layer.stacking is None and layer.tiling is winograd.F2_5x5
     else:
         assert isinstance(layer.stacking, winograd.Blocks) and layer.tiling is winograd.F4
-    ref = _run(monkeypatch, 'caffe', param, shapes, phase)
-    ours = _run(monkeypatch, force, param, shapes, phase)
-    for a, b in zip(ours, ref):
-        for o, r in zip(a, b):
-            _close(o, r)
+    _matches_caffe_engine(monkeypatch, force, param, shapes, phase)
 
 
 @pytest.mark.parametrize('force', ['winograd', 'winograd2', 'winograd4'])
@@ -409,11 +411,7 @@ def test_strided_layer_matches_im2col_engine(monkeypatch, phase, param, shapes, 
     r = layer.stacking.r[0]
     assert isinstance(layer.stacking, winograd.Phases)
     assert layer.tiling.r == r and r == (4 if 'size: 7' in param else 3)
-    ref = _run(monkeypatch, 'caffe', param, shapes, phase)
-    ours = _run(monkeypatch, force, param, shapes, phase)
-    for a, b in zip(ours, ref):
-        for o, r in zip(a, b):
-            _close(o, r)
+    _matches_caffe_engine(monkeypatch, force, param, shapes, phase)
 
 
 def test_strided_weights_only_backward(monkeypatch):
@@ -572,8 +570,4 @@ def test_chunks_bound_the_products_as_well_as_the_input_transforms(monkeypatch):
     monkeypatch.setattr(vision, 'COL_CHUNK_BYTES', per_image * 64 * 3)
     layer = _conv(param, shapes)[0]
     assert layer.chunk == 3
-    ref = _run(monkeypatch, 'caffe', param, shapes, 'TRAIN')
-    ours = _run(monkeypatch, 'winograd4', param, shapes, 'TRAIN')
-    for a, b in zip(ours, ref):
-        for o, r in zip(a, b):
-            _close(o, r)
+    _matches_caffe_engine(monkeypatch, 'winograd4', param, shapes, 'TRAIN')

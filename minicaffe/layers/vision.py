@@ -434,15 +434,6 @@ class BaseConvolutionLayer(Layer):
         return _padding(self.conv_in_sp, self.kernel, self.stride, self.pad, self.dilation,
                         self.conv_out_sp)
 
-    def _im2col_inner(self, x, out, scratch):
-        """x: (B, C, *sp) -> contiguous (G, K, P*B), rows (c, kernel offset),
-        columns (output position, image)."""
-        src = self._im2col_inner_source(x)
-        if out is None:
-            out = workspace(scratch, src.shape)
-        col = copy_split(src, out=out.reshape(src.shape))
-        return col.reshape(self.group, self.kernel_dim, x.shape[0] * self.conv_out_dim)
-
     def _im2col_inner_source(self, x):
         """_im2col_source for batch_inner: x copied into the zero-padded workspace
         (C, *padded, B), and its windows (C, *k, *out, B)."""
@@ -977,8 +968,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         sum would use one core only: DEFAULT then sums up to GEMM_MAX_CHUNKS runs
         of images into partial gradients on the worker threads, added in order
         (a function of the shapes only: the same numbers on any thread count)."""
-        cp = self.layer_param.convolution_param
-        if (B < 2 or cp.engine == pb.ConvolutionParameter.CAFFE or winograd.FORCE == 'caffe'):
+        if B < 2 or self.caffe_sums:
             return 1
         Mg = self.num_output // self.group
         if len(gemm_blocks(Mg, self.kernel_dim, self.conv_out_dim)[1]) > 2:
