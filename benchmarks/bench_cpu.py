@@ -26,8 +26,9 @@ same alternating rounds, same batch, on as many threads as minicaffe
 the ratios minicaffe / PyTorch.  --blas openblas,mkl times minicaffe on each
 BLAS in the same rounds (minicaffe.blas.select; default: the run-time choice).
 Whenever one of these (Caffe, PyTorch, several BLASes) is in play the rounds
-alternate as above; otherwise the net is timed once and compared with Caffe's
-figures.
+alternate as above, each engine's run after a pause (--settle, SETTLE_SECONDS:
+a run right after Caffe's process exited measured slower); otherwise the net is
+timed once and compared with Caffe's figures.
 
 minicaffe computes on its own threads (minicaffe/threads.py: one per core the
 process may use; MINICAFFE_NUM_THREADS overrides) and sets the BLAS to one
@@ -90,6 +91,9 @@ def main(argv=None):
                         ' mkl; default: the run-time choice)')
     p.add_argument('--no-torch', action='store_true',
                    help='leave out the PyTorch CPU columns even where torch is installed')
+    p.add_argument('--settle', type=float, default=SETTLE_SECONDS,
+                   help='in alternating rounds, seconds to pause before each engine\'s run'
+                        ' (default %g; see SETTLE_SECONDS)' % SETTLE_SECONDS)
     args = p.parse_args(argv)
     if args.mkl and not args.caffe:
         p.error('--mkl needs --caffe')
@@ -160,6 +164,14 @@ def main(argv=None):
                        'nets': rows}, f, indent=1)
     return 1 if any('error' in r for r in rows) else 0
 
+
+# In alternating rounds every engine's run starts after a pause of this many
+# seconds.  Without it the run that follows a `caffe time` process was slowed by
+# that process's exit (the kernel freeing its memory, presumably): on 2026-12-06,
+# CaffeNet, quiet machine, minicaffe's best iteration was 350 ms right after Caffe
+# and 307-314 ms after a pause or with no Caffe in the rounds, while Caffe's own
+# best stayed at 455-463 ms either way.  The pause is the same for every engine.
+SETTLE_SECONDS = 3.0
 
 _CAFFE_ITERATION = re.compile(r'Iteration: (\d+) forward-backward time: ([\d.]+) ms')
 
@@ -266,10 +278,13 @@ def side_by_side(args, nets, torch=None, torch_why=None):
                 for b in blases:
                     if b is not None:
                         mc_blas.select(b)
+                    time.sleep(args.settle)
                     timing.time_net(net, iterations, lambda j, ms: ours[b].append(ms))
                 if args.caffe:
+                    time.sleep(args.settle)
                     theirs.extend(caffe_time(args.caffe, path, stages, iterations, env))
                 if model is not None:
+                    time.sleep(args.settle)
                     torch_ms.extend(torch_iterations(torch, model, inputs, iterations))
         except (MinicaffeError, OSError, RuntimeError) as e:
             print('%s: FAILED: %s' % (name, e))

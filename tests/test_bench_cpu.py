@@ -67,7 +67,7 @@ def test_side_by_side_alternates_and_reports_best_and_median(setup, tmp_path, ca
     bench, caffe, log = setup
     out = tmp_path / 'out.json'
     rc = bench_cpu.main(['--bench-dir', str(bench), '--net', 'lenet', '--caffe', str(caffe),
-                         '--rounds', '3', '--iterations', '2', '--min-seconds', '0',
+                         '--rounds', '3', '--iterations', '2', '--min-seconds', '0', '--settle', '0',
                          '--json', str(out)])
     assert rc == 0
     calls = [json.loads(line) for line in log.read_text().splitlines()]
@@ -84,6 +84,31 @@ def test_side_by_side_alternates_and_reports_best_and_median(setup, tmp_path, ca
     assert '| lenet |' in capsys.readouterr().out
 
 
+def test_each_engine_runs_after_the_settle_pause(setup, monkeypatch):
+    """Every run in the alternation starts after the same pause (a run right after
+    Caffe's process exited measured slower), logged between the runs."""
+    bench, caffe, log = setup
+    events = []
+    monkeypatch.setattr(bench_cpu.time, 'sleep', lambda s: events.append(('pause', s)))
+    real = bench_cpu.caffe_time
+
+    def caffe_run(*args):
+        events.append('caffe')
+        return real(*args)
+    monkeypatch.setattr(bench_cpu, 'caffe_time', caffe_run)
+    real_net = bench_cpu.timing.time_net
+
+    def net_run(*args, **kwargs):
+        events.append('minicaffe')
+        return real_net(*args, **kwargs)
+    monkeypatch.setattr(bench_cpu.timing, 'time_net', net_run)
+    rc = bench_cpu.main(['--bench-dir', str(bench), '--net', 'lenet', '--caffe', str(caffe),
+                         '--rounds', '2', '--iterations', '1', '--min-seconds', '0',
+                         '--settle', '1.5', '--no-torch'])
+    assert rc == 0
+    assert events == [('pause', 1.5), 'minicaffe', ('pause', 1.5), 'caffe'] * 2
+
+
 def test_stages_are_passed_to_caffe(setup, tmp_path):
     bench, caffe, log = setup
     env = dict(os.environ)
@@ -98,7 +123,7 @@ def test_a_failing_caffe_is_reported(setup, monkeypatch, capsys):
     bench, caffe, _ = setup
     monkeypatch.setenv('FAKE_CAFFE_FAIL', '1')
     rc = bench_cpu.main(['--bench-dir', str(bench), '--net', 'lenet', '--caffe', str(caffe),
-                         '--rounds', '1', '--iterations', '1', '--min-seconds', '0'])
+                         '--rounds', '1', '--iterations', '1', '--min-seconds', '0', '--settle', '0'])
     out = capsys.readouterr().out
     assert rc == 1 and 'lenet: FAILED' in out and 'Check failed: bad net' in out
 
@@ -126,7 +151,7 @@ def test_pytorch_columns_in_the_same_rounds(tmp_path, capsys):
     pytest.importorskip('torch')
     out = tmp_path / 'out.json'
     rc = bench_cpu.main(['--bench-dir', str(_lenet_bench(tmp_path)), '--net', 'lenet',
-                         '--rounds', '2', '--iterations', '2', '--min-seconds', '0',
+                         '--rounds', '2', '--iterations', '2', '--min-seconds', '0', '--settle', '0',
                          '--json', str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
@@ -144,7 +169,7 @@ def test_without_pytorch_the_columns_are_left_out_with_a_line(tmp_path, monkeypa
     torch, why = bench_cpu.load_torch()
     assert torch is None and 'PyTorch is not installed' in why
     rc = bench_cpu.main(['--bench-dir', str(_lenet_bench(tmp_path)), '--net', 'lenet',
-                         '--iterations', '1', '--min-seconds', '0'])
+                         '--iterations', '1', '--min-seconds', '0', '--settle', '0'])
     assert rc == 0
     out = capsys.readouterr().out
     assert 'PyTorch is not installed' in out and 'PyTorch best' not in out
@@ -152,7 +177,7 @@ def test_without_pytorch_the_columns_are_left_out_with_a_line(tmp_path, monkeypa
 
 def test_no_torch_flag(tmp_path, capsys):
     rc = bench_cpu.main(['--bench-dir', str(_lenet_bench(tmp_path)), '--net', 'lenet',
-                         '--iterations', '1', '--min-seconds', '0', '--no-torch'])
+                         '--iterations', '1', '--min-seconds', '0', '--settle', '0', '--no-torch'])
     assert rc == 0 and 'PyTorch columns left out (--no-torch)' in capsys.readouterr().out
 
 
@@ -175,7 +200,7 @@ def test_each_blas_in_the_same_rounds(tmp_path, capsys):
         pytest.skip('MKL is not installed')
     out = tmp_path / 'out.json'
     rc = bench_cpu.main(['--bench-dir', str(_lenet_bench(tmp_path)), '--net', 'lenet',
-                         '--rounds', '1', '--iterations', '2', '--min-seconds', '0', '--no-torch',
+                         '--rounds', '1', '--iterations', '2', '--min-seconds', '0', '--settle', '0', '--no-torch',
                          '--blas', 'openblas,mkl', '--json', str(out)])
     assert rc == 0
     row = json.loads(out.read_text())['nets'][0]
@@ -190,7 +215,7 @@ def test_a_blas_that_is_missing_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(blas, 'mkl_candidates', lambda: ['libmkl_rt_is_not_here.so'])
     try:
         rc = bench_cpu.main(['--bench-dir', str(_lenet_bench(tmp_path)), '--net', 'lenet',
-                             '--rounds', '1', '--iterations', '1', '--min-seconds', '0',
+                             '--rounds', '1', '--iterations', '1', '--min-seconds', '0', '--settle', '0',
                              '--blas', 'openblas,mkl'])
     finally:
         blas.select()
