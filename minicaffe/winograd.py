@@ -127,7 +127,7 @@ F2_5x5 = Tiling(2,
                    [1 / 24., -1 / 12., 1 / 6., -1 / 3., 2 / 3.], [0, 0, 0, 0, 1]],
                 AT=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]])
 # F(3x3,4x4) on the same points, for the 4x4 phases of a 7x7 or 8x8 kernel at
-# stride 2 (stack_input): 36 multiplies per 9 outputs instead of 144.
+# stride 2 (Phases): 36 multiplies per 9 outputs instead of 144.
 F3_4x4 = Tiling(3,
                 BT=F4.BT,
                 G=[[1 / 4., 0, 0, 0], [-1 / 6.] * 4, [-1 / 6., 1 / 6., -1 / 6., 1 / 6.],
@@ -159,7 +159,7 @@ DEFAULT_BACKWARD = True
 
 def sub_kernel(kernel, stride):
     """The kernel of each polyphase component of a strided convolution: per axis
-    ceil(k / s) taps (see stack_input)."""
+    ceil(k / s) taps (see Phases)."""
     return tuple(-(-int(k) // int(s)) for k, s in zip(kernel, stride))
 
 
@@ -167,7 +167,7 @@ def applicable(kernel, stride, dilation, pad):
     """Whether a convolution's geometry has a Winograd form here: no dilation, pad
     below the kernel, and a 3x3 or 5x5 kernel at stride 1 (F(m x m,3x3),
     F(2x2,5x5)), or a strided kernel whose polyphase components are 3x3 or 5x5
-    (stack_input: 11x11 stride 4, 5x5 or 6x6 stride 2, ...) or 4x4 (7x7 stride
+    (Phases: 11x11 stride 4, 5x5 or 6x6 stride 2, ...) or 4x4 (7x7 stride
     2: F(3x3,4x4))."""
     if len(kernel) != 2 or tuple(dilation) != (1, 1):
         return False
@@ -198,8 +198,11 @@ def applicable(kernel, stride, dilation, pad):
 class Stacking(object):
     """A kernel computed as the stride-1, unpadded r x r convolution of copies of
     the input stacked as channels (per group: (copy, channel)), the weights cut
-    to match.  Subclasses give the copies: `_copies` lists, per copy, the
-    (row, column) slices of the padded input, `_taps` the kernel layout."""
+    to match.  Subclasses give `counts` (copies per axis), `padded_size` (the
+    zero-padded input the copies are views of), `_copy_views` (per copy, its
+    view of that input), `overlapping` (whether copies share input values:
+    their gradients then add), and the kernel's tap layout: `_tap_shape`,
+    `_taps` and its inverse `_untaps`."""
 
     def __init__(self, kernel, stride, r):
         self.kernel, self.stride, self.r = tuple(kernel), tuple(stride), tuple(r)
@@ -375,7 +378,7 @@ F4_MAX_POINTS_RATIO = 0.8
 
 def choose_tiling(out_sp, kernel=(3, 3)):
     """A 5x5 kernel: F(2x2,5x5), a 4x4 one (a strided kernel's phases, see
-    stack_input): F(3x3,4x4), the one tile for each (also under a forced
+    Phases): F(3x3,4x4), the one tile for each (also under a forced
     'winograd2' / 'winograd4').  A 3x3 kernel: F(4x4) where its GEMMs save enough multiplies
     over F(2x2) (see F4_MAX_POINTS_RATIO), else F(2x2); a forced
     'winograd2'/'winograd4' wins."""

@@ -321,13 +321,13 @@ class BaseConvolutionLayer(Layer):
         # last-level cache between im2col and the GEMMs that read them.
         budget = COL_CACHE_CHUNK_BYTES if self.per_image else COL_CHUNK_BYTES
         self.chunk = max(1, budget // max(self.col_bytes, 1))
-        self.winograd = not self.reverse and self._use_winograd()
-        self.winograd_backward = self.winograd and (winograd.FORCE in ('winograd', 'winograd2', 'winograd4')
-                                                    or winograd.DEFAULT_BACKWARD)
+        plan = None if self.reverse else self._winograd_plan()
+        self.winograd = plan is not None
         # a strided or 5x5 kernel may run as the stride-1 3x3 convolution of copies
         # of its input stacked as channels (winograd.Phases, winograd.Blocks)
-        if not self.winograd:
-            self.stacking = self.tiling = None
+        self.stacking, self.tiling = plan or (None, None)
+        self.winograd_backward = self.winograd and (winograd.FORCE in ('winograd', 'winograd2', 'winograd4')
+                                                    or winograd.DEFAULT_BACKWARD)
         self.wino_channels = self.channels * (self.stacking.copies if self.stacking else 1)
         # im2col + GEMM with Caffe's own products (engine CAFFE, or forced), else
         # the DEFAULT engine may group the sums differently where that is faster
@@ -340,28 +340,30 @@ class BaseConvolutionLayer(Layer):
                 winograd.tile_points(self.tiling, self.conv_out_sp)
                 * max(self.wino_channels, self.num_output) * 4))
 
-    def _use_winograd(self):
-        """The algorithm, from ConvolutionParameter.engine: CAFFE is im2col + GEMM
-        (Caffe's own sums); DEFAULT (and CUDNN, which has no CPU meaning) takes
-        Winograd where the geometry allows and the shape favours it, F(4x4,3x3)
-        or F(2x2,3x3), or F(2x2,5x5) for a 5x5 kernel (winograd.choose_tiling),
-        a strided kernel by its phases (winograd.stack_input).  winograd.FORCE
-        ('winograd', 'winograd2', 'winograd4' / 'caffe', MINICAFFE_CONV_ENGINE)
-        overrides DEFAULT's choice by shape."""
+    def _winograd_plan(self):
+        """The algorithm, from ConvolutionParameter.engine: None for im2col + GEMM
+        (engine CAFFE: Caffe's own sums), else Winograd's (stacking, tiling)
+        (winograd.plan).  DEFAULT (and CUDNN, which has no CPU meaning) takes
+        Winograd where the geometry allows and the shape favours it: F(4x4,3x3) or
+        F(2x2,3x3), a 5x5 kernel in 3x3 blocks or by F(2x2,5x5), a strided kernel
+        by its phases.  winograd.FORCE ('winograd', 'winograd2', 'winograd4' /
+        'caffe', MINICAFFE_CONV_ENGINE) overrides DEFAULT's choice by shape."""
         cp = self.layer_param.convolution_param
         self.check(winograd.FORCE in (None,) + winograd.FORCE_VALUES,
                    'MINICAFFE_CONV_ENGINE must be one of %s, got %r'
                    % (', '.join(winograd.FORCE_VALUES), winograd.FORCE))
         if cp.engine == pb.ConvolutionParameter.CAFFE or not winograd.applicable(
                 self.kernel, self.stride, self.dilation, self.pad):
-            return False
-        self.stacking, self.tiling = winograd.plan(self.kernel, self.stride, self.conv_out_sp)
+            return None
+        stacking, tiling = winograd.plan(self.kernel, self.stride, self.conv_out_sp)
         if winograd.FORCE in winograd.FORCE_VALUES:
-            return winograd.FORCE != 'caffe'
+            return (stacking, tiling) if winograd.FORCE != 'caffe' else None
         # a strided kernel's phases are the GEMMs' channels (CaffeNet's conv1: 3 x 16)
-        copies = self.stacking.copies if isinstance(self.stacking, winograd.Phases) else 1
-        return winograd.prefer_winograd(self.channels // self.group * copies,
-                                        self.num_output // self.group, self.conv_out_sp)
+        copies = stacking.copies if isinstance(stacking, winograd.Phases) else 1
+        if winograd.prefer_winograd(self.channels // self.group * copies,
+                                    self.num_output // self.group, self.conv_out_sp):
+            return stacking, tiling
+        return None
 
     def workspace_shapes(self, bottom, top):
         # at least one image's columns and one zero-padded image (batches of them
@@ -643,7 +645,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
               out = floor((in + 2 pad - (d (k - 1) + 1)) / s) + 1;
               W (num_output, C/group, *k), b (num_output,)
     Several bottoms give as many tops, all with the same weights.
-    Algorithm (``engine``, see _use_winograd): im2col + GEMM as above, or for 3x3
+    Algorithm (``engine``, see _winograd_plan): im2col + GEMM as above, or for 3x3
     stride-1 kernels Winograd F(2x2,3x3) or F(4x4,3x3), for 5x5 ones F(2x2,5x5)
     (minicaffe/winograd.py, same products).
     """
