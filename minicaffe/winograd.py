@@ -50,7 +50,7 @@ import os
 
 import numpy as np
 
-from .blas import gemm_accumulate
+from .blas import gemm, gemm_accumulate
 from .im2col import ELEMENTWISE_BLOCK, in_blocks, parallel_for, workspace
 from .threads import run_chunks
 
@@ -75,15 +75,11 @@ class Tiling(object):
             setattr(self, name + '32', getattr(self, name).astype(_f))
         self.B32 = np.ascontiguousarray(self.BT32.T)
         self.A32 = np.ascontiguousarray(self.AT32.T)
-        # G = diag(g_scale) G_int with small integers in G_int: F(4x4)'s 1/6 and
-        # 1/24 are not exact in float32, so G g G^T is formed with G_int and then
-        # scaled once per point by g_scale[u] g_scale[v] (computed in float64).
-        scale = np.array([row[np.flatnonzero(row)[np.argmin(np.abs(row[row != 0]))]]
-                          for row in self.G])
-        self.G_int32 = (self.G / scale[:, None]).round().astype(_f)
-        assert np.allclose(self.G_int32 * scale[:, None], self.G)
-        self.GT_int32 = np.ascontiguousarray(self.G_int32.T)
-        self.point_scale = np.outer(scale, scale).astype(_f)
+        # the weight transform as one matrix over the r x r taps, U[(u, v)] =
+        # sum_(a, b) G[u, a] G[v, b] g[a, b] (row-major points and taps), formed
+        # in float64 and rounded once per entry (F(4x4)'s 1/6 and 1/24 are not
+        # exact in float32)
+        self.weight_kron = np.kron(self.G, self.G).astype(_f)
 
     def __repr__(self):
         return 'F(%dx%d,%dx%d)' % (self.m, self.m, self.r, self.r)
@@ -394,25 +390,26 @@ def choose_tiling(out_sp, kernel=(3, 3)):
 
 
 def transform_weights(w, group, tiling=F2):
-    """U = G g G^T: w (K, C/G, r, r) -> (alpha^2, G, C/G, K/G) float32 (transposed
-    per point: the GEMMs run tiles x channels, channels innermost)."""
+    """U = G g G^T: w (K, C/G, r, r) -> (alpha^2, G, K/G, C/G) float32: per point
+    and group, the (K/G, C/G) matrix the point's products use (forward takes its
+    transpose, a BLAS flag, not a copy).  One GEMM of tiling.weight_kron (alpha^2
+    x r^2) with the weights' taps as rows: the weights are read once, in their
+    own order, and the output written once."""
     K, Cg = w.shape[:2]
-    r = tiling.r
-    wt = w.reshape(group, K // group, Cg, r, r).transpose(3, 4, 0, 2, 1)
-    u = _transform2d(tiling.G_int32, wt.astype(_f, copy=False))
-    u *= tiling.point_scale.reshape(tiling.alpha, tiling.alpha, 1, 1, 1)
-    return u.reshape((tiling.points,) + u.shape[2:])
+    taps = np.ascontiguousarray(np.reshape(w, (K * Cg, -1)).astype(_f, copy=False).T)
+    U = np.empty((tiling.points, K * Cg), _f)
+    gemm(tiling.weight_kron, taps, U)
+    return U.reshape(tiling.points, group, K // group, Cg)
 
 
 def weight_gradient_from(du, tiling=F2):
-    """dg = G^T dU G: du (alpha^2, G, C/G, K/G) -> (K, C/G, r, r)."""
-    a, r = tiling.alpha, tiling.r
-    _, G, Cg, Kg = du.shape
-    d = du.reshape(a, a, G, Cg, Kg) * tiling.point_scale.reshape(a, a, 1, 1, 1)
-    dg = _transform2d(tiling.GT_int32, d)                       # (r, r, G, Cg, Kg)
-    out = np.empty((G, Kg, Cg, r, r), _f)
-    out[...] = dg.transpose(2, 4, 3, 0, 1)
-    return out.reshape(G * Kg, Cg, r, r)
+    """dg = G^T dU G: du (alpha^2, G, K/G, C/G) -> (K, C/G, r, r) (a transposed
+    view of the one GEMM's (r^2, K C/G) result: add it into the weights' diff)."""
+    _, G, Kg, Cg = du.shape
+    r = tiling.r
+    taps = np.empty((r * r, G * Kg * Cg), _f)
+    gemm(tiling.weight_kron, du.reshape(tiling.points, -1), taps, trans_a=True)
+    return taps.T.reshape(G * Kg, Cg, r, r)
 
 
 def _over_images(n, per_image, part):
@@ -539,10 +536,10 @@ def input_transform_adjoint(dV, pad, out_sp, dx, tiling=F2):
 def forward(x, U, pad, out_sp, y, bias=None, V=None, tiling=F2):
     """y = conv(x, g) (+ bias) with U = transform_weights(g, G, tiling); returns V
     (kept for the weight gradient).  x (N, C, H, W), y (N, K, Ho, Wo)."""
-    _, G, Cg, Kg = U.shape
+    _, G, Kg, Cg = U.shape
     V = input_transform(x, pad, out_sp, G, out=V, tiling=tiling)
     M = _scratch('M', V.shape[:3] + (Kg,))            # (alpha^2, G, tiles, Kg)
-    _point_gemms(tiling, G, lambda t, g: np.dot(V[t, g], U[t, g], out=M[t, g]))
+    _point_gemms(tiling, G, lambda t, g: np.dot(V[t, g], U[t, g].T, out=M[t, g]))
     output_transform(M, y, bias, tiling=tiling)
     return V
 
@@ -558,13 +555,13 @@ def backward(dy, U, V, pad, dx=None, du=None, tiling=F2):
     """Gradients of forward: dx (written into dx, if given) and du += dU (the
     per-point weight gradient, if du is given; turn it into dg with
     weight_gradient_from).  V is forward's input transform of x."""
-    _, G, Cg, Kg = U.shape
+    _, G, Kg, Cg = U.shape
     D = grad_output_transform(dy, G, tiling=tiling)
     if du is not None:
-        _point_gemms(tiling, G, lambda t, g: gemm_accumulate(V[t, g], D[t, g], du[t, g],
+        _point_gemms(tiling, G, lambda t, g: gemm_accumulate(D[t, g], V[t, g], du[t, g],
                                                              trans_a=True))
     if dx is not None:
         dV = _scratch('dV', D.shape[:3] + (Cg,))
-        _point_gemms(tiling, G, lambda t, g: np.dot(D[t, g], U[t, g].T, out=dV[t, g]))
+        _point_gemms(tiling, G, lambda t, g: np.dot(D[t, g], U[t, g], out=dV[t, g]))
         input_transform_adjoint(dV, pad, dy.shape[2:], dx, tiling=tiling)
     return dx

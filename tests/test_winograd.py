@@ -142,7 +142,7 @@ def test_error_on_caffenet_shapes_is_inside_the_conformance_tolerance(geom, tili
 @TILINGS
 def test_weight_transform_round_trip_is_the_adjoint(tiling):
     """<G g G^T, d> = <g, G^T d G>: weight_gradient_from is transform_weights' adjoint."""
-    w, d = _rand((6, 4, tiling.r, tiling.r), 5), _rand((tiling.points, 2, 4, 3), 6)
+    w, d = _rand((6, 4, tiling.r, tiling.r), 5), _rand((tiling.points, 2, 3, 4), 6)
     lhs = float((winograd.transform_weights(w, 2, tiling).astype(np.float64) * d).sum())
     rhs = float((w.astype(np.float64) * winograd.weight_gradient_from(d, tiling)).sum())
     assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(lhs))
@@ -571,3 +571,50 @@ def test_chunks_bound_the_products_as_well_as_the_input_transforms(monkeypatch):
     layer = _conv(param, shapes)[0]
     assert layer.chunk == 3
     _matches_caffe_engine(monkeypatch, 'winograd4', param, shapes, 'TRAIN')
+
+
+@pytest.mark.parametrize('force,param,shape', [
+    ('winograd2', 'num_output: 4 kernel_size: 3 pad: 1', (2, 3, 6, 6)),
+    ('winograd4', 'num_output: 4 kernel_size: 3 pad: 1 group: 2', (2, 4, 9, 9)),
+    ('winograd', 'num_output: 4 kernel_size: 5 pad: 2', (2, 3, 9, 9)),         # 5x5
+    ('winograd', 'num_output: 4 kernel_size: 5 stride: 2 pad: 1', (2, 3, 9, 9)),  # Phases
+])
+def test_kept_weight_transform_follows_every_change_of_the_weights(monkeypatch, force, param,
+                                                                   shape):
+    """The layer keeps U between passes while the weights stay bit for bit the
+    same; any change through the blob (as pycaffe, a solver or the gradient
+    checker makes it) is seen at the next pass: forward and backward give what a
+    layer that never kept U gives."""
+    monkeypatch.setattr(winograd, 'FORCE', force)
+    layer, bottom, top = _conv(param, [shape])
+    assert layer.winograd
+
+    def passes(fresh):
+        if fresh:
+            layer._winograd_kept = None
+        layer.forward(bottom, top)
+        out = top[0].data.copy()
+        top[0].diff[...] = _rand(top[0].shape, 3)
+        layer.blobs[0].diff[...] = 0
+        if fresh:
+            layer._winograd_kept = None
+        layer.backward(top, [True], bottom)
+        return out, bottom[0].diff.copy(), layer.blobs[0].diff.copy()
+
+    w = layer.blobs[0].data
+    for change in (lambda: None, lambda: w.__setitem__((0, 0, 0, 0), w[0, 0, 0, 0] + 1),
+                   lambda: w.__imul__(-1), lambda: w.__setitem__((-1, -1, -1, -1), 0.0),
+                   lambda: w.__setitem__((-1, -1, -1, -1), -0.0)):
+        change()
+        ours = passes(fresh=False)      # with U kept from the weights before
+        for got, want in zip(ours, passes(fresh=True)):
+            np.testing.assert_array_equal(got, want)
+    # changed between forward and backward: backward uses the weights it sees
+    layer.forward(bottom, top)
+    w[...] = _rand(w.shape, 9)
+    top[0].diff[...] = _rand(top[0].shape, 3)
+    layer.backward(top, [True], bottom)
+    got = bottom[0].diff.copy()
+    layer._winograd_kept = None
+    layer.backward(top, [True], bottom)
+    np.testing.assert_array_equal(got, bottom[0].diff)
