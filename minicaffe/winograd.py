@@ -49,6 +49,7 @@ same way whatever the split, so results do not depend on the thread count.
 import os
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from .blas import gemm, gemm_accumulate
 from .im2col import ELEMENTWISE_BLOCK, in_blocks, parallel_for, workspace
@@ -450,6 +451,30 @@ def _channels_last(x, shape, offset=(0, 0), key='x'):
     return out
 
 
+def _rows_then_columns(src, M, step, out):
+    """out[u', v', g, n, i, j, c] = sum_(u, v) M[u', u] M[v', v]
+    src[n, step i + u, step j + v, g C/G + c] (u, v < M.shape[1]): the 2-D
+    transform of every patch of a channels-last src (n, H, W, C), written into
+    out (alpha, alpha, G, n, th, tw, C/G) (a view).
+
+    Two batched products, each one pass: over the rows of all patches at once
+    (a row of patches is a (k, W C) matrix of src itself: no patch is copied
+    out), then over each patch row's columns, written straight into out's
+    strided layout.  The rows' result is a block of 1.5-2x the input, for one
+    chunk of images on one thread."""
+    n, H, W, C = src.shape
+    a, k = M.shape
+    _, _, G, _, th, tw, Cg = out.shape
+    sN, sH = src.strides[:2]
+    rows = as_strided(src, (n, th, k, W * C), (sN, step * sH, sH, src.strides[3]))
+    T = np.matmul(M, rows).reshape(n, th, a, W, G, Cg)    # T[n, i, u', w, g, c]
+    t = T.strides
+    for g in range(G):
+        cols = as_strided(T[:, :, :, :, g], (n, th, a, tw, k, Cg),
+                          (t[0], t[1], t[2], step * t[3], t[3], t[5]))
+        np.matmul(M, cols, out=out[:, :, g].transpose(2, 3, 0, 4, 1, 5))
+
+
 def input_transform(x, pad, out_sp, group, out=None, tiling=F2):
     """V = B^T d B for every alpha x alpha patch: x (N, C, H, W) ->
     (alpha^2, G, N*th*tw, C/G)."""
@@ -458,30 +483,42 @@ def input_transform(x, pad, out_sp, group, out=None, tiling=F2):
     th, tw = tiling.tiles(out_sp)
     # (m th + r - 1 >= H + 2 pad: the padded patch grid covers the whole image)
     xp = _channels_last(x, (m * th + a - m, m * tw + a - m), pad)
-    d = _tile_view(xp, group, (th, tw), a, m)
     Cg = C // group
     shape = (a, a, group, N, th, tw, Cg)
     V = np.empty(shape, _f) if out is None else out.reshape(shape)
 
     def part(lo, hi):
-        V[:, :, :, lo:hi] = _transform2d(tiling.BT32, d[:, :, :, lo:hi])
+        _rows_then_columns(xp[lo:hi], tiling.BT32, m, V[:, :, :, lo:hi])
     _over_images(N, tiling.points * th * tw * C, part)
     return V.reshape(tiling.points, group, N * th * tw, Cg)
 
 
 def output_transform(M, y, bias=None, tiling=F2):
-    """y = A^T M A (+ bias): M (alpha^2, G, N*th*tw, K/G) -> written into y (N, K, Ho, Wo)."""
+    """y = A^T M A (+ bias): M (alpha^2, G, N*th*tw, K/G) -> written into y (N, K, Ho, Wo).
+    By rows, then columns, as _rows_then_columns (whose adjoint structure this
+    is: the m x m output tiles do not overlap), the second product written
+    straight into the channels-last tiles."""
     N, K, Ho, Wo = y.shape
     _, G, _, Kg = M.shape
     m, a = tiling.m, tiling.alpha
     th, tw = tiling.tiles((Ho, Wo))
     M = M.reshape(a, a, G, N, th, tw, Kg)
     yl = _scratch('y', (N, m * th, m * tw, K))
-    yv = _tile_view(yl, G, (th, tw), m, m)
+    yv = _tile_view(yl, G, (th, tw), m, m)             # [u, v, g, n, i, j, k]
     b = None if bias is None else bias.reshape(G, 1, 1, 1, Kg)
+    AT = tiling.AT32
 
     def part(lo, hi):
-        yv[:, :, :, lo:hi] = _transform2d(tiling.AT32, M[:, :, :, lo:hi])
+        n = hi - lo
+        s = M.strides
+        # rows: T[g, n, i, v, u, j, k] = sum_u' A^T[u, u'] M[u', v, g, n, i, j, k]
+        src = as_strided(M[:, :, :, lo:hi], (G, n, th, a, a, tw * Kg),
+                         (s[2], s[3], s[4], s[1], s[0], s[6]))
+        T = np.matmul(AT, src).reshape(G, n, th, a, m, tw, Kg)
+        # columns: y[n, m i + u, m j + v', g Kg + k] = sum_v A^T[v', v] T[g, n, i, v, u, j, k]
+        cols = T.transpose(0, 1, 2, 4, 5, 3, 6)           # (g, n, i, u, j, v, k)
+        dst = yv[:, :, :, lo:hi].transpose(2, 3, 4, 0, 5, 1, 6)
+        np.matmul(AT, cols, out=dst)
         if b is not None:
             yv[:, :, :, lo:hi] += b
         y[lo:hi] = yl[lo:hi, :Ho, :Wo].transpose(0, 3, 1, 2)
@@ -495,39 +532,64 @@ def grad_output_transform(dy, group, tiling=F2):
     N, K, Ho, Wo = dy.shape
     m, a = tiling.m, tiling.alpha
     th, tw = tiling.tiles((Ho, Wo))
-    g = _tile_view(_channels_last(dy, (m * th, m * tw), key='dy'), group, (th, tw), m, m)
+    dyl = _channels_last(dy, (m * th, m * tw), key='dy')
     Kg = K // group
     D = _scratch('D', (a, a, group, N, th, tw, Kg))
 
     def part(lo, hi):
-        D[:, :, :, lo:hi] = _transform2d(tiling.A32, g[:, :, :, lo:hi])
+        _rows_then_columns(dyl[lo:hi], tiling.A32, m, D[:, :, :, lo:hi])
     _over_images(N, tiling.points * th * tw * K, part)
     return D.reshape(tiling.points, group, N * th * tw, Kg)
 
 
+def _overlapping_product(M, src, dst, axis):
+    """dst[..., i, u, :] (for u < m: row m i + u of the unblocked dst) = the
+    sum over the patches p of M[u + m (i - p), :] @ src[..., p, :, :] -- the
+    products M @ src of patches m apart, each alpha = M.shape[0] rows long,
+    overlap-added.  src (..., count, k, cols) and dst (..., J, m, cols) have
+    their patch / block axis at `axis` and the same other batch axes; J >=
+    count + ceil(alpha / m) - 1.  The first m rows of every patch are written
+    straight into dst, the rest added in patch order (the same sums on any
+    thread count)."""
+    a, m, count = M.shape[0], dst.shape[-2], src.shape[axis]
+
+    def blocks(lo, hi):
+        return dst[(slice(None),) * axis + (slice(lo, hi),)]
+    np.matmul(M[:m], src, out=blocks(0, count))
+    blocks(count, None)[...] = 0
+    for q in range(1, -(-a // m)):
+        r = min(m, a - m * q)
+        blocks(q, q + count)[..., :r, :] += np.matmul(M[m * q:m * q + r], src)
+
+
 def input_transform_adjoint(dV, pad, out_sp, dx, tiling=F2):
     """dx = the adjoint of input_transform applied to dV (alpha^2, G, N*th*tw, C/G):
-    dd = B dV B^T per patch, overlapping patches summed, padding cropped."""
+    dd = B dV B^T per patch, overlapping patches summed, padding cropped.  The
+    adjoint of _rows_then_columns: over the columns of each patch row (summed
+    into rows of the padded width), then over the rows."""
     N, C, H, W = dx.shape
     _, G, _, Cg = dV.shape
     m, a = tiling.m, tiling.alpha
     th, tw = tiling.tiles(out_sp)
     ph, pw = pad
     dV = dV.reshape(a, a, G, N, th, tw, Cg)
+    B = tiling.B32
     # a patch spans `reach` blocks of m rows (F(4x4,3x3): 2, F(2x2,5x5): 3)
     reach = (a + m - 1) // m
-    xp = _scratch('dx', (N, m * (th + reach - 1), m * (tw + reach - 1), C), zero=True)
-    # blocks[r, s, g, n, i, j, c] = xp[n, m i + r, m j + s, g C/G + c], i < th + reach - 1
-    blocks = _tile_view(xp, G, (th + reach - 1, tw + reach - 1), m, m)
-    # patch row u = m q + r lands in block row i + q, r < m (likewise columns)
-    spans = [(q, min(m, a - m * q)) for q in range(reach)]
+    Hp, Wp = m * (th + reach - 1), m * (tw + reach - 1)
+    xp = _scratch('dx', (N, Hp, Wp, C))
 
     def part(lo, hi):
-        dd = _transform2d(tiling.B32, dV[:, :, :, lo:hi])
-        for qa, ra in spans:
-            for qb, rb in spans:
-                blocks[:ra, :rb, :, lo:hi, qa:qa + th, qb:qb + tw] += \
-                    dd[m * qa:m * qa + ra, m * qb:m * qb + rb]
+        n = hi - lo
+        s = dV.strides
+        # columns: T[n, i, u', m j + v, g, c] += sum_v' B[v, v'] dV[u', v', g, n, i, j, c]
+        src = as_strided(dV[:, :, :, lo:hi], (n, th, a, tw, G, a, Cg),
+                         (s[3], s[4], s[0], s[5], s[2], s[1], s[6]))
+        T = np.empty((n, th, a, Wp // m, m, G, Cg), _f)
+        _overlapping_product(B, src, T.transpose(0, 1, 2, 3, 5, 4, 6), 3)
+        # rows: xp[n, m i + u, w C] += sum_u' B[u, u'] T[n, i, u', w C]
+        _overlapping_product(B, T.reshape(n, th, a, Wp * C),
+                             xp[lo:hi].reshape(n, Hp // m, m, Wp * C), 1)
         dx[lo:hi] = xp[lo:hi, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2)
     _over_images(N, tiling.points * th * tw * C, part)
     return dx
