@@ -491,9 +491,11 @@ def test_pooling_plane_blocks_are_balanced_over_the_threads(planes, per_plane, b
         assert max(hi - lo for lo, hi in zip(bounds, bounds[1:])) <= -(-planes // n)
 
 
-def test_disjoint_max_pooling_takes_large_blocks():
-    """LeNet's pool1 (disjoint 2x2 MAX windows) is pooled whole: its short passes
-    gained nothing from threads; AVE and overlapping windows keep CHUNK_ELEMS."""
+def test_disjoint_max_pooling_takes_large_blocks(set_threads):
+    """LeNet's pool1 (disjoint 2x2 MAX windows) is pooled in 2 blocks on 2 threads:
+    its short passes gain from a second thread only in blocks this large; AVE
+    and overlapping windows keep CHUNK_ELEMS."""
+    set_threads(2)
     from minicaffe.layers import pooling
     shape = (64, 20, 24, 24)
     for param, block in (('pool: MAX kernel_size: 2 stride: 2', pooling.DISJOINT_BLOCK_ELEMS),
@@ -503,7 +505,7 @@ def test_disjoint_max_pooling_takes_large_blocks():
                                         [np.zeros(shape, np.float32)])
         layer.reshape(bottom, top)
         assert layer._block_elems() == block
-    assert pooling.plane_blocks(64 * 20, 24 * 24, pooling.DISJOINT_BLOCK_ELEMS) == [0, 1280]
+    assert pooling.plane_blocks(64 * 20, 24 * 24, pooling.DISJOINT_BLOCK_ELEMS) == [0, 640, 1280]
 
 
 @pytest.mark.parametrize('param,shape', [

@@ -295,10 +295,13 @@ CHUNK_ELEMS = 1 << 18
 # Inputs of fewer values are pooled in one block, on the calling thread.
 SPLIT_MIN_ELEMS = 1 << 15
 # MAX pooling over disjoint windows (_max_pool_disjoint and its scatter backward)
-# makes a few short passes: in blocks of 1/2/4 (1 thread, LeNet's pool1) forward
-# took 0.66/0.69/0.75 ms, and on 2 threads blocks gained nothing (0.67/0.71/0.77:
-# the threads queue for the GIL between numpy's calls), so its blocks are large.
-DISJOINT_BLOCK_ELEMS = 1 << 21
+# makes a few short passes, so its blocks are larger than CHUNK_ELEMS: LeNet's
+# pool1 (737K values) in 2 blocks.  Timed inside whole LeNet iterations on 2
+# threads (its input fresh from conv1, not in cache), median of 4 rounds:
+# forward 1.11 ms whole / 0.89 in 2 blocks / 1.09 in 4, backward 0.70 / 0.58 /
+# 0.66.  (Alone, on an input already in cache, blocks had gained nothing: the
+# threads queue for the GIL between numpy's calls.)
+DISJOINT_BLOCK_ELEMS = 1 << 19
 
 
 def plane_blocks(planes, per_plane, block_elems=CHUNK_ELEMS):

@@ -679,6 +679,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
                                 self.blobs[1].data[:, None]
                 elif not self.caffe_sums and not self.batch_inner:
                     col = self._forward_in_image_blocks(x[b0:b1], y[b0:b1], store)
+                elif not self.caffe_sums:
+                    col = self._forward_in_row_blocks(x[b0:b1], y[b0:b1], store)
                 else:
                     col = self._im2col(x[b0:b1], out=store)
                     y_g = _group_gemm(W, col, out=workspace('gemm', (G, Mg, col.shape[2])),
@@ -719,6 +721,39 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 gemm(W[g], col[g][:, b0 * P:b1 * P], y_g[g][:, b0 * P:b1 * P], any_blas=True)
             self._from_gmp(y_g, y, bias, images=(b0, b1))
         run_chunks(count, block)
+        return col
+
+    def _forward_in_row_blocks(self, x, y, store):
+        """DEFAULT's batched forward in the batch_inner layout (columns (output
+        position, image)): the im2col copy and the GEMM block by block of output
+        rows, each block one call on the worker threads, so that one block's
+        copy (numpy, memory-bound) runs beside another block's BLAS call instead
+        of both threads copying, then both multiplying.  The blocks are
+        blas.gemm_blocks' column blocks rounded to whole output rows (a function
+        of the shape: the same numbers on any thread count).  Returns the
+        columns (G, K, P*B)."""
+        src = self._im2col_source(x)                        # (C, *k, *out, B)
+        cols = workspace('col', src.shape) if store is None else store.reshape(src.shape)
+        G, Mg, K = self.group, self.num_output // self.group, self.kernel_dim
+        B, P = x.shape[0], self.conv_out_dim
+        col = cols.reshape(G, K, P * B)
+        rows = self.conv_out_sp[0]
+        per_row = P // rows * B                              # columns per output row
+        count = min(rows, len(gemm_blocks(Mg, P * B, K)[1]) - 1)
+        bounds = [rows * i // count for i in range(count + 1)]
+        W = self._weights()
+        y_g = workspace('gemm', (G, Mg, P * B))
+        axis = 1 + self.nsp                                  # src's first output axis
+
+        def block(j):
+            r0, r1 = bounds[j], bounds[j + 1]
+            cut = (slice(None),) * axis + (slice(r0, r1),)
+            cols[cut] = src[cut]
+            c0, c1 = r0 * per_row, r1 * per_row
+            for g in range(G):
+                gemm(W[g], col[g][:, c0:c1], y_g[g][:, c0:c1], any_blas=True)
+        run_chunks(count, block)
+        self._from_gmp(y_g, y, self.blobs[1].data if self.bias_term else None)
         return col
 
     def _col_store_for(self, i):
