@@ -222,6 +222,15 @@ def run_chunks(n, task):
         raise job.error
 
 
+def alternate(xs, ys):
+    """x0, y0, x1, y1, ... then the rest of the longer list: two products' calls
+    interleaved for one run_chunks round, so that the threads take a block of
+    each in turn."""
+    out = [v for pair in zip(xs, ys) for v in pair]
+    n = min(len(xs), len(ys))
+    return out + list(xs[n:]) + list(ys[n:])
+
+
 def chunk_bounds(n, elems):
     """Chunk boundaries over range(n) for work of elems elements in all: a
     function of (n, elems) only, so the same chunks whatever the thread count."""

@@ -13,8 +13,9 @@ from .. import cmath
 from ..blob import Blob, DTYPE
 from ..fillers import fill
 from .. import blas
-from ..blas import gemm, gemm_accumulate
+from ..blas import gemm, gemm_tasks
 from ..im2col import workspace
+from ..threads import run_chunks, alternate
 from .base import Layer, register_layer
 
 
@@ -101,18 +102,27 @@ class InnerProductLayer(Layer):
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.M, self.num_output)
         x = bottom[0].data.reshape(self.M, self.K)
+        tasks = []
         if self.param_propagate_down[0]:
             # Caffe's accumulating GEMM (beta = 1): no 151 MB temporary for fc6
             dW = self.blobs[0].diff
             if self.transpose:
-                gemm_accumulate(x, dy, dW, trans_a=True)
+                tasks.append(gemm_tasks(x, dy, dW, trans_a=True, accumulate=True))
             else:
-                gemm_accumulate(dy, x, dW, trans_a=True)
+                tasks.append(gemm_tasks(dy, x, dW, trans_a=True, accumulate=True))
+        if propagate_down[0]:
+            tasks.append(gemm_tasks(dy, self.blobs[0].data, bottom[0].diff.reshape(self.M, self.K),
+                                    trans_b=self.transpose))
+        # both products' blocks in one round of the threads (the calls gemm would
+        # make, so the same numbers): one wait for the pool instead of two, and
+        # no core idles on the first product's last block
+        calls = alternate(*tasks) if len(tasks) == 2 else (tasks[0] if tasks else [])
+        if len(calls) == 1:
+            calls[0]()
+        elif calls:
+            run_chunks(len(calls), lambda i: calls[i]())
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)
-        if propagate_down[0]:
-            gemm(dy, self.blobs[0].data, bottom[0].diff.reshape(self.M, self.K),
-                 trans_b=self.transpose)
 
     # -- GPU: the same products on the device (cuBLAS through CuPy) ----------------
     def _gpu_weight_nk(self):

@@ -35,7 +35,7 @@ from ..blob import DTYPE
 from ..protoio import pb
 from ..im2col import (_padding, col2im, conv_out_size, copy_split, deconv_out_size,
                       parallel_for, windows, workspace)
-from ..threads import run_chunks
+from ..threads import alternate, run_chunks
 from .base import Layer, register_layer
 
 _f = DTYPE
@@ -146,13 +146,6 @@ def _accumulate_outer_transposed(dW, a, col):
         t = workspace('weight_grad_t', (col.shape[1], a.shape[1]))
         gemm_summed_over_k(col[g], a[g], t, trans_b=True, any_blas=True)
         dW[g] += t.T
-
-
-def _alternate(xs, ys):
-    """x0, y0, x1, y1, ... then the rest of the longer list."""
-    out = [v for pair in zip(xs, ys) for v in pair]
-    n = min(len(xs), len(ys))
-    return out + list(xs[n:]) + list(ys[n:])
 
 
 def _outer_transposed_tasks(dW, a, col):
@@ -949,7 +942,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     weight = _outer_transposed_tasks(self._weight_diff(), dy, col)
                     if weight is not None:
                         data, view = self._data_gradient_tasks(W, dy, b1 - b0)
-                        tasks = _alternate(data, weight[0])
+                        tasks = alternate(data, weight[0])
                         run_chunks(len(tasks), lambda j: tasks[j]())
                         weight[1]()
                         copy_split(view, out=dx[b0:b1])
