@@ -62,8 +62,10 @@ class Tiling(object):
     """Winograd F(m x m, r x r): output tiles of m x m from input patches of
     alpha x alpha (alpha = m + r - 1), with the transform matrices B^T (alpha x
     alpha), G (alpha x r) and A^T (m x alpha).  Each 2-D transform X M X^T is
-    two small GEMMs over a block of tiles (_transform2d): one pass over memory
-    each, whatever the number of non-zero coefficients."""
+    two batched products over a chunk of images, by rows then by columns
+    (_rows_then_columns): one pass over memory each, whatever the number of
+    non-zero coefficients; the weights' transform is one product with the
+    Kronecker matrix G (x) G (weight_kron)."""
 
     def __init__(self, m, BT, G, AT):
         self.G = np.array(G, np.float64)
@@ -88,16 +90,6 @@ class Tiling(object):
     def tiles(self, out_sp):
         m = self.m
         return (out_sp[0] + m - 1) // m, (out_sp[1] + m - 1) // m
-
-
-def _transform2d(M, src):
-    """M src M^T over the two leading axes of src (any strides, trailing axes
-    kept): two GEMMs, M @ src along axis 0, then along axis 1.  Returns a new
-    contiguous array (M.shape[0], M.shape[0]) + src.shape[2:]."""
-    a_in, a_out = src.shape[0], M.shape[0]
-    s = np.ascontiguousarray(src).reshape(a_in, -1)
-    t = np.dot(M, s).reshape(a_out, a_in, -1)
-    return np.matmul(M, t).reshape((a_out, a_out) + src.shape[2:])
 
 
 # Lavin & Gray's matrices (points 0, +-1 and, for F(4x4), +-2, infinity).
@@ -367,7 +359,7 @@ def tile_points(tiling, out_sp):
 # F(4x4) is taken where its GEMMs do at most this fraction of F(2x2)'s multiplies
 # (tiles that overhang the map waste some of its 2.25x fewer multiplies per output:
 # CaffeNet's 13x13 maps give 576 vs 784, 0.73).  Its transforms (two small GEMMs
-# each, _transform2d) took about as long as F(2x2)'s on CaffeNet's conv3, and
+# each, then) took about as long as F(2x2)'s on CaffeNet's conv3, and
 # benchmarks/bench_winograd.py had F(4x4) ahead on conv3-5 in most of three runs
 # on the loaded 2-core machine (README, CPU speed).
 F4_MAX_POINTS_RATIO = 0.8
@@ -494,10 +486,10 @@ def input_transform(x, pad, out_sp, group, out=None, tiling=F2):
 
 
 def output_transform(M, y, bias=None, tiling=F2):
-    """y = A^T M A (+ bias): M (alpha^2, G, N*th*tw, K/G) -> written into y (N, K, Ho, Wo).
-    By rows, then columns, as _rows_then_columns (whose adjoint structure this
-    is: the m x m output tiles do not overlap), the second product written
-    straight into the channels-last tiles."""
+    """y = A^T M A (+ bias): M (alpha^2, G, N*th*tw, K/G), contiguous (forward's
+    work array) -> written into y (N, K, Ho, Wo).  By rows, then columns, as
+    _rows_then_columns: the m x m output tiles do not overlap, so the second
+    product is written straight into the channels-last output tiles."""
     N, K, Ho, Wo = y.shape
     _, G, _, Kg = M.shape
     m, a = tiling.m, tiling.alpha

@@ -6,9 +6,9 @@ on every GEMM layer, on each BLAS and on numpy's fallback products, after a
 first pass has set up the layers' reused scratch arrays.
 
 Winograd convolution (minicaffe/winograd.py) is run under engine CAFFE here:
-its transform tensors are fresh allocations in every pass (peak ~15x the
-weights for these 512 x 256 3x3 filters on 6x6 maps, F(4x4); ~6x with
-F(2x2)) -- measured, and left to that module's owner."""
+its transforms work in arrays several times the weights' size by design (the
+kept transform of the weights, U, is 4x them for 3x3 filters under F(4x4);
+the input transforms are reused work arrays plus one chunk's temporaries)."""
 import tracemalloc
 
 import numpy as np
