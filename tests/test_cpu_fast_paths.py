@@ -226,6 +226,38 @@ def test_forward_in_image_blocks_gives_the_numbers_of_the_whole_batch(spec, shap
 
 
 @pytest.mark.parametrize('spec,shape', [
+    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12)),                  # LeNet's conv2
+    ('num_output: 8 kernel_size: 3 group: 2 pad: 1', (16, 4, 6, 6)),
+    ('num_output: 6 kernel_size: 3 stride: 2', (8, 3, 9, 7))])
+@pytest.mark.parametrize('threads_', [1, 3])
+@pytest.mark.parametrize('blocks', [2, 4, 9])
+def test_forward_in_row_blocks_gives_the_numbers_of_the_whole_batch(spec, shape, threads_, blocks,
+                                                                    set_threads, monkeypatch):
+    """DEFAULT's batch_inner forward runs im2col and the GEMM block by block of
+    output rows (as many blocks as gemm_blocks gives, at most one per row): the
+    top and the columns kept for backward are those of the whole-batch route,
+    bit for bit, on any thread count."""
+    set_threads(threads_, split_small=True)
+    calls = []
+    real = vision.ConvolutionLayer._forward_in_row_blocks
+    monkeypatch.setattr(vision.ConvolutionLayer, '_forward_in_row_blocks',
+                        lambda self, *a: calls.append(1) or real(self, *a))
+    monkeypatch.setattr(vision, 'gemm_blocks', lambda m, n, k: (1, list(range(blocks)) + [n]))
+    layer, bottom, top = _conv(spec, shape)
+    layer.reshape(bottom, top)
+    assert layer.batch_inner and not layer.per_image and not layer.caffe_sums
+    layer.forward(bottom, top)
+    assert calls
+    W = layer.blobs[0].data.reshape(layer.group, -1, layer.kernel_dim)
+    col = layer._im2col(bottom[0].data).copy()
+    want = np.empty(top[0].shape, np.float32)
+    layer._from_gmp(vision._group_gemm(W, col, blocks=shape[0], any_blas=True), want,
+                    layer.blobs[1].data)
+    assert np.array_equal(top[0].data.view(np.uint32), want.view(np.uint32))
+    assert np.array_equal(layer._cols[0][1], col)
+
+
+@pytest.mark.parametrize('spec,shape', [
     ('num_output: 20 kernel_size: 5', (64, 1, 28, 28)),                   # LeNet's conv1
     ('num_output: 50 kernel_size: 5', (64, 20, 12, 12)),                  # conv2 (batch_inner)
     ('num_output: 6 kernel_size: 3 pad: 1 group: 2', (3, 4, 7, 7))])
