@@ -425,6 +425,15 @@ def test_layer_flops_from_shapes(tmp_path):
     assert timing.layer_flops(net.layers[loss], net._bottom(loss), net._top(loss)) is None
 
 
+def test_gflops_figures_keep_a_tiny_layers_rate():
+    """One decimal for rates of 10 GFLOP/s and more, 3 significant digits below:
+    a small layer timed on a busy machine must not print 0.0."""
+    assert timing._gflops(123.456).strip() == '123.5'
+    assert timing._gflops(5.55).strip() == '5.55'
+    assert float(timing._gflops(0.0412)) == 0.0412
+    assert float(timing._gflops(3e-5)) > 0
+
+
 def test_time_layers_table_and_blas_header(tmp_path):
     path = tmp_path / 'flops.prototxt'
     path.write_text(FLOP_NET)

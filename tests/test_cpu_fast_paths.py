@@ -129,6 +129,11 @@ def test_default_engine_weight_gradient_is_the_transposed_product(spec, shape, s
     transposed = vision._accumulate_outer_transposed
     monkeypatch.setattr(vision, '_accumulate_outer_transposed',
                         lambda *a: routes.append(engine) or transposed(*a))
+    # (a layer in Caffe's column layout that passes no gradient down forms the
+    # same products, in parts of the images together with the bias sums)
+    in_parts = vision.ConvolutionLayer._parameter_gradients_in_image_parts
+    monkeypatch.setattr(vision.ConvolutionLayer, '_parameter_gradients_in_image_parts',
+                        lambda self, *a: routes.append(engine) or in_parts(self, *a))
     for engine in ('DEFAULT', 'CAFFE'):
         for t in (1, 3):
             set_threads(t)

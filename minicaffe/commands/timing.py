@@ -216,6 +216,12 @@ def format_report(result):
     return lines
 
 
+def _gflops(rate):
+    """A GFLOP/s figure: one decimal, or 3 significant digits below 10 (a tiny
+    layer's rate would print 0.0 with one decimal)."""
+    return '%9.1f' % rate if rate >= 10 else '%9.3g' % rate
+
+
 def format_layer_table(net, result):
     """The --layers table: ms and GFLOP/s per layer (GEMM layers only)."""
     lines = ['%-16s %-16s %-9s %11s %11s %9s %9s' % ('layer', 'type', 'algorithm', 'fwd ms',
@@ -226,7 +232,7 @@ def format_layer_table(net, result):
         flops = layer_flops(layer, net._bottom(i), net._top(i))
         rate = ['-', '-']
         if flops is not None:
-            rate = ['%9.1f' % (fl / ms / 1e6) if ms > 0 else '-' for fl, ms in zip(flops, (f_ms, b_ms))]
+            rate = [_gflops(fl / ms / 1e6) if ms > 0 else '-' for fl, ms in zip(flops, (f_ms, b_ms))]
             if not any(net.bottom_need_backward[i]) and not net.layer_need_backward[i]:
                 rate[1] = '-'
         lines.append('%-16s %-16s %-9s %11.3f %11.3f %9s %9s' % (

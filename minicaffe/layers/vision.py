@@ -721,7 +721,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
         position, image)): the im2col copy and the GEMM block by block of output
         rows, each block one call on the worker threads, so that one block's
         copy (numpy, memory-bound) runs beside another block's BLAS call instead
-        of both threads copying, then both multiplying.  The blocks are
+        of both threads copying, then both multiplying.  (Copying each block's
+        part of the top out in its call as well measured no faster: a round of
+        short transposing copies.)  The blocks are
         blas.gemm_blocks' column blocks rounded to whole output rows (a function
         of the shape: the same numbers on any thread count).  Returns the
         columns (G, K, P*B)."""
@@ -929,6 +931,11 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 if self.per_image:
                     self._backward_per_image(i, b, x, dy_all, dx, b0, b1, need_w, need_b, W)
                     continue
+                if (need_w and dx is None and not self.batch_inner and not self.caffe_sums
+                        and self.num_output // self.group <= self.kernel_dim):
+                    self._parameter_gradients_in_image_parts(
+                        dy_all[b0:b1], self._col_for(i, b, b0, b1, x), need_b)
+                    continue
                 dy = self._to_gmp(dy_all[b0:b1], self.num_output)
                 if need_b:
                     self.blobs[1].diff += np.add.reduce(dy.reshape(self.num_output, -1), axis=1)
@@ -963,6 +970,46 @@ class ConvolutionLayer(BaseConvolutionLayer):
                                        any_blas=not self.caffe_sums)
                     dx[b0:b1] = self._col2im(dcol, b1 - b0)
         self._cols = {}
+
+    def _parameter_gradients_in_image_parts(self, dy, col, need_b):
+        """DEFAULT's weight (and bias) gradient of a batched layer in Caffe's
+        column layout that passes no gradient down (a first layer: LeNet's
+        conv1), in one round of the threads: each part of the images copies its
+        dY into the GEMM layout, sums its rows for the bias and forms its
+        col dY^T, and the parts are added in order.  The same products as
+        _accumulate_outer_transposed's cut over k (gemm_k_blocks, here rounded
+        to whole images), without the whole-batch transposing copy and the bias
+        sum running before them on one thread.  dy (B, M, *sp), col (G, K, B*P)."""
+        B, M, G = dy.shape[0], self.num_output, self.group
+        Mg, K, P = M // G, self.kernel_dim, self.conv_out_dim
+        count = min(B, len(gemm_k_blocks(K, Mg, B * P)) - 1)
+        bounds = [B * i // count for i in range(count + 1)]
+        d3 = dy.reshape(B, M, P)
+        parts = np.empty((count, G, K, Mg), _f)
+        sums = np.empty((count, M), _f) if need_b else None
+
+        def part(j):
+            n0, n1 = bounds[j], bounds[j + 1]
+            d = workspace('dy_part', (M, n1 - n0, P))
+            d[...] = d3[n0:n1].transpose(1, 0, 2)
+            d = d.reshape(M, -1)
+            if sums is not None:
+                np.add.reduce(d, axis=1, out=sums[j])
+            dg = d.reshape(G, Mg, -1)
+            for g in range(G):
+                gemm(col[g][:, n0 * P:n1 * P], dg[g], parts[j, g], trans_b=True, any_blas=True)
+        run_chunks(count, part)
+        t = parts[0]
+        for p in parts[1:]:
+            t += p
+        dW = self._weight_diff()
+        for g in range(G):
+            dW[g] += t[g].T
+        if sums is not None:
+            b = sums[0]
+            for p in sums[1:]:
+                b += p
+            self.blobs[1].diff += b
 
     def _data_gradient_inner(self, W, dy, B):
         """col2im(W_g^T @ dY_g) in the batch_inner layout (_data_gradient_tasks
