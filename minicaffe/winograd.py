@@ -494,7 +494,7 @@ def output_transform(M, y, bias=None, tiling=F2):
     _, G, _, Kg = M.shape
     m, a = tiling.m, tiling.alpha
     th, tw = tiling.tiles((Ho, Wo))
-    M = M.reshape(a, a, G, N, th, tw, Kg)
+    M = np.ascontiguousarray(M).reshape(a, a, G, N, th, tw, Kg)   # (rows of (j, k) merged below)
     yl = _scratch('y', (N, m * th, m * tw, K))
     yv = _tile_view(yl, G, (th, tw), m, m)             # [u, v, g, n, i, j, k]
     b = None if bias is None else bias.reshape(G, 1, 1, 1, Kg)
