@@ -851,13 +851,19 @@ class ConvolutionLayer(BaseConvolutionLayer):
         so there is no cheaper sign that they did not."""
         w = self.blobs[0].data
         kept = getattr(self, '_winograd_kept', None)
-        if (kept is not None and kept[1] is self.tiling and kept[2] is self.stacking
-                and kept[0].shape == w.shape
-                and np.array_equal(kept[0].view(np.int32), w.view(np.int32))):
-            return kept[3]
+        same = (kept is not None and kept[1] is self.tiling and kept[2] is self.stacking
+                and kept[0].shape == w.shape)
+        if same:
+            a, b = kept[0].reshape(-1).view(np.int32), w.reshape(-1).view(np.int32)
+            # (a solver changes every weight: the first few show it)
+            same = np.array_equal(a[:256], b[:256]) and np.array_equal(a, b)
+            if same:
+                return kept[3]
         ws = self.stacking.stack_weights(w) if self.stacking else w
         U = winograd.transform_weights(ws, self.group, self.tiling)
-        self._winograd_kept = (w.copy(), self.tiling, self.stacking, U)
+        copy = kept[0] if kept is not None and kept[0].shape == w.shape else np.empty_like(w)
+        np.copyto(copy, w)
+        self._winograd_kept = (copy, self.tiling, self.stacking, U)
         return U
 
     def _winograd_input(self, x):
