@@ -860,8 +860,11 @@ class ConvolutionLayer(BaseConvolutionLayer):
             if same:
                 return kept[3]
         ws = self.stacking.stack_weights(w) if self.stacking else w
-        U = winograd.transform_weights(ws, self.group, self.tiling)
-        copy = kept[0] if kept is not None and kept[0].shape == w.shape else np.empty_like(w)
+        reuse = kept is not None and kept[0].shape == w.shape
+        U_size = self.tiling.points * ws.shape[0] * ws.shape[1]
+        U = winograd.transform_weights(ws, self.group, self.tiling,
+                                       out=kept[3] if reuse and kept[3].size == U_size else None)
+        copy = kept[0] if reuse else np.empty_like(w)
         np.copyto(copy, w)
         self._winograd_kept = (copy, self.tiling, self.stacking, U)
         return U
