@@ -17,22 +17,53 @@ needs_caffe = pytest.mark.skipif(not (CAFFE and os.access(CAFFE, os.X_OK)),
                                  reason='set MINICAFFE_CAFFE_BIN to a real Caffe binary')
 
 
+def _input_net(builder, rs, tmp_path, shape, loss=0):
+    """The random net with an Input layer of ``shape`` instead of its HDF5 data."""
+    n, c, h, w = shape
+    text = caffe_diff.net_text(builder, 'list.txt', n, loss=loss, rs=rs)
+    text = text.replace('type: "HDF5Data" top: "data" top: "label" top: "target" top: "target01"'
+                        ' hdf5_data_param { source: "list.txt" batch_size: %d }' % n,
+                        'type: "Input" top: "data" top: "label" top: "target" top: "target01"'
+                        ' input_param { shape { dim: %d dim: %d dim: %d dim: %d } shape { dim: %d }'
+                        ' shape { dim: %d dim: 3 } shape { dim: %d dim: 3 } }'
+                        % (n, c, h, w, n, n, n))
+    assert 'HDF5Data' not in text
+    path = tmp_path / 'net.prototxt'
+    path.write_text(text)
+    logging.getLogger('minicaffe').setLevel(logging.WARNING)
+    return caffe.Net(str(path), caffe.TRAIN)
+
+
+def test_larger_kernels_reach_the_stacked_winograd_forms(monkeypatch, tmp_path):
+    """--max-kernel 7 draws 5x5 and strided kernels, which forced Winograd runs by
+    winograd.Blocks or F(2x2,5x5) and by winograd.Phases: the forms the default
+    draw (kernels up to 4) never reaches.  The default draws what it drew
+    before the option, seed for seed."""
+    from minicaffe import winograd
+    monkeypatch.setattr(winograd, 'FORCE', 'winograd')
+    forms = set()
+    for seed in range(60):
+        rs = np.random.RandomState(seed)
+        builder = caffe_diff.NetBuilder(rs, 2, 3, 13, 13, classes=3, max_kernel=7).build(8)
+        if builder is None:
+            continue
+        net = _input_net(builder, rs, tmp_path, (2, 3, 13, 13))
+        forms.update(type(L.stacking).__name__ if L.stacking else repr(L.tiling)
+                     for L in net.layers if getattr(L, 'winograd', False))
+    assert {'Blocks', 'Phases'} <= forms or {'F(2x2,5x5)', 'Phases'} <= forms, forms
+    for seed in range(5):
+        a = caffe_diff.NetBuilder(np.random.RandomState(seed), 2, 3, 9, 9, classes=3).build(6)
+        b = caffe_diff.NetBuilder(np.random.RandomState(seed), 2, 3, 9, 9, classes=3,
+                                  max_kernel=4).build(6)
+        assert (a is None) == (b is None) and (a is None or a.layers == b.layers)
+
+
 @pytest.mark.parametrize('seed', range(1, 9))
 def test_random_nets_build_and_train_in_minicaffe(seed, tmp_path):
     rs = np.random.RandomState(seed)
     builder = caffe_diff.NetBuilder(rs, 2, 3, 9, 9, classes=3).build(6)
     assert builder is not None and len(builder.layers) >= 3
-    text = caffe_diff.net_text(builder, 'list.txt', 2, loss=seed % len(caffe_diff.LOSSES), rs=rs)
-    text = text.replace('type: "HDF5Data" top: "data" top: "label" top: "target" top: "target01"'
-                        ' hdf5_data_param { source: "list.txt" batch_size: 2 }',
-                        'type: "Input" top: "data" top: "label" top: "target" top: "target01"'
-                        ' input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } shape { dim: 2 }'
-                        ' shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } }')
-    assert 'HDF5Data' not in text
-    path = tmp_path / 'net.prototxt'
-    path.write_text(text)
-    logging.getLogger('minicaffe').setLevel(logging.WARNING)
-    net = caffe.Net(str(path), caffe.TRAIN)
+    net = _input_net(builder, rs, tmp_path, (2, 3, 9, 9), loss=seed % len(caffe_diff.LOSSES))
     net.blobs['data'].data[...] = rs.standard_normal((2, 3, 9, 9))
     net.blobs['label'].data[...] = [0, 2]
     net.blobs['target'].data[...] = rs.standard_normal((2, 3))

@@ -48,8 +48,9 @@ STEP_RTOL, STEP_ATOL = 1e-4, 1e-5
 class NetBuilder(object):
     """Grows a random layer chain; shapes are checked by building it in minicaffe."""
 
-    def __init__(self, rs, batch, channels, height, width, classes):
+    def __init__(self, rs, batch, channels, height, width, classes, max_kernel=4):
         self.rs = rs
+        self.max_kernel = max_kernel    # largest square convolution kernel drawn
         self.classes = classes
         self.data_shape = self.shape = (batch, channels, height, width)
         self.layers = []            # prototxt text of each layer
@@ -91,7 +92,7 @@ class NetBuilder(object):
         rs, c = self.rs, self.shape[1]
         group = int(rs.choice([g for g in (1, 2, 3) if c % g == 0]))
         num_output = group * int(rs.randint(1, 5))
-        k = int(rs.randint(1, 5))
+        k = int(rs.randint(1, self.max_kernel + 1))
         dilation = int(rs.choice([1, 1, 2]))
         if rs.rand() < 0.25:           # rectangular kernel, stride and padding
             geometry = ['kernel_h: %d' % k, 'kernel_w: %d' % rs.randint(1, 5),
@@ -444,11 +445,11 @@ def ill_conditioned(net):
     return None
 
 
-def run_case(caffe_bin, seed, folder, depth=6):
+def run_case(caffe_bin, seed, folder, depth=6, max_kernel=4):
     """Build, run and compare one random net in ``folder``; returns a list of differences
     (empty: they agree) or raises RuntimeError when the case could not be run."""
     with inside(folder):
-        return _run_case(caffe_bin, seed, folder, depth)
+        return _run_case(caffe_bin, seed, folder, depth, max_kernel)
 
 
 SOLVER = ('net: "net.prototxt"\nbase_lr: 1\nlr_policy: "fixed"\nmomentum: 0\nweight_decay: 0\n'
@@ -456,12 +457,12 @@ SOLVER = ('net: "net.prototxt"\nbase_lr: 1\nlr_policy: "fixed"\nmomentum: 0\nwei
           'solver_mode: CPU\nrandom_seed: 1\n')
 
 
-def _run_case(caffe_bin, seed, folder, depth):
+def _run_case(caffe_bin, seed, folder, depth, max_kernel=4):
     rs = np.random.RandomState(seed)
     batch = int(rs.randint(1, 4))
     shape = (batch, int(rs.randint(1, 5)), int(rs.randint(5, 14)), int(rs.randint(5, 14)))
     classes = int(rs.randint(2, 6))
-    builder = NetBuilder(rs, *shape, classes=classes).build(depth)
+    builder = NetBuilder(rs, *shape, classes=classes, max_kernel=max_kernel).build(depth)
     if builder is None:
         raise RuntimeError('no valid net drawn')
     arrays = {'data': rs.standard_normal(shape).astype(np.float32),
@@ -1023,6 +1024,10 @@ def main(argv=None):
     p.add_argument('--cases', type=int, default=20, help='random nets to compare')
     p.add_argument('--seed', type=int, default=1, help='seed of the first case (then +1 each)')
     p.add_argument('--depth', type=int, default=6, help='layers drawn per net (at most)')
+    p.add_argument('--max-kernel', type=int, default=4,
+                   help='largest square convolution kernel drawn (5-7 reach the 5x5 and'
+                        ' strided Winograd forms under MINICAFFE_CONV_ENGINE=winograd;'
+                        ' the default draws what earlier runs drew, seed for seed)')
     p.add_argument('--keep', default='caffe_diff_cases', help='folder for the cases that differ')
     p.add_argument('--special', action='store_true',
                    help='instead of random nets: each element-wise layer fed NaN, infinities,'
@@ -1062,7 +1067,7 @@ def main(argv=None):
             elif args.recurrent:
                 result = run_recurrent_case(args.caffe, seed, folder)
             else:
-                result = run_case(args.caffe, seed, folder, args.depth)
+                result = run_case(args.caffe, seed, folder, args.depth, args.max_kernel)
         except RuntimeError as e:
             skipped += 1
             text = str(e)
