@@ -11,7 +11,11 @@ refuses it, with the estimate in the message, when it exceeds the limit:
   diffs eagerly, as Caffe does);
 * the learnable blobs of the layers (data and diff);
 * the largest scratch array a layer declares (Layer.workspace_shapes: im2col
-  columns, padded inputs), which layers reuse.
+  columns, padded inputs), which layers reuse;
+* the arrays layers keep from one pass to the next (Layer.kept_shapes: the
+  convolutions' columns or input transforms kept for backward in TRAIN phase,
+  the Winograd transform of their weights).  Other layers' smaller kept arrays
+  (pooling's argmax, dropout's mask) and the solver's history are not counted.
 
 The limit is ``MINICAFFE_MEMORY_LIMIT`` (bytes, or ``none`` for no check),
 else the memory the system reports available (MemAvailable in /proc/meminfo;
@@ -83,7 +87,8 @@ def _buffer_key(arr):
 
 
 def estimate(net):
-    """{'blobs', 'params', 'workspace', 'total'}: bytes the built net holds or will use."""
+    """{'blobs', 'params', 'workspace', 'kept', 'total'}: bytes the built net holds or
+    will use."""
     seen = set()
 
     def unique_bytes(arrays):
@@ -98,8 +103,9 @@ def estimate(net):
     blobs = unique_bytes(a for b in net._blob_list for a in (b._data, b._diff))
     params = unique_bytes(a for layer in net.layers for b in layer.blobs for a in (b._data, b._diff))
     workspace = max([0] + [w for w in net._workspace_bytes])
-    return {'blobs': blobs, 'params': params, 'workspace': workspace,
-            'total': blobs + params + workspace}
+    kept = sum(getattr(net, '_kept_bytes', []))
+    return {'blobs': blobs, 'params': params, 'workspace': workspace, 'kept': kept,
+            'total': blobs + params + workspace + kept}
 
 
 def check_net(net, error):
@@ -110,8 +116,9 @@ def check_net(net, error):
     est = estimate(net)
     if est['total'] > limit:
         raise error('%s: the net needs about %.2f GiB (blob data and diffs %.2f GiB, learnable'
-                    ' parameters %.2f GiB, largest scratch array %.2f GiB), more than the %.2f GiB'
-                    ' limit (%s); reduce the batch or input sizes, or set %s to a number of bytes'
-                    ' (or "none") to change the limit'
+                    ' parameters %.2f GiB, largest scratch array %.2f GiB, arrays layers keep'
+                    ' between passes %.2f GiB), more than the %.2f GiB limit (%s); reduce the'
+                    ' batch or input sizes, or set %s to a number of bytes (or "none") to change'
+                    ' the limit'
                     % (net.source, _gib(est['total']), _gib(est['blobs']), _gib(est['params']),
-                       _gib(est['workspace']), _gib(limit), source, ENV))
+                       _gib(est['workspace']), _gib(est['kept']), _gib(limit), source, ENV))

@@ -122,6 +122,7 @@ class Net(object):
         self.has_params_lr, self.has_params_decay = [], []
         self.param_display_names = []
         self._workspace_bytes = []            # per layer: its scratch arrays (memory.estimate)
+        self._kept_bytes = []                 # per layer: the arrays it keeps between passes
         available = collections.OrderedDict()
         self._memory_used = 0                 # top counts so far (Caffe's memory_used_)
 
@@ -275,6 +276,7 @@ class Net(object):
             layer.setup(bottom, top)
             layer.reshape(bottom, top)
             scratch = layer.workspace_shapes(bottom, top)
+            kept = layer.kept_shapes(bottom, top)
         except MinicaffeError:
             raise
         except (ValueError, IndexError, TypeError, AssertionError, ZeroDivisionError, MemoryError) as e:
@@ -282,13 +284,18 @@ class Net(object):
             raise NetDefinitionError('%s: %s: setup failed for bottom shapes [%s]: %s'
                                      % (self.source, layer_context(lp), shapes,
                                         e if str(e) else type(e).__name__)) from None
-        nbytes = 0
-        for what, shape, dtype in scratch:      # sizes from params (pad, local_size...) checked
-            problem = memory.array_problem(shape, dtype, what)
-            if problem:
-                raise NetDefinitionError('%s: %s: %s' % (self.source, layer_context(lp), problem))
-            nbytes += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        self._workspace_bytes.append(nbytes)
+        sizes = []
+        for arrays in (scratch, kept):      # sizes from params (pad, local_size...) checked
+            nbytes = 0
+            for what, shape, dtype in arrays:
+                problem = memory.array_problem(shape, dtype, what)
+                if problem:
+                    raise NetDefinitionError('%s: %s: %s' % (self.source, layer_context(lp),
+                                                             problem))
+                nbytes += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            sizes.append(nbytes)
+        self._workspace_bytes.append(sizes[0])
+        self._kept_bytes.append(sizes[1])
         # Loss weights (Caffe's SetLossWeights; loss layers default to 1 on top 0).
         weights = list(lp.loss_weight)
         if not weights and layer.is_loss:

@@ -133,3 +133,31 @@ def test_cli_exit_2(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     error = err[err.index('minicaffe: error: '):]          # after the net's set-up log lines
     assert error.startswith('minicaffe: error: %s: the net needs about 33.53 GiB' % path)
+
+
+@pytest.mark.parametrize('phase', [caffe.TRAIN, caffe.TEST])
+def test_estimate_counts_the_arrays_convolutions_keep(monkeypatch, phase):
+    """In TRAIN phase a convolution keeps its columns for backward; under
+    Winograd it keeps the weights' transform U (and the weights it came from)
+    in any phase, and in TRAIN its input transform instead of the columns.
+    The estimate counts exactly what forward then keeps."""
+    from minicaffe import winograd
+    monkeypatch.setenv(memory.ENV, 'none')
+    conv = ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param {'
+            ' num_output: 4 kernel_size: 3 pad: 1 } }')
+    for force in ('caffe', 'winograd4'):
+        monkeypatch.setattr(winograd, 'FORCE', force)
+        net = build(conv, phase=phase)
+        layer = net.layers[list(net._layer_names).index('c')]
+        net.forward()
+        net.backward()
+        held = [a for a in layer._col_store.values()]
+        kept = getattr(layer, '_winograd_kept', None)
+        if kept is not None:
+            held += [kept[0], kept[3]]
+        assert (force == 'winograd4') == (kept is not None)
+        assert memory.estimate(net)['kept'] == sum(a.nbytes for a in held)
+        assert memory.estimate(net)['kept'] > 0 or (phase == caffe.TEST and force == 'caffe')
+    monkeypatch.setenv(memory.ENV, str(memory.estimate(net)['total'] - 1))
+    with pytest.raises(NetDefinitionError, match='arrays layers keep between passes'):
+        build(conv, phase=phase)

@@ -142,6 +142,13 @@ class Layer(object):
         and counts the largest in its memory estimate."""
         return []
 
+    def kept_shapes(self, bottom, top):
+        """[(what, shape, dtype)]: the arrays the layer keeps from one pass to the
+        next (for backward, or reused), for the shapes set by the last reshape.
+        The Net checks each against the per-array limits at set-up and counts
+        them all in its memory estimate (each layer keeps its own)."""
+        return []
+
     def check_blob_counts(self, bottom, top):
         nb, nt = len(bottom), len(top)
 

@@ -751,13 +751,45 @@ class ConvolutionLayer(BaseConvolutionLayer):
         self._from_gmp(y_g, y, self.blobs[1].data if self.bias_term else None)
         return col
 
+    def _keeps_columns(self):
+        """Whether forward keeps each bottom's columns for backward: in TRAIN
+        phase, unless too large, a 1x1 kernel (no columns), or a batch-wide
+        layout built in chunks."""
+        return not (self.phase != pb.TRAIN or self.col_bytes * self.num > COL_CACHE_BYTES
+                    or (self.per_image and self.is_1x1)
+                    or (not self.per_image and self.chunk < self.num))
+
+    def _keeps_winograd_input(self):
+        """Whether Winograd forward keeps each bottom's input transform for the
+        weight gradient (TRAIN phase, one chunk, backward by Winograd too)."""
+        return self.phase == pb.TRAIN and self.chunk >= self.num and self.winograd_backward
+
+    def kept_shapes(self, bottom, top):
+        """The columns or input transforms kept for backward (per bottom), and
+        under Winograd the weights' transform U with the copy of the weights it
+        came from (_winograd_weights)."""
+        shapes = []
+        if self.winograd:
+            shapes += [("the weights' %r transform" % self.tiling,
+                        (self.tiling.points, self.num_output * self.wino_channels // self.group),
+                        _f),
+                       ('the copy of the weights it came from', tuple(self.blobs[0].shape), _f)]
+            if self._keeps_winograd_input():
+                n = self.wino_channels * self.num * winograd.tile_points(self.tiling,
+                                                                          self.conv_out_sp)
+                shapes += [('the input transform of bottom %d kept for backward' % i, (n,), _f)
+                           for i in range(len(bottom))]
+        elif self._keeps_columns():
+            shapes += [('the im2col columns of bottom %d kept for backward' % i,
+                        (self.group * self.kernel_dim, self.num * self.conv_out_dim), _f)
+                       for i in range(len(bottom))]
+        return shapes
+
     def _col_store_for(self, i):
         """In TRAIN phase, the array that keeps bottom i's columns for backward
-        (reused across iterations), or None when they are not kept: too large,
-        a 1x1 kernel (no columns), or a batch-wide layout built in chunks."""
-        if (self.phase != pb.TRAIN or self.col_bytes * self.num > COL_CACHE_BYTES
-                or (self.per_image and self.is_1x1)
-                or (not self.per_image and self.chunk < self.num)):
+        (reused across iterations), or None when they are not kept
+        (_keeps_columns)."""
+        if not self._keeps_columns():
             return None
         n = self.group * self.kernel_dim * self.num * self.conv_out_dim
         store = self._col_store.get(i)
@@ -824,7 +856,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         rebuilds its columns: self._cols stays empty)."""
         U = self._winograd_weights()
         bias = self.blobs[1].data if self.bias_term else None
-        keep = self.phase == pb.TRAIN and self.chunk >= self.num and self.winograd_backward
+        keep = self._keeps_winograd_input()
         self._cols = {}
         for i, (b, t) in enumerate(zip(bottom, top)):
             x, y = self._batched(b.data), self._batched(t.data)
