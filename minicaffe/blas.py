@@ -45,7 +45,7 @@ import threading
 import numpy as np
 
 from .errors import MinicaffeError
-from .threads import run_chunks
+from .threads import run_calls, run_chunks
 
 log = logging.getLogger('minicaffe')
 
@@ -447,11 +447,7 @@ def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False, scratch
         m = a.shape[1] if trans_a else a.shape[0]
         n = b.shape[0] if trans_b else b.shape[1]
         out = np.zeros((m, n), np.float32) if accumulate else np.empty((m, n), np.float32)
-    tasks = gemm_tasks(a, b, out, trans_a, trans_b, accumulate, scratch, any_blas)
-    if len(tasks) == 1:
-        tasks[0]()
-    else:
-        run_chunks(len(tasks), lambda i: tasks[i]())
+    run_calls(gemm_tasks(a, b, out, trans_a, trans_b, accumulate, scratch, any_blas))
     return out
 
 

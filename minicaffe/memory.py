@@ -103,7 +103,7 @@ def estimate(net):
     blobs = unique_bytes(a for b in net._blob_list for a in (b._data, b._diff))
     params = unique_bytes(a for layer in net.layers for b in layer.blobs for a in (b._data, b._diff))
     workspace = max([0] + [w for w in net._workspace_bytes])
-    kept = sum(getattr(net, '_kept_bytes', []))
+    kept = sum(net._kept_bytes)
     return {'blobs': blobs, 'params': params, 'workspace': workspace, 'kept': kept,
             'total': blobs + params + workspace + kept}
 

@@ -222,6 +222,18 @@ def run_chunks(n, task):
         raise job.error
 
 
+def run_calls(calls):
+    """Each of a list of independent calls (gemm_tasks' blocks, alternate's
+    interleaving), spread over the threads; one call runs on the caller."""
+    run_chunks(len(calls), lambda i: calls[i]())
+
+
+def run_ranges(bounds, fn):
+    """fn(bounds[i], bounds[i + 1]) for each block of consecutive bounds, spread
+    over the threads."""
+    run_chunks(len(bounds) - 1, lambda i: fn(bounds[i], bounds[i + 1]))
+
+
 def alternate(xs, ys):
     """x0, y0, x1, y1, ... then the rest of the longer list: two products' calls
     interleaved for one run_chunks round, so that the threads take a block of
@@ -249,4 +261,4 @@ def parallel_for(n, fn, elems):
     if len(bounds) == 2:
         fn(0, n)
         return
-    run_chunks(len(bounds) - 1, lambda i: fn(bounds[i], bounds[i + 1]))
+    run_ranges(bounds, fn)

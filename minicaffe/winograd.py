@@ -358,8 +358,9 @@ def tile_points(tiling, out_sp):
 
 # F(4x4) is taken where its GEMMs do at most this fraction of F(2x2)'s multiplies
 # (tiles that overhang the map waste some of its 2.25x fewer multiplies per output:
-# CaffeNet's 13x13 maps give 576 vs 784, 0.73).  Its transforms (two small GEMMs
-# each, then) took about as long as F(2x2)'s on CaffeNet's conv3, and
+# CaffeNet's 13x13 maps give 576 vs 784, 0.73).  Its transforms (then two small
+# GEMMs each, over copied-out patches) took about as long as F(2x2)'s on
+# CaffeNet's conv3, and
 # benchmarks/bench_winograd.py had F(4x4) ahead on conv3-5 in most of three runs
 # on the loaded 2-core machine (README, CPU speed).
 F4_MAX_POINTS_RATIO = 0.8

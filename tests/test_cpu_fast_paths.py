@@ -201,19 +201,19 @@ def test_both_gradients_run_together_with_the_numbers_of_running_them_apart(
 
 BLOCKED_FORWARDS = [
     # Caffe's column layout, blocks of images (one copy into the top per block)
-    ('_forward_in_image_blocks', 'num_output: 20 kernel_size: 5', (64, 1, 28, 28), 4),  # conv1
-    ('_forward_in_image_blocks', 'num_output: 16 kernel_size: 2 group: 2', (9, 4, 30, 30), 4),
-    ('_forward_in_image_blocks', 'num_output: 12 kernel_size: 1', (3, 4, 5, 5), 4),     # 1x1
+    ('num_output: 20 kernel_size: 5', (64, 1, 28, 28), 4, False),        # LeNet's conv1
+    ('num_output: 16 kernel_size: 2 group: 2', (9, 4, 30, 30), 4, False),
+    ('num_output: 12 kernel_size: 1', (3, 4, 5, 5), 4, False),           # 1x1: no im2col
     # batch_inner, blocks of output rows (at most one per row)
-    ('_forward_in_row_blocks', 'num_output: 50 kernel_size: 5', (64, 20, 12, 12), 2),   # conv2
-    ('_forward_in_row_blocks', 'num_output: 50 kernel_size: 5', (64, 20, 12, 12), 4),
-    ('_forward_in_row_blocks', 'num_output: 8 kernel_size: 3 group: 2 pad: 1', (16, 4, 6, 6), 4),
-    ('_forward_in_row_blocks', 'num_output: 6 kernel_size: 3 stride: 2', (8, 3, 9, 7), 9)]
+    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12), 2, True),        # LeNet's conv2
+    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12), 4, True),
+    ('num_output: 8 kernel_size: 3 group: 2 pad: 1', (16, 4, 6, 6), 4, True),
+    ('num_output: 6 kernel_size: 3 stride: 2', (8, 3, 9, 7), 9, True)]
 
 
-@pytest.mark.parametrize('method,spec,shape,blocks', BLOCKED_FORWARDS)
+@pytest.mark.parametrize('spec,shape,blocks,inner', BLOCKED_FORWARDS)
 @pytest.mark.parametrize('threads_', [1, 3])
-def test_blocked_forward_gives_the_numbers_of_the_whole_batch(method, spec, shape, blocks,
+def test_blocked_forward_gives_the_numbers_of_the_whole_batch(spec, shape, blocks, inner,
                                                               threads_, set_threads, monkeypatch):
     """DEFAULT's batched forward runs im2col, the GEMM (and, in Caffe's column
     layout, the copy into the top) block by block: the top and the columns kept
@@ -221,14 +221,14 @@ def test_blocked_forward_gives_the_numbers_of_the_whole_batch(method, spec, shap
     count."""
     set_threads(threads_, split_small=True)
     calls = []
-    real = getattr(vision.ConvolutionLayer, method)
-    monkeypatch.setattr(vision.ConvolutionLayer, method,
+    real = vision.ConvolutionLayer._forward_in_blocks
+    monkeypatch.setattr(vision.ConvolutionLayer, '_forward_in_blocks',
                         lambda self, *a: calls.append(1) or real(self, *a))
     monkeypatch.setattr(vision, 'gemm_blocks', lambda m, n, k: (1, list(range(blocks)) + [n]))
     layer, bottom, top = _conv(spec, shape)
     layer.reshape(bottom, top)
     assert not layer.per_image and not layer.caffe_sums
-    assert layer.batch_inner == (method == '_forward_in_row_blocks')
+    assert layer.batch_inner == inner
     layer.forward(bottom, top)
     assert calls
     W = layer.blobs[0].data.reshape(layer.group, -1, layer.kernel_dim)

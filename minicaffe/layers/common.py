@@ -15,7 +15,7 @@ from ..fillers import fill
 from .. import blas
 from ..blas import gemm, gemm_tasks
 from ..im2col import workspace
-from ..threads import run_chunks, alternate
+from ..threads import alternate, run_calls
 from .base import Layer, register_layer
 
 
@@ -116,11 +116,7 @@ class InnerProductLayer(Layer):
         # both products' blocks in one round of the threads (the calls gemm would
         # make, so the same numbers): one wait for the pool instead of two, and
         # no core idles on the first product's last block
-        calls = alternate(*tasks) if len(tasks) == 2 else (tasks[0] if tasks else [])
-        if len(calls) == 1:
-            calls[0]()
-        elif calls:
-            run_chunks(len(calls), lambda i: calls[i]())
+        run_calls(alternate(*tasks) if len(tasks) == 2 else [c for t in tasks for c in t])
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)
 

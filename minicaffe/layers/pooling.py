@@ -25,7 +25,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..blob import DTYPE
 from ..im2col import pad_spatial
 from ..protoio import pb
-from ..threads import num_threads, run_chunks
+from ..threads import num_threads, run_ranges
 from .base import Layer, register_layer
 
 _f = DTYPE
@@ -321,9 +321,6 @@ def plane_blocks(planes, per_plane, block_elems=CHUNK_ELEMS):
     return [planes * i // n for i in range(n + 1)]
 
 
-def _run_blocks(bounds, part):
-    run_chunks(len(bounds) - 1, lambda i: part(bounds[i], bounds[i + 1]))
-
 
 def _pool_method_name(method):
     return {MAX: 'MAX', AVE: 'AVE', STOCHASTIC: 'STOCHASTIC'}.get(method, str(method))
@@ -452,7 +449,7 @@ class PoolingLayer(Layer):
         else:
             def part(lo, hi):
                 ys[lo:hi] = ave_pool_forward(xs[lo:hi], g)
-        _run_blocks(plane_blocks(nc, g.H * g.W, self._block_elems()), part)
+        run_ranges(plane_blocks(nc, g.H * g.W, self._block_elems()), part)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -468,7 +465,7 @@ class PoolingLayer(Layer):
         else:
             def part(lo, hi):
                 dxs[lo:hi] = ave_pool_backward(dys[lo:hi], g)
-        _run_blocks(plane_blocks(nc, g.H * g.W, self._block_elems()), part)
+        run_ranges(plane_blocks(nc, g.H * g.W, self._block_elems()), part)
 
 
     # -- GPU: Caffe's pooling kernels (kernels/pooling.cu) --------------------

@@ -35,7 +35,7 @@ from ..blob import DTYPE
 from ..protoio import pb
 from ..im2col import (_padding, col2im, conv_out_size, copy_split, deconv_out_size,
                       parallel_for, windows, workspace)
-from ..threads import alternate, run_chunks
+from ..threads import alternate, run_calls, run_chunks
 from .base import Layer, register_layer
 
 _f = DTYPE
@@ -670,10 +670,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
                         if self.bias_term:          # while the image is in cache
                             yv[n].reshape(self.num_output, -1)[...] += \
                                 self.blobs[1].data[:, None]
-                elif not self.caffe_sums and not self.batch_inner:
-                    col = self._forward_in_image_blocks(x[b0:b1], y[b0:b1], store)
                 elif not self.caffe_sums:
-                    col = self._forward_in_row_blocks(x[b0:b1], y[b0:b1], store)
+                    col = self._forward_in_blocks(x[b0:b1], y[b0:b1], store)
                 else:
                     col = self._im2col(x[b0:b1], out=store)
                     y_g = _group_gemm(W, col, out=workspace('gemm', (G, Mg, col.shape[2])),
@@ -683,72 +681,49 @@ class ConvolutionLayer(BaseConvolutionLayer):
             if store is not None:       # (G, K, B*P), or (B, G, K, P) per image
                 self._cols[i] = (b.data, store if self.per_image else col)
 
-    def _forward_in_image_blocks(self, x, y, store):
-        """DEFAULT's batched forward in Caffe's column layout (columns (image,
-        position); not batch_inner): im2col, the GEMM and the copy into the top
-        with the bias, block by block of images, each block one call on the
-        worker threads -- one round of the thread pool instead of three, and one
-        block's copies (numpy, holding the GIL between calls) run beside another
-        block's BLAS call.  As many blocks as blas.gemm_blocks gives the whole
-        product (a function of the shape).  LeNet's conv1 on 2 threads: 0.80 ms
-        against 0.92 (best; the same bits).  (batch_inner's blocks would be rows
-        of output positions, whose copies run short inner loops: slower.)
+    def _forward_in_blocks(self, x, y, store):
+        """DEFAULT's batched forward: im2col and the GEMM block by block, each
+        block one call on the worker threads, so that one block's copies (numpy,
+        holding the GIL between calls) run beside another block's BLAS call
+        instead of both threads copying, then both multiplying.  As many blocks
+        as blas.gemm_blocks gives the whole product (a function of the shape:
+        the same numbers on any thread count), cut along the columns' outer axis:
+        - Caffe's column layout (columns (image, position)): blocks of images,
+          each also copied into the top with the bias in its call (LeNet's
+          conv1 on 2 threads: 0.80 ms against 0.92 in three rounds);
+        - batch_inner (columns (output position, image)): blocks of output rows
+          (conv2 2.73 -> 2.58 ms inside LeNet iterations); the top is copied out
+          afterwards, as one pass: per block, its short transposing copies
+          measured no faster.
         Returns the columns (G, K, B*P)."""
-        src = self._im2col_source(x)                        # (C, *k, B, *out)
-        axis = 1 if self.is_1x1 else 1 + self.nsp          # its image axis
+        src = self._im2col_source(x)        # (C, *k, B, *out), batch_inner (C, *k, *out, B)
         cols = workspace('col', src.shape) if store is None else store.reshape(src.shape)
         G, Mg, K = self.group, self.num_output // self.group, self.kernel_dim
         B, P = x.shape[0], self.conv_out_dim
         col = cols.reshape(G, K, B * P)
-        count = min(B, len(gemm_blocks(Mg, B * P, K)[1]) - 1)
-        bounds = [B * i // count for i in range(count + 1)]
+        if self.batch_inner:
+            axis, units = 1 + self.nsp, self.conv_out_sp[0]     # src's first output axis
+        else:
+            axis, units = (1 if self.is_1x1 else 1 + self.nsp), B   # src's image axis
+        width = B * P // units                                  # columns per unit
+        count = min(units, len(gemm_blocks(Mg, B * P, K)[1]) - 1)
+        bounds = [units * i // count for i in range(count + 1)]
         W = self._weights()
         y_g = workspace('gemm', (G, Mg, B * P))
         bias = self.blobs[1].data if self.bias_term else None
 
         def block(j):
-            b0, b1 = bounds[j], bounds[j + 1]
-            cut = (slice(None),) * axis + (slice(b0, b1),)
+            u0, u1 = bounds[j], bounds[j + 1]
+            cut = (slice(None),) * axis + (slice(u0, u1),)
             cols[cut] = src[cut]
             for g in range(G):
-                gemm(W[g], col[g][:, b0 * P:b1 * P], y_g[g][:, b0 * P:b1 * P], any_blas=True)
-            self._from_gmp(y_g, y, bias, images=(b0, b1))
+                gemm(W[g], col[g][:, u0 * width:u1 * width], y_g[g][:, u0 * width:u1 * width],
+                     any_blas=True)
+            if not self.batch_inner:
+                self._from_gmp(y_g, y, bias, images=(u0, u1))
         run_chunks(count, block)
-        return col
-
-    def _forward_in_row_blocks(self, x, y, store):
-        """DEFAULT's batched forward in the batch_inner layout (columns (output
-        position, image)): the im2col copy and the GEMM block by block of output
-        rows, each block one call on the worker threads, so that one block's
-        copy (numpy, memory-bound) runs beside another block's BLAS call instead
-        of both threads copying, then both multiplying.  (Copying each block's
-        part of the top out in its call as well measured no faster: a round of
-        short transposing copies.)  The blocks are
-        blas.gemm_blocks' column blocks rounded to whole output rows (a function
-        of the shape: the same numbers on any thread count).  Returns the
-        columns (G, K, P*B)."""
-        src = self._im2col_source(x)                        # (C, *k, *out, B)
-        cols = workspace('col', src.shape) if store is None else store.reshape(src.shape)
-        G, Mg, K = self.group, self.num_output // self.group, self.kernel_dim
-        B, P = x.shape[0], self.conv_out_dim
-        col = cols.reshape(G, K, P * B)
-        rows = self.conv_out_sp[0]
-        per_row = P // rows * B                              # columns per output row
-        count = min(rows, len(gemm_blocks(Mg, P * B, K)[1]) - 1)
-        bounds = [rows * i // count for i in range(count + 1)]
-        W = self._weights()
-        y_g = workspace('gemm', (G, Mg, P * B))
-        axis = 1 + self.nsp                                  # src's first output axis
-
-        def block(j):
-            r0, r1 = bounds[j], bounds[j + 1]
-            cut = (slice(None),) * axis + (slice(r0, r1),)
-            cols[cut] = src[cut]
-            c0, c1 = r0 * per_row, r1 * per_row
-            for g in range(G):
-                gemm(W[g], col[g][:, c0:c1], y_g[g][:, c0:c1], any_blas=True)
-        run_chunks(count, block)
-        self._from_gmp(y_g, y, self.blobs[1].data if self.bias_term else None)
+        if self.batch_inner:
+            self._from_gmp(y_g, y, bias)
         return col
 
     def _keeps_columns(self):
@@ -883,20 +858,19 @@ class ConvolutionLayer(BaseConvolutionLayer):
         so there is no cheaper sign that they did not."""
         w = self.blobs[0].data
         kept = getattr(self, '_winograd_kept', None)
-        same = (kept is not None and kept[1] is self.tiling and kept[2] is self.stacking
-                and kept[0].shape == w.shape)
-        if same:
+        # the same layout (tiling, stacking, weight shape): U's and the copy's
+        # buffers serve again, whatever the values
+        layout = (kept is not None and kept[1] is self.tiling and kept[2] is self.stacking
+                  and kept[0].shape == w.shape)
+        if layout:
             a, b = kept[0].reshape(-1).view(np.int32), w.reshape(-1).view(np.int32)
             # (a solver changes every weight: the first few show it)
-            same = np.array_equal(a[:256], b[:256]) and np.array_equal(a, b)
-            if same:
+            if np.array_equal(a[:256], b[:256]) and np.array_equal(a, b):
                 return kept[3]
         ws = self.stacking.stack_weights(w) if self.stacking else w
-        reuse = kept is not None and kept[0].shape == w.shape
-        U_size = self.tiling.points * ws.shape[0] * ws.shape[1]
         U = winograd.transform_weights(ws, self.group, self.tiling,
-                                       out=kept[3] if reuse and kept[3].size == U_size else None)
-        copy = kept[0] if reuse else np.empty_like(w)
+                                       out=kept[3] if layout else None)
+        copy = kept[0] if layout else np.empty_like(w)
         np.copyto(copy, w)
         self._winograd_kept = (copy, self.tiling, self.stacking, U)
         return U
@@ -990,8 +964,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     weight = _outer_transposed_tasks(self._weight_diff(), dy, col)
                     if weight is not None:
                         data, view = self._data_gradient_tasks(W, dy, b1 - b0)
-                        tasks = alternate(data, weight[0])
-                        run_chunks(len(tasks), lambda j: tasks[j]())
+                        run_calls(alternate(data, weight[0]))
                         weight[1]()
                         copy_split(view, out=dx[b0:b1])
                         continue
@@ -1056,7 +1029,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         """col2im(W_g^T @ dY_g) in the batch_inner layout (_data_gradient_tasks
         run on the worker threads).  Returns a view (B, C, *sp)."""
         tasks, view = self._data_gradient_tasks(W, dy, B)
-        run_chunks(len(tasks), lambda i: tasks[i]())
+        run_calls(tasks)
         return view
 
     def _data_gradient_tasks(self, W, dy, B):
