@@ -116,24 +116,18 @@ def test_blocked_data_gradient_equals_the_whole_column_matrix_route(spec, shape,
 
 
 @pytest.mark.parametrize('spec,shape', [
-    ('num_output: 20 kernel_size: 5', (64, 1, 28, 28)),                   # LeNet's conv1: k cut
-    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12)),                  # conv2 (batch_inner)
+    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12)),                  # LeNet's conv2
     ('num_output: 6 kernel_size: 3 pad: 1 group: 2', (3, 4, 7, 7))])
 def test_default_engine_weight_gradient_is_the_transposed_product(spec, shape, set_threads,
                                                                   monkeypatch):
-    """DEFAULT forms a batched layer's weight gradient as col dY^T (k cut where the
-    output is short) and its bias gradient from dY's rows in the GEMM layout:
-    within float32 rounding of Caffe's dY col^T and sum, which engine CAFFE
-    keeps bit for bit, and the same bits on 1 and 3 threads."""
+    """DEFAULT forms a batch_inner layer's weight gradient as col dY^T and its
+    bias gradient from dY's rows in the GEMM layout: within float32 rounding of
+    Caffe's dY col^T and sum, which engine CAFFE keeps bit for bit, and the
+    same bits on 1 and 3 threads."""
     grads, routes = {}, []
     transposed = vision._accumulate_outer_transposed
     monkeypatch.setattr(vision, '_accumulate_outer_transposed',
                         lambda *a: routes.append(engine) or transposed(*a))
-    # (a layer in Caffe's column layout that passes no gradient down forms the
-    # same products, in parts of the images together with the bias sums)
-    in_parts = vision.ConvolutionLayer._parameter_gradients_in_image_parts
-    monkeypatch.setattr(vision.ConvolutionLayer, '_parameter_gradients_in_image_parts',
-                        lambda self, *a: routes.append(engine) or in_parts(self, *a))
     for engine in ('DEFAULT', 'CAFFE'):
         for t in (1, 3):
             set_threads(t)
@@ -200,25 +194,20 @@ def test_both_gradients_run_together_with_the_numbers_of_running_them_apart(
 
 
 BLOCKED_FORWARDS = [
-    # Caffe's column layout, blocks of images (one copy into the top per block)
-    ('num_output: 20 kernel_size: 5', (64, 1, 28, 28), 4, False),        # LeNet's conv1
-    ('num_output: 16 kernel_size: 2 group: 2', (9, 4, 30, 30), 4, False),
-    ('num_output: 12 kernel_size: 1', (3, 4, 5, 5), 4, False),           # 1x1: no im2col
     # batch_inner, blocks of output rows (at most one per row)
-    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12), 2, True),        # LeNet's conv2
-    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12), 4, True),
-    ('num_output: 8 kernel_size: 3 group: 2 pad: 1', (16, 4, 6, 6), 4, True),
-    ('num_output: 6 kernel_size: 3 stride: 2', (8, 3, 9, 7), 9, True)]
+    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12), 2),              # LeNet's conv2
+    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12), 4),
+    ('num_output: 8 kernel_size: 3 group: 2 pad: 1', (16, 4, 6, 6), 4),
+    ('num_output: 6 kernel_size: 3 stride: 2', (8, 3, 9, 7), 9)]
 
 
-@pytest.mark.parametrize('spec,shape,blocks,inner', BLOCKED_FORWARDS)
+@pytest.mark.parametrize('spec,shape,blocks', BLOCKED_FORWARDS)
 @pytest.mark.parametrize('threads_', [1, 3])
-def test_blocked_forward_gives_the_numbers_of_the_whole_batch(spec, shape, blocks, inner,
+def test_blocked_forward_gives_the_numbers_of_the_whole_batch(spec, shape, blocks,
                                                               threads_, set_threads, monkeypatch):
-    """DEFAULT's batched forward runs im2col, the GEMM (and, in Caffe's column
-    layout, the copy into the top) block by block: the top and the columns kept
-    for backward are those of the whole-batch route, bit for bit, on any thread
-    count."""
+    """DEFAULT's batch_inner forward runs im2col and the GEMM block by block of
+    output rows: the top and the columns kept for backward are those of the
+    whole-batch route, bit for bit, on any thread count."""
     set_threads(threads_, split_small=True)
     calls = []
     real = vision.ConvolutionLayer._forward_in_blocks
@@ -227,8 +216,7 @@ def test_blocked_forward_gives_the_numbers_of_the_whole_batch(spec, shape, block
     monkeypatch.setattr(vision, 'gemm_blocks', lambda m, n, k: (1, list(range(blocks)) + [n]))
     layer, bottom, top = _conv(spec, shape)
     layer.reshape(bottom, top)
-    assert not layer.per_image and not layer.caffe_sums
-    assert layer.batch_inner == inner
+    assert layer.batch_inner and not layer.caffe_sums
     layer.forward(bottom, top)
     assert calls
     W = layer.blobs[0].data.reshape(layer.group, -1, layer.kernel_dim)
@@ -237,20 +225,19 @@ def test_blocked_forward_gives_the_numbers_of_the_whole_batch(spec, shape, block
     layer._from_gmp(vision._group_gemm(W, col, blocks=shape[0], any_blas=True), want,
                     layer.blobs[1].data)
     assert np.array_equal(top[0].data.view(np.uint32), want.view(np.uint32))
-    if not layer.is_1x1:
-        assert np.array_equal(layer._cols[0][1], col)
+    assert np.array_equal(layer._cols[0][1], col)
 
 
 @pytest.mark.parametrize('spec,shape', [
-    ('num_output: 20 kernel_size: 5', (64, 1, 28, 28)),                   # LeNet's conv1
-    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12)),                  # conv2 (batch_inner)
-    ('num_output: 6 kernel_size: 3 pad: 1 group: 2', (3, 4, 7, 7))])
+    ('num_output: 50 kernel_size: 5', (64, 20, 12, 12)),                  # LeNet's conv2
+    ('num_output: 6 kernel_size: 3 pad: 1 group: 2', (3, 4, 7, 7)),
+    ('num_output: 20 kernel_size: 5 engine: CAFFE', (64, 1, 28, 28))])   # Caffe's layout
 def test_batched_forward_adds_the_bias_in_the_transposing_copy_bit_for_bit(spec, shape):
     """The bias is added while the product is copied into the top: the same
     float32 sum as the product copied, then the bias added."""
     layer, bottom, top = _conv(spec, shape)
     layer.reshape(bottom, top)
-    assert not layer.per_image
+    assert not layer.per_image and not layer.stacked
     layer.forward(bottom, top)
     W = layer.blobs[0].data.reshape(layer.group, -1, layer.kernel_dim)
     col = layer._im2col(bottom[0].data)
@@ -259,6 +246,98 @@ def test_batched_forward_adds_the_bias_in_the_transposing_copy_bit_for_bit(spec,
                     want)
     want += layer.blobs[1].data[None, :, None, None]
     assert np.array_equal(top[0].data.view(np.uint32), want.view(np.uint32))
+
+
+STACKED = [
+    ('num_output: 20 kernel_size: 5', [(64, 1, 28, 28)]),                 # LeNet's conv1
+    ('num_output: 16 kernel_size: 2 group: 2', [(9, 4, 30, 30)]),
+    ('num_output: 12 kernel_size: 1', [(3, 4, 5, 5)]),                    # 1x1: x is col
+    ('num_output: 10 kernel_size: 3 stride: 2 pad: 2 dilation: 2', [(5, 2, 11, 9)]),
+    ('num_output: 16 kernel_size: 3 pad: 1', [(4, 3, 10, 10), (4, 3, 10, 10)])]  # 2 bottoms
+
+
+def _stacked_run(spec, shapes, threads_, set_threads):
+    set_threads(threads_, split_small=True)
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    layer, bottom, top = make_layer('type: "Convolution" convolution_param { %s'
+                                    ' weight_filler { type: "gaussian" std: 0.1 }'
+                                    ' bias_filler { type: "gaussian" std: 0.1 } }' % spec,
+                                    xs, phase="TRAIN", num_tops=len(xs))
+    layer.reshape(bottom, top)
+    assert layer.stacked and not layer.per_image and not layer.batch_inner
+    for blob in layer.blobs:                     # the same weights in every run
+        blob.data[...] = 0.1 * rng.standard_normal(blob.shape)
+    layer.forward(bottom, top)
+    kept = [layer._cols[i][1].copy() for i in layer._cols]
+    for t in top:
+        t.diff[...] = rng.standard_normal(t.shape)
+    layer.blobs[0].diff[...] = 0.5               # gradients accumulate
+    layer.blobs[1].diff[...] = 0.25
+    layer.backward(top, [True] * len(bottom), bottom)
+    return layer, bottom, top, kept
+
+
+@pytest.mark.parametrize('spec,shapes', STACKED)
+def test_stacked_layers_compute_each_images_products_on_any_thread_count(spec, shapes,
+                                                                          set_threads):
+    """DEFAULT runs a layer of small per-image products in Caffe's layout
+    (LeNet's conv1) stacked: per image W_g @ col_n,g + b in one np.matmul per
+    block of images, and backward's per-image dY_n,g col_n,g^T, dY sums and
+    col2im(W_g^T dY_n,g).  The top is the per-image products bit for bit, the
+    numbers are the same on 1 and 3 threads, and all agree with a float64
+    direct convolution and its gradients."""
+    runs = [_stacked_run(spec, shapes, n, set_threads) for n in (1, 3)]
+    for (l1, b1, t1, k1), (l3, b3, t3, k3) in [runs]:
+        for a, b in zip([t.data for t in t1] + [b.diff for b in b1] + [p.diff for p in l1.blobs]
+                        + k1,
+                        [t.data for t in t3] + [b.diff for b in b3] + [p.diff for p in l3.blobs]
+                        + k3):
+            assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    layer, bottom, top, kept = runs[0]
+    G, K, P = layer.group, layer.kernel_dim, layer.conv_out_dim
+    W, bias = layer.blobs[0].data.reshape(G, -1, K), layer.blobs[1].data
+    cp = layer.layer_param.convolution_param
+    stride, pad = (cp.stride[0] if cp.stride else 1), (cp.pad[0] if cp.pad else 0)
+    dW = np.full(W.shape, 0.5)
+    db = np.full(bias.shape, 0.25)
+    for i, (b, t) in enumerate(zip(bottom, top)):
+        col = im2col(b.data, layer.kernel, layer.stride, layer.pad,
+                     layer.dilation).reshape(b.shape[0], G, K, P)
+        if not layer.is_1x1:
+            assert np.array_equal(kept[i], col)      # the columns kept for backward
+        want = np.stack([np.matmul(W[g], col[:, g]) for g in range(G)], axis=1)
+        want += bias.reshape(G, -1, 1)
+        assert np.array_equal(t.data.reshape(want.shape).view(np.uint32), want.view(np.uint32))
+        dil = layer.dilation[0]
+        if dil == 1:
+            np.testing.assert_allclose(t.data, _conv_reference(b.data, layer.blobs[0].data, bias,
+                                                               stride, pad, G),
+                                       rtol=1e-5, atol=1e-5)
+        dy = t.diff.astype(np.float64).reshape(b.shape[0], G, -1, P)
+        dW += np.einsum('ngmp,ngkp->gmk', dy, col.astype(np.float64))
+        db += dy.sum(axis=(0, 3)).reshape(-1)
+        dcol = np.einsum('gmk,ngmp->ngkp', W.astype(np.float64), dy)
+        from minicaffe.im2col import col2im
+        dx = col2im(dcol.reshape((b.shape[0], b.shape[1]) + layer.kernel + layer.conv_out_sp),
+                    b.shape[2:], layer.kernel, layer.stride, layer.pad, layer.dilation,
+                    dtype=np.float64)
+        np.testing.assert_allclose(b.diff, dx, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(layer.blobs[0].diff.reshape(W.shape), dW, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.blobs[1].diff, db, rtol=1e-4, atol=1e-4)
+
+
+def test_stacked_weight_gradient_in_parts_of_the_images(set_threads, monkeypatch):
+    """Where a block's per-image weight-gradient products would be too many
+    (STACKED_PART_ELEMS), they are summed in parts of the images: the same
+    gradients up to float32 rounding."""
+    spec, shapes = STACKED[0]
+    whole = _stacked_run(spec, shapes, 2, set_threads)[0]
+    monkeypatch.setattr(vision, 'STACKED_PART_ELEMS', 1)
+    parts = _stacked_run(spec, shapes, 2, set_threads)[0]
+    for a, b in zip(whole.blobs, parts.blobs):
+        np.testing.assert_allclose(a.diff, b.diff, rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(whole.blobs[0].diff, parts.blobs[0].diff)   # summed otherwise
 
 
 def test_per_image_forward_is_caffes_gemm_call_bit_for_bit():

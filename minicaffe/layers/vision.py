@@ -35,7 +35,7 @@ from ..blob import DTYPE
 from ..protoio import pb
 from ..im2col import (_padding, col2im, conv_out_size, copy_split, deconv_out_size,
                       parallel_for, windows, workspace)
-from ..threads import alternate, run_calls, run_chunks
+from ..threads import alternate, num_threads, run_calls, run_chunks, run_ranges
 from .base import Layer, register_layer
 
 _f = DTYPE
@@ -55,6 +55,10 @@ COL_CACHE_BYTES = 256 << 20
 # time, loaded machine) blocks of 1 MB took 4.9-6.2 ms, 2 MB 4.3, 4 MB 3.7-3.8
 # (two blocks: one per core on 2), the whole 8 MB product 4.1-4.5.
 COL2IM_BLOCK_BYTES = 4 << 20
+# A stacked layer's backward (DEFAULT, small per-image products:
+# _backward_stacked) keeps the per-image weight-gradient products of at most this
+# many elements at a time before summing them.
+STACKED_PART_ELEMS = 1 << 22
 # On the GPU the columns of this many bytes of images are built at once.
 COL_GPU_BYTES = 1 << 30
 
@@ -125,6 +129,12 @@ PER_IMAGE_MIN_MACS = 1 << 19
 def _per_image(m, k, p):
     """Whether an (m x k) @ (k x p) product per image gets its own GEMM."""
     return p >= PER_IMAGE_MIN_POSITIONS and m * k * p >= PER_IMAGE_MIN_MACS
+
+
+def _thread_blocks(n):
+    """Bounds of one block of range(n) per thread (at most n blocks)."""
+    count = max(1, min(n, num_threads()))
+    return [n * j // count for j in range(count + 1)]
 
 
 def _accumulate_outer(dW, a, col):
@@ -326,6 +336,13 @@ class BaseConvolutionLayer(Layer):
         # the DEFAULT engine may group the sums differently where that is faster
         engine = self.layer_param.convolution_param.engine
         self.caffe_sums = engine == pb.ConvolutionParameter.CAFFE or winograd.FORCE == 'caffe'
+        # DEFAULT: the other small per-image products (Caffe's column layout:
+        # LeNet's conv1) run stacked, per-image columns and one matmul per block
+        # of images (_forward_stacked)
+        self.stacked = not (self.caffe_sums or self.reverse or self.per_image
+                            or self.batch_inner)
+        # columns laid out per image, (B, G, K, P), and kept so
+        self.image_cols = self.per_image or self.stacked
         if self.winograd:
             # images per chunk: the input transforms (channels) and the products
             # (outputs) of a chunk each within COL_CHUNK_BYTES
@@ -367,6 +384,12 @@ class BaseConvolutionLayer(Layer):
                    (self.group * self.kernel_dim, self.conv_out_dim), _f),
                   ('one zero-padded image (pad %s)' % (self.pad,),
                    (self.conv_in_channels,) + padded, _f)]
+        if self.stacked and self.phase == pb.TRAIN:
+            # backward's per-image weight-gradient products (_backward_stacked)
+            per_image = self.num_output * self.kernel_dim
+            images = max(1, min(max(self.num, 1), STACKED_PART_ELEMS // per_image))
+            shapes.append(('the weight-gradient products of %d images' % images,
+                           (images, per_image), _f))
         if self.winograd:
             # the per-point products of a chunk of images (winograd.forward's M;
             # backward's D is the same size)
@@ -508,19 +531,17 @@ class BaseConvolutionLayer(Layer):
         t = copy_split(src, out=workspace(scratch, src.shape))
         return t.reshape(self.group, channels // self.group, -1)
 
-    def _from_gmp(self, m, dst, bias=None, images=None):
+    def _from_gmp(self, m, dst, bias=None):
         """m: (G, M/G, B*P) -> written into dst viewed (B, M, P), plus bias (M,)
         if given (added during the transposing copy: one pass over the top
         instead of two, the same float32 sums), split over images across the
-        worker threads.  images=(b0, b1): only those images."""
+        worker threads."""
         B, M = dst.shape[0], dst.shape[1]
         out = dst.reshape(B, M, -1)
         if self.batch_inner:
             src = m.reshape(M, -1, B).transpose(2, 0, 1)
         else:
             src = m.reshape(M, B, -1).transpose(1, 0, 2)
-        if images is not None:
-            src, out = src[images[0]:images[1]], out[images[0]:images[1]]
         b = None if bias is None else bias[None, :, None]
 
         def part(lo, hi):
@@ -670,6 +691,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
                         if self.bias_term:          # while the image is in cache
                             yv[n].reshape(self.num_output, -1)[...] += \
                                 self.blobs[1].data[:, None]
+                elif self.stacked:
+                    self._forward_stacked(x[b0:b1], y[b0:b1],
+                                          None if store is None else store[b0:b1])
                 elif not self.caffe_sums:
                     col = self._forward_in_blocks(x[b0:b1], y[b0:b1], store)
                 else:
@@ -679,60 +703,91 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     self._from_gmp(y_g, y[b0:b1],
                                    self.blobs[1].data if self.bias_term else None)
             if store is not None:       # (G, K, B*P), or (B, G, K, P) per image
-                self._cols[i] = (b.data, store if self.per_image else col)
+                self._cols[i] = (b.data, store if self.image_cols else col)
 
     def _forward_in_blocks(self, x, y, store):
-        """DEFAULT's batched forward: im2col and the GEMM block by block, each
-        block one call on the worker threads, so that one block's copies (numpy,
-        holding the GIL between calls) run beside another block's BLAS call
-        instead of both threads copying, then both multiplying.  As many blocks
-        as blas.gemm_blocks gives the whole product (a function of the shape:
-        the same numbers on any thread count), cut along the columns' outer axis:
-        - Caffe's column layout (columns (image, position)): blocks of images,
-          each also copied into the top with the bias in its call (LeNet's
-          conv1 on 2 threads: 0.80 ms against 0.92 in three rounds);
-        - batch_inner (columns (output position, image)): blocks of output rows
-          (conv2 2.73 -> 2.58 ms inside LeNet iterations); the top is copied out
-          afterwards, as one pass: per block, its short transposing copies
-          measured no faster.
-        Returns the columns (G, K, B*P)."""
-        src = self._im2col_source(x)        # (C, *k, B, *out), batch_inner (C, *k, *out, B)
+        """DEFAULT's forward in the batch_inner layout: im2col and the GEMM block
+        by block of output rows, each block one call on the worker threads, so
+        that one block's copies (numpy, holding the GIL between calls) run beside
+        another block's BLAS call instead of both threads copying, then both
+        multiplying (LeNet's conv2 2.73 -> 2.58 ms inside iterations).  As many
+        blocks as blas.gemm_blocks gives the whole product (a function of the
+        shape: the same numbers on any thread count), at most one per output
+        row.  The top is copied out afterwards, as one pass: per block, its
+        short transposing copies measured no faster.  Returns the columns
+        (G, K, P*B)."""
+        src = self._im2col_source(x)        # (C, *k, *out, B)
         cols = workspace('col', src.shape) if store is None else store.reshape(src.shape)
         G, Mg, K = self.group, self.num_output // self.group, self.kernel_dim
         B, P = x.shape[0], self.conv_out_dim
         col = cols.reshape(G, K, B * P)
-        if self.batch_inner:
-            axis, units = 1 + self.nsp, self.conv_out_sp[0]     # src's first output axis
-        else:
-            axis, units = (1 if self.is_1x1 else 1 + self.nsp), B   # src's image axis
-        width = B * P // units                                  # columns per unit
-        count = min(units, len(gemm_blocks(Mg, B * P, K)[1]) - 1)
-        bounds = [units * i // count for i in range(count + 1)]
+        rows = self.conv_out_sp[0]
+        width = B * P // rows                                  # columns per output row
+        count = min(rows, len(gemm_blocks(Mg, B * P, K)[1]) - 1)
+        bounds = [rows * i // count for i in range(count + 1)]
         W = self._weights()
         y_g = workspace('gemm', (G, Mg, B * P))
-        bias = self.blobs[1].data if self.bias_term else None
 
         def block(j):
-            u0, u1 = bounds[j], bounds[j + 1]
-            cut = (slice(None),) * axis + (slice(u0, u1),)
+            r0, r1 = bounds[j], bounds[j + 1]
+            cut = (slice(None),) * (1 + self.nsp) + (slice(r0, r1),)
             cols[cut] = src[cut]
             for g in range(G):
-                gemm(W[g], col[g][:, u0 * width:u1 * width], y_g[g][:, u0 * width:u1 * width],
+                gemm(W[g], col[g][:, r0 * width:r1 * width], y_g[g][:, r0 * width:r1 * width],
                      any_blas=True)
-            if not self.batch_inner:
-                self._from_gmp(y_g, y, bias, images=(u0, u1))
         run_chunks(count, block)
-        if self.batch_inner:
-            self._from_gmp(y_g, y, bias)
+        self._from_gmp(y_g, y, self.blobs[1].data if self.bias_term else None)
         return col
+
+    def _stacked_columns(self, x, store):
+        """A stacked layer's per-image columns of x (B, G, K, P) and a copy(lo,
+        hi) that builds those of images lo:hi: into store (kept for backward) or
+        a workspace array; a 1x1 kernel's columns are x itself."""
+        B = x.shape[0]
+        shape = (B, self.group, self.kernel_dim, self.conv_out_dim)
+        if self.is_1x1:
+            return x.reshape(shape), lambda lo, hi: None
+        src = windows(x, self.kernel, self.stride, self.pad, self.dilation, self.conv_out_sp)
+        cols = workspace('col', shape) if store is None else store
+        dst = cols.reshape(src.shape)
+
+        def copy(lo, hi):
+            dst[lo:hi] = src[lo:hi]
+        return cols, copy
+
+    def _forward_stacked(self, x, y, store):
+        """DEFAULT's forward of a stacked layer (self.stacked: small per-image
+        products in Caffe's layout, LeNet's conv1): per image y_n,g = W_g @ col_n,g
+        + b, the product Caffe makes, in one block of images per thread: each
+        block copies its images' columns (B, G, K, P), makes one np.matmul per
+        group -- numpy's loop of one BLAS call per image -- straight into the
+        top, and adds the bias while the block is in cache.  OpenBLAS runs
+        products this small without packing them, which one GEMM over the batch
+        pays for the whole batch (LeNet's conv1, 1 thread: 0.36 ms against 0.71
+        for that GEMM and its transposing copy into the top).  Each image's
+        numbers are its own product's, whatever the blocks.  store: where the
+        columns are kept for backward, or None."""
+        B, G, Mg = x.shape[0], self.group, self.num_output // self.group
+        W = self._weights()
+        yv = y.reshape(B, G, Mg, self.conv_out_dim)
+        bias = self.blobs[1].data.reshape(G, Mg, 1) if self.bias_term else None
+        cols, copy = self._stacked_columns(x, store)
+
+        def block(lo, hi):
+            copy(lo, hi)
+            for g in range(G):
+                np.matmul(W[g], cols[lo:hi, g], out=yv[lo:hi, g])
+            if bias is not None:
+                yv[lo:hi] += bias
+        run_ranges(_thread_blocks(B), block)
 
     def _keeps_columns(self):
         """Whether forward keeps each bottom's columns for backward: in TRAIN
         phase, unless too large, a 1x1 kernel (no columns), or a batch-wide
         layout built in chunks."""
         return not (self.phase != pb.TRAIN or self.col_bytes * self.num > COL_CACHE_BYTES
-                    or (self.per_image and self.is_1x1)
-                    or (not self.per_image and self.chunk < self.num))
+                    or (self.image_cols and self.is_1x1)
+                    or (not self.image_cols and self.chunk < self.num))
 
     def _keeps_winograd_input(self):
         """Whether Winograd forward keeps each bottom's input transform for the
@@ -770,7 +825,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         store = self._col_store.get(i)
         if store is None or store.size != n:
             store = self._col_store[i] = np.empty(n, _f)
-        if self.per_image:
+        if self.image_cols:
             return store.reshape(self.num, self.group, self.kernel_dim, self.conv_out_dim)
         return store
 
@@ -817,11 +872,11 @@ class ConvolutionLayer(BaseConvolutionLayer):
         """Bottom i's columns of images b0:b1: kept from forward, or rebuilt."""
         cached = self._cols.get(i)
         if cached is not None and cached[0] is b.data:
-            if self.per_image:
+            if self.image_cols:
                 return cached[1][b0:b1]
             if b1 - b0 == self.num:
                 return cached[1]
-        return self._im2col_images(x[b0:b1]) if self.per_image else self._im2col(x[b0:b1])
+        return self._im2col_images(x[b0:b1]) if self.image_cols else self._im2col(x[b0:b1])
 
     def _forward_winograd(self, bottom, top):
         """Forward by Winograd (minicaffe/winograd.py, self.tiling), a chunk of
@@ -928,7 +983,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
             return
         if self.winograd_backward:
             return self._backward_winograd(top, propagate_down, bottom)
-        # per image, the bias gradient is summed image by image with the GEMMs;
+        # per image (and stacked), the bias gradient is summed image by image;
         # batched, DEFAULT sums the rows of dY in the GEMM layout (contiguous)
         need_b = self.bias_term and self.param_propagate_down[1]
         if not self.per_image and self.caffe_sums:
@@ -946,10 +1001,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 if self.per_image:
                     self._backward_per_image(i, b, x, dy_all, dx, b0, b1, need_w, need_b, W)
                     continue
-                if (need_w and dx is None and not self.batch_inner and not self.caffe_sums
-                        and self.num_output // self.group <= self.kernel_dim):
-                    self._parameter_gradients_in_image_parts(
-                        dy_all[b0:b1], self._col_for(i, b, b0, b1, x), need_b)
+                if self.stacked:
+                    self._backward_stacked(i, b, x, dy_all, dx, b0, b1, need_w, need_b, W)
                     continue
                 dy = self._to_gmp(dy_all[b0:b1], self.num_output)
                 if need_b:
@@ -984,46 +1037,6 @@ class ConvolutionLayer(BaseConvolutionLayer):
                                        any_blas=not self.caffe_sums)
                     dx[b0:b1] = self._col2im(dcol, b1 - b0)
         self._cols = {}
-
-    def _parameter_gradients_in_image_parts(self, dy, col, need_b):
-        """DEFAULT's weight (and bias) gradient of a batched layer in Caffe's
-        column layout that passes no gradient down (a first layer: LeNet's
-        conv1), in one round of the threads: each part of the images copies its
-        dY into the GEMM layout, sums its rows for the bias and forms its
-        col dY^T, and the parts are added in order.  The same products as
-        _accumulate_outer_transposed's cut over k (gemm_k_blocks, here rounded
-        to whole images), without the whole-batch transposing copy and the bias
-        sum running before them on one thread.  dy (B, M, *sp), col (G, K, B*P)."""
-        B, M, G = dy.shape[0], self.num_output, self.group
-        Mg, K, P = M // G, self.kernel_dim, self.conv_out_dim
-        count = min(B, len(gemm_k_blocks(K, Mg, B * P)) - 1)
-        bounds = [B * i // count for i in range(count + 1)]
-        d3 = dy.reshape(B, M, P)
-        parts = np.empty((count, G, K, Mg), _f)
-        sums = np.empty((count, M), _f) if need_b else None
-
-        def part(j):
-            n0, n1 = bounds[j], bounds[j + 1]
-            d = workspace('dy_part', (M, n1 - n0, P))
-            d[...] = d3[n0:n1].transpose(1, 0, 2)
-            d = d.reshape(M, -1)
-            if sums is not None:
-                np.add.reduce(d, axis=1, out=sums[j])
-            dg = d.reshape(G, Mg, -1)
-            for g in range(G):
-                gemm(col[g][:, n0 * P:n1 * P], dg[g], parts[j, g], trans_b=True, any_blas=True)
-        run_chunks(count, part)
-        t = parts[0]
-        for p in parts[1:]:
-            t += p
-        dW = self._weight_diff()
-        for g in range(G):
-            dW[g] += t[g].T
-        if sums is not None:
-            b = sums[0]
-            for p in sums[1:]:
-                b += p
-            self.blobs[1].diff += b
 
     def _data_gradient_inner(self, W, dy, B):
         """col2im(W_g^T @ dY_g) in the batch_inner layout (_data_gradient_tasks
@@ -1102,6 +1115,43 @@ class ConvolutionLayer(BaseConvolutionLayer):
         run_chunks(parts, part)
         for p in range(1, parts):
             dW += partial[p - 1]
+
+    def _backward_stacked(self, i, b, x, dy_all, dx, b0, b1, need_w, need_b, W):
+        """Images b0:b1 of a stacked layer's backward (_forward_stacked), a block
+        of images per thread: each block sums its images' dY over the positions
+        (the bias), forms their dY_n,g @ col_n,g^T (one np.matmul per group), and
+        their dcol_n,g = W_g^T @ dY_n,g with its col2im into dx.  The per-image
+        sums and products are then added image after image (in parts of the
+        images of at most STACKED_PART_ELEMS products, a function of the shapes):
+        the same numbers on any number of threads."""
+        G, M = self.group, self.num_output
+        Mg, K, P = M // G, self.kernel_dim, self.conv_out_dim
+        dy = dy_all[b0:b1].reshape(b1 - b0, G, Mg, P)
+        col = self._col_for(i, b, b0, b1, x) if need_w else None
+        step = max(1, STACKED_PART_ELEMS // (G * Mg * K))
+        for p0 in range(0, b1 - b0, step):
+            p1 = min(b1 - b0, p0 + step)
+            per_w = workspace('dw_images', (p1 - p0, G, Mg, K)) if need_w else None
+            per_b = workspace('db_images', (p1 - p0, M)) if need_b else None
+
+            def block(lo, hi):
+                d = dy[p0 + lo:p0 + hi]
+                if need_b:
+                    np.add.reduce(d.reshape(hi - lo, M, P), axis=2, out=per_b[lo:hi])
+                if need_w:
+                    c = col[p0 + lo:p0 + hi]
+                    for g in range(G):
+                        np.matmul(d[:, g], c[:, g].transpose(0, 2, 1), out=per_w[lo:hi, g])
+                if dx is not None:
+                    dcol = workspace('dcol_images', (hi - lo, G, K, P))
+                    for g in range(G):
+                        np.matmul(W[g].T, d[:, g], out=dcol[:, g])
+                    dx[b0 + p0 + lo:b0 + p0 + hi] = self._col2im_images(dcol)
+            run_ranges(_thread_blocks(p1 - p0), block)
+            if need_w:
+                self._weight_diff()[...] += np.add.reduce(per_w, axis=0)
+            if need_b:
+                self.blobs[1].diff[...] += np.add.reduce(per_b, axis=0)
 
     def _backward_per_image(self, i, b, x, dy_all, dx, b0, b1, need_w, need_b, W):
         """Images b0:b1 of backward, one GEMM per image and group as Caffe does:
