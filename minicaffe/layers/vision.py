@@ -1016,10 +1016,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     col = self._col_for(i, b, b0, b1, x)
                     weight = _outer_transposed_tasks(self._weight_diff(), dy, col)
                     if weight is not None:
-                        data, view = self._data_gradient_tasks(W, dy, b1 - b0)
+                        data, _ = self._data_gradient_tasks(W, dy, b1 - b0, out=dx[b0:b1])
                         run_calls(alternate(data, weight[0]))
                         weight[1]()
-                        copy_split(view, out=dx[b0:b1])
                         continue
                 if need_w:
                     col = self._col_for(i, b, b0, b1, x)
@@ -1028,7 +1027,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     else:
                         _accumulate_outer_transposed(self._weight_diff(), dy, col)
                 if dx is not None and self.batch_inner:
-                    copy_split(self._data_gradient_inner(W, dy, b1 - b0), out=dx[b0:b1])
+                    self._data_gradient_inner(W, dy, b1 - b0, out=dx[b0:b1])
                 elif dx is not None:
                     # (the column workspace is free again: col was consumed above)
                     dcol = _group_gemm(W, dy, trans_a=True,
@@ -1038,30 +1037,36 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     dx[b0:b1] = self._col2im(dcol, b1 - b0)
         self._cols = {}
 
-    def _data_gradient_inner(self, W, dy, B):
+    def _data_gradient_inner(self, W, dy, B, out=None):
         """col2im(W_g^T @ dY_g) in the batch_inner layout (_data_gradient_tasks
-        run on the worker threads).  Returns a view (B, C, *sp)."""
-        tasks, view = self._data_gradient_tasks(W, dy, B)
+        run on the worker threads), written into out (B, C, *sp) if given.
+        Returns a view (B, C, *sp) of the result."""
+        tasks, view = self._data_gradient_tasks(W, dy, B, out)
         run_calls(tasks)
         return view
 
-    def _data_gradient_tasks(self, W, dy, B):
+    def _data_gradient_tasks(self, W, dy, B, out=None):
         """col2im(W_g^T @ dY_g) in the batch_inner layout, a few input channels at
         a time: each block's columns (rows (c, kernel offset) of W_g^T @ dY_g) are
         summed into the image while still in the core's cache, instead of writing
         the whole column matrix (LeNet's conv2: 8 MB) and reading it back.  The
         blocks depend only on the shapes and each product row is the one the
         whole GEMM forms, so the numbers are those of _col2im_inner on the whole
-        product, on any number of threads.  Returns the blocks' calls (independent
-        of each other) and the view (B, C, *sp) of the result they write."""
-        C, nsp, out = self.conv_in_channels, self.nsp, self.conv_out_sp
+        product, on any number of threads.  With out (B, C, *sp) each block also
+        copies its channels there, while they are in cache and on its thread (a
+        serial transposing pass otherwise).  Returns the blocks' calls
+        (independent of each other) and the view (B, C, *sp) of the result."""
+        C, nsp, osp = self.conv_in_channels, self.nsp, self.conv_out_sp
         Cg, kk = C // self.group, _prod(self.kernel)
         padding = self._inner_padding()
         psize = tuple(n + l + r for n, (l, r) in zip(self.conv_in_sp, padding))
         img = workspace('col2im', (C,) + psize + (B,))
         pairs = [(tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n
-                        in zip(offs, self.dilation, self.stride, out)), offs)
+                        in zip(offs, self.dilation, self.stride, osp)), offs)
                  for offs in itertools.product(*[range(k) for k in self.kernel])]
+        inside = ((slice(None),) + tuple(slice(l, l + n) for n, (l, r)
+                                         in zip(self.conv_in_sp, padding)) + (slice(None),))
+        view = img[inside].transpose((1 + nsp,) + tuple(range(1 + nsp)))
         step = max(1, COL2IM_BLOCK_BYTES // (kk * dy.shape[2] * 4))
         blocks = [(g, c0, min(Cg, c0 + step)) for g in range(self.group)
                   for c0 in range(0, Cg, step)]
@@ -1070,14 +1075,14 @@ class ConvolutionLayer(BaseConvolutionLayer):
             dcol = workspace('dcol_block', ((c1 - c0) * kk, dy.shape[2]))
             gemm(W[g][:, c0 * kk:c1 * kk], dy[g], dcol, trans_a=True,
                  any_blas=not self.caffe_sums)
-            c = dcol.reshape((c1 - c0,) + self.kernel + out + (B,))
-            im = img[g * Cg + c0:g * Cg + c1]
+            c = dcol.reshape((c1 - c0,) + self.kernel + osp + (B,))
+            ch = slice(g * Cg + c0, g * Cg + c1)
+            im = img[ch]
             im.fill(0)
             for dst, offs in pairs:
                 im[(slice(None),) + dst] += c[(slice(None),) + offs]
-        inside = ((slice(None),) + tuple(slice(l, l + n) for n, (l, r)
-                                         in zip(self.conv_in_sp, padding)) + (slice(None),))
-        view = img[inside].transpose((1 + nsp,) + tuple(range(1 + nsp)))
+            if out is not None:
+                out[:, ch] = view[:, ch]
         return [lambda blk=blk: block(*blk) for blk in blocks], view
 
     def _weight_gradient_parts(self, B):
