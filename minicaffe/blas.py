@@ -433,7 +433,7 @@ def short_k_sgemm(k):
 
 
 def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False, scratch=None,
-         any_blas=False):
+         any_blas=False, split=True):
     """out = op(a) @ op(b), or out += op(a) @ op(b) with accumulate (Caffe's
     caffe_cpu_gemm with beta 0 or 1); op(x) = x.T where trans_x; float32 2-D.
 
@@ -442,17 +442,20 @@ def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False, scratch
     blocks on the worker threads (gemm_blocks); small ones are one call, numpy's
     own product where nothing is accumulated.  scratch, if given, is a (m, n)
     array for the fallback's temporary.  any_blas: the caller accepts another
-    BLAS's rounding, so a short product may run on MKL (SHORT_K)."""
+    BLAS's rounding, so a short product may run on MKL (SHORT_K).  split=False:
+    one call whatever the size, for a caller that runs its own blocks on the
+    threads (cut again, a block's pieces would run one after another on its
+    thread, each packing the shared operand again: 2-4% slower)."""
     if out is None:
         m = a.shape[1] if trans_a else a.shape[0]
         n = b.shape[0] if trans_b else b.shape[1]
         out = np.zeros((m, n), np.float32) if accumulate else np.empty((m, n), np.float32)
-    run_calls(gemm_tasks(a, b, out, trans_a, trans_b, accumulate, scratch, any_blas))
+    run_calls(gemm_tasks(a, b, out, trans_a, trans_b, accumulate, scratch, any_blas, split))
     return out
 
 
 def gemm_tasks(a, b, out, trans_a=False, trans_b=False, accumulate=False, scratch=None,
-               any_blas=False):
+               any_blas=False, split=True):
     """gemm's work as a list of calls, one per block of the output
     (gemm_blocks), for a caller that runs them on the worker threads together
     with other independent work; gemm runs exactly these, so the numbers are
@@ -461,7 +464,7 @@ def gemm_tasks(a, b, out, trans_a=False, trans_b=False, accumulate=False, scratc
     k = a.shape[0] if trans_a else a.shape[1]
     n = b.shape[0] if trans_b else b.shape[1]
     fn = short_k_sgemm(k) if any_blas else _sgemm()
-    axis, bounds = gemm_blocks(m, n, k)
+    axis, bounds = gemm_blocks(m, n, k) if split else (0, [0, m])
     if len(bounds) == 2 or fn is None:
         # (numpy's fallback takes the product whole: it would copy a block of
         # columns of b, which for dx = dy W is a block of the weights)

@@ -249,6 +249,21 @@ def test_gemm_blocks_cover_the_output_in_aligned_blocks():
         assert len(blas.gemm_blocks(m, 64, 4096)[1]) != 4
 
 
+def test_unsplit_gemm_is_one_call_for_a_caller_with_its_own_blocks(set_threads):
+    """gemm(split=False) makes one BLAS call however large the product (the
+    caller's own block on a worker thread), into a strided block of a larger
+    output, with the product's numbers."""
+    set_threads(2)
+    a, b = _rand(50, 500, seed=1), _rand(500, 4096, seed=2)
+    assert len(blas.gemm_blocks(50, 4096, 500)[1]) > 2
+    assert len(blas.gemm_tasks(a, b, np.empty((50, 4096), np.float32), split=False)) == 1
+    out = np.full((50, 5000), np.nan, np.float32)
+    blas.gemm(a, b, out[:, 100:4196], split=False)
+    assert np.isnan(out[:, :100]).all() and np.isnan(out[:, 4196:]).all()
+    want = a.astype(np.float64) @ b
+    assert np.abs(out[:, 100:4196] - want).max() <= 1e-5 * np.abs(want).max()
+
+
 def test_gemm_k_blocks_cut_only_products_whose_output_cannot_be_cut():
     # LeNet's conv1 weight gradient (transposed: 25 x 20 over k = 36864) is cut over k
     bounds = blas.gemm_k_blocks(25, 20, 36864)
