@@ -6,6 +6,7 @@ for windows that tile the input."""
 import numpy as np
 import pytest
 
+from minicaffe.commands import timing
 from minicaffe.gradcheck import make_layer
 from minicaffe.layers import lrn as lrn_mod
 from minicaffe.layers import recurrent as rec
@@ -295,6 +296,7 @@ def test_stacked_layers_compute_each_images_products_on_any_thread_count(spec, s
                         + k3):
             assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
     layer, bottom, top, kept = runs[0]
+    assert timing.conv_algorithm(layer) == 'stacked'        # as time --layers names it
     G, K, P = layer.group, layer.kernel_dim, layer.conv_out_dim
     W, bias = layer.blobs[0].data.reshape(G, -1, K), layer.blobs[1].data
     cp = layer.layer_param.convolution_param

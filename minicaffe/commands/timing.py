@@ -75,14 +75,16 @@ def layer_flops(layer, bottom, top):
 
 
 def conv_algorithm(layer):
-    """'im2col', 'winoF2' / 'winoF4' / 'winoF2r5' / 'winoF3r4' (Winograd F(2x2,3x3)
+    """'im2col', 'stacked' (im2col with one product per image, in one matmul per
+    block of images: the DEFAULT engine's small convolutions in Caffe's
+    layout), 'winoF2' / 'winoF4' / 'winoF2r5' / 'winoF3r4' (Winograd F(2x2,3x3)
     / F(4x4,3x3) / F(2x2,5x5) / F(3x3,4x4) in both passes), with 'sN' for a
     kernel of stride N run by its phases (winograd.Phases), 'kN' for an N x N
     kernel run in 3x3 blocks (winograd.Blocks), and '-fwd' where only forward
     is Winograd (im2col backward: winograd.DEFAULT_BACKWARD)."""
     if layer.type == 'Convolution':
         if not getattr(layer, 'winograd', False):
-            return 'im2col'
+            return 'stacked' if getattr(layer, 'stacked', False) else 'im2col'
         name = 'winoF%d' % layer.tiling.m
         if layer.tiling.r != 3:
             name += 'r%d' % layer.tiling.r
