@@ -69,8 +69,8 @@ _select_lock = threading.RLock()
 # run on MKL where auto chose OpenBLAS on a non-Intel CPU and MKL is installed.
 # On this project's AMD EPYC (1 thread, CPU time) MKL took 2.7 ms against
 # OpenBLAS's 3.5 for LeNet's conv2 data-gradient blocks (250 x 4096, k = 50) and
-# 0.88 against 1.25 for conv1 forward (20 x 36864, k = 25); whole LeNet
-# iterations 0.5-1.1 ms less.  Not for every short product: CaffeNet's fc6
+# 0.88 against 1.25 for a one-GEMM conv1 forward (20 x 36864, k = 25; conv1 now
+# runs stacked, per-image products); whole LeNet iterations 0.5-1.1 ms less.  Not for every short product: CaffeNet's fc6
 # weight gradient at batch 10 (4096 x 9216, k = 10) took 31 ms on MKL against 25.
 SHORT_K = 64
 
@@ -381,7 +381,7 @@ def gemm_blocks(m, n, k):
 def gemm_k_blocks(m, n, k):
     """Bounds [bounds[i], bounds[i+1]) over the inner dimension k of an (m x k)
     @ (k x n) product that is large but whose output gemm_blocks cannot cut
-    (both sides short: LeNet's conv1 weight gradient, 25 x 20 over k = 36864),
+    (both sides short: e.g. 25 x 20 over k = 36864, a conv1-like weight gradient),
     for gemm_summed_over_k; [0, k] when it needs no cut.  A function of the
     shape only, so the sums are the same on any thread count."""
     macs = m * n * k

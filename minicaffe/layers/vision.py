@@ -13,8 +13,11 @@ thread, where blas.gemm does not cut the product into blocks).  Smaller
 products (LeNet, 13x13 maps) cover the whole batch in one matrix product per
 group, on columns laid out ``(group, C/group * prod(k), N * prod(out))``, ordered
 (output position, image) where that makes im2col/col2im faster
-(``batch_inner``).  A 1x1 kernel with stride 1 and no padding skips im2col (the
-input is the column matrix), as in Caffe.
+(``batch_inner``: the columns outnumber the outputs); in Caffe's order otherwise
+(engine CAFFE), while the DEFAULT engine runs those layers ``stacked``: per-image
+columns and one np.matmul per block of images (LeNet's conv1).  A 1x1 kernel
+with stride 1 and no padding skips im2col (the input is the column matrix), as
+in Caffe.
 
 Caffe recomputes im2col in the weight-gradient pass; in TRAIN phase the
 columns built by forward are kept for it instead (they are the same numbers
@@ -148,9 +151,8 @@ def _accumulate_outer_transposed(dW, a, col):
     added transposed): the DEFAULT engine's weight gradient where the outputs
     per group are fewer than the kernel taps.  OpenBLAS runs that orientation
     faster on the batch-wide shapes (1 thread, LeNet's conv2 50 x 500 over k =
-    4096: 2.5 ms against 3.4; conv1 25 x 20 over k = 36864 slightly faster), and
-    a product too short to cut by its output sides (conv1) is cut over k
-    (blas.gemm_summed_over_k) so that it uses every core.  The sums are grouped
+    4096: 2.5 ms against 3.4), and a product too short to cut by its output
+    sides is cut over k (blas.gemm_summed_over_k) so that it uses every core.  The sums are grouped
     differently from Caffe's (within the conformance tolerance)."""
     for g in range(dW.shape[0]):
         t = workspace('weight_grad_t', (col.shape[1], a.shape[1]))
