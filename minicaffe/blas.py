@@ -70,8 +70,9 @@ _select_lock = threading.RLock()
 # On this project's AMD EPYC (1 thread, CPU time) MKL took 2.7 ms against
 # OpenBLAS's 3.5 for LeNet's conv2 data-gradient blocks (250 x 4096, k = 50) and
 # 0.88 against 1.25 for a one-GEMM conv1 forward (20 x 36864, k = 25; conv1 now
-# runs stacked, per-image products); whole LeNet iterations 0.5-1.1 ms less.  Not for every short product: CaffeNet's fc6
-# weight gradient at batch 10 (4096 x 9216, k = 10) took 31 ms on MKL against 25.
+# runs stacked, per-image products); whole LeNet iterations 0.5-1.1 ms less.
+# Not for every short product: CaffeNet's fc6 weight gradient at batch 10
+# (4096 x 9216, k = 10) took 31 ms on MKL against 25.
 SHORT_K = 64
 
 

@@ -152,8 +152,9 @@ def _accumulate_outer_transposed(dW, a, col):
     per group are fewer than the kernel taps.  OpenBLAS runs that orientation
     faster on the batch-wide shapes (1 thread, LeNet's conv2 50 x 500 over k =
     4096: 2.5 ms against 3.4), and a product too short to cut by its output
-    sides is cut over k (blas.gemm_summed_over_k) so that it uses every core.  The sums are grouped
-    differently from Caffe's (within the conformance tolerance)."""
+    sides is cut over k (blas.gemm_summed_over_k) so that it uses every core.
+    The sums are grouped differently from Caffe's (within the conformance
+    tolerance)."""
     for g in range(dW.shape[0]):
         t = workspace('weight_grad_t', (col.shape[1], a.shape[1]))
         gemm_summed_over_k(col[g], a[g], t, trans_b=True, any_blas=True)
