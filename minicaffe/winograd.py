@@ -360,9 +360,8 @@ def tile_points(tiling, out_sp):
 # (tiles that overhang the map waste some of its 2.25x fewer multiplies per output:
 # CaffeNet's 13x13 maps give 576 vs 784, 0.73).  Its transforms (then two small
 # GEMMs each, over copied-out patches) took about as long as F(2x2)'s on
-# CaffeNet's conv3, and
-# benchmarks/bench_winograd.py had F(4x4) ahead on conv3-5 in most of three runs
-# on the loaded 2-core machine (README, CPU speed).
+# CaffeNet's conv3, and benchmarks/bench_winograd.py had F(4x4) ahead on conv3-5
+# in most of three runs on the loaded 2-core machine (README, CPU speed).
 F4_MAX_POINTS_RATIO = 0.8
 
 

@@ -321,7 +321,6 @@ def plane_blocks(planes, per_plane, block_elems=CHUNK_ELEMS):
     return [planes * i // n for i in range(n + 1)]
 
 
-
 def _pool_method_name(method):
     return {MAX: 'MAX', AVE: 'AVE', STOCHASTIC: 'STOCHASTIC'}.get(method, str(method))
 

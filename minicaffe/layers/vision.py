@@ -389,10 +389,9 @@ class BaseConvolutionLayer(Layer):
                    (self.conv_in_channels,) + padded, _f)]
         if self.stacked and self.phase == pb.TRAIN:
             # backward's per-image weight-gradient products (_backward_stacked)
-            per_image = self.num_output * self.kernel_dim
-            images = max(1, min(max(self.num, 1), STACKED_PART_ELEMS // per_image))
+            images = min(max(self.num, 1), self._stacked_part_images())
             shapes.append(('the weight-gradient products of %d images' % images,
-                           (images, per_image), _f))
+                           (images, self.num_output * self.kernel_dim), _f))
         if self.winograd:
             # the per-point products of a chunk of images (winograd.forward's M;
             # backward's D is the same size)
@@ -498,20 +497,29 @@ class BaseConvolutionLayer(Layer):
         return img[inside].transpose((1 + nsp,) + tuple(range(1 + nsp)))
 
     # -- per-image layout: Caffe's column buffer of each image, (B, G, K, P) --
-    def _im2col_images(self, x, out=None, scratch='col'):
-        """x: (B, C, *sp) -> (B, G, K, P), written into out if given, else into the
-        workspace array named scratch (a 1x1 kernel: a view of x itself)."""
+    def _image_columns(self, x, out=None, scratch='col'):
+        """x: (B, C, *sp) -> (cols, src): the per-image column array (B, G, K, P)
+        -- out if given, else the workspace array named scratch -- and the
+        window view (B, C, *k, *out) of x whose copy fills it, or (x itself,
+        None) for a 1x1 kernel (the input is its own columns)."""
         B = x.shape[0]
         shape = (B, self.group, self.kernel_dim, self.conv_out_dim)
         if self.is_1x1:
-            return x.reshape(shape)
-        win = windows(x, self.kernel, self.stride, self.pad, self.dilation, self.conv_out_sp)
-        # (B*C, *k, *out): merging the two leading axes lets the copy split over
-        # threads even for a single image
-        src = win.reshape((-1,) + win.shape[2:])
-        if out is None:
-            out = workspace(scratch, src.shape)
-        return copy_split(src, out=out.reshape(src.shape)).reshape(shape)
+            return x.reshape(shape), None
+        src = windows(x, self.kernel, self.stride, self.pad, self.dilation, self.conv_out_sp)
+        cols = workspace(scratch, shape) if out is None else out.reshape(shape)
+        return cols, src
+
+    def _im2col_images(self, x, out=None, scratch='col'):
+        """x: (B, C, *sp) -> (B, G, K, P), written into out if given, else into the
+        workspace array named scratch (a 1x1 kernel: a view of x itself)."""
+        cols, src = self._image_columns(x, out, scratch)
+        if src is not None:
+            # (B*C, *k, *out): merging the two leading axes lets the copy split
+            # over threads even for a single image
+            flat = src.reshape((-1,) + src.shape[2:])
+            copy_split(flat, out=cols.reshape(flat.shape))
+        return cols
 
     def _col2im_images(self, dcol):
         """dcol: (B, G, K, P) -> (B, C, *sp), a view of a workspace array."""
@@ -743,22 +751,6 @@ class ConvolutionLayer(BaseConvolutionLayer):
         self._from_gmp(y_g, y, self.blobs[1].data if self.bias_term else None)
         return col
 
-    def _stacked_columns(self, x, store):
-        """A stacked layer's per-image columns of x (B, G, K, P) and a copy(lo,
-        hi) that builds those of images lo:hi: into store (kept for backward) or
-        a workspace array; a 1x1 kernel's columns are x itself."""
-        B = x.shape[0]
-        shape = (B, self.group, self.kernel_dim, self.conv_out_dim)
-        if self.is_1x1:
-            return x.reshape(shape), lambda lo, hi: None
-        src = windows(x, self.kernel, self.stride, self.pad, self.dilation, self.conv_out_sp)
-        cols = workspace('col', shape) if store is None else store
-        dst = cols.reshape(src.shape)
-
-        def copy(lo, hi):
-            dst[lo:hi] = src[lo:hi]
-        return cols, copy
-
     def _forward_stacked(self, x, y, store):
         """DEFAULT's forward of a stacked layer (self.stacked: small per-image
         products in Caffe's layout, LeNet's conv1): per image y_n,g = W_g @ col_n,g
@@ -775,10 +767,12 @@ class ConvolutionLayer(BaseConvolutionLayer):
         W = self._weights()
         yv = y.reshape(B, G, Mg, self.conv_out_dim)
         bias = self.blobs[1].data.reshape(G, Mg, 1) if self.bias_term else None
-        cols, copy = self._stacked_columns(x, store)
+        cols, src = self._image_columns(x, store)
+        dst = None if src is None else cols.reshape(src.shape)
 
         def block(lo, hi):
-            copy(lo, hi)
+            if src is not None:
+                dst[lo:hi] = src[lo:hi]
             for g in range(G):
                 np.matmul(W[g], cols[lo:hi, g], out=yv[lo:hi, g])
             if bias is not None:
@@ -1125,6 +1119,11 @@ class ConvolutionLayer(BaseConvolutionLayer):
         for p in range(1, parts):
             dW += partial[p - 1]
 
+    def _stacked_part_images(self):
+        """How many images' weight-gradient products _backward_stacked keeps
+        before summing them (STACKED_PART_ELEMS elements, at least one image)."""
+        return max(1, STACKED_PART_ELEMS // (self.num_output * self.kernel_dim))
+
     def _backward_stacked(self, i, b, x, dy_all, dx, b0, b1, need_w, need_b, W):
         """Images b0:b1 of a stacked layer's backward (_forward_stacked), a block
         of images per thread: each block sums its images' dY over the positions
@@ -1137,7 +1136,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         Mg, K, P = M // G, self.kernel_dim, self.conv_out_dim
         dy = dy_all[b0:b1].reshape(b1 - b0, G, Mg, P)
         col = self._col_for(i, b, b0, b1, x) if need_w else None
-        step = max(1, STACKED_PART_ELEMS // (G * Mg * K))
+        step = self._stacked_part_images()
         for p0 in range(0, b1 - b0, step):
             p1 = min(b1 - b0, p0 + step)
             per_w = workspace('dw_images', (p1 - p0, G, Mg, K)) if need_w else None
